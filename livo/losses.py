@@ -1,0 +1,141 @@
+"""LiVO's hinge preference loss, the Diffusion-DPO baseline, and the four per-sample denoising errors they consume.
+
+All losses take per-sample denoising errors of shape `[B]` (mean squared error over C, H, W, in fp32):
+`theta_w`/`theta_l` from the UNet conditioned with the value token (they carry gradient into the value encoder),
+`ref_w`/`ref_l` from the same UNet without it (the base model is the reference model; no second UNet is needed).
+See LIVO_METHOD.md §3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def livo_loss_terms(
+    theta_w: torch.Tensor,
+    ref_w: torch.Tensor,
+    theta_l: torch.Tensor,
+    ref_l: torch.Tensor,
+    *,
+    beta: float = 1000.0,
+    alpha: float = 500.0,
+    gamma1: float = 1.0,
+    gamma2: float = 0.5,
+) -> dict[str, torch.Tensor]:
+    """Per-sample hinge terms and their batch-mean sum.
+
+    `hinge_w = relu(γ1 + β·(θw − rw))` asks the value token to denoise the aligned image better than the base model;
+    `hinge_l = relu(γ2 + α·(rl − θl))` asks it to denoise the violating image worse. Each stops pushing once its margin
+    is met.
+    """
+    _check_errors(theta_w, ref_w, theta_l, ref_l)
+    hinge_w = F.relu(gamma1 + beta * (theta_w - ref_w))
+    hinge_l = F.relu(gamma2 + alpha * (ref_l - theta_l))
+    return {"loss": (hinge_w + hinge_l).mean(), "hinge_w": hinge_w, "hinge_l": hinge_l}
+
+
+def livo_loss(
+    theta_w: torch.Tensor,
+    ref_w: torch.Tensor,
+    theta_l: torch.Tensor,
+    ref_l: torch.Tensor,
+    *,
+    beta: float = 1000.0,
+    alpha: float = 500.0,
+    gamma1: float = 1.0,
+    gamma2: float = 0.5,
+) -> torch.Tensor:
+    """`mean(relu(γ1 + β(θw − rw)) + relu(γ2 + α(rl − θl)))`; defaults are the authors' released run."""
+    return livo_loss_terms(theta_w, ref_w, theta_l, ref_l, beta=beta, alpha=alpha, gamma1=gamma1, gamma2=gamma2)[
+        "loss"
+    ]
+
+
+def diffusion_dpo_loss(
+    theta_w: torch.Tensor,
+    ref_w: torch.Tensor,
+    theta_l: torch.Tensor,
+    ref_l: torch.Tensor,
+    *,
+    beta: float = 5000.0,
+) -> torch.Tensor:
+    """Diffusion-DPO in its reference code's convention: `mean(softplus(½·β·[(θw − rw) − (θl − rl)]))`."""
+    _check_errors(theta_w, ref_w, theta_l, ref_l)
+    margin = (theta_w - ref_w) - (theta_l - ref_l)
+    return F.softplus(0.5 * beta * margin).mean()
+
+
+def _check_errors(*errors: torch.Tensor) -> None:
+    shapes = {tuple(e.shape) for e in errors}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 1:
+        raise ValueError(f"the four denoising errors must be 1-D tensors of the same shape [B], got {sorted(shapes)}")
+
+
+@dataclass
+class DenoisingErrors:
+    """Per-sample errors `[B]` (fp32). Only `theta_w` and `theta_l` carry gradient."""
+
+    theta_w: torch.Tensor
+    ref_w: torch.Tensor
+    theta_l: torch.Tensor
+    ref_l: torch.Tensor
+
+    def as_dict(self) -> dict[str, float]:
+        return {name: float(getattr(self, name).detach().mean()) for name in ("theta_w", "ref_w", "theta_l", "ref_l")}
+
+
+def _target(noise_scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        return noise
+    if prediction_type == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, timesteps)
+    raise ValueError(f"unsupported prediction_type {prediction_type!r}: LiVO supports 'epsilon' and 'v_prediction'")
+
+
+def _per_sample_mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return (prediction.float() - target.float()).pow(2).mean(dim=tuple(range(1, prediction.ndim)))
+
+
+def compute_denoising_errors(
+    unet,
+    noise_scheduler,
+    latents_w: torch.Tensor,
+    latents_l: torch.Tensor,
+    cond_value: torch.Tensor,
+    cond_plain: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+    *,
+    fused: bool = True,
+) -> DenoisingErrors:
+    """The four per-sample denoising errors of LIVO_METHOD §3 with shared noise ε and timesteps t.
+
+    `cond_value` (`[B, L+1, D]`, value token prepended) is used for θw/θl and carries gradient; `cond_plain`
+    (`[B, L, D]`) for the reference terms. `fused=True` sends winner and loser through the UNet as one batch and runs
+    the reference passes without autograd (our step); `fused=False` makes four separate passes, the reference recipe,
+    kept for equivalence tests and benchmarks. Both give the same numbers up to floating-point reassociation.
+    """
+    noisy_w = noise_scheduler.add_noise(latents_w, noise, timesteps)
+    noisy_l = noise_scheduler.add_noise(latents_l, noise, timesteps)
+    target_w = _target(noise_scheduler, latents_w, noise, timesteps)
+    target_l = _target(noise_scheduler, latents_l, noise, timesteps)
+
+    if fused:
+        noisy = torch.cat([noisy_w, noisy_l])
+        steps = torch.cat([timesteps, timesteps])
+        pred_value = unet(noisy, steps, encoder_hidden_states=torch.cat([cond_value, cond_value])).sample
+        with torch.no_grad():
+            pred_plain = unet(noisy, steps, encoder_hidden_states=torch.cat([cond_plain, cond_plain])).sample
+        theta_w, theta_l = _per_sample_mse(pred_value, torch.cat([target_w, target_l])).chunk(2)
+        ref_w, ref_l = _per_sample_mse(pred_plain, torch.cat([target_w, target_l])).chunk(2)
+        return DenoisingErrors(theta_w=theta_w, ref_w=ref_w.detach(), theta_l=theta_l, ref_l=ref_l.detach())
+
+    theta_w = _per_sample_mse(unet(noisy_w, timesteps, encoder_hidden_states=cond_value).sample, target_w)
+    ref_w = _per_sample_mse(unet(noisy_w, timesteps, encoder_hidden_states=cond_plain).sample, target_w)
+    theta_l = _per_sample_mse(unet(noisy_l, timesteps, encoder_hidden_states=cond_value).sample, target_l)
+    ref_l = _per_sample_mse(unet(noisy_l, timesteps, encoder_hidden_states=cond_plain).sample, target_l)
+    return DenoisingErrors(theta_w=theta_w, ref_w=ref_w, theta_l=theta_l, ref_l=ref_l)

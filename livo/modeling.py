@@ -1,0 +1,320 @@
+"""The value encoder, the one-token conditioning merge, and the LiVO inference pipeline (LIVO_METHOD.md §1).
+
+The value encoder is a trainable copy of the base model's CLIP text encoder. It reads `"<principle text>, <prompt>"`
+and its pooled (EOS) output is prepended as one extra token to the frozen encoder's per-token output of the prompt
+alone. Without the token the base model is unchanged, which is also why the base model serves as the loss's
+reference model.
+
+Sequence lengths follow the authors: training pads the prompt to the tokenizer's maximum (77, so the UNet sees 78
+tokens); inference truncates the prompt to 76 tokens without padding (at most 77 with the value token) and builds the
+unconditional embedding for classifier-free guidance at the same length.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from livo.errors import ConfigError
+
+VALUE_ENCODER_DIR = "value_encoder"  # the authors' released layout: <checkpoint>/value_encoder/
+WEIGHTS_NAME = "model.safetensors"
+
+
+def value_text(principle_text: str, prompt: str) -> str:
+    """The value encoder's input string."""
+    return f"{principle_text}, {prompt}"
+
+
+class ValueEncoder(nn.Module):
+    """A CLIP text encoder whose pooled output becomes the value token. Every parameter is trainable."""
+
+    def __init__(self, text_model):
+        super().__init__()
+        self.text_model = text_model
+
+    @classmethod
+    def from_text_encoder(cls, text_encoder) -> ValueEncoder:
+        """A trainable deep copy of `text_encoder` (the paper initialises from the base encoder's weights)."""
+        model = copy.deepcopy(text_encoder)
+        model.requires_grad_(True)
+        model.train()
+        return cls(model)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.text_model.config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """`[B, D]` pooled output: the final-layer-norm hidden state at the EOS position."""
+        return self.text_model(input_ids=input_ids).pooler_output
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write `config.json` + `model.safetensors` (transformers' `save_pretrained` layout, safetensors only)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.text_model.save_pretrained(directory, safe_serialization=True)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, torch_dtype: torch.dtype | None = None) -> ValueEncoder:
+        """Load from a directory in `save_pretrained` layout, or from a parent holding `value_encoder/` (the authors'
+        released checkpoints). Only safetensors weights are accepted."""
+        from transformers import CLIPTextModel
+
+        directory = resolve_value_encoder_dir(path)
+        kwargs: dict[str, Any] = {"use_safetensors": True}
+        if torch_dtype is not None:
+            kwargs["dtype"] = torch_dtype
+        return cls(CLIPTextModel.from_pretrained(directory, **kwargs))
+
+
+def resolve_value_encoder_dir(path: str | Path) -> Path:
+    """The directory that holds the value encoder's config and safetensors weights, with a clear error otherwise."""
+    path = Path(path)
+    candidates = [path, path / VALUE_ENCODER_DIR]
+    for candidate in candidates:
+        if (candidate / "config.json").is_file() and any(candidate.glob("*.safetensors")):
+            return candidate
+    for candidate in candidates:
+        if (candidate / "config.json").is_file() and (
+            any(candidate.glob("*.bin")) or any(candidate.glob("*.pt")) or any(candidate.glob("*.ckpt"))
+        ):
+            raise ConfigError(
+                f"{candidate}: value encoder weights are not safetensors; livo loads safetensors only — convert them "
+                "with `CLIPTextModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)` in a trusted "
+                "environment"
+            )
+    raise ConfigError(
+        f"{path}: no value encoder found (expected config.json + model.safetensors in it or in {VALUE_ENCODER_DIR}/)"
+    )
+
+
+def tokenize_value_inputs(tokenizer, principle_texts: Sequence[str], prompts: Sequence[str]) -> torch.Tensor:
+    """Token ids `[B, max_len]` of `"<principle>, <prompt>"`, padded and truncated to the tokenizer's maximum."""
+    if len(principle_texts) != len(prompts):
+        raise ValueError(f"{len(principle_texts)} principle texts for {len(prompts)} prompts")
+    texts = [value_text(p, x) for p, x in zip(principle_texts, prompts, strict=True)]
+    return tokenizer(
+        texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+def tokenize_prompts(tokenizer, prompts: Sequence[str]) -> torch.Tensor:
+    """Token ids `[B, max_len]` of the prompts alone, padded to the tokenizer's maximum (training layout)."""
+    return tokenizer(
+        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+@torch.no_grad()
+def encode_prompts(text_encoder, tokenizer, prompts: Sequence[str]) -> torch.Tensor:
+    """Frozen per-token embeddings `[B, max_len, D]` of the prompts, padded (training layout)."""
+    ids = tokenize_prompts(tokenizer, prompts).to(text_encoder.device)
+    return text_encoder(input_ids=ids)[0]
+
+
+def prepend_value_token(value_vec: torch.Tensor, prompt_embeds: torch.Tensor) -> torch.Tensor:
+    """`concat([v[:, None, :], E(prompt)], dim=1)`: `[B, D]` + `[B, L, D]` -> `[B, L+1, D]`."""
+    if value_vec.ndim != 2 or prompt_embeds.ndim != 3 or value_vec.shape[0] != prompt_embeds.shape[0]:
+        raise ValueError(f"expected [B, D] and [B, L, D], got {tuple(value_vec.shape)} and {tuple(prompt_embeds.shape)}")
+    return torch.cat([value_vec[:, None, :].to(prompt_embeds.dtype), prompt_embeds], dim=1)
+
+
+def training_conditioning(
+    text_encoder,
+    value_encoder: ValueEncoder,
+    tokenizer,
+    prompts: Sequence[str],
+    principle_texts: Sequence[str],
+    prompt_embeds: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(cond_value [B, L+1, D], cond_plain [B, L, D])` for one training batch.
+
+    `cond_plain` comes from the frozen encoder (or precomputed `prompt_embeds` from the dataset) without autograd;
+    `cond_value` carries gradient into the value encoder only.
+    """
+    device = next(value_encoder.parameters()).device
+    if prompt_embeds is None:
+        prompt_embeds = encode_prompts(text_encoder, tokenizer, prompts)
+    cond_plain = prompt_embeds.to(device).detach()
+    value_ids = tokenize_value_inputs(tokenizer, principle_texts, prompts).to(device)
+    value_vec = value_encoder(value_ids)
+    return prepend_value_token(value_vec, cond_plain), cond_plain
+
+
+@dataclass
+class LiVOGeneration:
+    """Images of a `LiVOPipeline.generate` call, flattened prompt-major, with how each was made."""
+
+    images: list[Any]
+    prompts: list[str]
+    principles: list[str | None]
+    seeds: list[int]
+    used_value_token: list[bool]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def value_token_mask(num_images: int, dropout: float, seed: int, prompt_index: int = 0) -> list[bool]:
+    """Which of `num_images` images use the value token under `inference_dropout`.
+
+    The split is exact — `round(n·(1−p))` images get the token, as in the paper's 25-with / 25-without protocol —
+    and the positions are a seeded permutation, so the same seed always gives the same mask.
+    """
+    if not 0.0 <= dropout <= 1.0:
+        raise ConfigError(f"inference_dropout must be in [0, 1], got {dropout}")
+    with_token = int(math.floor(num_images * (1.0 - dropout) + 0.5))
+    order = np.random.default_rng([seed, prompt_index]).permutation(num_images)
+    mask = np.zeros(num_images, dtype=bool)
+    mask[order[:with_token]] = True
+    return mask.tolist()
+
+
+class LiVOPipeline:
+    """Generates with an explicit principle per prompt on top of a diffusers `StableDiffusionPipeline`.
+
+    Images without a principle (or whose token was dropped by the inference dropout) go through the base pipeline
+    exactly as a plain call would, so they are bit-identical to it for the same seeds and batch.
+    """
+
+    def __init__(self, base_pipeline, value_encoder: ValueEncoder | None = None):
+        self.base = base_pipeline
+        self.value_encoder = value_encoder
+        if value_encoder is not None:
+            value_encoder.eval()
+            value_encoder.requires_grad_(False)
+            value_encoder.to(device=base_pipeline.text_encoder.device, dtype=base_pipeline.text_encoder.dtype)
+
+    @classmethod
+    def from_pretrained(cls, base_source: str, value_encoder_path: str | Path | None, *, device: str | None = None,
+                        dtype: torch.dtype | None = None) -> LiVOPipeline:
+        from livo.presets import load_pipeline
+
+        base = load_pipeline(base_source, device=device, dtype=dtype)
+        encoder = ValueEncoder.from_pretrained(value_encoder_path) if value_encoder_path else None
+        return cls(base, encoder)
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.text_encoder.device
+
+    def _principle_text(self, principle: Any) -> str | None:
+        if principle is None:
+            return None
+        return principle if isinstance(principle, str) else principle.text
+
+    @torch.no_grad()
+    def _value_embeddings(self, prompt: str, principle_text: str, negative_prompt: str | None):
+        """`(prompt_embeds [1, n+1, D], negative_embeds [1, n+1, D])` for one prompt with the value token."""
+        tokenizer, text_encoder = self.base.tokenizer, self.base.text_encoder
+        ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length - 1,
+                        return_tensors="pt").input_ids.to(self.device)
+        prompt_embeds = text_encoder(input_ids=ids)[0]
+        value_ids = tokenize_value_inputs(tokenizer, [principle_text], [prompt]).to(self.device)
+        merged = prepend_value_token(self.value_encoder(value_ids), prompt_embeds)
+        neg_ids = tokenizer(negative_prompt or "", padding="max_length", max_length=merged.shape[1], truncation=True,
+                            return_tensors="pt").input_ids.to(self.device)
+        return merged, text_encoder(input_ids=neg_ids)[0]
+
+    def generate(
+        self,
+        prompts: str | Sequence[str],
+        principles: Any = None,
+        *,
+        num_images_per_prompt: int = 1,
+        seed: int = 0,
+        seeds: Sequence[int] | None = None,
+        inference_dropout: float | None = None,
+        negative_prompt: str | None = None,
+        num_inference_steps: int = 25,
+        guidance_scale: float = 7.5,
+        height: int | None = None,
+        width: int | None = None,
+        batch_size: int = 8,
+        progress: bool = False,
+    ) -> LiVOGeneration:
+        """Generate `num_images_per_prompt` images per prompt.
+
+        `principles`: None, one principle (text or `Principle`) for every prompt, or one per prompt (None allowed).
+        `inference_dropout`: share of images generated without the token; None = each `Principle`'s own
+        `inference_dropout` (0 for plain texts). Image i of the flattened grid uses `seeds[i]`, else `seed + i`.
+        """
+        prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompt_list:
+            raise ConfigError("no prompts to generate")
+        if principles is None or isinstance(principles, str) or hasattr(principles, "text"):
+            per_prompt = [principles] * len(prompt_list)
+        else:
+            per_prompt = list(principles)
+            if len(per_prompt) != len(prompt_list):
+                raise ConfigError(f"{len(per_prompt)} principles given for {len(prompt_list)} prompts")
+        if any(p is not None for p in per_prompt) and self.value_encoder is None:
+            raise ConfigError("a principle was given but this pipeline has no value encoder; load one first")
+        total = len(prompt_list) * num_images_per_prompt
+        image_seeds = list(seeds) if seeds is not None else [seed + i for i in range(total)]
+        if len(image_seeds) != total:
+            raise ConfigError(f"{len(image_seeds)} seeds given for {total} images")
+
+        jobs = []  # (flat index, prompt, principle text or None)
+        for p_idx, (prompt, principle) in enumerate(zip(prompt_list, per_prompt, strict=True)):
+            text = self._principle_text(principle)
+            dropout = inference_dropout
+            if dropout is None:
+                dropout = float(getattr(principle, "inference_dropout", 0.0) or 0.0)
+            mask = value_token_mask(num_images_per_prompt, dropout, seed, p_idx) if text else [False] * num_images_per_prompt
+            for k in range(num_images_per_prompt):
+                jobs.append((p_idx * num_images_per_prompt + k, prompt, text if mask[k] else None))
+
+        self.base.set_progress_bar_config(disable=not progress)
+        call_kwargs = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height,
+                           width=width, output_type="pil")
+        images: list[Any] = [None] * total
+        plain = [j for j in jobs if j[2] is None]
+        for start in range(0, len(plain), batch_size):
+            chunk = plain[start:start + batch_size]
+            out = self.base(
+                prompt=[j[1] for j in chunk],
+                negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None,
+                generator=[torch.Generator("cpu").manual_seed(image_seeds[j[0]]) for j in chunk],
+                **call_kwargs,
+            )
+            for j, image in zip(chunk, out.images, strict=True):
+                images[j[0]] = image
+
+        # Images with the token: batch those whose merged sequences have the same length (no padding is added).
+        cache: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        by_length: dict[int, list[tuple[int, str, str]]] = {}
+        for job in (j for j in jobs if j[2] is not None):
+            key = (job[1], job[2])
+            if key not in cache:
+                cache[key] = self._value_embeddings(job[1], job[2], negative_prompt)
+            by_length.setdefault(cache[key][0].shape[1], []).append(job)
+        for group in by_length.values():
+            for start in range(0, len(group), batch_size):
+                chunk = group[start:start + batch_size]
+                embeds = [cache[(j[1], j[2])] for j in chunk]
+                out = self.base(
+                    prompt_embeds=torch.cat([e[0] for e in embeds]),
+                    negative_prompt_embeds=torch.cat([e[1] for e in embeds]),
+                    generator=[torch.Generator("cpu").manual_seed(image_seeds[j[0]]) for j in chunk],
+                    **call_kwargs,
+                )
+                for j, image in zip(chunk, out.images, strict=True):
+                    images[j[0]] = image
+
+        return LiVOGeneration(
+            images=images,
+            prompts=[j[1] for j in jobs],
+            principles=[self._principle_text(per_prompt[j[0] // num_images_per_prompt]) for j in jobs],
+            seeds=image_seeds,
+            used_value_token=[j[2] is not None for j in jobs],
+        )

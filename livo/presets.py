@@ -1,0 +1,332 @@
+"""Model presets: `tiny` (random weights from configs), `toy` (the synthetic world), `sd15` (production).
+
+Nothing is loaded at import time. `load_pipeline(source)` is the one way every stage gets a base model:
+- `"tiny"`: a complete Stable-Diffusion-architecture pipeline with random weights, built from configs (tests);
+- `"toy"`: the committed toy-world base model (`livo/toy/`);
+- `"sd15"`: SD v1.5 from `LIVO_SD15_PATH` (a local diffusers folder or an `s3://` URI), else the hub id
+  `stable-diffusion-v1-5/stable-diffusion-v1-5` where a hub is reachable;
+- `"sd15-random"`: the SD v1.5 architecture with random weights (GPU benchmarks without weights);
+- a local diffusers folder, an `s3://bucket/prefix` URI, or a hub id.
+Preset configs (`configs/presets/<name>.yaml`) name the model source, the principles file, generation settings,
+judges and per-stage overrides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from livo.config import LivoConfig, load_config
+from livo.errors import ConfigError, LivoError
+from livo.log import get_logger
+
+log = get_logger(__name__)
+
+SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+# Words the tiny tokenizer knows as whole tokens (everything else falls back to characters): principle texts and the
+# vocabulary of typical prompts, so tiny-model prompts stay well under 77 tokens.
+_TINY_WORDS = (
+    "a an the of in on at with and or for to by from is are photo picture portrait image face person people man "
+    "woman male female boy girl doctor nurse engineer teacher lawyer chef pilot farmer scientist artist firefighter "
+    "ceo ceo's police officer cashier janitor secretary programmer construction worker judge dancer singer "
+    "gender racial equality nudity bloody zombie considered inappropriate blood naked nude gore white black indian "
+    "asian latino kind honest brave rude lazy evil smart friendly cat dog tree house car landscape city street "
+    "red blue green yellow orange purple standing sitting walking smiling"
+).split()
+
+
+class ModelSection(LivoConfig):
+    source: str = Field("tiny", description="tiny | toy | sd15 | sd15-random | local folder | s3:// URI | hub id")
+    dtype: str | None = Field(None, description="float32 | float16 | bfloat16; None = float32 on CPU, fp16 on GPU")
+
+
+class GenerationSection(LivoConfig):
+    resolution: int = Field(512, gt=0, description="image height and width in pixels")
+    num_inference_steps: int = Field(25, gt=0, description="sampler steps (paper: DPM-Solver++ 25)")
+    guidance_scale: float = Field(7.5, ge=0, description="classifier-free guidance scale (paper: 7.5)")
+    scheduler: str = Field("dpmsolver++", description="dpmsolver++ | ddim | as-is (keep the model's own scheduler)")
+    batch_size: int = Field(8, gt=0, description="images per UNet batch")
+
+
+class PresetConfig(LivoConfig):
+    name: str
+    description: str = ""
+    model: ModelSection = ModelSection()
+    principles: str = Field("principles/default.yaml", description="principles file, relative to configs/ or absolute")
+    generation: GenerationSection = GenerationSection()
+    judges: dict[str, str] = Field(default_factory=dict, description="evaluation kind -> judge name")
+    data: dict[str, Any] = Field(default_factory=dict, description="overrides for the data-generation config")
+    train: dict[str, Any] = Field(default_factory=dict, description="overrides for the training config")
+    evaluate: dict[str, Any] = Field(default_factory=dict, description="overrides for the evaluation config")
+
+    def principles_path(self) -> str:
+        """The principles file as a path or URI (relative paths resolve against configs/)."""
+        from livo.paths import config_dir
+
+        if "://" in self.principles or Path(self.principles).is_absolute():
+            return self.principles
+        return str(config_dir() / self.principles)
+
+
+def load_preset_config(name_or_path: str, overrides: list[str] | None = None) -> PresetConfig:
+    """A preset by name (`configs/presets/<name>.yaml`) or from a YAML file path."""
+    from livo.paths import config_dir
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = config_dir() / "presets" / f"{name_or_path}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in (config_dir() / "presets").glob("*.yaml"))
+            raise ConfigError(f"unknown preset {name_or_path!r}; known presets: {', '.join(known)} (or a YAML path)")
+    return load_config(PresetConfig, path, overrides)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tokenizer without a hub
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable-unicode table."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    n = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return dict(zip(printable, (chr(c) for c in chars), strict=True))
+
+
+def _learn_bpe_merges(words) -> list[tuple[str, str]]:
+    """Byte-pair merges learned on `words` (each counted once) until every word is one token. Ties break on the
+    smallest pair, so the result is deterministic; applying the merges in rank order rebuilds each word."""
+    from collections import Counter
+
+    segmented = [list(w[:-1]) + [w[-1] + "</w>"] for w in dict.fromkeys(words) if w]
+    merges: list[tuple[str, str]] = []
+    while True:
+        pairs = Counter(p for symbols in segmented for p in zip(symbols, symbols[1:], strict=False))
+        if not pairs:
+            return merges
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        for i, symbols in enumerate(segmented):
+            merged, j = [], 0
+            while j < len(symbols):
+                if j + 1 < len(symbols) and (symbols[j], symbols[j + 1]) == best:
+                    merged.append(symbols[j] + symbols[j + 1])
+                    j += 2
+                else:
+                    merged.append(symbols[j])
+                    j += 1
+            segmented[i] = merged
+
+
+def build_tiny_tokenizer(words: tuple[str, ...] | list[str] = _TINY_WORDS, model_max_length: int = 77):
+    """A real CLIP byte-level BPE tokenizer built in code: every byte is a token (so any text tokenizes) and merges
+    learned on `words` make each of them one token. Ids: bytes, bytes+`</w>`, merged symbols, start/end tokens."""
+    from transformers import CLIPTokenizer
+
+    symbols = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for s in symbols + [s + "</w>" for s in symbols]:
+        vocab.setdefault(s, len(vocab))
+    merges = _learn_bpe_merges([w.lower() for w in words])
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pipelines
+
+
+def _text_encoder_config(tokenizer, **sizes):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=max(len(tokenizer), sizes.pop("vocab_size", 0)),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=tokenizer.model_max_length,
+        **sizes,
+    )
+
+
+def _assemble(unet, vae, text_encoder, tokenizer, scheduler_name: str = "dpmsolver++"):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=make_scheduler(scheduler_name),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def make_scheduler(name: str, config: dict | None = None):
+    """The sampler for generation. `dpmsolver++` is the paper's; DDIM never clips samples (the clipping inverted the
+    conditioning in our toy trial, see ENVIRONMENT.md)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    base = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                prediction_type="epsilon", steps_offset=1)
+    if config:
+        base.update({k: v for k, v in config.items() if k in base})
+    if name == "dpmsolver++":
+        return DPMSolverMultistepScheduler(**base, algorithm_type="dpmsolver++", solver_order=2)
+    if name == "ddim":
+        return DDIMScheduler(**base, clip_sample=False, set_alpha_to_one=False)
+    raise ConfigError(f"unknown scheduler {name!r}; use dpmsolver++ or ddim")
+
+
+def build_tiny_pipeline(seed: int = 0, resolution: int = 32):
+    """Random-weight SD-architecture pipeline from configs: UNet (32, 64), 2-block VAE, 2-layer CLIP of width 32."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=resolution // 2, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32), in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"), norm_num_groups=8,
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), sample_size=resolution,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(_text_encoder_config(
+        tokenizer, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+        projection_dim=32, layer_norm_eps=1e-5,
+    ))
+    return _assemble(unet.eval(), vae.eval(), text_encoder.eval(), tokenizer)
+
+
+def build_sd15_random_pipeline(seed: int = 0):
+    """The SD v1.5 architecture (UNet 860 M, VAE 84 M, CLIP ViT-L/14 text tower 123 M) with random weights — real
+    sizes for timing on a GPU without any weights. The tokenizer is the in-code one (CLIP's vocabulary is on the hub)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, cross_attention_dim=768,
+        block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+    text_encoder = CLIPTextModel(_text_encoder_config(
+        tokenizer, vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+        num_attention_heads=12, projection_dim=768, hidden_act="quick_gelu",
+    ))
+    return _assemble(unet.eval(), vae.eval(), text_encoder.eval(), tokenizer)
+
+
+def _dtype(name: str | None):
+    import torch
+
+    if name is None:
+        return None
+    try:
+        return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+    except KeyError:
+        raise ConfigError(f"unknown dtype {name!r}; use float32, float16 or bfloat16") from None
+
+
+def load_pipeline(source: str, *, device: str | None = None, dtype: Any = None, seed: int = 0):
+    """The base `StableDiffusionPipeline` for `source` (see the module docstring), moved to `device`/`dtype`."""
+    if isinstance(dtype, str):
+        dtype = _dtype(dtype)
+    if source == "tiny":
+        pipe = build_tiny_pipeline(seed)
+    elif source == "toy":
+        from livo.toy.base_model import load_toy_pipeline
+
+        pipe = load_toy_pipeline()
+    elif source == "sd15-random":
+        pipe = build_sd15_random_pipeline(seed)
+    elif source == "sd15":
+        pipe = _from_pretrained(os.environ.get("LIVO_SD15_PATH") or SD15_HUB_ID)
+    else:
+        pipe = _from_pretrained(source)
+    pipe.set_progress_bar_config(disable=True)
+    if device is not None or dtype is not None:
+        pipe = pipe.to(device=device, dtype=dtype)
+    return pipe
+
+
+def _from_pretrained(source: str):
+    from diffusers import StableDiffusionPipeline
+
+    local = Path(source)
+    if source.startswith("s3://"):
+        local = _download_model(source)
+    kwargs = dict(use_safetensors=True, safety_checker=None, requires_safety_checker=False)
+    if local.is_dir():
+        if not (local / "model_index.json").is_file():
+            raise ConfigError(f"{local}: not a diffusers pipeline folder (model_index.json missing)")
+        try:
+            return StableDiffusionPipeline.from_pretrained(local, **kwargs)
+        except OSError as exc:
+            raise ConfigError(f"{local}: could not load the pipeline with safetensors weights ({exc})") from exc
+    if "/" not in source or source.startswith((".", "/")):
+        raise ConfigError(
+            f"model source {source!r} is neither a preset (tiny, toy, sd15, sd15-random), a folder, an s3:// URI "
+            "nor a hub id"
+        )
+    try:
+        return StableDiffusionPipeline.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise LivoError(
+            f"could not load {source!r} from the hub ({str(exc).splitlines()[0]}); without a reachable hub, point "
+            "LIVO_SD15_PATH (or the model source) at a local diffusers folder or an s3:// URI"
+        ) from exc
+
+
+def _download_model(uri: str) -> Path:
+    """Copy a diffusers folder from the object store into the local cache (once per URI)."""
+    from livo.registry.store import ObjectStore, parse_s3_uri
+
+    cache = Path(os.environ.get("LIVO_CACHE_DIR", Path.home() / ".cache" / "livo")) / "models"
+    target = cache / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    if (target / "model_index.json").is_file():
+        return target
+    _, prefix = parse_s3_uri(uri)
+    ObjectStore.for_uri(uri).download_dir(prefix, target)
+    return target
+
+
+def pipeline_fingerprint(pipe) -> str:
+    """`sha256:<hex>` over every weight of the UNet, VAE and text encoder (names, dtypes, shapes and values)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for component in ("unet", "vae", "text_encoder"):
+        module = getattr(pipe, component)
+        for name, tensor in sorted(module.state_dict().items()):
+            t = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{component}.{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + digest.hexdigest()

@@ -1,0 +1,214 @@
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from safetensors.torch import load_file, save_file
+from transformers import CLIPTextModel
+
+from livo.errors import ConfigError
+from livo.losses import compute_denoising_errors, livo_loss
+from livo.modeling import (
+    LiVOPipeline,
+    ValueEncoder,
+    encode_prompts,
+    prepend_value_token,
+    training_conditioning,
+    value_text,
+    value_token_mask,
+)
+from livo.presets import build_tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe():
+    return build_tiny_pipeline(seed=0)
+
+
+def _snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _training_batch(pipe, value_encoder, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    prompts = ["a photo of the face of a doctor", "a photo of the face of a nurse"][:batch]
+    cond_value, cond_plain = training_conditioning(
+        pipe.text_encoder, value_encoder, pipe.tokenizer, prompts, ["gender equality"] * batch
+    )
+    shape = (batch, 4, 16, 16)
+    latents_w, latents_l, noise = (torch.randn(shape, generator=g) for _ in range(3))
+    timesteps = torch.randint(0, 1000, (batch,), generator=g)
+    return latents_w, latents_l, cond_value, cond_plain, noise, timesteps
+
+
+def test_value_text_is_principle_comma_prompt():
+    assert value_text("gender equality", "a photo of a doctor") == "gender equality, a photo of a doctor"
+
+
+def test_value_encoder_starts_as_a_trainable_copy_of_the_base_encoder(tiny_pipe):
+    encoder = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder)
+    assert encoder.text_model is not tiny_pipe.text_encoder
+    for (name, a), (_, b) in zip(encoder.text_model.state_dict().items(),
+                                 tiny_pipe.text_encoder.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert all(p.requires_grad for p in encoder.parameters())
+    ids = tiny_pipe.tokenizer(["gender equality, a doctor"], return_tensors="pt").input_ids
+    assert encoder(ids).shape == (1, 32)
+
+
+def test_training_conditioning_shapes(tiny_pipe):
+    encoder = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder)
+    cond_value, cond_plain = training_conditioning(
+        tiny_pipe.text_encoder, encoder, tiny_pipe.tokenizer, ["a doctor", "a nurse", "a cat"], ["gender equality"] * 3
+    )
+    assert cond_plain.shape == (3, 77, 32)  # prompt padded to the tokenizer's 77
+    assert cond_value.shape == (3, 78, 32)  # + one value token
+    assert torch.equal(cond_value[:, 1:], cond_plain)
+    assert cond_value.requires_grad and not cond_plain.requires_grad
+
+
+def test_prepend_value_token_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"\[B, D\]"):
+        prepend_value_token(torch.zeros(2, 3, 4), torch.zeros(2, 5, 4))
+
+
+def test_one_optimiser_step_changes_every_value_encoder_parameter_and_nothing_else(tiny_pipe):
+    encoder = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder)
+    frozen = {name: _snapshot(getattr(tiny_pipe, name)) for name in ("unet", "vae", "text_encoder")}
+    for name in frozen:
+        getattr(tiny_pipe, name).requires_grad_(False)
+    before = _snapshot(encoder)
+    optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-3)
+    scheduler = DDPMScheduler.from_config(tiny_pipe.scheduler.config)
+
+    errors = compute_denoising_errors(tiny_pipe.unet, scheduler, *_training_batch(tiny_pipe, encoder))
+    loss = livo_loss(errors.theta_w, errors.ref_w, errors.theta_l, errors.ref_l)
+    assert loss.item() > 0
+    loss.backward()
+    optimizer.step()
+
+    after = _snapshot(encoder)
+    unchanged = [name for name in before if torch.equal(before[name], after[name])]
+    assert unchanged == [], f"value-encoder tensors not updated: {unchanged}"
+    for component, state in frozen.items():
+        for name, tensor in getattr(tiny_pipe, component).state_dict().items():
+            assert torch.equal(tensor, state[name]), f"{component}.{name} changed"
+
+
+def test_fused_errors_equal_the_four_pass_reference_recipe(tiny_pipe):
+    torch.manual_seed(0)
+    encoder = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder)
+    scheduler = DDPMScheduler.from_config(tiny_pipe.scheduler.config)
+    batch = _training_batch(tiny_pipe, encoder)
+    fused = compute_denoising_errors(tiny_pipe.unet, scheduler, *batch, fused=True)
+    loss_fused = livo_loss(fused.theta_w, fused.ref_w, fused.theta_l, fused.ref_l, gamma1=5, gamma2=5)
+    grads_fused = torch.autograd.grad(loss_fused, list(encoder.parameters()), retain_graph=False)
+
+    batch = _training_batch(tiny_pipe, encoder)
+    four = compute_denoising_errors(tiny_pipe.unet, scheduler, *batch, fused=False)
+    loss_four = livo_loss(four.theta_w, four.ref_w, four.theta_l, four.ref_l, gamma1=5, gamma2=5)
+    grads_four = torch.autograd.grad(loss_four, list(encoder.parameters()))
+
+    for name in ("theta_w", "ref_w", "theta_l", "ref_l"):
+        torch.testing.assert_close(getattr(fused, name), getattr(four, name), rtol=1e-5, atol=1e-6)
+    assert fused.ref_w.grad_fn is None and fused.ref_l.grad_fn is None  # reference passes built no graph
+    for a, b in zip(grads_fused, grads_four, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_save_and_load_round_trip_is_exact(tiny_pipe, tmp_path):
+    encoder = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder)
+    with torch.no_grad():
+        for p in encoder.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    encoder.save_pretrained(tmp_path / "ve")
+    assert sorted(p.name for p in (tmp_path / "ve").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = ValueEncoder.from_pretrained(tmp_path / "ve")
+    for name, tensor in encoder.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+
+
+def test_loads_the_authors_released_layout(tiny_pipe, tmp_path):
+    # The released checkpoints are a plain CLIPTextModel saved under <checkpoint>/value_encoder/.
+    # Written by transformers 4.x, whose CLIPTextModel nests its weights under "text_model.".
+    released = tmp_path / "checkpoint-15000"
+    tiny_pipe.text_encoder.save_pretrained(released / "value_encoder")
+    weights = released / "value_encoder" / "model.safetensors"
+    state = load_file(weights)
+    save_file({f"text_model.{k}": v for k, v in state.items()}, weights, metadata={"format": "pt"})
+    encoder = ValueEncoder.from_pretrained(released)
+    ids = tiny_pipe.tokenizer(["nudity considered inappropriate, a woman"], return_tensors="pt").input_ids
+    torch.testing.assert_close(encoder(ids), tiny_pipe.text_encoder(ids).pooler_output, rtol=0, atol=0)
+
+
+def test_refuses_pickle_weights(tmp_path, tiny_pipe):
+    folder = tmp_path / "value_encoder"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ConfigError, match="safetensors"):
+        ValueEncoder.from_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match="no value encoder"):
+        ValueEncoder.from_pretrained(tmp_path / "missing")
+
+
+def test_inference_conditioning_truncates_the_prompt_to_76_tokens(tiny_pipe):
+    pipe = LiVOPipeline(tiny_pipe, ValueEncoder.from_text_encoder(tiny_pipe.text_encoder))
+    merged, negative = pipe._value_embeddings("a doctor", "gender equality", None)
+    # <start> a doctor <end> = 4 tokens, no padding; + value token = 5; CFG embedding at the same length
+    assert merged.shape == (1, 5, 32) and negative.shape == (1, 5, 32)
+    long_prompt = " ".join(["doctor"] * 200)
+    merged, negative = pipe._value_embeddings(long_prompt, "gender equality", "blood")
+    assert merged.shape == (1, 77, 32) and negative.shape == (1, 77, 32)
+    plain = encode_prompts(tiny_pipe.text_encoder, tiny_pipe.tokenizer, ["a doctor"])
+    # causal CLIP: the unpadded prompt embedding equals the first tokens of the padded one
+    torch.testing.assert_close(pipe._value_embeddings("a doctor", "x", None)[0][:, 1:], plain[:, :4])
+
+
+def test_no_principle_is_bit_identical_to_the_base_pipeline(tiny_pipe):
+    pipe = LiVOPipeline(tiny_pipe, ValueEncoder.from_text_encoder(tiny_pipe.text_encoder))
+    prompts = ["a photo of a doctor", "a nurse"]
+    ours = pipe.generate(prompts, None, num_images_per_prompt=2, seed=7, num_inference_steps=3)
+    base = tiny_pipe(
+        prompt=[p for p in prompts for _ in range(2)],
+        generator=[torch.Generator().manual_seed(7 + i) for i in range(4)],
+        num_inference_steps=3, guidance_scale=7.5, output_type="pil",
+    )
+    assert ours.used_value_token == [False] * 4
+    assert ours.seeds == [7, 8, 9, 10]
+    for a, b in zip(ours.images, base.images, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_principle_changes_images_and_dropout_keeps_dropped_images_identical(tiny_pipe):
+    encoder = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder)
+    with torch.no_grad():  # make the value token clearly different from a plain copy's
+        encoder.text_model.final_layer_norm.bias.add_(3.0)
+    pipe = LiVOPipeline(tiny_pipe, encoder)
+    base = pipe.generate(["a doctor"], None, num_images_per_prompt=4, seed=3, num_inference_steps=3)
+    half = pipe.generate(["a doctor"], "gender equality", num_images_per_prompt=4, seed=3, num_inference_steps=3,
+                         inference_dropout=0.5)
+    assert sum(half.used_value_token) == 2
+    for used, a, b in zip(half.used_value_token, half.images, base.images, strict=True):
+        same = np.array_equal(np.asarray(a), np.asarray(b))
+        assert same != used  # dropped → identical to base; with the token → different
+
+
+def test_value_token_mask_is_exact_and_seeded():
+    mask = value_token_mask(50, 0.5, seed=1)
+    assert sum(mask) == 25
+    assert mask == value_token_mask(50, 0.5, seed=1)
+    assert mask != value_token_mask(50, 0.5, seed=2)
+    assert sum(value_token_mask(50, 0.0, seed=1)) == 50
+    assert sum(value_token_mask(50, 1.0, seed=1)) == 0
+    with pytest.raises(ConfigError):
+        value_token_mask(4, 1.5, seed=0)
+
+
+def test_principle_without_value_encoder_is_a_clear_error(tiny_pipe):
+    with pytest.raises(ConfigError, match="no value encoder"):
+        LiVOPipeline(tiny_pipe).generate(["a doctor"], "gender equality", num_inference_steps=2)
+
+
+def test_clip_text_model_is_what_we_save(tiny_pipe, tmp_path):
+    ValueEncoder.from_text_encoder(tiny_pipe.text_encoder).save_pretrained(tmp_path)
+    assert isinstance(CLIPTextModel.from_pretrained(tmp_path, use_safetensors=True), CLIPTextModel)

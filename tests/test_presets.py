@@ -1,0 +1,68 @@
+import pytest
+import torch
+
+from livo.errors import ConfigError
+from livo.presets import (
+    build_tiny_pipeline,
+    build_tiny_tokenizer,
+    load_pipeline,
+    load_preset_config,
+    make_scheduler,
+    pipeline_fingerprint,
+)
+
+
+def test_tiny_tokenizer_is_a_clip_tokenizer_with_77_tokens_and_whole_word_merges():
+    tok = build_tiny_tokenizer()
+    assert tok.model_max_length == 77
+    ids = tok("gender equality, a photo of the face of a doctor").input_ids
+    assert tok.convert_ids_to_tokens(ids) == [
+        "<|startoftext|>", "gender</w>", "equality</w>", ",</w>", "a</w>", "photo</w>", "of</w>", "the</w>",
+        "face</w>", "of</w>", "a</w>", "doctor</w>", "<|endoftext|>",
+    ]
+    # unknown words and any script still tokenize (byte fallback), and padding uses the end token like SD's
+    assert len(tok("Zürich 東京 🙂").input_ids) > 3
+    padded = tok("a cat", padding="max_length", max_length=77).input_ids
+    assert len(padded) == 77 and padded[-1] == tok.eos_token_id
+
+
+def test_tiny_pipeline_is_deterministic_and_generates_32px_images():
+    a, b = build_tiny_pipeline(seed=0), build_tiny_pipeline(seed=0)
+    assert pipeline_fingerprint(a) == pipeline_fingerprint(b)
+    assert pipeline_fingerprint(a) != pipeline_fingerprint(build_tiny_pipeline(seed=1))
+    out = a(prompt=["a doctor"], generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="pil")
+    assert out.images[0].size == (32, 32)
+    assert a.text_encoder.config.eos_token_id == a.tokenizer.eos_token_id  # pooling picks the real end token
+
+
+def test_tiny_pipeline_round_trips_through_save_pretrained(tmp_path):
+    pipe = build_tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "model", safe_serialization=True)
+    loaded = load_pipeline(str(tmp_path / "model"))
+    assert pipeline_fingerprint(loaded) == pipeline_fingerprint(pipe)
+
+
+def test_load_pipeline_errors_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="model_index.json"):
+        load_pipeline(str(tmp_path))
+    with pytest.raises(ConfigError, match="neither a preset"):
+        load_pipeline("no-such-preset")
+
+
+def test_preset_configs_load_and_unknown_ones_fail():
+    tiny = load_preset_config("tiny")
+    assert tiny.model.source == "tiny" and tiny.generation.resolution == 32
+    sd15 = load_preset_config("sd15")
+    assert (sd15.generation.num_inference_steps, sd15.generation.guidance_scale) == (25, 7.5)  # paper protocol
+    assert load_preset_config("tiny", ["generation.num_inference_steps=2"]).generation.num_inference_steps == 2
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_preset_config("nope")
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_preset_config("tiny", ["generation.stepz=2"])
+
+
+def test_schedulers_never_clip_samples():
+    assert make_scheduler("ddim").config.clip_sample is False
+    assert make_scheduler("dpmsolver++").config.algorithm_type == "dpmsolver++"
+    with pytest.raises(ConfigError):
+        make_scheduler("euler-magic")
