@@ -30,6 +30,18 @@ class _TextFormatter(logging.Formatter):
         return f"[{record.levelname.lower()}] {record.name}: {record.getMessage()}" + (f" {extra}" if extra else "")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is now (test capture and CLI redirection swap it after configuration)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; we always follow sys.stderr instead
+        pass
+
+
 def configure_logging(json_format: bool | None = None, level: str | None = None) -> None:
     """Install one stderr handler on the `livo` logger (idempotent)."""
     global _CONFIGURED
@@ -37,7 +49,7 @@ def configure_logging(json_format: bool | None = None, level: str | None = None)
         json_format = os.environ.get("LIVO_LOG_FORMAT", "text") == "json"
     logger = logging.getLogger("livo")
     logger.handlers.clear()
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(_JsonFormatter() if json_format else _TextFormatter())
     logger.addHandler(handler)
     logger.setLevel(level or os.environ.get("LIVO_LOG_LEVEL", "INFO"))

@@ -1,0 +1,91 @@
+"""`livo lineage show|verify|diff`: audit registered models (object store from `LIVO_S3_*`).
+
+    livo lineage show livo-toy            # the latest version, as a table (--json: the raw lineage.json)
+    livo lineage verify livo-toy@v2       # recompute every hash; exit 1 naming every mismatch
+    livo lineage diff livo-toy@v1 v2      # principles, data, config, metrics that changed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _store():
+    from livo.registry.store import ObjectStore
+
+    return ObjectStore.from_env()
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from livo.registry.lineage import format_table, lineage_rows, parse_model_ref
+    from livo.registry.registration import load_lineage
+
+    name, version = parse_model_ref(args.model)
+    record = load_lineage(_store(), name, version)
+    if args.json:
+        print(record.to_json(), end="")
+    else:
+        print(format_table(lineage_rows(record)))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from livo.registry.lineage import parse_model_ref, verify_version
+    from livo.registry.registration import resolve_version
+
+    store = _store()
+    name, version = parse_model_ref(args.model)
+    version = resolve_version(store, name, version)
+    problems = verify_version(store, name, version)
+    if args.json:
+        print(json.dumps({"model": name, "version": version, "ok": not problems,
+                          "mismatches": [p.model_dump() for p in problems]}, indent=2))
+    elif problems:
+        print(f"{name}@{version}: {len(problems)} mismatch(es)", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem.subject}: {problem.detail}", file=sys.stderr)
+    else:
+        print(f"{name}@{version}: OK (every hash matches; principle set and dataset manifest unchanged)")
+    return 1 if problems else 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from livo.registry.lineage import diff_records, format_diff, parse_model_ref
+    from livo.registry.registration import load_lineage, load_stored_principles
+
+    store = _store()
+    name_a, version_a = parse_model_ref(args.a)
+    ref_b = args.b if "@" in args.b or not (args.b.startswith("v") or args.b.isdigit() or args.b == "latest") \
+        else f"{name_a}@{args.b}"
+    name_b, version_b = parse_model_ref(ref_b)
+    a, b = load_lineage(store, name_a, version_a), load_lineage(store, name_b, version_b)
+    diff = diff_records(a, b, load_stored_principles(store, a), load_stored_principles(store, b))
+    print(json.dumps(diff, indent=2) if args.json else format_diff(diff))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("lineage", help="show, verify or diff the lineage of registered models",
+                                   description="Audit registered models in the object store (LIVO_S3_*). MODEL is "
+                                               "NAME or NAME@VERSION (v1, v2, … or latest; default latest).")
+    sub = parser.add_subparsers(dest="lineage_command", metavar="ACTION", required=True)
+    show = sub.add_parser("show", help="print a version's lineage record", description="Print the lineage record of "
+                          "a registered version: run, code, principles, data, training config, metrics, file hashes.")
+    show.add_argument("model", metavar="MODEL[@VERSION]")
+    show.add_argument("--json", action="store_true", help="print lineage.json as stored")
+    show.set_defaults(func=cmd_show)
+    verify = sub.add_parser("verify", help="recompute every hash of a version", description="Recompute the sha256 of "
+                            "every stored file and compare with the manifest and lineage record; check that the "
+                            "principle set and dataset manifest it names still exist and match. Exit 1 naming every "
+                            "mismatch.")
+    verify.add_argument("model", metavar="MODEL[@VERSION]")
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+    verify.set_defaults(func=cmd_verify)
+    diff = sub.add_parser("diff", help="what changed between two versions", description="Principles, data, training "
+                          "config, base model, pipeline and metrics that differ between version A and version B.")
+    diff.add_argument("a", metavar="A", help="MODEL[@VERSION]")
+    diff.add_argument("b", metavar="B", help="MODEL[@VERSION], or just a version (vN) of A's model")
+    diff.add_argument("--json", action="store_true", help="print the diff as JSON")
+    diff.set_defaults(func=cmd_diff)

@@ -1,0 +1,411 @@
+"""Model registration: `models/<name>/<version>/` in the object store — atomic, idempotent, versioned.
+
+Layout of one version (docs/registry.md)::
+
+    models/<name>/v<N>/value_encoder/config.json, model.safetensors   the weights (authors' layout)
+                      metrics.json, report.html                          the evaluation
+                      principles.yaml                                    the principle set, byte for byte
+                      model_card.md, lineage.json                        the card and the lineage record
+                      manifest.json                                      commit object, written LAST
+    models/<name>/.registrations/v<N>.json                               in-flight marker (deleted after commit)
+
+- Versions are ``v1, v2, …`` per model name, in registration order. A version exists when its manifest.json exists;
+  everything else under an uncommitted prefix is the debris of an interrupted registration, invisible to readers and
+  reclaimed by the next registration of that name.
+- Idempotent: registering the same pipeline run again returns the version it already created (re-running only
+  re-syncs the Kubeflow Model Registry entry). The same weights from a different run become a new version whose
+  lineage names the earlier ones (`model.same_weights_as`).
+- A candidate whose metrics say ``passed: false`` is refused unless `force` is set (recorded in the lineage).
+- Secrets never reach the card or the lineage record (`lineage.redact`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from livo.config import LivoConfig
+from livo.errors import ConfigError, LivoError, StoreError
+from livo.log import get_logger, log_event
+from livo.registry.lineage import (
+    LINEAGE_FILE,
+    MANIFEST_FILE,
+    BaseModelSection,
+    DatasetSection,
+    EvaluationSection,
+    LineageRecord,
+    ModelSection,
+    PipelineSection,
+    PrinciplesSection,
+    TrainingSection,
+    digest_at,
+    read_bytes_at,
+    redact,
+    weights_digest,
+)
+
+logger = get_logger("livo.registry.registration")
+
+MODELS_PREFIX = "models"
+VALUE_ENCODER_DIR = "value_encoder"
+MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # the same rule as livo.orchestration.MODEL_NAME_RE
+VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
+STALE_REGISTRATION_S = 30 * 60  # an in-flight marker older than this belongs to a registration that died
+
+
+# ------------------------------------------------------------------------------------------------------ layout
+def model_prefix(name: str) -> str:
+    _check_name(name)
+    return f"{MODELS_PREFIX}/{name}/"
+
+
+def version_prefix(name: str, version: str) -> str:
+    if not VERSION_RE.match(version):
+        raise ConfigError(f"version {version!r}: versions are v1, v2, …")
+    return f"{model_prefix(name)}{version}/"
+
+
+def _marker_key(name: str, version: str) -> str:
+    return f"{model_prefix(name)}.registrations/{version}.json"
+
+
+def _check_name(name: str) -> None:
+    if not MODEL_NAME_RE.match(name or ""):
+        raise ConfigError(f"model name {name!r}: use 1-63 lowercase letters, digits and '-', starting with a letter or "
+                          "digit")
+
+
+def _version_number(version: str) -> int:
+    match = VERSION_RE.match(version)
+    assert match, version
+    return int(match.group(1))
+
+
+def _version_dirs(store: Any, name: str) -> list[str]:
+    """Every v<N> directory under the model, committed or not, in numeric order."""
+    prefix = model_prefix(name)
+    names = [entry[len(prefix):].rstrip("/") for entry in store.list(prefix, recursive=False) if entry.endswith("/")]
+    return sorted((n for n in names if VERSION_RE.match(n)), key=_version_number)
+
+
+def list_versions(store: Any, name: str) -> list[str]:
+    """Committed versions of `name` (those whose manifest.json exists), oldest first."""
+    return [v for v in _version_dirs(store, name) if store.exists(version_prefix(name, v) + MANIFEST_FILE)]
+
+
+def list_models(store: Any) -> list[str]:
+    names = [entry[len(MODELS_PREFIX) + 1:].rstrip("/") for entry in store.list(MODELS_PREFIX, recursive=False)
+             if entry.endswith("/")]
+    return sorted(n for n in names if MODEL_NAME_RE.match(n))
+
+
+def latest_version(store: Any, name: str) -> str | None:
+    versions = list_versions(store, name)
+    return versions[-1] if versions else None
+
+
+def resolve_version(store: Any, name: str, version: str | None) -> str:
+    """`version`, or the latest when None; a clear error for an unknown model or version."""
+    versions = list_versions(store, name)
+    if not versions:
+        known = list_models(store)
+        raise LivoError(f"unknown model {name!r} in {store.uri(MODELS_PREFIX)}: no registered version"
+                        + (f"; registered models: {', '.join(known)}" if known else "; nothing is registered yet"))
+    if version is None:
+        return versions[-1]
+    if version not in versions:
+        raise LivoError(f"unknown version {name}@{version}; registered versions: {', '.join(versions)}")
+    return version
+
+
+def load_manifest(store: Any, name: str, version: str) -> dict[str, Any]:
+    """The commit object of a registered version (raises for an unknown model or version)."""
+    resolve_version(store, name, version)
+    return store.get_json(version_prefix(name, version) + MANIFEST_FILE)
+
+
+def load_lineage(store: Any, name: str, version: str | None = None) -> LineageRecord:
+    version = resolve_version(store, name, version)
+    key = version_prefix(name, version) + LINEAGE_FILE
+    if not store.exists(key):
+        raise LivoError(f"{name}@{version} has no lineage record ({store.uri(key)} is missing); run "
+                        f"`livo lineage verify {name}@{version}` for the full damage report")
+    return LineageRecord.from_json_bytes(store.get_bytes(key), store.uri(key))
+
+
+def load_stored_principles(store: Any, record: LineageRecord) -> Any:
+    """The principle set stored beside a version (a `PrincipleSet`)."""
+    from livo.principles import load_principles_text
+
+    key = version_prefix(record.model.name, record.model.version) + record.principles.stored_copy
+    return load_principles_text(store.get_bytes(key).decode("utf-8"), source=store.uri(key))
+
+
+def principles_changed(store: Any, model_name: str, principle_set_hash: str) -> bool:
+    """Has the principle set changed since the latest registered version of `model_name`?
+
+    True when the model has no registered version yet or its latest version was trained on another principle-set
+    hash; the pipeline's first step skips all work when this is False.
+    """
+    latest = latest_version(store, model_name)
+    if latest is None:
+        log_event(logger, "no registered version", model=model_name)
+        return True
+    # The commit object carries the hash (one small read); lineage.json is the fallback for older manifests.
+    manifest = store.get_json(version_prefix(model_name, latest) + MANIFEST_FILE)
+    registered = manifest.get("principle_set_hash") or load_lineage(store, model_name, latest).principles.hash
+    changed = registered != principle_set_hash
+    log_event(logger, "principles compared", model=model_name, latest=latest, registered=registered,
+              current=principle_set_hash, changed=changed)
+    return changed
+
+
+# ---------------------------------------------------------------------------------------------------- request
+class RegistrationRequest(LivoConfig):
+    """Everything a registration needs. Local files are copied into the version; URIs are hashed and recorded."""
+
+    model_name: str = Field(description="models/<name>/…: 1-63 lowercase letters, digits, '-'")
+    value_encoder_dir: Path = Field(description="config.json + model.safetensors (or a parent with value_encoder/)")
+    metrics_path: Path = Field(description="the evaluation's metrics.json")
+    report_path: Path = Field(description="the evaluation's HTML report")
+    principles: str = Field(description="the principles file: local path or s3:// URI")
+    dataset_manifest_uri: str = Field(description="manifest.json of the preference dataset (s3:// URI or path)")
+    training_config: dict[str, Any] = Field(default_factory=dict)
+    seed: int
+    base_model_id: str = Field(min_length=1)
+    base_model_fingerprint: str = Field(min_length=1, description="livo.presets.pipeline_fingerprint of the base")
+    pipeline_run_id: str = Field(min_length=1, description="the KFP run id (idempotency key)")
+    pipeline_run_name: str = ""
+    pipeline_spec_hash: str = ""
+    git_commit: str = ""
+    image_digest: str = ""
+    description: str = ""
+    force: bool = Field(False, description="register even though metrics.json says passed: false")
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        if not MODEL_NAME_RE.match(value):
+            raise ValueError("use 1-63 lowercase letters, digits and '-', starting with a letter or digit")
+        return value
+
+
+class RegistrationResult(LivoConfig):
+    model_name: str
+    version: str
+    uri: str
+    created: bool = Field(description="False when this pipeline run was already registered (idempotent re-run)")
+    weights_sha256: str
+    same_weights_as: list[str] = Field(default_factory=list)
+    model_registry: dict[str, Any] | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model_name}@{self.version}"
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such metrics file; pass the metrics.json written by `livo evaluate`")
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("principles"), dict):
+        raise ConfigError(f"{path}: expected an evaluation metrics object with a 'principles' mapping")
+    if not isinstance(metrics.get("passed"), bool):
+        raise ConfigError(f"{path}: 'passed' must be true or false (the evaluation gate verdict)")
+    return metrics
+
+
+def _secrets_in_env() -> tuple[str, ...]:
+    names = ("LIVO_S3_SECRET_KEY", "LIVO_S3_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID",
+             "LIVO_MODEL_REGISTRY_TOKEN", "KFP_TOKEN")
+    return tuple(os.environ[n] for n in names if os.environ.get(n))
+
+
+# -------------------------------------------------------------------------------------------------- register
+def register_model(store: Any, request: RegistrationRequest, *, model_registry: Any = None,
+                   now: float | None = None) -> RegistrationResult:
+    """Register the candidate described by `request` as the next version of `request.model_name`.
+
+    `model_registry`: a `livo.registry.model_registry.KubeflowModelRegistry` (default: from the environment when
+    `LIVO_MODEL_REGISTRY_URL` is set, else skipped with an info log). Raises before anything is written when an input
+    is missing or invalid, or the candidate failed its gates without `force`.
+    """
+    from livo.modeling import resolve_value_encoder_dir
+    from livo.principles import load_principles_text
+
+    name = request.model_name
+    metrics = _read_metrics(request.metrics_path)
+    if not metrics["passed"] and not request.force:
+        raise LivoError(f"{name}: the candidate failed its evaluation gates (passed: false in {request.metrics_path}); "
+                        "nothing was registered (pass --force to register it anyway, recorded in the lineage)")
+    encoder_dir = resolve_value_encoder_dir(request.value_encoder_dir)
+    if not request.report_path.is_file():
+        raise ConfigError(f"{request.report_path}: no such report file; pass the report.html written by "
+                          "`livo evaluate`")
+    for what, location in (("principles file", request.principles), ("dataset manifest", request.dataset_manifest_uri)):
+        if not location.startswith("s3://") and not Path(location).is_file():
+            raise ConfigError(f"{location}: no such {what}; pass a local path or an s3:// URI")
+    principles_bytes = read_bytes_at(store, request.principles)
+    try:
+        principle_set = load_principles_text(principles_bytes.decode("utf-8"), source=request.principles)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{request.principles}: not UTF-8 text ({exc})") from None
+    dataset_sha256 = digest_at(store, request.dataset_manifest_uri)
+
+    with tempfile.TemporaryDirectory(prefix="livo-register-") as tmp:
+        staging = Path(tmp)
+        shutil.copytree(encoder_dir, staging / VALUE_ENCODER_DIR)
+        shutil.copyfile(request.metrics_path, staging / "metrics.json")
+        shutil.copyfile(request.report_path, staging / "report.html")
+        (staging / "principles.yaml").write_bytes(principles_bytes)
+
+        weights_sha256 = weights_digest(_digests(staging), VALUE_ENCODER_DIR)
+
+        existing = _find_existing(store, name, request.pipeline_run_id, weights_sha256)
+        if existing["same_run"] is not None:
+            version = existing["same_run"]
+            log_event(logger, "already registered", model=name, version=version, run_id=request.pipeline_run_id)
+            result = RegistrationResult(model_name=name, version=version, uri=store.uri(version_prefix(name, version)),
+                                        created=False, weights_sha256=weights_sha256,
+                                        same_weights_as=existing["same_weights"])
+            return _sync_model_registry(store, result, model_registry)
+
+        version, parent = _claim_version(store, name, request.pipeline_run_id, now)
+        prefix = version_prefix(name, version)
+        registered_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now if now is not None else time.time()))
+        hidden = _secrets_in_env()
+        record = LineageRecord(
+            model=ModelSection(name=name, version=version, registered_at=registered_at,
+                               description=redact(request.description, hidden), parent_version=parent,
+                               weights_sha256=weights_sha256, same_weights_as=existing["same_weights"],
+                               value_encoder_path=VALUE_ENCODER_DIR),
+            pipeline=PipelineSection(run_id=request.pipeline_run_id, run_name=request.pipeline_run_name,
+                                     spec_hash=request.pipeline_spec_hash, git_commit=request.git_commit,
+                                     image_digest=request.image_digest),
+            principles=PrinciplesSection(hash=principle_set.hash, uri=redact(request.principles, hidden),
+                                         ids=list(principle_set.ids)),
+            dataset=DatasetSection(manifest_uri=redact(request.dataset_manifest_uri, hidden),
+                                   manifest_sha256=dataset_sha256),
+            training=TrainingSection(config=redact(request.training_config, hidden), seed=request.seed),
+            base_model=BaseModelSection(id=redact(request.base_model_id, hidden),
+                                        fingerprint=request.base_model_fingerprint),
+            evaluation=EvaluationSection(passed=metrics["passed"], forced=not metrics["passed"],
+                                         report_uri=store.uri(prefix + "report.html"),
+                                         metrics=redact(metrics, hidden)),
+            files={},
+        )
+        if record.evaluation.metrics != metrics:  # redacted: the stored copy must equal the record's (verify)
+            (staging / "metrics.json").write_text(json.dumps(record.evaluation.metrics, indent=2), encoding="utf-8")
+        from livo.registry.model_card import render_model_card
+
+        record.files = _digests(staging)  # the card lists every file but itself
+        card = staging / "model_card.md"
+        card.write_text(render_model_card(record, principle_set), encoding="utf-8")
+        record.files = _digests(staging)
+        (staging / LINEAGE_FILE).write_text(record.to_json(), encoding="utf-8")
+
+        try:
+            store.upload_dir(prefix.rstrip("/"), staging, commit_key=prefix + MANIFEST_FILE, commit_payload={
+                "schema_version": 1, "model": name, "version": version, "pipeline_run_id": request.pipeline_run_id,
+                "weights_sha256": weights_sha256, "principle_set_hash": principle_set.hash,
+                "committed_at": registered_at,
+            })
+        except BaseException as exc:
+            _abandon(store, name, version)
+            if isinstance(exc, LivoError):
+                raise LivoError(f"registration of {name}@{version} failed, nothing was registered: {exc}") from exc
+            raise
+    _release_marker(store, name, version)
+    log_event(logger, "model registered", model=name, version=version, uri=store.uri(prefix),
+              run_id=request.pipeline_run_id, parent=parent, same_weights_as=existing["same_weights"] or None)
+    result = RegistrationResult(model_name=name, version=version, uri=store.uri(prefix), created=True,
+                                weights_sha256=weights_sha256, same_weights_as=existing["same_weights"])
+    return _sync_model_registry(store, result, model_registry)
+
+
+def _digests(directory: Path) -> dict[str, str]:
+    from livo.registry.store import sha256_file
+
+    return {p.relative_to(directory).as_posix(): sha256_file(p) for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _find_existing(store: Any, name: str, run_id: str, weights_sha256: str) -> dict[str, Any]:
+    same_run: str | None = None
+    same_weights: list[str] = []
+    for version in list_versions(store, name):
+        manifest = store.get_json(version_prefix(name, version) + MANIFEST_FILE)
+        if manifest.get("pipeline_run_id") == run_id:
+            if manifest.get("weights_sha256") != weights_sha256:
+                raise LivoError(f"pipeline run {run_id} already registered {name}@{version} with other weights "
+                                f"({manifest.get('weights_sha256')}); a run registers one model — start a new run")
+            same_run = version
+        elif manifest.get("weights_sha256") == weights_sha256:
+            same_weights.append(version)
+    return {"same_run": same_run, "same_weights": same_weights}
+
+
+def _claim_version(store: Any, name: str, run_id: str, now: float | None) -> tuple[str, str | None]:
+    """The next version number, after reclaiming the debris of an interrupted registration in its place."""
+    committed = list_versions(store, name)
+    parent = committed[-1] if committed else None
+    number = _version_number(parent) + 1 if parent else 1
+    version = f"v{number}"
+    current = now if now is not None else time.time()
+    marker = _marker_key(name, version)
+    if store.exists(marker):
+        info = store.get_json(marker)
+        age = current - float(info.get("started_at", 0))
+        if info.get("run_id") != run_id and age < STALE_REGISTRATION_S:
+            raise LivoError(f"another registration of {name}@{version} is in progress (pipeline run "
+                            f"{info.get('run_id')}, started {age:.0f}s ago); retry when it has finished")
+    leftovers = store.delete_prefix(version_prefix(name, version))
+    if leftovers:
+        log_event(logger, "reclaimed interrupted registration", model=name, version=version, objects=leftovers)
+    store.put_json(marker, {"run_id": run_id, "started_at": current})
+    return version, parent
+
+
+def _release_marker(store: Any, name: str, version: str) -> None:
+    try:
+        store.delete(_marker_key(name, version))
+    except StoreError as exc:  # the version is committed; a stale marker only delays nothing (same run reclaims)
+        log_event(logger, "could not delete registration marker", model=name, version=version, error=str(exc))
+
+
+def _abandon(store: Any, name: str, version: str) -> None:
+    """Best effort: remove a failed registration's objects (when the store is down they stay, uncommitted)."""
+    try:
+        store.delete_prefix(version_prefix(name, version))
+        store.delete(_marker_key(name, version))
+    except (StoreError, OSError) as exc:
+        log_event(logger, "partial registration left for the next registration to reclaim", model=name,
+                  version=version, error=str(exc))
+
+
+def _sync_model_registry(store: Any, result: RegistrationResult, model_registry: Any) -> RegistrationResult:
+    from livo.registry.model_registry import KubeflowModelRegistry
+
+    registry = model_registry if model_registry is not None else KubeflowModelRegistry.from_env()
+    if registry is None:
+        log_event(logger, "Kubeflow Model Registry not configured (LIVO_MODEL_REGISTRY_URL unset); skipped",
+                  model=result.model_name, version=result.version)
+        return result
+    record = load_lineage(store, result.model_name, result.version)
+    try:
+        entry = registry.register(record, uri=result.uri)
+    except LivoError as exc:
+        raise LivoError(f"{result.ref} is registered in the object store ({result.uri}) but the Kubeflow Model "
+                        f"Registry entry failed: {exc}; re-run the same registration to retry (it is idempotent)"
+                        ) from exc
+    return result.model_copy(update={"model_registry": entry})

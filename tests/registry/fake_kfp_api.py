@@ -1,0 +1,126 @@
+"""A small in-process KFP API server (v2beta1) for tests: the pipeline, experiment and recurring-run endpoints that
+`livo schedule` calls, with KFP's JSON field names and 404/409 answers. Every request is recorded."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+API = "/apis/v2beta1"
+
+
+class FakeKfpApi:
+    def __init__(self, required_token: str | None = None):
+        self.required_token = required_token
+        self.pipelines: dict[str, dict[str, Any]] = {}
+        self.experiments: dict[str, dict[str, Any]] = {}
+        self.recurring_runs: dict[str, dict[str, Any]] = {}
+        self.uploads: list[bytes] = []
+        self.requests: list[tuple[str, str, dict[str, str], Any]] = []
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def add_pipeline(self, name: str) -> str:
+        pipeline_id = f"pipeline-{next(self._ids)}"
+        self.pipelines[pipeline_id] = {"pipeline_id": pipeline_id, "name": name, "display_name": name}
+        return pipeline_id
+
+    def __enter__(self) -> FakeKfpApi:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def route(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        with self._lock:
+            self.requests.append((method, path, query, body if not isinstance(body, bytes) else "<multipart>"))
+            if method == "GET" and path.startswith(f"{API}/pipelines/names/"):
+                name = path.rsplit("/", 1)[1]
+                found = [p for p in self.pipelines.values() if p["name"] == name]
+                return (200, found[0]) if found else (404, {"error": f"pipeline {name} not found", "code": 5})
+            if method == "POST" and path == f"{API}/pipelines/upload":
+                self.uploads.append(body)
+                pipeline_id = self.add_pipeline(query["name"])
+                return 200, self.pipelines[pipeline_id]
+            if method == "GET" and path == f"{API}/experiments":
+                wanted = _filter_value(query.get("filter"))
+                items = [e for e in self.experiments.values() if wanted is None or e["display_name"] == wanted]
+                return 200, {"experiments": items, "total_size": len(items)}
+            if method == "POST" and path == f"{API}/experiments":
+                experiment = {**body, "experiment_id": f"experiment-{next(self._ids)}"}
+                self.experiments[experiment["experiment_id"]] = experiment
+                return 200, experiment
+            if method == "GET" and path == f"{API}/recurringruns":
+                wanted = _filter_value(query.get("filter"))
+                items = [r for r in self.recurring_runs.values()
+                         if r.get("experiment_id") == query.get("experiment_id")
+                         and (wanted is None or r["display_name"] == wanted)]
+                return 200, {"recurringRuns": items, "total_size": len(items)}
+            if method == "POST" and path == f"{API}/recurringruns":
+                pipeline_id = (body.get("pipeline_version_reference") or {}).get("pipeline_id")
+                if pipeline_id not in self.pipelines:
+                    return 404, {"error": f"pipeline {pipeline_id} not found", "code": 5}
+                run = {**body, "recurring_run_id": f"recurring-{next(self._ids)}", "status": "ENABLED"}
+                self.recurring_runs[run["recurring_run_id"]] = run
+                return 200, run
+            if method == "DELETE" and path.startswith(f"{API}/recurringruns/"):
+                self.recurring_runs.pop(path.rsplit("/", 1)[1], None)
+                return 200, {}
+            return 404, {"error": f"fake KFP has no route {method} {path}", "code": 5}
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _respond(self, method: str) -> None:
+                parsed = urlparse(self.path)
+                query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                body: Any = raw
+                if raw and "json" in (self.headers.get("Content-Type") or ""):
+                    body = json.loads(raw)
+                if fake.required_token and self.headers.get("Authorization") != f"Bearer {fake.required_token}":
+                    status, payload = 401, {"error": "unauthenticated", "code": 16}
+                else:
+                    status, payload = fake.route(method, parsed.path, query, body)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802
+                self._respond("GET")
+
+            def do_POST(self) -> None:  # noqa: N802
+                self._respond("POST")
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                self._respond("DELETE")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+
+def _filter_value(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    predicates = json.loads(raw)["predicates"]
+    assert predicates[0]["operation"] == "EQUALS" and predicates[0]["key"] == "display_name", predicates
+    return predicates[0]["string_value"]

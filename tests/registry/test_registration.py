@@ -1,0 +1,274 @@
+"""Registration, lineage verify/diff and the principles check against the real SeaweedFS server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from livo.errors import ConfigError, LivoError, StoreError
+from livo.registry import principles_changed
+from livo.registry.lineage import LineageRecord, diff_records, format_diff, parse_model_ref, verify_version
+from livo.registry.registration import (
+    RegistrationRequest,
+    list_versions,
+    load_lineage,
+    load_stored_principles,
+    register_model,
+    resolve_version,
+)
+from livo.registry.store import ObjectStore, sha256_file
+
+Factory = Callable[..., RegistrationRequest]
+
+
+def _all_text(store: ObjectStore, prefix: str) -> str:
+    return "\n".join(store.get_bytes(k).decode("utf-8", "replace") for k in store.list(prefix))
+
+
+@pytest.mark.store
+def test_register_writes_complete_verifiable_version(store: ObjectStore, make_request: Factory) -> None:
+    request = make_request()
+    result = register_model(store, request)
+    assert (result.version, result.created, result.uri) == ("v1", True, store.uri("models/livo-toy/v1/"))
+    keys = [k.removeprefix("models/livo-toy/v1/") for k in store.list("models/livo-toy/v1")]
+    assert keys == ["lineage.json", "manifest.json", "metrics.json", "model_card.md", "principles.yaml",
+                    "report.html", "value_encoder/config.json", "value_encoder/model.safetensors"]
+    manifest = store.get_json("models/livo-toy/v1/manifest.json")
+    assert set(manifest["files"]) == set(keys) - {"manifest.json"}
+    assert manifest["pipeline_run_id"] == "run-1"
+
+    record = load_lineage(store, "livo-toy")
+    assert record.pipeline.model_dump() == {"run_id": "run-1", "run_name": "livo-full nightly",
+                                            "spec_hash": "sha256:" + "b" * 64,
+                                            "git_commit": "0123456789abcdef0123456789abcdef01234567",
+                                            "image_digest": "registry.example/livo@sha256:" + "c" * 64}
+    from livo.principles import load_principles
+
+    principle_set = load_principles(request.principles)
+    assert record.principles.hash == principle_set.hash and record.principles.ids == list(principle_set.ids)
+    assert record.dataset.manifest_sha256 == store.sha256("datasets/toy/ds-1/manifest.json")
+    assert record.training.seed == 7 and record.training.config["loss"]["beta"] == 1000.0
+    assert record.base_model.id == "tiny" and record.model.parent_version is None
+    assert record.evaluation.passed and not record.evaluation.forced
+    assert record.evaluation.report_uri == store.uri("models/livo-toy/v1/report.html")
+    assert record.files["value_encoder/model.safetensors"] == sha256_file(
+        request.value_encoder_dir / "model.safetensors")
+    assert verify_version(store, "livo-toy", "v1") == []
+
+    card = store.get_bytes("models/livo-toy/v1/model_card.md").decode()
+    for expected in ("# livo-toy@v1", principle_set.hash, "| gender-equality | bias | gender equality | 0.5 |",
+                     "| gender-equality | D1 | 80 | 12.5 | -67.5 | lower | toy-attribute |",
+                     "nudity-free: not measured (nudenet is not installed)", "## Limitations", "## Intended use",
+                     "| loss.beta | 1000 |"):
+        assert expected in card, expected
+
+
+@pytest.mark.store
+def test_same_run_is_idempotent_and_same_weights_from_other_run_is_recorded(store: ObjectStore,
+                                                                             make_request: Factory) -> None:
+    first = register_model(store, make_request())
+    again = register_model(store, make_request())  # a retried registration step of the same KFP run
+    assert (again.version, again.created) == ("v1", False)
+    assert list_versions(store, "livo-toy") == ["v1"]
+
+    other_run = register_model(store, make_request(pipeline_run_id="run-2"))
+    assert (other_run.version, other_run.same_weights_as, other_run.weights_sha256) == ("v2", ["v1"],
+                                                                                       first.weights_sha256)
+    record = load_lineage(store, "livo-toy", "v2")
+    assert record.model.same_weights_as == ["v1"] and record.model.parent_version == "v1"
+    assert "bit-identical to v1" in store.get_bytes("models/livo-toy/v2/model_card.md").decode()
+
+    new_weights = register_model(store, make_request(pipeline_run_id="run-3", weights_seed=1))
+    assert (new_weights.version, new_weights.same_weights_as) == ("v3", [])
+    with pytest.raises(LivoError, match="run-3 already registered livo-toy@v3 with other weights"):
+        register_model(store, make_request(pipeline_run_id="run-3", weights_seed=2))
+    assert list_versions(store, "livo-toy") == ["v1", "v2", "v3"]
+
+
+@pytest.mark.store
+def test_failed_gates_are_refused_unless_forced(store: ObjectStore, make_request: Factory) -> None:
+    with pytest.raises(LivoError, match="failed its evaluation gates .*nothing was registered"):
+        register_model(store, make_request(passed=False))
+    assert store.list("models") == []
+    result = register_model(store, make_request(passed=False, force=True))
+    record = load_lineage(store, "livo-toy", result.version)
+    assert (record.evaluation.passed, record.evaluation.forced) == (False, True)
+    assert "FAILED its evaluation gates and was registered with --force" in store.get_bytes(
+        "models/livo-toy/v1/model_card.md").decode()
+
+
+@pytest.mark.store
+def test_secrets_never_reach_lineage_or_card(store: ObjectStore, make_request: Factory,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIVO_S3_SECRET_KEY", "S3cr3t-from-env-value")
+    request = make_request(
+        training_config={"lr": 1e-6, "storage": {"secret_key": "plain-secret-1", "accessKey": "AKIA-plain-2"},
+                         "hub": {"hf_token": "hf_plain_3"}, "max_token_length": 77,
+                         "init": "https://user:pa55word@models.example.org/sd15"},
+        description="trained while LIVO_S3_SECRET_KEY=S3cr3t-from-env-value was set")
+    register_model(store, request)
+    stored = _all_text(store, "models/livo-toy/v1")
+    for secret in ("plain-secret-1", "AKIA-plain-2", "hf_plain_3", "pa55word", "S3cr3t-from-env-value"):
+        assert secret not in stored, secret
+    config = load_lineage(store, "livo-toy").training.config
+    assert config["storage"] == {"secret_key": "<redacted>", "accessKey": "<redacted>"}
+    assert config["max_token_length"] == 77 and config["init"] == "https://models.example.org/sd15"
+    assert verify_version(store, "livo-toy", "v1") == []
+
+
+@pytest.mark.store
+def test_store_failure_mid_registration_leaves_nothing_visible(store: ObjectStore, make_request: Factory,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    real_put_file = store.put_file
+    real_delete_prefix = store.delete_prefix
+    uploads: list[str] = []
+
+    def put_file_then_die(key: str, path: Path | str, content_type: str | None = None) -> str:
+        if len(uploads) == 3:
+            raise StoreError("object store at test is unreachable (connection refused)")
+        uploads.append(key)
+        return real_put_file(key, path, content_type)
+
+    def store_still_down(prefix: str) -> int:
+        if len(uploads) == 3:  # the store went down during the upload and stays down for the clean-up
+            raise StoreError("object store at test is unreachable (connection refused)")
+        return real_delete_prefix(prefix)
+
+    monkeypatch.setattr(store, "put_file", put_file_then_die)
+    monkeypatch.setattr(store, "delete_prefix", store_still_down)  # clean-up fails too: debris stays
+    with pytest.raises(LivoError, match="registration of livo-toy@v1 failed, nothing was registered"):
+        register_model(store, make_request())
+    monkeypatch.setattr(store, "put_file", real_put_file)
+    monkeypatch.setattr(store, "delete_prefix", real_delete_prefix)
+
+    assert len(store.list("models/livo-toy/v1")) == 3  # the debris is there ...
+    assert list_versions(store, "livo-toy") == []  # ... but no version is visible
+    assert principles_changed(store, "livo-toy", "sha256:" + "0" * 64) is True
+    with pytest.raises(LivoError, match="unknown model 'livo-toy'"):
+        resolve_version(store, "livo-toy", None)
+
+    # The dead registration's marker still guards v1 against other runs for a while ...
+    with pytest.raises(LivoError, match="another registration of livo-toy@v1 is in progress"):
+        register_model(store, make_request(pipeline_run_id="run-2"))
+    result = register_model(store, make_request())  # ... but the retried step of the same run reclaims it
+    assert result.version == "v1"
+    assert verify_version(store, "livo-toy", "v1") == []
+    assert store.list("models/livo-toy/.registrations") == []
+
+
+@pytest.mark.store
+def test_registration_in_flight_blocks_a_second_one(store: ObjectStore, make_request: Factory) -> None:
+    import time
+
+    store.put_json("models/livo-toy/.registrations/v1.json", {"run_id": "run-other", "started_at": time.time()})
+    with pytest.raises(LivoError, match="another registration of livo-toy@v1 is in progress .*run-other"):
+        register_model(store, make_request())
+    # a stale marker (its registration died long ago) is reclaimed
+    store.put_json("models/livo-toy/.registrations/v1.json", {"run_id": "run-other", "started_at": 0})
+    assert register_model(store, make_request()).version == "v1"
+
+
+@pytest.mark.store
+def test_verify_names_every_mismatch(store: ObjectStore, make_request: Factory, principles_file: Path) -> None:
+    register_model(store, make_request())
+    key = "models/livo-toy/v1/value_encoder/model.safetensors"
+    data = bytearray(store.get_bytes(key))
+    data[len(data) // 2] ^= 0x01  # one flipped bit
+    store.put_bytes(key, bytes(data))
+    store.put_bytes("models/livo-toy/v1/extra.bin", b"planted")
+    principles_file.write_text(principles_file.read_text().replace("text: gender equality", "text: gender parity"))
+    store.put_json("datasets/toy/ds-1/manifest.json", {"pairs": 95})
+
+    problems = [(p.subject, p.detail.split(" ")[0]) for p in verify_version(store, "livo-toy", "v1")]
+    assert sorted(problems) == sorted([("value_encoder/model.safetensors", "sha256"), ("extra.bin", "stored"),
+                                       ("principles", str(principles_file)),
+                                       ("dataset", store.uri("datasets/toy/ds-1/manifest.json"))])
+
+
+@pytest.mark.store
+def test_missing_lineage_and_unknown_versions(store: ObjectStore, make_request: Factory,
+                                              principles_file: Path) -> None:
+    register_model(store, make_request())
+    store.delete("models/livo-toy/v1/lineage.json")
+    with pytest.raises(LivoError, match=r"livo-toy@v1 has no lineage record .*lineage\.json is missing"):
+        load_lineage(store, "livo-toy", "v1")
+    problems = verify_version(store, "livo-toy", "v1")
+    assert [(p.subject, p.detail) for p in problems] == [
+        ("lineage.json", "missing from the store"), ("lineage.json", "missing: the version has no lineage record")]
+    with pytest.raises(LivoError, match="unknown version livo-toy@v7; registered versions: v1"):
+        verify_version(store, "livo-toy", "v7")
+    with pytest.raises(LivoError, match="unknown model 'other'.*registered models: livo-toy"):
+        load_lineage(store, "other")
+    principles_file.unlink()
+    with pytest.raises(ConfigError, match="no such principles file"):
+        register_model(store, make_request(pipeline_run_id="run-2"))
+
+
+@pytest.mark.store
+def test_principles_changed_compares_with_latest(store: ObjectStore, make_request: Factory,
+                                                 principles_file: Path) -> None:
+    from livo.principles import load_principles
+
+    original = load_principles(principles_file).hash
+    assert principles_changed(store, "livo-toy", original) is True  # nothing registered yet
+    register_model(store, make_request())
+    assert principles_changed(store, "livo-toy", original) is False
+    edited = principles_file.parent / "edited.yaml"
+    edited.write_text(principles_file.read_text().replace("text: bloody considered inappropriate",
+                                                          "text: gore considered inappropriate"))
+    new_hash = load_principles(edited).hash
+    assert principles_changed(store, "livo-toy", new_hash) is True
+    register_model(store, make_request(pipeline_run_id="run-2", principles=str(edited), weights_seed=3))
+    assert principles_changed(store, "livo-toy", new_hash) is False
+    assert principles_changed(store, "livo-toy", original) is True
+
+
+@pytest.mark.store
+def test_diff_reports_principles_data_config_metrics(store: ObjectStore, make_request: Factory,
+                                                     principles_file: Path, tmp_path: Path) -> None:
+    register_model(store, make_request())
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(principles_file.read_text().replace("text: bloody considered inappropriate",
+                                                          "text: gore considered inappropriate"))
+    store.put_json("datasets/toy/ds-2/manifest.json", {"pairs": 128})
+    second = make_request(pipeline_run_id="run-2", principles=str(edited), weights_seed=5,
+                          dataset_manifest_uri=store.uri("datasets/toy/ds-2/manifest.json"),
+                          training_config={"loss": {"beta": 2000.0, "alpha": 500.0}, "optimizer": {"lr": 1e-6},
+                                           "max_steps": 50})
+    metrics = json.loads(second.metrics_path.read_text())
+    metrics["principles"]["gender-equality"]["aligned"]["D1"] = 8.0
+    second.metrics_path.write_text(json.dumps(metrics))
+    register_model(store, second)
+
+    a, b = load_lineage(store, "livo-toy", "v1"), load_lineage(store, "livo-toy", "v2")
+    diff = diff_records(a, b, load_stored_principles(store, a), load_stored_principles(store, b))
+    assert diff["principles"]["changed"] and diff["principles"]["added"] == [] == diff["principles"]["removed"]
+    assert diff["principles"]["text_changed"] == {"bloody": ["bloody considered inappropriate",
+                                                             "gore considered inappropriate"]}
+    assert diff["data"]["changed"]
+    assert diff["config"] == {"loss.beta": [1000.0, 2000.0]}
+    assert diff["metrics"] == {"gender-equality.aligned.D1": {"a": 12.5, "b": 8.0, "change": -4.5}}
+    assert diff["weights"]["changed"] and diff["pipeline"]["run_id"] == ["run-1", "run-2"]
+    text = format_diff(diff)
+    assert "~ bloody: text 'bloody considered inappropriate' -> 'gore considered inappropriate'" in text
+    assert "loss.beta: 1000.0 -> 2000.0" in text and "gender-equality.aligned.D1: 12.5 -> 8 (-4.5)" in text
+
+
+def test_lineage_record_rejects_missing_fields() -> None:
+    with pytest.raises(LivoError, match="model: Field required"):
+        LineageRecord.from_json_bytes(b'{"schema_version": 1}', "x/lineage.json")
+    with pytest.raises(LivoError, match="not valid JSON"):
+        LineageRecord.from_json_bytes(b"{", "x/lineage.json")
+
+
+def test_parse_model_ref() -> None:
+    assert parse_model_ref("livo-toy") == ("livo-toy", None)
+    assert parse_model_ref("livo-toy@latest") == ("livo-toy", None)
+    assert parse_model_ref("livo-toy@3") == ("livo-toy", "v3")
+    assert parse_model_ref("livo-toy@v12") == ("livo-toy", "v12")
+    for bad in ("livo-toy@", "@v1", "livo-toy@v0", "livo-toy@x1"):
+        with pytest.raises(ConfigError):
+            parse_model_ref(bad)
