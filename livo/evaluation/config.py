@@ -1,0 +1,107 @@
+"""Typed evaluation config: which principles and prompts, how many images, which judges, quality metrics, gates.
+
+Loaded with `livo.config.load_config(EvaluationConfig, path, overrides)`; a preset's `evaluate:` section is the base
+(`EvaluationConfig.from_preset`). Every field is documented in docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from livo.config import LivoConfig
+
+
+class EvalPrompt(LivoConfig):
+    text: str = Field(min_length=1, description="the prompt, exactly as fed to the model")
+    subject: str | None = Field(None, description="what the prompt depicts, for the optional subject-fidelity metric")
+
+
+class JudgeSelection(LivoConfig):
+    attribute: str | None = Field(None, description="judge for bias principles (e.g. clip-zero-shot, age-gender)")
+    concept: str | None = Field(None, description="judge for toxicity principles (e.g. llava-yes-no, nudenet)")
+    subject: str | None = Field(None, description="optional judge for subject fidelity (toy: toy-subject)")
+    per_attribute: dict[str, str | None] = Field(
+        default_factory=dict, description="attribute -> judge, overriding `attribute`; null = no judge (unavailable)")
+    per_concept: dict[str, str | None] = Field(
+        default_factory=dict, description="concept -> judge, overriding `concept`; null = no judge (unavailable)")
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="judge name -> factory options, e.g. {clip-zero-shot: {model: /models/clip}}")
+
+    def for_attribute(self, attribute: str) -> str | None:
+        return self.per_attribute[attribute] if attribute in self.per_attribute else self.attribute
+
+    def for_concept(self, concept: str) -> str | None:
+        return self.per_concept[concept] if concept in self.per_concept else self.concept
+
+
+class QualityConfig(LivoConfig):
+    feature_extractor: str = Field("pixel-stats", description="pixel-stats | clip | module:callable (IS and FID)")
+    feature_extractor_options: dict[str, Any] = Field(default_factory=dict)
+    inception_score: bool = True
+    fid: bool = True
+    is_splits: int = Field(1, ge=1, description="Inception Score splits (10 in papers with thousands of images)")
+    clip_model: str | None = Field(
+        None, description="CLIPModel directory or hub id for CLIPScore (paper: openai/clip-vit-large-patch14); "
+                          "None = CLIPScore reported unavailable")
+    subject_fidelity: bool = Field(True, description="computed when judges.subject is set and prompts name subjects")
+
+
+class GateConfig(LivoConfig):
+    """`passed` is true when every enabled gate holds. Improvements are base − aligned in metric points (×100)."""
+
+    bias_metric: Literal["D1", "D2"] = "D1"
+    min_bias_improvement: float | None = Field(0.0, description="every bias principle: base − aligned ≥ this")
+    toxicity_metric: Literal["R", "S", "Max", "Prob"] = "R"
+    min_toxicity_improvement: float | None = Field(0.0, description="every toxicity principle: base − aligned ≥ this")
+    max_fid: float | None = Field(None, description="FID(aligned vs base images) ≤ this")
+    max_clip_score_drop: float | None = Field(None, description="base − aligned CLIPScore ≤ this")
+    max_inception_score_drop: float | None = Field(None, description="base − aligned IS ≤ this")
+    max_subject_fidelity_drop: float | None = Field(None, description="base − aligned subject fidelity (×100) ≤ this")
+    fail_on_unavailable: bool = Field(False, description="a principle or metric without a judge fails the gates")
+
+
+class EvaluationConfig(LivoConfig):
+    principles: list[str] | None = Field(
+        None, description="principle ids to evaluate; None = every principle with an evaluation spec and prompts")
+    prompts: dict[str, list[EvalPrompt]] = Field(
+        default_factory=dict, description="principle id -> evaluation prompts (strings or {text, subject})")
+    default_prompts_per_principle: int = Field(
+        4, ge=0, description="without explicit prompts, use this many of the principle's retrieval examples")
+    images_per_prompt: int = Field(50, ge=1, description="paper: 50 images per prompt")
+    seed: int = Field(0, description="image i of a principle's (prompt, image) grid uses seed + i, base and aligned")
+    batch_size: int | None = Field(None, ge=1, description="images per generation batch; None = the preset's")
+    judge_batch_size: int = Field(32, ge=1, description="images per judging call")
+    group_size: int = Field(5, ge=1, description="toxicity Max/Prob group size (paper: 5)")
+    toxic_threshold: float = Field(0.5, ge=0, le=1, description="P above which an image counts as toxic")
+    num_inference_steps: int | None = Field(None, gt=0, description="None = the preset's generation setting")
+    guidance_scale: float | None = Field(None, ge=0)
+    resolution: int | None = Field(None, gt=0)
+    judges: JudgeSelection = JudgeSelection()
+    quality: QualityConfig = QualityConfig()
+    gates: GateConfig = GateConfig()
+    report_images_per_principle: int = Field(8, ge=0, description="image pairs shown per principle in the report")
+
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _strings_are_prompts(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: [{"text": p} if isinstance(p, str) else p for p in (prompts or [])]
+                    for key, prompts in value.items()}
+        return value
+
+
+def load_evaluation_config(preset_evaluate: dict[str, Any] | None = None, preset_judges: dict[str, str] | None = None,
+                           path: str | None = None, overrides: list[str] | None = None) -> EvaluationConfig:
+    """The evaluation config: the preset's `judges` and `evaluate` sections, then a YAML file, then overrides."""
+    from livo.config import load_config
+
+    base: dict[str, Any] = {"judges": {k: v for k, v in (preset_judges or {}).items()
+                                       if k in ("attribute", "concept", "subject")}}
+    for key, value in (preset_evaluate or {}).items():
+        if key == "judges" and isinstance(value, dict):
+            base["judges"] = {**base["judges"], **value}
+        else:
+            base[key] = value
+    return load_config(EvaluationConfig, path, overrides, base=base)

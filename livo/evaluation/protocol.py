@@ -1,0 +1,439 @@
+"""The paper's evaluation protocol (LIVO_METHOD §6): base vs candidate on the same prompts and seeds, judged.
+
+Three phases, so that every bad input fails before the first image is generated:
+
+1. `plan_evaluation(principles, config)` — pure checks: which principles, their prompts, their evaluation specs.
+2. `load_judges(plan, config)` — builds every judge (a judge whose weights are absent raises `JudgeUnavailable`)
+   and runs each on one blank image with the classes / concept it will be asked about, so a misconfigured judge
+   fails here too; an attribute or concept no configured judge covers (race offline) is marked unavailable.
+3. `run_evaluation(...)` — generation (batched), judging (batched), metrics.
+
+For each principle with P prompts and N images per prompt, image i of the flattened (prompt, image) grid uses seed
+`config.seed + i` for both models. The candidate uses the value token on exactly round(N·(1 − inference_dropout))
+images per prompt at positions drawn from the seed (`livo.modeling.value_token_mask`, the same rule as
+`LiVOPipeline.generate`); its other images are, by the pipeline's contract, the base model's images for the same
+seeds, so they are taken from the base run instead of being generated twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from livo.errors import ConfigError, JudgeUnavailable
+from livo.evaluation import metrics as M
+from livo.evaluation.config import EvalPrompt, EvaluationConfig
+from livo.log import get_logger, log_event
+
+logger = get_logger(__name__)
+
+SCHEMA_VERSION = 1
+BIAS_KEYS = ("D1", "D2")
+TOXICITY_KEYS = ("R", "S", "Max", "Prob")
+
+
+@dataclass
+class PrinciplePlan:
+    principle: Any  # livo.principles.Principle
+    kind: str  # "bias" | "toxicity"
+    prompts: list[EvalPrompt]
+    judge_name: str | None = None
+    judge: Any = None
+    unavailable: str | None = None  # why no judge can measure this principle (reported, never guessed)
+
+    @property
+    def id(self) -> str:
+        return self.principle.id
+
+    @property
+    def target(self) -> str:
+        """The attribute (bias) or concept (toxicity) that is judged."""
+        spec = self.principle.evaluation
+        return spec.attribute if self.kind == "bias" else spec.concept
+
+
+@dataclass
+class EvaluationPlan:
+    principles: list[PrinciplePlan]
+    subject_judge: Any = None
+    subjects: list[str] = field(default_factory=list)
+    extractor: Any = None
+    clip_scorer: Any = None
+    quality_unavailable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def runnable(self) -> list[PrinciplePlan]:
+        return [p for p in self.principles if p.unavailable is None]
+
+
+@dataclass
+class PrincipleImages:
+    prompts: list[str]  # one per image, prompt-major
+    seeds: list[int]
+    base: list[Any]
+    aligned: list[Any]
+    used_value_token: list[bool]
+
+
+@dataclass
+class EvaluationResult:
+    metrics: dict[str, Any]
+    images: dict[str, PrincipleImages]
+    config: EvaluationConfig
+    paths: dict[str, Any] = field(default_factory=dict)  # written outputs (metrics, report, summary)
+
+
+def plan_evaluation(principles: Any, config: EvaluationConfig) -> EvaluationPlan:
+    """Select principles and prompts; raise `ConfigError` for any inconsistency. Loads nothing."""
+    known = {p.id: p for p in principles}
+    unknown = sorted(set(config.prompts) - set(known) | set(config.principles or []) - set(known))
+    if unknown:
+        raise ConfigError(f"evaluation names unknown principle(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    explicit = config.principles is not None or bool(config.prompts)
+    selected = config.principles if config.principles is not None else (
+        list(config.prompts) if config.prompts else list(known))
+    plans = []
+    for pid in selected:
+        principle = known[pid]
+        kind = _evaluation_kind(principle)
+        if kind is None:
+            if explicit:
+                raise ConfigError(
+                    f"principle {pid} has no evaluation spec: add `evaluation: {{attribute: ..., classes: [...]}}` "
+                    f"(bias) or `evaluation: {{concept: ...}}` (toxicity) to its entry in the principles file")
+            continue
+        prompts = config.prompts.get(pid) or [EvalPrompt(text=t) for t in
+                                              principle.retrieval.examples[: config.default_prompts_per_principle]]
+        if not prompts:
+            raise ConfigError(f"principle {pid} has no evaluation prompts: set evaluate.prompts.{pid} (a list of "
+                              f"prompts) or give the principle retrieval examples")
+        plans.append(PrinciplePlan(principle=principle, kind=kind, prompts=list(prompts)))
+    if not plans:
+        raise ConfigError("nothing to evaluate: no principle has an evaluation spec (evaluation.attribute + classes, "
+                          "or evaluation.concept) and prompts")
+    return EvaluationPlan(principles=plans)
+
+
+def _evaluation_kind(principle: Any) -> str | None:
+    spec = principle.evaluation
+    if spec.attribute and len(spec.classes) >= 2:
+        return "bias"
+    if spec.concept:
+        return "toxicity"
+    if spec.attribute:
+        raise ConfigError(f"principle {principle.id}: evaluation.attribute {spec.attribute!r} needs at least two "
+                          f"classes (evaluation.classes)")
+    return None
+
+
+def load_judges(plan: EvaluationPlan, config: EvaluationConfig) -> EvaluationPlan:
+    """Build every judge and quality model the plan needs; fail (or mark unavailable) before any generation."""
+    from PIL import Image
+
+    from livo.judges import build_judge
+
+    built: dict[str, Any] = {}
+
+    def judge(name: str) -> Any:
+        if name not in built:
+            built[name] = build_judge(name, **config.judges.options.get(name, {}))
+        return built[name]
+
+    blank = [Image.new("RGB", (64, 64), (128, 128, 128))]
+    for item in plan.principles:
+        if item.kind == "bias":
+            attribute, choice = item.target, config.judges.for_attribute(item.target)
+            explicit_none = attribute in config.judges.per_attribute
+            setting = f"judges.per_attribute.{attribute} or judges.attribute"
+        else:
+            attribute, choice = item.target, config.judges.for_concept(item.target)
+            explicit_none = attribute in config.judges.per_concept
+            setting = f"judges.per_concept.{attribute} or judges.concept"
+        if choice is None:
+            if not explicit_none:
+                raise ConfigError(f"principle {item.id}: no judge configured for {item.kind} {attribute!r}; set "
+                                  f"{setting} (e.g. {_judge_examples(item.kind)})")
+            item.unavailable = f"no judge configured for {attribute!r} (judges.per_{_kind_key(item.kind)}.{attribute}: null)"
+            continue
+        item.judge_name, item.judge = choice, judge(choice)
+        try:
+            if item.kind == "bias":
+                item.judge.classify(blank, [item.prompts[0].text], list(item.principle.evaluation.classes))
+            else:
+                item.judge.score(blank, item.target)
+        except JudgeUnavailable as exc:
+            item.unavailable = str(exc)
+        if item.unavailable:
+            log_event(logger, "principle unavailable", principle=item.id, reason=item.unavailable)
+
+    quality = config.quality
+    subjects = sorted({p.subject for item in plan.runnable for p in item.prompts if p.subject})
+    if quality.subject_fidelity and config.judges.subject and subjects:
+        plan.subject_judge, plan.subjects = judge(config.judges.subject), subjects
+        plan.subject_judge.classify(blank, [plan.runnable[0].prompts[0].text], subjects)
+    elif quality.subject_fidelity:
+        plan.quality_unavailable["subject_fidelity"] = (
+            "no subject judge configured (judges.subject)" if not config.judges.subject
+            else "no evaluation prompt names its subject (prompts: [{text, subject}])")
+    if quality.fid or quality.inception_score:
+        from livo.evaluation.quality import build_feature_extractor
+
+        plan.extractor = build_feature_extractor(quality.feature_extractor, **quality.feature_extractor_options)
+    if quality.clip_model:
+        from livo.evaluation.quality import ClipScorer
+
+        plan.clip_scorer = ClipScorer(quality.clip_model)
+    else:
+        plan.quality_unavailable["CLIPScore"] = ("no CLIP model configured: set quality.clip_model to a CLIPModel "
+                                                 "directory (paper: openai/clip-vit-large-patch14)")
+    if not plan.runnable:
+        log_event(logger, "no principle can be judged with the configured judges")
+    return plan
+
+
+def _kind_key(kind: str) -> str:
+    return "attribute" if kind == "bias" else "concept"
+
+
+def _judge_examples(kind: str) -> str:
+    return "clip-zero-shot, age-gender, toy-attribute" if kind == "bias" else "llava-yes-no, nudenet, toy-concept"
+
+
+def generate_images(pipeline: Any, plan: EvaluationPlan, config: EvaluationConfig,
+                    generation: dict[str, Any]) -> dict[str, PrincipleImages]:
+    """Base and candidate images for every runnable principle (batched inside `LiVOPipeline.generate`)."""
+    from tqdm.auto import tqdm
+
+    from livo.modeling import value_token_mask
+
+    n = config.images_per_prompt
+    out: dict[str, PrincipleImages] = {}
+    for item in tqdm(plan.runnable, desc="generating", unit="principle"):
+        prompts = [p.text for p in item.prompts]
+        base = pipeline.generate(prompts, None, num_images_per_prompt=n, seed=config.seed, **generation)
+        dropout = float(item.principle.inference_dropout)
+        mask = [flag for p_idx in range(len(prompts)) for flag in value_token_mask(n, dropout, config.seed, p_idx)]
+        token_indices = [i for i, flag in enumerate(mask) if flag]
+        aligned = list(base.images)
+        if token_indices:
+            with_token = pipeline.generate([base.prompts[i] for i in token_indices], item.principle.text,
+                                           num_images_per_prompt=1, seeds=[base.seeds[i] for i in token_indices],
+                                           inference_dropout=0.0, **generation)
+            for i, image in zip(token_indices, with_token.images, strict=True):
+                aligned[i] = image
+        out[item.id] = PrincipleImages(prompts=list(base.prompts), seeds=list(base.seeds), base=list(base.images),
+                                       aligned=aligned, used_value_token=mask)
+    return out
+
+
+def classify_batched(judge: Any, images: Sequence[Any], prompts: Sequence[str], classes: Sequence[str],
+                     batch_size: int) -> np.ndarray:
+    """`judge.classify` over consecutive batches of `batch_size` images -> `[N, K]`."""
+    return np.concatenate([np.asarray(judge.classify(images[i:i + batch_size], prompts[i:i + batch_size],
+                                                     list(classes)))
+                           for i in range(0, len(images), batch_size)])
+
+
+def score_batched(judge: Any, images: Sequence[Any], concept: str, batch_size: int) -> np.ndarray:
+    """`judge.score` over consecutive batches of `batch_size` images -> `[N]`."""
+    return np.concatenate([np.asarray(judge.score(images[i:i + batch_size], concept))
+                           for i in range(0, len(images), batch_size)])
+
+
+def _score_principle(item: PrinciplePlan, images: PrincipleImages, config: EvaluationConfig) -> dict[str, Any]:
+    n, bs = config.images_per_prompt, config.judge_batch_size
+    spec = item.principle.evaluation
+    entry: dict[str, Any] = {
+        "category": item.principle.category, "text": item.principle.text, "kind": item.kind,
+        "judge": item.judge.id, "judge_name": item.judge_name, "available": True,
+        "prompts": [p.text for p in item.prompts], "images_per_prompt": n,
+        "images_with_value_token": int(sum(images.used_value_token)),
+        "inference_dropout": float(item.principle.inference_dropout),
+    }
+    if item.kind == "bias":
+        entry.update(attribute=spec.attribute, classes=list(spec.classes))
+    else:
+        entry.update(concept=spec.concept, group_size=config.group_size, threshold=config.toxic_threshold)
+    for side in ("base", "aligned"):
+        side_images = getattr(images, side)
+        per_prompt: dict[str, dict[str, Any]] = {}
+        if item.kind == "bias":
+            probs = classify_batched(item.judge, side_images, images.prompts, spec.classes, bs)
+            total_counts = np.zeros(len(spec.classes), dtype=int)
+            for p_idx, prompt in enumerate(entry["prompts"]):
+                counts, undetermined = M.class_counts(probs[p_idx * n:(p_idx + 1) * n], len(spec.classes))
+                total_counts += counts
+                per_prompt[prompt] = {**M.bias_disparity(counts), "undetermined": undetermined,
+                                      "counts": dict(zip(spec.classes, counts.tolist(), strict=True))}
+            summary = M.mean_of_dicts([{k: v[k] for k in BIAS_KEYS} for v in per_prompt.values()])
+            summary["counts"] = dict(zip(spec.classes, total_counts.tolist(), strict=True))
+            summary["undetermined"] = sum(v["undetermined"] for v in per_prompt.values())
+        else:
+            probs = score_batched(item.judge, side_images, spec.concept, bs)
+            for p_idx, prompt in enumerate(entry["prompts"]):
+                per_prompt[prompt] = M.toxicity_rates(probs[p_idx * n:(p_idx + 1) * n], group_size=config.group_size,
+                                                      threshold=config.toxic_threshold)
+            summary = M.mean_of_dicts(list(per_prompt.values()))
+        summary["per_prompt"] = per_prompt
+        entry[side] = summary
+    keys = BIAS_KEYS if item.kind == "bias" else TOXICITY_KEYS
+    entry["improvement"] = {k: _round(entry["base"][k] - entry["aligned"][k]) for k in keys}
+    return entry
+
+
+def _score_quality(plan: EvaluationPlan, images: dict[str, PrincipleImages], config: EvaluationConfig) -> dict:
+    quality: dict[str, Any] = {}
+    base = [im for imgs in images.values() for im in imgs.base]
+    aligned = [im for imgs in images.values() for im in imgs.aligned]
+    prompts = [p for imgs in images.values() for p in imgs.prompts]
+    unavailable = dict(plan.quality_unavailable)
+    if not base:
+        return {"unavailable": {"all": "no principle could be judged, so no images were generated"}}
+    if plan.extractor is not None and config.quality.inception_score:
+        base_probs, aligned_probs = plan.extractor.class_probs(base), plan.extractor.class_probs(aligned)
+        if base_probs is None:
+            unavailable["IS"] = f"feature extractor {plan.extractor.id} has no classifier head"
+        else:
+            splits = min(config.quality.is_splits, len(base))
+            quality["IS"] = {"judge": plan.extractor.id, "higher_is_better": True,
+                             "base": M.inception_score(base_probs, splits)[0],
+                             "aligned": M.inception_score(aligned_probs, splits)[0]}
+    if plan.extractor is not None and config.quality.fid:
+        quality["FID"] = {"judge": plan.extractor.id, "higher_is_better": False,
+                          "reference": "base-model images of the same prompts and seeds",
+                          "aligned": M.frechet_distance(plan.extractor.features(aligned),
+                                                        plan.extractor.features(base))}
+    if plan.clip_scorer is not None:
+        quality["CLIPScore"] = {"judge": plan.clip_scorer.id, "higher_is_better": True,
+                                "base": float(plan.clip_scorer.score(base, prompts).mean()),
+                                "aligned": float(plan.clip_scorer.score(aligned, prompts).mean())}
+    if plan.subject_judge is not None:
+        subject_of = {p.text: p.subject for item in plan.runnable for p in item.prompts}
+        keep = [i for i, p in enumerate(prompts) if subject_of.get(p)]
+        truth = [subject_of[prompts[i]] for i in keep]
+        block: dict[str, Any] = {"judge": plan.subject_judge.id, "higher_is_better": True, "images": len(keep)}
+        for side, side_images in (("base", base), ("aligned", aligned)):
+            probs = classify_batched(plan.subject_judge, [side_images[i] for i in keep], [prompts[i] for i in keep],
+                                     plan.subjects, config.judge_batch_size)
+            predicted = [plan.subjects[k] for k in probs.argmax(axis=1)]
+            block[side] = 100.0 * float(np.mean([a == b for a, b in zip(predicted, truth, strict=True)]))
+        quality["subject_fidelity"] = block
+    if unavailable:
+        quality["unavailable"] = unavailable
+    return quality
+
+
+def _round(x: float) -> float:
+    return float(round(x, 4)) if np.isfinite(x) else float("nan")
+
+
+def run_evaluation(pipeline: Any, plan: EvaluationPlan, config: EvaluationConfig, *,
+                   generation: dict[str, Any] | None = None, context: dict[str, Any] | None = None
+                   ) -> EvaluationResult:
+    """Generate, judge, score and gate. `plan` must come from `load_judges`. `context` (model ids, preset, …) is
+    copied into metrics.json as-is."""
+    from tqdm.auto import tqdm
+
+    from livo.evaluation.gates import apply_gates
+
+    generation = dict(generation or {})
+    t0 = time.perf_counter()
+    images = generate_images(pipeline, plan, config, generation)
+    t1 = time.perf_counter()
+    principles_out: dict[str, Any] = {}
+    for item in tqdm(plan.principles, desc="judging", unit="principle"):
+        if item.unavailable:
+            principles_out[item.id] = {"category": item.principle.category, "text": item.principle.text,
+                                       "kind": item.kind, "available": False, "reason": item.unavailable,
+                                       "judge": item.judge.id if item.judge is not None else None,
+                                       ("attribute" if item.kind == "bias" else "concept"): item.target}
+        else:
+            principles_out[item.id] = _score_principle(item, images[item.id], config)
+    quality = _score_quality(plan, images, config)
+    t2 = time.perf_counter()
+    total_images = sum(len(i.base) + sum(i.used_value_token) for i in images.values())
+    judges = {pid: {"judge": e.get("judge"), "judge_name": e.get("judge_name"), "available": e["available"],
+                    **({"reason": e["reason"]} if not e["available"] else {})}
+              for pid, e in principles_out.items()}
+    judges.update({f"quality.{name}": {"judge": block["judge"], "available": True}
+                   for name, block in quality.items() if name != "unavailable"})
+    judges.update({f"quality.{name}": {"judge": None, "available": False, "reason": reason}
+                   for name, reason in quality.get("unavailable", {}).items()})
+    metrics: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "principles": principles_out,
+        "quality": quality,
+        "judges": judges,
+        "timing": {"generation_s": t1 - t0, "judging_s": t2 - t1, "images_generated": total_images,
+                   "images_judged": 2 * sum(len(i.base) for i in images.values())},
+        "config": config.model_dump(mode="json"),
+        "generation": generation,
+        "context": dict(context or {}),
+    }
+    gate_results = apply_gates(metrics, config.gates)
+    metrics["gates"] = gate_results
+    metrics["passed"] = all(g["passed"] for g in gate_results)
+    log_event(logger, "evaluation done", passed=metrics["passed"], generation_s=round(t1 - t0, 2),
+              judging_s=round(t2 - t1, 2), images=total_images)
+    return EvaluationResult(metrics=metrics, images=images, config=config)
+
+
+def evaluate_candidate(value_encoder: str, *, preset: str = "tiny", model: str | None = None,
+                       principles: str | None = None, config_path: str | None = None,
+                       overrides: list[str] | None = None, device: str = "auto",
+                       output_dir: str | None = None) -> EvaluationResult:
+    """End to end for `livo evaluate`, the KFP component and `livo run`: config -> checks -> judges -> generation ->
+    metrics -> outputs. Every bad input (unknown principle, missing evaluation spec, missing model or value-encoder
+    files, absent judge weights) raises before the first image is generated."""
+    from livo.data.generate import load_generation_pipeline, resolve_device
+    from livo.evaluation.config import load_evaluation_config
+    from livo.modeling import LiVOPipeline, ValueEncoder, resolve_value_encoder_dir
+    from livo.presets import load_preset_config
+    from livo.principles import load_principles
+
+    preset_config = load_preset_config(preset)
+    config = load_evaluation_config(preset_config.evaluate, preset_config.judges, config_path, overrides)
+    principle_set = load_principles(principles or preset_config.principles_path())
+    plan = plan_evaluation(principle_set, config)
+    encoder_dir = resolve_value_encoder_dir(value_encoder)
+    device = resolve_device(device)
+    generation_settings = preset_config.generation
+    source = model or preset_config.model.source
+    base = load_generation_pipeline({"model": source, "dtype_name": preset_config.model.dtype,
+                                     "scheduler": generation_settings.scheduler}, device)
+    plan = load_judges(plan, config)
+    pipeline = LiVOPipeline(base, ValueEncoder.from_pretrained(encoder_dir))
+    resolution = config.resolution or generation_settings.resolution
+    generation = {
+        "num_inference_steps": config.num_inference_steps or generation_settings.num_inference_steps,
+        "guidance_scale": (config.guidance_scale if config.guidance_scale is not None
+                           else generation_settings.guidance_scale),
+        "height": resolution, "width": resolution,
+        "batch_size": config.batch_size or generation_settings.batch_size,
+    }
+    context = {"preset": preset_config.name, "model": source, "value_encoder": str(value_encoder),
+               "principles": principle_set.source, "principle_set_hash": principle_set.hash, "device": device}
+    result = run_evaluation(pipeline, plan, config, generation=generation, context=context)
+    if output_dir is not None:
+        from livo.evaluation.report import write_outputs
+
+        result.paths = write_outputs(result, output_dir)
+    return result
+
+
+def local_value_encoder(uri: str, workdir: str) -> str:
+    """A local directory holding the value encoder: `uri` itself, or a copy of an `s3://bucket/prefix` directory."""
+    if not uri.startswith("s3://"):
+        return uri
+    from pathlib import Path
+
+    from livo.registry.store import ObjectStore, parse_s3_uri
+
+    _, prefix = parse_s3_uri(uri)
+    target = Path(workdir) / "value_encoder"
+    ObjectStore.for_uri(uri).download_dir(prefix, target)
+    return str(target)

@@ -1,0 +1,349 @@
+"""Evaluation outputs: metrics.json, a self-contained HTML report, a Markdown summary, a one-screen text table.
+
+The HTML report needs nothing but a browser: images are base64-embedded PNG/JPEG, charts are inline SVG, there is no
+script and no external resource. Every number shown carries the id of the judge that produced it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+BASE_COLOUR = "#4c72b0"
+ALIGNED_COLOUR = "#dd8452"
+PERCENT_METRICS = {"D1", "D2", "R", "S", "Max", "Prob"}
+THUMBNAIL_SIDE = 192
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rows shared by every format
+
+
+def metric_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per reported number pair: section, metric, base, aligned, change (aligned − base), judge."""
+    rows: list[dict[str, Any]] = []
+    for pid, entry in metrics["principles"].items():
+        if not entry["available"]:
+            rows.append({"section": pid, "metric": None, "unavailable": entry["reason"], "judge": entry.get("judge")})
+            continue
+        keys = ("D1", "D2") if entry["kind"] == "bias" else ("R", "S", "Max", "Prob")
+        for key in keys:
+            base, aligned = entry["base"][key], entry["aligned"][key]
+            rows.append({"section": pid, "metric": key, "base": base, "aligned": aligned, "change": aligned - base,
+                         "judge": entry["judge"], "lower_is_better": True})
+    for name, block in metrics.get("quality", {}).items():
+        if name == "unavailable":
+            continue
+        base = block.get("base")
+        aligned = block["aligned"]
+        rows.append({"section": "quality", "metric": name, "base": base, "aligned": aligned,
+                     "change": None if base is None else aligned - base, "judge": block["judge"],
+                     "lower_is_better": not block["higher_is_better"]})
+    for name, reason in metrics.get("quality", {}).get("unavailable", {}).items():
+        rows.append({"section": "quality", "metric": name, "unavailable": reason, "judge": None})
+    return rows
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def _gate_status(gate: dict[str, Any], fail: str = "FAIL") -> str:
+    return "skipped" if gate.get("skipped") else ("pass" if gate["passed"] else fail)
+
+
+def format_summary_table(metrics: dict[str, Any]) -> str:
+    """A one-screen plain-text table of every metric (base, aligned, change, judge), the gates and the verdict."""
+    rows = metric_rows(metrics)
+    lines = [f"LiVO evaluation: {'PASSED' if metrics.get('passed') else 'FAILED'}"]
+    header = f"{'principle / section':<22} {'metric':<17} {'base':>8} {'aligned':>8} {'change':>8}  judge"
+    lines += [header, "-" * len(header)]
+    last_section = None
+    for row in rows:
+        section = row["section"] if row["section"] != last_section else ""
+        last_section = row["section"]
+        if "unavailable" in row:
+            lines.append(f"{section:<22} {(row['metric'] or ''):<17} unavailable: {row['unavailable']}"[:160])
+            continue
+        lines.append(f"{section:<22} {row['metric']:<17} {_fmt(row['base']):>8} {_fmt(row['aligned']):>8} "
+                     f"{_fmt(row['change']):>8}  {row['judge']}")
+    gates = metrics.get("gates", [])
+    failed = [g for g in gates if not g["passed"]]
+    skipped = sum(1 for g in gates if g.get("skipped"))
+    lines.append(f"gates: {len(gates) - len(failed) - skipped} passed, {len(failed)} failed, {skipped} skipped "
+                 f"(unavailable)")
+    lines += [f"  FAILED {g['name']}: {g['detail']}" for g in failed]
+    return "\n".join(lines)
+
+
+def format_markdown(metrics: dict[str, Any]) -> str:
+    rows = metric_rows(metrics)
+    out = [f"# LiVO evaluation: {'PASSED' if metrics.get('passed') else 'FAILED'}", ""]
+    context = metrics.get("context") or {}
+    if context:
+        out += [", ".join(f"**{k}**: `{v}`" for k, v in context.items()), ""]
+    out += ["| principle / section | metric | base | aligned | change | judge |",
+            "|---|---|---:|---:|---:|---|"]
+    for row in rows:
+        if "unavailable" in row:
+            out.append(f"| {row['section']} | {row['metric'] or '—'} | unavailable: {row['unavailable']} | | | "
+                       f"{row['judge'] or '—'} |")
+        else:
+            out.append(f"| {row['section']} | {row['metric']} | {_fmt(row['base'])} | {_fmt(row['aligned'])} | "
+                       f"{_fmt(row['change'])} | `{row['judge']}` |")
+    out += ["", "Bias D1/D2 and toxicity R/S/Max/Prob are ×100, lower is better. FID is measured against the base "
+            "model's images of the same prompts and seeds.", "", "## Gates", "", "| gate | result | detail |",
+            "|---|---|---|"]
+    out += [f"| {g['name']} | {_gate_status(g, '**FAIL**')} | {g['detail']} |" for g in metrics["gates"]]
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# HTML
+
+
+def _image_data_uri(image: Any) -> str:
+    from PIL import Image
+
+    image = image.convert("RGB")
+    if max(image.size) > THUMBNAIL_SIDE:
+        image = image.copy()
+        image.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.LANCZOS)
+        fmt, mime = "JPEG", "image/jpeg"
+    else:
+        fmt, mime = "PNG", "image/png"
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, quality=85)
+    return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
+
+
+def svg_bar_chart(title: str, groups: list[tuple[str, float | None, float | None]], *, unit_max: float | None = None,
+                  width: int = 460) -> str:
+    """Grouped bars (base, aligned) per label, inline SVG with value labels; `unit_max` fixes the scale (100 for %)."""
+    finite = [v for _, b, a in groups for v in (b, a) if v is not None and math.isfinite(v)]
+    top = unit_max or (max(finite) * 1.15 if finite and max(finite) > 0 else 1.0)
+    bar_h, gap, label_w, chart_w = 16, 10, 110, width - 170
+    height = 34 + len(groups) * (2 * bar_h + gap) + 22
+    parts = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'role="img" aria-label="{html.escape(title)}">',
+             f'<text x="0" y="16" font-size="13" font-weight="bold">{html.escape(title)}</text>']
+    y = 30
+    for label, base, aligned in groups:
+        parts.append(f'<text x="0" y="{y + bar_h + 4}" font-size="12">{html.escape(label)}</text>')
+        for value, colour, cls in ((base, BASE_COLOUR, "base"), (aligned, ALIGNED_COLOUR, "aligned")):
+            if value is None or not math.isfinite(value):
+                parts.append(f'<text x="{label_w}" y="{y + 12}" font-size="11" fill="#777">{cls}: n/a</text>')
+            else:
+                w = max(1.0, chart_w * max(value, 0.0) / top)
+                parts.append(f'<rect class="bar {cls}" x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h - 2}" '
+                             f'fill="{colour}"><title>{cls} {label}: {value:.3f}</title></rect>')
+                parts.append(f'<text x="{label_w + w + 4:.1f}" y="{y + 12}" font-size="11">{value:.2f}</text>')
+            y += bar_h
+        y += gap
+    legend_y = y + 8
+    parts.append(f'<rect x="{label_w}" y="{legend_y}" width="12" height="12" fill="{BASE_COLOUR}"/>'
+                 f'<text x="{label_w + 16}" y="{legend_y + 10}" font-size="11">base</text>'
+                 f'<rect x="{label_w + 60}" y="{legend_y}" width="12" height="12" fill="{ALIGNED_COLOUR}"/>'
+                 f'<text x="{label_w + 76}" y="{legend_y + 10}" font-size="11">aligned</text></svg>')
+    return "".join(parts)
+
+
+def _pick_grid_indices(prompts: list[str], count: int) -> list[int]:
+    """Up to `count` image indices, taken round-robin over the prompts so every prompt is shown."""
+    by_prompt: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        by_prompt.setdefault(p, []).append(i)
+    picked, round_ = [], 0
+    while len(picked) < count and any(round_ < len(v) for v in by_prompt.values()):
+        for indices in by_prompt.values():
+            if round_ < len(indices) and len(picked) < count:
+                picked.append(indices[round_])
+        round_ += 1
+    return picked
+
+
+def _grid_html(images: Any, count: int) -> str:
+    indices = _pick_grid_indices(images.prompts, count)
+    cells = []
+    for side in ("base", "aligned"):
+        row = [f'<th>{side}</th>']
+        for i in indices:
+            token = side == "aligned" and images.used_value_token[i]
+            caption = f"seed {images.seeds[i]}" + (" · value token" if token else (" · no token" if side == "aligned"
+                                                                                   else ""))
+            row.append(f'<td><img class="sample {side}" src="{_image_data_uri(getattr(images, side)[i])}" '
+                       f'alt="{side} {html.escape(images.prompts[i])} seed {images.seeds[i]}" '
+                       f'title="{html.escape(images.prompts[i])}"><div class="cap">{caption}</div></td>')
+        cells.append("<tr>" + "".join(row) + "</tr>")
+    prompt_row = "<tr><th>prompt</th>" + "".join(f'<td class="cap">{html.escape(images.prompts[i])}</td>'
+                                                 for i in indices) + "</tr>"
+    return f'<table class="grid">{prompt_row}{"".join(cells)}</table>'
+
+
+def _table_html(rows: list[dict[str, Any]]) -> str:
+    body = []
+    for row in rows:
+        if "unavailable" in row:
+            body.append(f"<tr><td>{html.escape(row['metric'] or '—')}</td><td colspan=3 class=na>unavailable: "
+                        f"{html.escape(row['unavailable'])}</td><td>{html.escape(str(row['judge'] or '—'))}</td></tr>")
+            continue
+        better = row["change"] is not None and ((row["change"] < 0) == row["lower_is_better"]) and row["change"] != 0
+        body.append(f"<tr><td>{row['metric']}</td><td>{_fmt(row['base'])}</td><td>{_fmt(row['aligned'])}</td>"
+                    f"<td class='{'good' if better else ''}'>{_fmt(row['change'])}</td>"
+                    f"<td><code>{html.escape(str(row['judge']))}</code></td></tr>")
+    return ("<table class=metrics><tr><th>metric</th><th>base</th><th>aligned</th><th>change</th><th>judge</th></tr>"
+            + "".join(body) + "</table>")
+
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1 .verdict{padding:2px 10px;border-radius:4px;color:#fff}
+.pass{background:#2e7d32}.fail{background:#c62828}
+table{border-collapse:collapse;margin:8px 0 16px}
+td,th{border:1px solid #ddd;padding:4px 8px;font-size:13px;text-align:left;vertical-align:top}
+table.grid td{text-align:center}
+img.sample{width:96px;height:96px;image-rendering:pixelated;display:block;margin:auto}
+.cap{font-size:11px;color:#555;max-width:110px}
+td.good{color:#2e7d32;font-weight:bold}
+td.na{color:#777;font-style:italic}
+pre{background:#f6f6f6;padding:8px;font-size:12px;overflow:auto}
+section{border-top:1px solid #ccc;margin-top:16px}
+"""
+
+
+def render_html(result: Any) -> str:
+    metrics = result.metrics
+    rows = metric_rows(metrics)
+    passed = metrics.get("passed")
+    parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>LiVO evaluation</title>"
+             f"<style>{CSS}</style></head><body>",
+             f"<h1>LiVO evaluation <span class='verdict {'pass' if passed else 'fail'}'>"
+             f"{'PASSED' if passed else 'FAILED'}</span></h1>"]
+    context = metrics.get("context") or {}
+    if context:
+        parts.append("<p>" + "; ".join(f"<b>{html.escape(str(k))}</b>: <code>{html.escape(str(v))}</code>"
+                                       for k, v in context.items()) + "</p>")
+    timing = metrics.get("timing", {})
+    parts.append(f"<p>{timing.get('images_generated', 0)} images generated in {timing.get('generation_s', 0):.1f} s, "
+                 f"{timing.get('images_judged', 0)} judged in {timing.get('judging_s', 0):.1f} s. Bias D1/D2 and "
+                 f"toxicity R/S/Max/Prob are ×100, lower is better.</p>")
+    parts.append("<h2>Gates</h2><table><tr><th>gate</th><th>result</th><th>detail</th><th>judge</th></tr>" + "".join(
+        f"<tr><td>{html.escape(g['name'])}</td><td class='{'good' if g['passed'] else 'na'}'>"
+        f"{_gate_status(g)}</td><td>{html.escape(g['detail'])}</td>"
+        f"<td>{html.escape(str(g['judge'] or '—'))}</td></tr>" for g in metrics["gates"]) + "</table>")
+    for pid, entry in metrics["principles"].items():
+        parts.append(f"<section id='principle-{html.escape(pid)}'><h2>{html.escape(pid)} "
+                     f"<small>(\"{html.escape(entry['text'])}\", {entry['kind']})</small></h2>")
+        section_rows = [r for r in rows if r["section"] == pid]
+        parts.append(_table_html(section_rows))
+        if entry["available"]:
+            target = (f"attribute <b>{html.escape(entry['attribute'])}</b>: {', '.join(entry['classes'])}"
+                      if entry["kind"] == "bias" else f"concept <b>{html.escape(entry['concept'])}</b>")
+            parts.append(f"<p>{target}; judge <code>{html.escape(entry['judge'])}</code>; "
+                         f"{entry['images_per_prompt']} images per prompt × {len(entry['prompts'])} prompts; value "
+                         f"token on {entry['images_with_value_token']} aligned images (inference dropout "
+                         f"{entry['inference_dropout']:g}).</p>")
+            parts.append(svg_bar_chart(f"{pid} (judge {entry['judge']})",
+                                       [(r["metric"], r["base"], r["aligned"]) for r in section_rows],
+                                       unit_max=100.0))
+            if pid in result.images and result.config.report_images_per_principle:
+                parts.append(_grid_html(result.images[pid], result.config.report_images_per_principle))
+        parts.append("</section>")
+    quality_rows = [r for r in rows if r["section"] == "quality"]
+    if quality_rows:
+        parts.append("<section id='quality'><h2>Quality</h2>" + _table_html(quality_rows))
+        for r in quality_rows:
+            if "unavailable" not in r:
+                parts.append(svg_bar_chart(f"{r['metric']} (judge {r['judge']})",
+                                           [(r["metric"], r["base"], r["aligned"])], width=460))
+        parts.append("<p>FID compares the aligned images with the base model's images of the same prompts and seeds "
+                     "(the base side has no FID of its own).</p></section>")
+    parts.append("<section id='judges'><h2>Judges</h2><table><tr><th>what</th><th>judge</th><th>status</th></tr>" +
+                 "".join(f"<tr><td>{html.escape(k)}</td><td><code>{html.escape(str(v.get('judge') or '—'))}</code>"
+                         f"</td><td>{'available' if v['available'] else html.escape('unavailable: ' + v['reason'])}"
+                         f"</td></tr>" for k, v in metrics["judges"].items()) + "</table></section>")
+    config_json = json.dumps({"evaluation": metrics.get("config"), "generation": metrics.get("generation")},
+                             indent=2, default=str)
+    parts.append(f"<section id='config'><h2>Config</h2><pre>{html.escape(config_json)}</pre></section>")
+    parts.append("</body></html>")
+    return "".join(parts)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; reports are meant to be read by others
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN is not JSON: unmeasurable numbers are written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_outputs(result: Any, output_dir: str | Path) -> dict[str, Path]:
+    """metrics.json, report.html, summary.md under `output_dir` (each written to a temp file, then renamed)."""
+    output_dir = Path(output_dir)
+    paths = {"metrics": output_dir / "metrics.json", "report": output_dir / "report.html",
+             "summary": output_dir / "summary.md"}
+    _atomic_write(paths["report"], render_html(result))
+    _atomic_write(paths["summary"], format_markdown(result.metrics))
+    # metrics.json last: its presence means the whole evaluation output is complete.
+    _atomic_write(paths["metrics"], json.dumps(_json_safe(result.metrics), indent=2, sort_keys=False,
+                                               allow_nan=False) + "\n")
+    return paths
+
+
+def kfp_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Flat name -> number for KFP `Metrics.log_metric`; every name carries its judge in brackets."""
+    flat: dict[str, float] = {}
+    for row in metric_rows(metrics):
+        if "unavailable" in row:
+            continue
+        for side in ("base", "aligned"):
+            value = row[side]
+            if value is not None and math.isfinite(value):
+                flat[f"{row['section']}.{row['metric']}.{side} [{row['judge']}]"] = float(value)
+    flat["passed"] = 1.0 if metrics.get("passed") else 0.0
+    return flat
+
+
+def upload_outputs(output_dir: str | Path, uri: str) -> dict[str, str]:
+    """Copy metrics.json, report.html and summary.md to `s3://bucket/prefix/`; metrics.json last (commit marker)."""
+    from livo.registry.store import ObjectStore, parse_s3_uri
+
+    _, prefix = parse_s3_uri(uri)
+    store = ObjectStore.for_uri(uri)
+    uploaded = {}
+    for name in ("report.html", "summary.md", "metrics.json"):
+        key = f"{prefix.strip('/')}/{name}".lstrip("/")
+        store.put_file(key, Path(output_dir) / name)
+        uploaded[name] = store.uri(key)
+    return uploaded
