@@ -30,7 +30,7 @@ JUDGE_MODULES = (
 _REGISTRY: dict[str, Callable[..., Judge]] = {}
 
 
-class Judge(ABC):
+class Judge(ABC):  # noqa: B024 - the two judge kinds below hold the abstract methods
     """Common base: every judge has a stable `id` (name and version/weights) that every metric carries."""
 
     id: str = "judge"

@@ -30,7 +30,7 @@ SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 # Words the tiny tokenizer knows as whole tokens (everything else falls back to characters): principle texts and the
 # vocabulary of typical prompts, so tiny-model prompts stay well under 77 tokens.
-_TINY_WORDS = (
+TINY_WORDS = (
     "a an the of in on at with and or for to by from is are photo picture portrait image face person people man "
     "woman male female boy girl doctor nurse engineer teacher lawyer chef pilot farmer scientist artist firefighter "
     "ceo ceo's police officer cashier janitor secretary programmer construction worker judge dancer singer "
@@ -129,7 +129,7 @@ def _learn_bpe_merges(words) -> list[tuple[str, str]]:
             segmented[i] = merged
 
 
-def build_tiny_tokenizer(words: tuple[str, ...] | list[str] = _TINY_WORDS, model_max_length: int = 77):
+def build_tiny_tokenizer(words: tuple[str, ...] | list[str] = TINY_WORDS, model_max_length: int = 77):
     """A real CLIP byte-level BPE tokenizer built in code: every byte is a token (so any text tokenizes) and merges
     learned on `words` make each of them one token. Ids: bytes, bytes+`</w>`, merged symbols, start/end tokens."""
     from transformers import CLIPTokenizer

@@ -11,9 +11,9 @@ JUDGE_WORDS = ("yes", "no", "does", "image", "contain", "content", "which", "gen
 
 
 def _tokenizer():
-    from livo.presets import _TINY_WORDS, build_tiny_tokenizer
+    from livo.presets import TINY_WORDS, build_tiny_tokenizer
 
-    return build_tiny_tokenizer(tuple(_TINY_WORDS) + JUDGE_WORDS[:-1])
+    return build_tiny_tokenizer(tuple(TINY_WORDS) + JUDGE_WORDS[:-1])
 
 
 def _image_processor(side: int = 32):
