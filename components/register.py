@@ -1,0 +1,44 @@
+"""Register the evaluated value encoder as the next version of the model (runs only when evaluation passed).
+
+Thin wrapper over `livo.registry.registration.register_model` (atomic, idempotent per pipeline run: a retried task
+returns the version it already created). The request is assembled by `livo.orchestration.registration_request`
+from the training run's result.json and the evaluation's files; the registration is recorded for the run's outcome.
+"""
+
+from kfp import dsl
+
+from components._image import LIVO_IMAGE
+
+
+@dsl.component(base_image=LIVO_IMAGE, install_kfp_package=False)
+def register(
+    model_name: str,
+    training_output_uri: str,
+    evaluation_uri: str,
+    principles_uri: str,
+    run_id: str,
+    run_name: str,
+    pipeline_spec_sha256: str,
+    image: str,
+) -> str:
+    """Register the candidate; returns `s3://…/models/<name>/<version>/`."""
+    import tempfile
+
+    from livo.log import get_logger, log_event
+    from livo.orchestration import record_registration, registration_request
+    from livo.registry.registration import register_model
+    from livo.registry.store import ObjectStore
+
+    store = ObjectStore.from_env()
+    with tempfile.TemporaryDirectory(prefix="livo-register-") as workdir:
+        request = registration_request(
+            store, model_name=model_name, training_output_uri=training_output_uri, evaluation_uri=evaluation_uri,
+            principles_uri=principles_uri, run_id=run_id, run_name=run_name,
+            pipeline_spec_sha256=pipeline_spec_sha256, image=image, workdir=workdir,
+        )
+        result = register_model(store, request)
+    record_registration(store, run_id, {"model_name": result.model_name, "version": result.version, "uri": result.uri,
+                                        "created": result.created, "report_uri": result.uri + "report.html"})
+    log_event(get_logger("livo.components.register"), "registered", model=model_name, version=result.version,
+              uri=result.uri, created=result.created)
+    return result.uri

@@ -1,0 +1,411 @@
+"""The glue of the KFP pipeline (`pipelines/livo_full.py`), kept here so it is testable without kfp.
+
+- `PipelineParameters`: the typed, validated parameters of one pipeline run. The pipeline's first step
+  (`components/validate_inputs.py`) builds it, loads the preset and the principle set, and fails with a one-line cause
+  before any other task (and so before any GPU) is requested; `livo submit` runs the same check on the client.
+- `validate_kfp_cron`: the cron dialect of KFP recurring runs (6 fields, seconds first, or `@every 1h`-style).
+- Run records under `pipeline-runs/<run id>/` in the object store: the skip decision of the principles check, the
+  registration, and the outcome the exit handler writes whatever happened (registered | skipped | rejected | failed
+  | canceled). The outcome is derived from the records, so no step has to know about the exit handler.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from livo.config import LivoConfig, format_validation_error
+from livo.errors import ConfigError
+
+RUN_RECORDS_PREFIX = "pipeline-runs"
+MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+K8S_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+_RUN_ID_UNSAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
+
+# --------------------------------------------------------------------------------------------------------- cron
+# KFP's recurring runs parse cron with robfig/cron: six fields (second minute hour day-of-month month day-of-week)
+# or a descriptor. A five-field crontab line is the usual mistake, so it gets its own hint.
+_CRON_FIELDS = (
+    ("second", 0, 59, {}),
+    ("minute", 0, 59, {}),
+    ("hour", 0, 23, {}),
+    ("day-of-month", 1, 31, {}),
+    ("month", 1, 12, {m: i + 1 for i, m in enumerate("JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split())}),
+    ("day-of-week", 0, 6, {d: i for i, d in enumerate("SUN MON TUE WED THU FRI SAT".split())}),
+)
+_CRON_DESCRIPTORS = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+_EVERY_RE = re.compile(r"^@every\s+((\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+)$")
+
+
+def validate_kfp_cron(expression: str) -> str:
+    """Return `expression` stripped if KFP accepts it as a recurring-run cron; raise ConfigError naming the field."""
+    expr = " ".join(expression.split())
+    hint = "KFP cron has 6 fields, seconds first, e.g. '0 0 3 * * *' (03:00 daily) or '@every 24h'"
+    if not expr:
+        raise ConfigError(f"empty cron expression; {hint}")
+    if expr.startswith("@"):
+        if expr in _CRON_DESCRIPTORS or _EVERY_RE.match(expr):
+            return expr
+        raise ConfigError(f"cron {expression!r}: unknown descriptor; use one of {', '.join(sorted(_CRON_DESCRIPTORS))}"
+                          " or '@every <duration>' such as '@every 6h'")
+    fields = expr.split(" ")
+    if len(fields) == 5:
+        raise ConfigError(f"cron {expression!r} has 5 fields; {hint} (prepend '0 ' for second 0)")
+    if len(fields) != 6:
+        raise ConfigError(f"cron {expression!r} has {len(fields)} fields; {hint}")
+    for text, (name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+        problem = _cron_field_problem(text, low, high, names, allow_question=name in ("day-of-month", "day-of-week"))
+        if problem:
+            raise ConfigError(f"cron {expression!r}: {name} field {text!r} {problem}; {hint}")
+    return expr
+
+
+def _cron_field_problem(text: str, low: int, high: int, names: dict[str, int], allow_question: bool) -> str | None:
+    if text == "?" and allow_question:
+        return None
+
+    def value(token: str) -> int | None:
+        if token.upper() in names:
+            return names[token.upper()]
+        return int(token) if token.isdigit() else None
+
+    for part in text.split(","):
+        base, _, step = part.partition("/")
+        if step and (not step.isdigit() or int(step) == 0):
+            return f"has step {step!r} (must be a positive integer)"
+        if base == "*":
+            continue
+        start_text, dash, end_text = base.partition("-")
+        start = value(start_text)
+        end = value(end_text) if dash else start
+        if start is None or end is None:
+            return f"has {part!r} (expected *, a number, a range a-b, a list a,b or a step */n)"
+        if not (low <= start <= high and low <= end <= high):
+            return f"has {part!r} outside {low}-{high}"
+        if start > end:
+            return f"has the descending range {part!r}"
+    return None
+
+
+# -------------------------------------------------------------------------------------------------- parameters
+_TOLERATION_OPERATORS = ("Equal", "Exists")
+_TOLERATION_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+class Toleration(LivoConfig):
+    """A Kubernetes pod toleration (the fields of core/v1 Toleration)."""
+
+    key: str = ""
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str = ""
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
+    tolerationSeconds: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _exists_has_no_value(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("operator Exists takes no value (drop `value` or use operator Equal)")
+        if self.tolerationSeconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds only applies to effect NoExecute")
+        return self
+
+
+class PipelineParameters(LivoConfig):
+    """The parameters of one `livo-full` run that can be checked before anything runs; field names are the pipeline
+    parameter names (stage-prefixed), so `livo submit` checks the same values the pipeline's first step checks."""
+
+    run_preset: str = Field(min_length=1, description="preset name (toy | tiny | sd15) or a preset YAML path")
+    run_principles_uri: str = Field("", description="principles YAML (path or s3:// URI); empty = the preset's own")
+    run_schedule_cron: str = Field("", description="cron of the recurring run that started this run; empty = one-off")
+    run_accelerator_type: str = Field("nvidia.com/gpu", description="Kubernetes resource name of the GPUs")
+    registry_model_name: str = Field(description="registry name of the aligned model: models/<name>/<version>/")
+    data_shard_count: int = Field(ge=1, le=4096, description="data-generation shards run in parallel")
+    data_gpus_per_shard: int = Field(1, ge=0, le=64)
+    data_node_selector: dict[str, str] = Field(default_factory=dict)
+    data_tolerations: list[Toleration] = Field(default_factory=list)
+    data_config_overrides: list[str] = Field(default_factory=list, description="generation config key=value items")
+    train_launcher: Literal["pod", "trainjob"] = "pod"
+    train_num_nodes: int = Field(1, ge=1, le=512)
+    train_gpus_per_node: int = Field(0, ge=0, le=64)
+    train_node_selector: dict[str, str] = Field(default_factory=dict)
+    train_tolerations: list[Toleration] = Field(default_factory=list)
+    train_config_overrides: list[str] = Field(default_factory=list, description="training config key=value items")
+    eval_gpus: int = Field(1, ge=0, le=64)
+    eval_node_selector: dict[str, str] = Field(default_factory=dict)
+    eval_tolerations: list[Toleration] = Field(default_factory=list)
+    eval_config_overrides: list[str] = Field(default_factory=list, description="evaluation config key=value items")
+    store_secret_name: str = Field("mlpipeline-minio-artifact", description="Secret with keys accesskey, secretkey")
+    store_config_map_name: str = Field("livo-object-store", description="ConfigMap with keys endpoint, bucket")
+
+    @field_validator("registry_model_name")
+    @classmethod
+    def _model_name_is_a_key(cls, value: str) -> str:
+        if not MODEL_NAME_RE.match(value):
+            raise ValueError("must be 1-63 lowercase letters, digits and '-', starting with a letter or digit")
+        return value
+
+    @field_validator("store_secret_name", "store_config_map_name")
+    @classmethod
+    def _kubernetes_name(cls, value: str) -> str:
+        if not K8S_NAME_RE.match(value):
+            raise ValueError("must be a Kubernetes object name (lowercase letters, digits, '-' and '.')")
+        return value
+
+    @field_validator("data_config_overrides", "train_config_overrides", "eval_config_overrides")
+    @classmethod
+    def _overrides_are_assignments(cls, values: list[str]) -> list[str]:
+        bad = [item for item in values if "=" not in str(item) or not str(item).split("=", 1)[0].strip()]
+        if bad:
+            raise ValueError(f"items must be key=value config overrides (e.g. 'max_steps=100'); got {bad}")
+        return [str(item) for item in values]
+
+    @field_validator("run_schedule_cron")
+    @classmethod
+    def _cron_is_valid(cls, value: str) -> str:
+        if value.strip():
+            try:
+                return validate_kfp_cron(value)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return ""
+
+    @model_validator(mode="after")
+    def _training_shape_is_consistent(self) -> PipelineParameters:
+        if self.train_launcher == "pod" and self.train_num_nodes > 1:
+            raise ValueError(f"train_num_nodes={self.train_num_nodes} needs train_launcher=trainjob "
+                             "(one pod runs on one node)")
+        if max(self.data_gpus_per_shard, self.train_gpus_per_node, self.eval_gpus) > 0 \
+                and not self.run_accelerator_type:
+            raise ValueError("GPU counts above 0 need run_accelerator_type (e.g. nvidia.com/gpu)")
+        return self
+
+    @classmethod
+    def parse(cls, values: dict[str, Any]) -> PipelineParameters:
+        """Validate raw parameter values; a bad one raises ConfigError naming the parameter and the fix."""
+        from pydantic import ValidationError
+
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, "pipeline parameters")) from None
+
+    def resolve(self) -> dict[str, Any]:
+        """Load the preset and the principle set they name (both must exist and validate); return what was found."""
+        from livo.presets import load_preset_config
+        from livo.principles import load_principles
+
+        preset = load_preset_config(self.run_preset)
+        principles_source = self.run_principles_uri or preset.principles_path()
+        principle_set = load_principles(principles_source)
+        self._check_stage_configs(principles_source)
+        return {
+            "preset": preset.name,
+            "model_source": preset.model.source,
+            "principles_uri": principles_source,
+            "principle_set_hash": principle_set.hash,
+            "principle_ids": list(principle_set.ids),
+        }
+
+
+    def _check_stage_configs(self, principles_source: str) -> None:
+        """Build each stage's typed config from the preset and its overrides, so that a misspelt key or a bad
+        value fails here, not hours later in a GPU pod (the same builders the stage components call)."""
+        from livo.data.generate import build_generate_config
+
+        build_generate_config(overrides=[*self.data_config_overrides, f"num_shards={self.data_shard_count}",
+                                         f"principles_file={principles_source}"], preset=self.run_preset)
+
+
+# ------------------------------------------------------------------------------------------------- run records
+RunStatus = Literal["registered", "skipped", "rejected", "failed", "canceled"]
+
+
+def run_records_prefix(run_id: str) -> str:
+    """`pipeline-runs/<run id>/`; a run id is a KFP run UUID in a cluster, a random number in kfp.local."""
+    safe = _RUN_ID_UNSAFE_RE.sub("-", run_id).strip("-.")
+    if not safe:
+        raise ConfigError(f"run id {run_id!r} has no usable characters; pass the KFP run id")
+    return f"{RUN_RECORDS_PREFIX}/{safe}/"
+
+
+def record_decision(store, run_id: str, *, changed: bool, principle_set_hash: str, model_name: str,
+                    forced: bool = False, latest_version: str | None = None) -> str:
+    """Write the principles check's verdict (read back by the outcome); returns its key."""
+    key = run_records_prefix(run_id) + "decision.json"
+    store.put_json(key, {
+        "changed": changed, "forced": forced, "principle_set_hash": principle_set_hash,
+        "model_name": model_name, "latest_version": latest_version, "time": _now(),
+    })
+    return key
+
+
+def record_registration(store, run_id: str, registration: dict[str, Any]) -> str:
+    """Write what the registration step registered (model name, version, URI); returns its key."""
+    key = run_records_prefix(run_id) + "registration.json"
+    store.put_json(key, {**registration, "time": _now()})
+    return key
+
+
+def record_failure(store, run_id: str, *, step: str, message: str) -> str:
+    """Keep a step's one-line failure cause for the outcome (KFP's own final status only says which task failed)."""
+    key = run_records_prefix(run_id) + "failure.json"
+    store.put_json(key, {"step": step, "message": message, "time": _now()})
+    return key
+
+
+def _read_record(store, run_id: str, name: str) -> dict[str, Any] | None:
+    key = run_records_prefix(run_id) + name
+    return store.get_json(key) if store.exists(key) else None
+
+
+def build_outcome(store, *, run_id: str, run_name: str, final_state: str, error_message: str = "",
+                  schedule_cron: str = "") -> dict[str, Any]:
+    """Derive the run's outcome from KFP's final state and the records its steps left.
+
+    SUCCEEDED splits three ways: no change to the principle set (`skipped`: a scheduled no-op, not a failure), a
+    candidate that failed the evaluation gates (`rejected`: no registration record), or a new version (`registered`).
+    """
+    decision = _read_record(store, run_id, "decision.json")
+    registration = _read_record(store, run_id, "registration.json")
+    failure = _read_record(store, run_id, "failure.json")
+    if failure:
+        error_message = f"{failure['step']}: {failure['message']}"
+    state = final_state.upper()
+    status: RunStatus
+    if state in ("CANCELED", "CANCELLED", "CANCELLING"):
+        status = "canceled"
+    elif state != "SUCCEEDED":
+        status = "failed"
+    elif decision is not None and not decision["changed"]:
+        status = "skipped"
+    elif registration is not None:
+        status = "registered"
+    else:
+        status = "rejected"
+    summaries = {
+        "registered": f"registered {registration['model_name']}@{registration['version']}" if registration else "",
+        "skipped": "principle set unchanged since the latest registered model; nothing to do",
+        "rejected": "the candidate failed the evaluation gates; nothing was registered",
+        "failed": f"the run failed: {error_message or 'see the failed task'}",
+        "canceled": "the run was canceled",
+    }
+    return {
+        "run_id": run_id, "run_name": run_name, "status": status, "kfp_state": state,
+        "summary": summaries[status], "error": error_message or None, "schedule_cron": schedule_cron or None,
+        "decision": decision, "registration": registration, "time": _now(),
+    }
+
+
+def write_outcome(store, outcome: dict[str, Any]) -> str:
+    key = run_records_prefix(outcome["run_id"]) + "outcome.json"
+    store.put_json(key, outcome)
+    return key
+
+
+def read_outcome(store, run_id: str) -> dict[str, Any] | None:
+    return _read_record(store, run_id, "outcome.json")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# ------------------------------------------------------------------------------------------------ registration
+TRAINING_RESULT_FILE = "result.json"  # livo.training.checkpoint.RESULT_FILE: written last by a finished training run
+DATASET_MANIFEST_FILE = "manifest.json"
+
+
+def _join_uri(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}"
+
+
+def _read_json_at(store, uri_or_path: str) -> dict[str, Any]:
+    import json
+    from pathlib import Path
+
+    from livo.errors import LivoError
+
+    if uri_or_path.startswith("s3://"):
+        from livo.registry.store import ObjectStore, parse_s3_uri
+
+        located = store.for_uri(uri_or_path) if store is not None else ObjectStore.for_uri(uri_or_path)
+        return located.get_json(parse_s3_uri(uri_or_path)[1])
+    path = Path(uri_or_path)
+    if not path.is_file():
+        raise LivoError(f"{uri_or_path}: no such file")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _fetch(store, uri_or_path: str, target) -> str:
+    """A local copy of a file given as a path or an s3:// URI."""
+    import shutil
+    from pathlib import Path
+
+    if uri_or_path.startswith("s3://"):
+        from livo.registry.store import parse_s3_uri
+
+        store.for_uri(uri_or_path).download_file(parse_s3_uri(uri_or_path)[1], target)
+    else:
+        shutil.copyfile(Path(uri_or_path), target)
+    return str(target)
+
+
+def registration_request(store, *, model_name: str, training_output_uri: str, evaluation_uri: str,
+                         principles_uri: str, run_id: str, run_name: str, pipeline_spec_sha256: str,
+                         image: str, workdir) -> Any:
+    """The registry's `RegistrationRequest` for what this pipeline run produced.
+
+    The training run's `result.json` names the value encoder, the dataset, the config, the seed and the base model
+    (with its fingerprint); the evaluation wrote metrics.json and report.html under `evaluation_uri`. Copies of the
+    value encoder and of the evaluation files land in `workdir`.
+    """
+    from pathlib import Path
+
+    from livo.errors import LivoError
+    from livo.registry.registration import RegistrationRequest
+
+    result = _read_json_at(store, _join_uri(training_output_uri, TRAINING_RESULT_FILE))
+    try:
+        encoder_uri = result["value_encoder"]["uri"]
+        dataset_uri = result["dataset"]["uri"]
+        config = result["config"]
+        base_model = result["base_model"]
+    except KeyError as exc:
+        raise LivoError(f"{_join_uri(training_output_uri, TRAINING_RESULT_FILE)} lacks {exc}; it is not the result "
+                        "of a finished livo training run") from None
+    workdir = Path(workdir)
+    encoder_dir = workdir / "value_encoder"
+    if encoder_uri.startswith("s3://"):
+        from livo.registry.store import parse_s3_uri
+
+        store.for_uri(encoder_uri).download_dir(parse_s3_uri(encoder_uri)[1], encoder_dir)
+    else:
+        encoder_dir = Path(encoder_uri)
+    manifest_uri = dataset_uri if dataset_uri.endswith(".json") else _join_uri(dataset_uri, DATASET_MANIFEST_FILE)
+    return RegistrationRequest(
+        model_name=model_name,
+        value_encoder_dir=encoder_dir,
+        metrics_path=_fetch(store, _join_uri(evaluation_uri, "metrics.json"), workdir / "metrics.json"),
+        report_path=_fetch(store, _join_uri(evaluation_uri, "report.html"), workdir / "report.html"),
+        principles=principles_uri,
+        dataset_manifest_uri=manifest_uri,
+        training_config=config,
+        seed=int(config.get("seed", 0)),
+        base_model_id=str(base_model.get("source") or config.get("model") or "unknown"),
+        base_model_fingerprint=str(base_model["fingerprint"]),
+        pipeline_run_id=run_id,
+        pipeline_run_name=run_name,
+        pipeline_spec_hash=pipeline_spec_sha256,
+        git_commit=_git_commit_of_image(),
+        image_digest=image,
+    )
+
+
+def _git_commit_of_image() -> str:
+    """The commit the running code was built from (`LIVO_GIT_COMMIT`, set by the image build and by `livo run`)."""
+    import os
+
+    return os.environ.get("LIVO_GIT_COMMIT", "")

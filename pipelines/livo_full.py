@@ -1,0 +1,212 @@
+"""The livo Kubeflow pipeline: principles -> preference data -> value encoder -> evaluation -> registered model.
+
+    validate_inputs                     every parameter, the preset and the principles file; before any GPU
+      -> principles_changed             False: the run is a cheap no-op, reported `skipped` (scheduled retraining)
+        -> generate_data x N (ParallelFor) -> merge_dataset    preference dataset + manifest in the object store
+        -> train_value_encoder          GPUs, node selector and tolerations from parameters; pod or TrainJob
+        -> evaluate                     single `passed: bool` output
+        -> dsl.If(passed) -> register   models/<name>/<version>/ + model card + lineage.json
+    ExitHandler: record_outcome         registered | skipped | rejected | failed | canceled, whatever happened
+
+Status: the graph runs validate -> principles_changed -> data shards -> merge; train_value_encoder, evaluate and
+register are added when components/train_value_encoder.py lands (evaluate and register consume its output).
+
+Entry points (the same as `livo compile|run|submit|schedule`):
+
+    python pipelines/livo_full.py compile [--check]
+    python pipelines/livo_full.py run --local [ARGS of `livo run`]
+    python pipelines/livo_full.py submit --host URL [-p NAME=VALUE ...]
+    python pipelines/livo_full.py schedule [ARGS of `livo schedule`]
+
+Object-store credentials reach the pods only through kfp-kubernetes mappings: the Secret `store_secret_name`
+(keys accesskey, secretkey) and the ConfigMap `store_config_map_name` (keys endpoint, bucket); none is a parameter
+and none appears in the compiled YAML. kfp.local ignores those mappings, so local runs put `LIVO_S3_*` in the
+environment (`livo run` does).
+"""
+
+
+import sys
+from pathlib import Path
+
+from kfp import dsl, kubernetes
+
+if __package__ in (None, ""):  # run as a script: make `components` importable from the checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from components.generate_data import generate_data_shard, merge_data_shards  # noqa: E402
+from components.principles_changed import principles_changed  # noqa: E402
+from components.record_outcome import record_outcome  # noqa: E402
+from components.validate_inputs import validate_inputs  # noqa: E402
+
+PIPELINE_NAME = "livo-full"
+COMPILED_PACKAGE = Path(__file__).with_suffix(".yaml")
+
+# Where the default of every GPU toleration comes from: NVIDIA's GPU operator and the managed Kubernetes services
+# taint GPU nodes with `nvidia.com/gpu` (effect NoSchedule).
+GPU_NODE_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def with_object_store(task: dsl.PipelineTask, secret_name, config_map_name) -> dsl.PipelineTask:
+    """Map the store's credentials and location into the task's environment (LIVO_S3_*), by reference only."""
+    kubernetes.use_secret_as_env(task, secret_name=secret_name,
+                                 secret_key_to_env={"accesskey": "LIVO_S3_ACCESS_KEY",
+                                                    "secretkey": "LIVO_S3_SECRET_KEY"})
+    kubernetes.use_config_map_as_env(task, config_map_name=config_map_name,
+                                     config_map_key_to_env={"endpoint": "LIVO_S3_ENDPOINT", "bucket": "LIVO_S3_BUCKET"})
+    return task
+
+
+def without_cache(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Steps whose result depends on the object store's state (or that write it) must always run."""
+    return task.set_caching_options(enable_caching=False)
+
+
+def on_gpus(task: dsl.PipelineTask, count, accelerator_type, node_selector, tolerations) -> dsl.PipelineTask:
+    """Request `count` GPUs of `accelerator_type` and place the pod with the node selector and tolerations; all
+    four are pipeline parameters, so one compiled package serves every cluster."""
+    task.set_accelerator_type(accelerator_type).set_accelerator_limit(count)
+    kubernetes.add_node_selector_json(task, node_selector)
+    kubernetes.add_toleration_json(task, tolerations)
+    return task
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="LiVO value alignment: principles -> preference data -> value encoder "
+              "-> evaluation -> registered model, skipped when the principle set is unchanged.")
+def livo_full(
+    run_preset: str = "sd15",
+    run_principles_uri: str = "",
+    run_force_retrain: bool = False,
+    run_schedule_cron: str = "",
+    run_pipeline_spec_sha256: str = "",
+    run_accelerator_type: str = "nvidia.com/gpu",
+    registry_model_name: str = "livo-sd15",
+    data_shard_count: int = 8,
+    data_gpus_per_shard: int = 1,
+    data_node_selector: dict = {},  # noqa: B006 - kfp pipeline parameters take literal defaults
+    data_tolerations: list = GPU_NODE_TOLERATIONS,  # noqa: B006
+    data_config_overrides: list = [],  # noqa: B006
+    train_launcher: str = "pod",
+    train_num_nodes: int = 1,
+    train_gpus_per_node: int = 8,
+    train_node_selector: dict = {},  # noqa: B006
+    train_tolerations: list = GPU_NODE_TOLERATIONS,  # noqa: B006
+    train_config_overrides: list = [],  # noqa: B006
+    eval_gpus: int = 1,
+    eval_node_selector: dict = {},  # noqa: B006
+    eval_tolerations: list = GPU_NODE_TOLERATIONS,  # noqa: B006
+    eval_config_overrides: list = [],  # noqa: B006
+    store_secret_name: str = "mlpipeline-minio-artifact",
+    store_config_map_name: str = "livo-object-store",
+):
+    """LiVO value alignment, end to end, skipped when the principle set is unchanged.
+
+    Args:
+        run_preset: Preset name (toy | tiny | sd15) or a preset YAML path inside the image. Default sd15: the
+            paper's model and protocol (configs/presets/sd15.yaml, LIVO_METHOD §4 and §6).
+        run_principles_uri: Principles YAML, a path in the image or s3://bucket/key. Default empty: the preset's
+            own file, configs/principles/default.yaml, the paper's five principles.
+        run_force_retrain: Retrain even when the latest registered model has the same principle-set hash.
+            Default false: scheduled runs are no-ops until the principles change (DESIGN.md, the flow).
+        run_schedule_cron: Cron of the recurring run that started this run (set by `livo schedule`, recorded in
+            the outcome); KFP's 6-field dialect. Default empty: a one-off run.
+        run_pipeline_spec_sha256: sha256 of the compiled package this run came from, for the lineage record; set
+            by `livo submit`. Default empty: unknown.
+        run_accelerator_type: Kubernetes resource name of the GPUs every GPU step requests. Default nvidia.com/gpu,
+            the NVIDIA device plugin's resource.
+        registry_model_name: Name under models/<name>/<version>/ in the object store. Default livo-sd15, after
+            the default preset.
+        data_shard_count: Data-generation shards run in parallel (one pod each). Default 8: one shard per GPU of
+            an 8-GPU node, the unit the scale plan in docs/data.md counts in.
+        data_gpus_per_shard: GPUs per data-generation pod. Default 1: generation is batched per GPU, shards scale
+            out (docs/data.md).
+        data_node_selector: Node labels the data-generation pods must match. Default empty: any node with GPUs.
+        data_tolerations: Tolerations of the data-generation pods. Default: the nvidia.com/gpu NoSchedule taint
+            that NVIDIA's GPU operator and managed Kubernetes put on GPU nodes.
+        data_config_overrides: Data-generation config overrides, key=value items (livo generate). Default empty:
+            the preset's settings (paper: DPM-Solver++ 25 steps, CFG 7.5, 512², LIVO_METHOD §5-6).
+        train_launcher: pod (one pod with train_gpus_per_node GPUs; the launcher spawns a rank per GPU) or
+            trainjob (a Kubeflow Trainer TrainJob on the livo-torch-distributed runtime, for multi-node). Default
+            pod: one 8-GPU node fits the paper's run (batch 8 per device, 15k steps; LIVO_METHOD §4).
+        train_num_nodes: Nodes of the TrainJob (trainjob only). Default 1.
+        train_gpus_per_node: GPUs requested by the training pod (or per TrainJob node). Default 8: one full node,
+            as in the paper's multi-GPU DeepSpeed run.
+        train_node_selector: Node labels the training pod must match, e.g. {"nvidia.com/gpu.product":
+            "NVIDIA-H100-80GB-HBM3"}. Default empty: any node with the GPUs.
+        train_tolerations: Tolerations of the training pod. Default: the nvidia.com/gpu NoSchedule taint that
+            NVIDIA's GPU operator and managed Kubernetes put on GPU nodes.
+        train_config_overrides: Training config overrides, key=value items (livo train). Default empty: the
+            authors' released run (LIVO_METHOD §4) as adapted by the preset.
+        eval_gpus: GPUs of the evaluation pod. Default 1: the protocol generates 50 images per prompt on one GPU
+            (LIVO_METHOD §6).
+        eval_node_selector: Node labels the evaluation pod must match. Default empty: any node with GPUs.
+        eval_tolerations: Tolerations of the evaluation pod. Default: the nvidia.com/gpu NoSchedule taint.
+        eval_config_overrides: Evaluation config overrides, key=value items (livo evaluate), e.g. gates. Default
+            empty: the preset's protocol and gates (docs/evaluation.md).
+        store_secret_name: Secret holding the object-store credentials (keys accesskey, secretkey). Default
+            mlpipeline-minio-artifact, the secret KFP itself uses for its store.
+        store_config_map_name: ConfigMap with the object-store endpoint and bucket (keys endpoint, bucket).
+            Default livo-object-store, from manifests/base.
+    """
+    def stored(task: dsl.PipelineTask) -> dsl.PipelineTask:
+        return with_object_store(task, store_secret_name, store_config_map_name)
+
+    outcome = stored(without_cache(record_outcome(
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        schedule_cron=run_schedule_cron,
+    )))
+
+    with dsl.ExitHandler(outcome, name="livo"):
+        validated = stored(without_cache(validate_inputs(
+            run_preset=run_preset, run_principles_uri=run_principles_uri, run_schedule_cron=run_schedule_cron,
+            run_accelerator_type=run_accelerator_type, registry_model_name=registry_model_name,
+            data_shard_count=data_shard_count, data_gpus_per_shard=data_gpus_per_shard,
+            data_node_selector=data_node_selector, data_tolerations=data_tolerations,
+            data_config_overrides=data_config_overrides, train_launcher=train_launcher,
+            train_num_nodes=train_num_nodes, train_gpus_per_node=train_gpus_per_node,
+            train_node_selector=train_node_selector, train_tolerations=train_tolerations,
+            train_config_overrides=train_config_overrides, eval_gpus=eval_gpus, eval_node_selector=eval_node_selector,
+            eval_tolerations=eval_tolerations, eval_config_overrides=eval_config_overrides,
+            store_secret_name=store_secret_name, store_config_map_name=store_config_map_name,
+            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        )))
+        principles_uri = validated.outputs["principles_uri"]
+        run_uri = validated.outputs["run_uri"]
+
+        changed = stored(without_cache(principles_changed(
+            model_name=registry_model_name, principle_set_hash=validated.outputs["principle_set_hash"],
+            force_retrain=run_force_retrain, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        )))
+
+        with dsl.If(changed.output == True, name="principles-changed"):  # noqa: E712 - a kfp condition, not a bool
+            with dsl.ParallelFor(validated.outputs["shard_indices"], name="data-shards") as shard_index:
+                shard = stored(without_cache(on_gpus(generate_data_shard(
+                    dataset_uri=f"{run_uri}/dataset", shard_index=shard_index, shard_count=data_shard_count,
+                    preset=run_preset, principles_uri=principles_uri, config_overrides=data_config_overrides,
+                ), data_gpus_per_shard, run_accelerator_type, data_node_selector, data_tolerations)))
+            stored(without_cache(merge_data_shards(
+                dataset_uri=f"{run_uri}/dataset", shard_count=data_shard_count,
+                shard_uris=dsl.Collected(shard.output),
+            )))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python pipelines/livo_full.py compile|run --local|submit|schedule ...` == `livo compile|run|submit|schedule`."""
+    from livo.cli import main as livo_main
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    commands = ("compile", "run", "submit", "schedule")
+    if not args or args[0] not in commands:
+        print(f"usage: python pipelines/livo_full.py {{{'|'.join(commands)}}} [ARGS]  (run needs --local; "
+              "see `livo COMMAND --help`)", file=sys.stderr)
+        return 2
+    if args[0] == "run":
+        if "--local" not in args[1:]:
+            print("python pipelines/livo_full.py run: pass --local (kfp.local); for a cluster use `submit`",
+                  file=sys.stderr)
+            return 2
+        args.remove("--local")
+    return livo_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

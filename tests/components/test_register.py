@@ -1,0 +1,97 @@
+"""components/register.py end to end against the real store: what a finished training run and an evaluation left
+becomes a registered version with its lineage; the run's registration record makes the outcome `registered`; the
+next principles check with the same hash says unchanged (the scheduled no-op); a retried task registers nothing new."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components.principles_changed import principles_changed
+from components.register import register
+from livo.orchestration import build_outcome
+from livo.paths import config_dir
+from livo.principles import load_principles
+
+pytestmark = pytest.mark.store
+
+IMAGE = "registry.example.org/team/livo:1.0@sha256:" + "a" * 64
+
+
+@pytest.fixture
+def finished_run(store, monkeypatch, tmp_path: Path) -> dict[str, str]:
+    """The objects a pipeline run has written by the time registration starts, under pipeline-runs/run-7/."""
+    from safetensors.numpy import save_file
+
+    for name, value in store.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LIVO_GIT_COMMIT", "0123abcd")
+    run = "pipeline-runs/run-7"
+    principles = config_dir() / "principles" / "default.yaml"
+    store.put_file(f"{run}/principles.yaml", principles)
+    store.put_json(f"{run}/dataset/manifest.json", {"principle_set_hash": load_principles(principles).hash})
+    encoder = tmp_path / "encoder"
+    encoder.mkdir()
+    save_file({"text_model.final_layer_norm.weight": np.arange(8, dtype=np.float32)},
+              str(encoder / "model.safetensors"))
+    (encoder / "config.json").write_text(json.dumps({"architectures": ["CLIPTextModel"], "hidden_size": 8}))
+    for path in encoder.iterdir():
+        store.put_file(f"{run}/train/value_encoder/{path.name}", path)
+    store.put_json(f"{run}/train/result.json", {
+        "value_encoder": {"uri": store.uri(f"{run}/train/value_encoder")},
+        "dataset": {"uri": store.uri(f"{run}/dataset")},
+        "config": {"seed": 1234, "model": "tiny", "loss": {"kind": "livo"}},
+        "base_model": {"source": "tiny", "fingerprint": "sha256:" + "b" * 64},
+    })
+    store.put_json(f"{run}/evaluation/metrics.json", {"principles": {}, "passed": True})
+    store.put_bytes(f"{run}/evaluation/report.html", b"<html>report</html>")
+    return {"run": run, "principles_uri": store.uri(f"{run}/principles.yaml"),
+            "hash": load_principles(principles).hash}
+
+
+def _register(store, finished_run):
+    return register.python_func(
+        model_name="livo-tiny", training_output_uri=store.uri(f"{finished_run['run']}/train"),
+        evaluation_uri=store.uri(f"{finished_run['run']}/evaluation"), principles_uri=finished_run["principles_uri"],
+        run_id="run-7", run_name="livo-full-7", pipeline_spec_sha256="sha256:" + "c" * 64, image=IMAGE,
+    )
+
+
+def test_register_records_lineage_outcome_and_makes_the_next_check_a_no_op(store, finished_run):
+    uri = _register(store, finished_run)
+    assert uri == store.uri("models/livo-tiny/v1/")
+    lineage = store.get_json("models/livo-tiny/v1/lineage.json")
+    expected = {"run_id": "run-7", "run_name": "livo-full-7", "spec_hash": "sha256:" + "c" * 64,
+                "git_commit": "0123abcd", "image_digest": IMAGE}
+    assert {k: lineage["pipeline"][k] for k in expected} == expected
+    assert lineage["principles"]["hash"] == finished_run["hash"]
+    assert lineage["training"]["seed"] == 1234
+    assert lineage["base_model"]["fingerprint"] == "sha256:" + "b" * 64
+    assert lineage["dataset"]["manifest_uri"] == store.uri(f"{finished_run['run']}/dataset/manifest.json")
+
+    outcome = build_outcome(store, run_id="run-7", run_name="n", final_state="SUCCEEDED")
+    assert outcome["status"] == "registered" and outcome["summary"] == "registered livo-tiny@v1"
+
+    assert principles_changed.python_func(model_name="livo-tiny", principle_set_hash=finished_run["hash"],
+                                          force_retrain=False, run_id="run-8") is False
+    assert build_outcome(store, run_id="run-8", run_name="n", final_state="SUCCEEDED")["status"] == "skipped"
+    assert principles_changed.python_func(model_name="livo-tiny", principle_set_hash="sha256:" + "d" * 64,
+                                          force_retrain=False, run_id="run-9") is True
+
+
+def test_retried_registration_creates_no_second_version(store, finished_run):
+    first = _register(store, finished_run)
+    assert _register(store, finished_run) == first
+    assert store.get_json("pipeline-runs/run-7/registration.json")["created"] is False
+    assert not store.exists("models/livo-tiny/v2/manifest.json")
+
+
+def test_training_result_without_its_fields_is_a_clear_error(store, finished_run):
+    from livo.errors import LivoError
+
+    store.put_json(f"{finished_run['run']}/train/result.json", {"metrics": {}})
+    with pytest.raises(LivoError, match="lacks 'value_encoder'"):
+        _register(store, finished_run)

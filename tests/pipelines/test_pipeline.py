@@ -1,0 +1,258 @@
+"""pipelines/livo_full.py: the committed package is fresh and holds no credential, the pipeline's shape (validation
+first, GPU requests only where training runs, caching off where results depend on the store, secrets by reference),
+its parameters, and the `compile | submit | run` entry points (submit against a fake KFP API server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = REPO / "pipelines" / "livo_full.yaml"
+LIVO = [sys.executable, "-m", "livo.cli"]
+PUSHED_IMAGE = "registry.example.org/team/livo:1.0@sha256:" + "e" * 64
+STAGE_PREFIXES = ("run_", "data_", "train_", "eval_", "registry_", "store_")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment minus anything that changes the compiled package or reaches a real cluster."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIVO_", "KFP_"))}
+    return {**env, **extra}
+
+
+def run(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, cwd=REPO, env=clean_env(**env), timeout=120)
+
+
+@pytest.fixture(scope="module")
+def spec() -> dict:
+    return next(yaml.safe_load_all(PACKAGE.read_text()))
+
+
+@pytest.fixture(scope="module")
+def platform() -> dict:
+    docs = list(yaml.safe_load_all(PACKAGE.read_text()))
+    return docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_committed_package_is_not_stale():
+    result = run(LIVO + ["compile", "--check"])
+    assert result.returncode == 0, result.stderr
+    assert "is up to date" in result.stdout
+
+
+def test_stale_package_is_detected(tmp_path):
+    stale = tmp_path / "livo_full.yaml"
+    stale.write_text(PACKAGE.read_text().replace("livo-full", "livo-old", 1))
+    result = run(LIVO + ["compile", "--check", "--output", str(stale)])
+    assert result.returncode == 1
+    assert "is stale: run `livo compile`" in result.stderr
+
+
+def test_compile_never_embeds_credentials_from_the_environment(tmp_path):
+    secret, access = "s3cr3t-VALUE-8f1d2c", "ACCESS-5e7a9b"
+    out = tmp_path / "p.yaml"
+    result = run(LIVO + ["compile", "-o", str(out)], LIVO_S3_ACCESS_KEY=access, LIVO_S3_SECRET_KEY=secret,
+                 LIVO_S3_ENDPOINT="http://10.0.0.1:9000", AWS_SECRET_ACCESS_KEY=secret)
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert secret not in text and access not in text and "10.0.0.1" not in text
+    assert text == PACKAGE.read_text()  # the environment does not change the package at all
+
+
+def test_committed_package_holds_no_credential_value():
+    text = PACKAGE.read_text()
+    for pattern in (r"minio123", r"AKIA[0-9A-Z]{16}", r"LIVO_S3_SECRET_KEY\s*[:=]\s*\S", r"secretkey\s*:\s*[^\s{]",
+                    r"-----BEGIN [A-Z ]*PRIVATE KEY"):
+        assert not re.search(pattern, text), pattern
+
+
+def test_every_task_gets_the_store_by_reference_only(spec, platform):
+    executors = spec["deploymentSpec"]["executors"]
+    assert set(platform) == set(executors)
+    for name, config in platform.items():
+        secret = config["secretAsEnv"][0]
+        assert secret["secretNameParameter"] == {"componentInputParameter": "pipelinechannel--store_secret_name"} \
+            or secret["secretNameParameter"]["componentInputParameter"].endswith("store_secret_name"), name
+        assert {m["secretKey"]: m["envVar"] for m in secret["keyToEnv"]} == {
+            "accesskey": "LIVO_S3_ACCESS_KEY", "secretkey": "LIVO_S3_SECRET_KEY"}
+        config_map = config["configMapAsEnv"][0]
+        assert {m["configMapKey"]: m["envVar"] for m in config_map["keyToEnv"]} == {
+            "endpoint": "LIVO_S3_ENDPOINT", "bucket": "LIVO_S3_BUCKET"}
+    for executor in executors.values():
+        env_names = {e["name"] for e in executor["container"].get("env", [])}
+        assert not env_names & {"LIVO_S3_ACCESS_KEY", "LIVO_S3_SECRET_KEY"}
+
+
+def test_every_executor_uses_the_digest_pinned_livo_image(spec):
+    from components._image import PUBLISHED_IMAGE
+
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {PUBLISHED_IMAGE}
+
+
+def test_parameters_are_typed_documented_stage_prefixed(spec):
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert len(params) >= 15
+    for name, definition in params.items():
+        assert name.startswith(STAGE_PREFIXES), f"{name} has no stage prefix"
+        assert definition["parameterType"] in ("STRING", "NUMBER_INTEGER", "BOOLEAN", "STRUCT", "LIST",
+                                               "NUMBER_DOUBLE"), name
+        assert "defaultValue" in definition or definition.get("isOptional"), f"{name} has no default"
+        assert "Default" in definition.get("description", ""), f"{name}: description does not cite its default"
+    assert params["data_shard_count"]["parameterType"] == "NUMBER_INTEGER"
+    assert params["train_tolerations"]["defaultValue"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert params["store_secret_name"]["defaultValue"] == "mlpipeline-minio-artifact"
+
+
+def _dag_tasks(spec) -> dict[str, dict]:
+    """Every task of every DAG in the spec, by task name."""
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+def test_validation_runs_first_and_gates_everything(spec):
+    tasks = _dag_tasks(spec)
+    validate = tasks["validate-inputs"]
+    assert not validate.get("dependentTasks"), "validate-inputs must not wait for anything"
+    assert tasks["principles-changed"]["dependentTasks"] == ["validate-inputs"]
+    exit_task = spec["root"]["dag"]["tasks"]["record-outcome"]
+    assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert spec["deploymentSpec"]["executors"]["exec-validate-inputs"]["container"].get("resources") is None
+
+
+def test_caching_is_off_where_results_depend_on_the_store(spec):
+    tasks = _dag_tasks(spec)
+    for name in ("validate-inputs", "principles-changed", "record-outcome", "generate-data-shard",
+                 "merge-data-shards"):
+        assert not tasks[name].get("cachingOptions", {}).get("enableCache", False), name
+
+
+def test_data_shards_fan_out_behind_the_principles_gate_on_parameterised_gpus(spec, platform):
+    tasks = _dag_tasks(spec)
+    loop = next(t for t in tasks.values() if t.get("parameterIterator"))
+    assert loop["parameterIterator"]["items"]["inputParameter"].endswith("validate-inputs-shard_indices")
+    condition = next(t for t in tasks.values() if "triggerPolicy" in t and "condition" in t["triggerPolicy"])
+    assert "principles-changed-Output" in condition["triggerPolicy"]["condition"]
+    resources = spec["deploymentSpec"]["executors"]["exec-generate-data-shard"]["container"]["resources"]
+    assert "run_accelerator_type" in resources["accelerator"]["resourceType"]
+    assert "data_gpus_per_shard" in resources["accelerator"]["resourceCount"]
+    placement = platform["exec-generate-data-shard"]
+    assert placement["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"].endswith("data_node_selector")
+    assert placement["tolerations"][0]["tolerationJson"]["componentInputParameter"].endswith("data_tolerations")
+    for name in ("exec-validate-inputs", "exec-principles-changed", "exec-record-outcome"):
+        assert "resources" not in spec["deploymentSpec"]["executors"][name]["container"], name
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+def test_script_entry_requires_a_known_command_and_local_for_run():
+    script = [sys.executable, "pipelines/livo_full.py"]
+    assert run(script).returncode == 2
+    result = run(script + ["run", "--preset", "tiny"])
+    assert result.returncode == 2 and "pass --local" in result.stderr
+    result = run(script + ["compile", "--check"])
+    assert result.returncode == 0, result.stderr
+
+
+def test_submit_refuses_the_unpublished_image():
+    result = run(LIVO + ["submit", "--host", "http://127.0.0.1:9", "--dry-run"])
+    assert result.returncode == 2
+    assert "is not a published digest" in result.stderr and "LIVO_IMAGE" in result.stderr
+
+
+@pytest.mark.parametrize(("param", "message"), [
+    ("data_shard_count=0", "data_shard_count: Input should be greater than or equal to 1"),
+    ("train_gpus_per_node=-1", "train_gpus_per_node: Input should be greater than or equal to 0"),
+    ("run_schedule_cron=0 3 * * *", "has 5 fields"),
+    ("data_shards=4", "unknown pipeline parameter(s) data_shards"),
+    ("nonsense", "not of the form name=value"),
+])
+def test_submit_checks_parameters_before_contacting_kfp(param, message):
+    result = run(LIVO + ["submit", "--host", "http://127.0.0.1:9", "--allow-unpublished-image", "-p", param])
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+
+
+class _FakeKfpApi(BaseHTTPRequestHandler):
+    requests: list[tuple[str, str, dict]] = []
+
+    def _reply(self, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):  # noqa: N802
+        self.requests.append(("GET", self.path, {}))
+        self._reply({})
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        self.requests.append(("POST", self.path, body))
+        if self.path.endswith("/experiments"):
+            self._reply({"experiment_id": "exp-1", "display_name": body.get("display_name")})
+        else:
+            self._reply({"run_id": "run-42", "display_name": body.get("display_name")})
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def fake_kfp():
+    _FakeKfpApi.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKfpApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _FakeKfpApi.requests
+    server.shutdown()
+
+
+def test_submit_creates_a_run_with_the_parameters_and_spec_hash(fake_kfp):
+    host, requests = fake_kfp
+    result = run(LIVO + ["submit", "--host", host, "--experiment", "livo-test", "--run-name", "r1",
+                         "--service-account", "pipeline-runner", "-p", "data_shard_count=16", "-p", "run_preset=sd15"],
+                 LIVO_IMAGE=PUSHED_IMAGE)
+    assert result.returncode == 0, result.stderr
+    assert "submitted run run-42" in result.stdout
+    posted = {path: body for method, path, body in requests if method == "POST"}
+    assert posted["/apis/v2beta1/experiments"]["display_name"] == "livo-test"
+    body = posted["/apis/v2beta1/runs"]
+    params = body["runtime_config"]["parameters"]
+    assert params["data_shard_count"] == 16 and params["run_preset"] == "sd15"
+    assert params["run_pipeline_spec_sha256"].startswith("sha256:")
+    assert body["service_account"] == "pipeline-runner" and body["display_name"] == "r1"
+    assert set(body["pipeline_spec"]) == {"pipeline_spec", "platform_spec"}  # the secret mappings travel with it
+    executors = body["pipeline_spec"]["pipeline_spec"]["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {PUSHED_IMAGE}
+
+
+def test_submit_unreachable_host_is_one_clear_line():
+    result = run(LIVO + ["submit", "--host", "http://127.0.0.1:9"], LIVO_IMAGE=PUSHED_IMAGE)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("livo: error: submitting to http://127.0.0.1:9 failed")
+
+
+# ------------------------------------------------------------------------------------------------ local runs
+@pytest.mark.slow
+@pytest.mark.store
+def test_local_run_bad_input_fails_in_validation_before_any_other_task(tmp_path):
+    result = run(LIVO + ["run", "--preset", "tiny", "--runs-dir", str(tmp_path), "-p", "data_shard_count=0"])
+    assert result.returncode == 1
+    assert "the run failed: validate-inputs: pipeline parameters: data_shard_count" in result.stdout
+    executed = {p.parent.name for p in tmp_path.glob("run-*/kfp/*/*/executor_output.json")}
+    assert executed == {"record-outcome"}  # validate-inputs failed (no output), nothing else started

@@ -1,0 +1,147 @@
+"""livo.orchestration: pipeline parameter validation, KFP cron dialect, run records and the outcome they imply."""
+
+from __future__ import annotations
+
+import pytest
+
+from livo.errors import ConfigError
+from livo.orchestration import (
+    PipelineParameters,
+    build_outcome,
+    read_outcome,
+    record_decision,
+    record_registration,
+    run_records_prefix,
+    validate_kfp_cron,
+    write_outcome,
+)
+
+VALID = {
+    "run_preset": "tiny",
+    "run_principles_uri": "",
+    "run_schedule_cron": "",
+    "registry_model_name": "livo-tiny",
+    "data_shard_count": 2,
+    "train_launcher": "pod",
+    "train_num_nodes": 1,
+    "train_gpus_per_node": 0,
+    "run_accelerator_type": "nvidia.com/gpu",
+    "train_node_selector": {},
+    "train_tolerations": [],
+    "store_secret_name": "mlpipeline-minio-artifact",
+    "store_config_map_name": "livo-object-store",
+}
+
+
+def _parse(**changes):
+    return PipelineParameters.parse({**VALID, **changes})
+
+
+@pytest.mark.parametrize("expression", ["0 0 3 * * *", "*/30 * * * * *", "0 15 10 ? * MON-FRI", "0 0 0 1 JAN,JUL *",
+                                        "@daily", "@every 6h", "@every 1h30m"])
+def test_kfp_cron_accepts_the_robfig_dialect(expression):
+    assert validate_kfp_cron(expression) == expression
+
+
+@pytest.mark.parametrize(("expression", "names"), [
+    ("0 3 * * *", "5 fields"),
+    ("0 61 * * * *", "minute field '61'"),
+    ("0 0 25 * * *", "hour field '25'"),
+    ("0 0 0 0 * *", "day-of-month field '0'"),
+    ("0 0 0 * 13 *", "month field '13'"),
+    ("0 0 0 * * 9", "day-of-week field '9'"),
+    ("0 0 0 * * MON-XYZ", "day-of-week field"),
+    ("0 */0 * * * *", "step '0'"),
+    ("0 30-10 * * * *", "descending range"),
+    ("@sometimes", "unknown descriptor"),
+    ("", "empty cron"),
+])
+def test_kfp_cron_rejects_malformed_expressions_naming_the_field(expression, names):
+    with pytest.raises(ConfigError) as err:
+        validate_kfp_cron(expression)
+    assert names in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_parameters_valid_set_parses_and_resolves_the_presets_principles():
+    params = _parse(run_schedule_cron="0 0 3 * * *", train_tolerations=[
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+    assert params.data_shard_count == 2 and params.run_schedule_cron == "0 0 3 * * *"
+    resolved = params.resolve()
+    assert resolved["preset"] == "tiny"
+    assert resolved["principles_uri"].endswith("principles/default.yaml")
+    assert resolved["principle_set_hash"].startswith("sha256:") and len(resolved["principle_set_hash"]) == 71
+    assert len(resolved["principle_ids"]) == 5  # the paper's five principles
+
+
+@pytest.mark.parametrize(("changes", "names"), [
+    ({"data_shard_count": 0}, "data_shard_count: Input should be greater than or equal to 1"),
+    ({"train_gpus_per_node": -1}, "train_gpus_per_node: Input should be greater than or equal to 0"),
+    ({"run_schedule_cron": "0 3 * * *"}, "run_schedule_cron"),
+    ({"registry_model_name": "Bad Name"}, "registry_model_name"),
+    ({"store_secret_name": "Bad_Secret"}, "store_secret_name"),
+    ({"train_gpus_per_node": 8, "run_accelerator_type": ""}, "need run_accelerator_type"),
+    ({"data_gpus_per_shard": -1}, "data_gpus_per_shard"),
+    ({"eval_gpus": -1}, "eval_gpus"),
+    ({"data_config_overrides": ["max_prompts"]}, "key=value config overrides"),
+    ({"eval_tolerations": [{"operator": "Bogus"}]}, "eval_tolerations.0.operator"),
+    ({"train_launcher": "mpi"}, "train_launcher"),
+    ({"train_num_nodes": 2}, "needs train_launcher=trainjob"),
+    ({"train_tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}, "operator Exists takes no value"),
+    ({"train_tolerations": [{"key": "k", "effect": "NoSchedul"}]}, "train_tolerations.0.effect"),
+    ({"surprise": 1}, "surprise: unknown key"),
+])
+def test_parameters_bad_values_fail_with_the_parameter_named(changes, names):
+    with pytest.raises(ConfigError) as err:
+        _parse(**changes)
+    assert names in str(err.value)
+    assert str(err.value).startswith("pipeline parameters:")
+
+
+def test_parameters_unknown_principles_file_fails_on_resolve(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        _parse(run_principles_uri=str(tmp_path / "missing.yaml")).resolve()
+    assert "missing.yaml: no such principles file" in str(err.value)
+
+
+def test_parameters_misspelt_data_override_fails_on_resolve():
+    with pytest.raises(ConfigError) as err:
+        _parse(data_config_overrides=["max_prompts_per_principel=3"]).resolve()
+    assert "max_prompts_per_principel" in str(err.value)
+
+
+def test_parameters_unknown_preset_fails_on_resolve():
+    with pytest.raises(ConfigError) as err:
+        _parse(run_preset="nonexistent").resolve()
+    assert "unknown preset 'nonexistent'" in str(err.value)
+
+
+def test_run_records_prefix_is_a_safe_key():
+    assert run_records_prefix("3f2c-uuid") == "pipeline-runs/3f2c-uuid/"
+    assert run_records_prefix("a/b c") == "pipeline-runs/a-b-c/"
+    with pytest.raises(ConfigError):
+        run_records_prefix("///")
+
+
+@pytest.mark.store
+def test_outcome_distinguishes_skipped_rejected_registered_failed(store):
+    record_decision(store, "r-skip", changed=False, principle_set_hash="sha256:aa", model_name="m")
+    record_decision(store, "r-reject", changed=True, principle_set_hash="sha256:bb", model_name="m")
+    record_decision(store, "r-reg", changed=True, principle_set_hash="sha256:bb", model_name="m")
+    record_registration(store, "r-reg", {"model_name": "m", "version": "v3", "uri": "s3://b/models/m/v3/"})
+
+    def status(run_id, state="SUCCEEDED", error=""):
+        return build_outcome(store, run_id=run_id, run_name="n", final_state=state, error_message=error)
+
+    assert status("r-skip")["status"] == "skipped"
+    assert status("r-reject")["status"] == "rejected"
+    registered = status("r-reg")
+    assert registered["status"] == "registered" and registered["summary"] == "registered m@v3"
+    failed = status("r-never-validated", state="FAILED", error="data_shard_count must be >= 1")
+    assert failed["status"] == "failed" and "data_shard_count" in failed["summary"] and failed["decision"] is None
+    assert status("r-reg", state="CANCELED")["status"] == "canceled"
+
+    key = write_outcome(store, registered)
+    assert key == "pipeline-runs/r-reg/outcome.json"
+    assert read_outcome(store, "r-reg")["registration"]["version"] == "v3"
+    assert read_outcome(store, "r-none") is None
