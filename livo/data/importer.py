@@ -1,0 +1,220 @@
+"""Import the LiVO authors' released preference data into our dataset format.
+
+Their layout: `<type>/<scene>/metadata.jsonl` (one JSON object per image: `file_name` relative to the scene folder,
+`prompt`, `value` = the principle text in their spelling, `label` = 1 for aligned, 0 for violating) next to the image
+files. Their principle texts come in several spellings (typos included, e.g. "inapproriate"); `resolve_principle`
+maps them to our ids through an alias table, then a close-match fallback, and `--map "their text=our-id"` settles
+anything else.
+
+Pairs: within a scene, every aligned image is paired with a violating image and vice versa, in file order, cycling
+the shorter list (so no image is dropped; training redraws the violating image from the scene anyway). Images are
+stored with their original bytes (no re-encoding).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from livo.data.dataset import write_rows_dataset
+from livo.data.prompts import slugify
+from livo.errors import ConfigError, DataError
+from livo.log import get_logger, log_event
+
+logger = get_logger("livo.data.importer")
+
+METADATA_FILE = "metadata.jsonl"
+ROWS_PER_SHARD = 2000
+
+# Their spellings (normalised: case-folded, punctuation dropped, whitespace collapsed) -> our canonical texts.
+AUTHOR_ALIASES: dict[str, str] = {
+    "gender equality": "gender equality",
+    "gender": "gender equality",
+    "racial equality": "racial equality",
+    "race equality": "racial equality",
+    "race": "racial equality",
+    "nudity considered inappropriate": "nudity considered inappropriate",
+    "nudity considered inapproriate": "nudity considered inappropriate",
+    "nudity considered inappropiate": "nudity considered inappropriate",
+    "nudity is considered inappropriate": "nudity considered inappropriate",
+    "nude considered inappropriate": "nudity considered inappropriate",
+    "nudity": "nudity considered inappropriate",
+    "nude": "nudity considered inappropriate",
+    "bloody considered inappropriate": "bloody considered inappropriate",
+    "bloody considered inapproriate": "bloody considered inappropriate",
+    "bloody considered inappropiate": "bloody considered inappropriate",
+    "bloody is considered inappropriate": "bloody considered inappropriate",
+    "blood considered inappropriate": "bloody considered inappropriate",
+    "bloody": "bloody considered inappropriate",
+    "blood": "bloody considered inappropriate",
+    "zombie considered inappropriate": "zombie considered inappropriate",
+    "zombie considered inapproriate": "zombie considered inappropriate",
+    "zombie considered inappropiate": "zombie considered inappropriate",
+    "zombie is considered inappropriate": "zombie considered inappropriate",
+    "zombies considered inappropriate": "zombie considered inappropriate",
+    "zombie": "zombie considered inappropriate",
+}
+_CLOSE_MATCH_CUTOFF = 0.9
+
+
+def normalize_value(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
+
+
+def parse_mappings(items: list[str] | None) -> dict[str, str]:
+    """`["their text=our-id", ...]` -> {normalised text: id}."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--map {item!r}: expected 'their principle text=our-principle-id'")
+        text, _, pid = item.rpartition("=")
+        out[normalize_value(text)] = pid.strip()
+    return out
+
+
+def resolve_principle(value: str, principle_set: Any, mappings: Mapping[str, str] | None = None) -> Any:
+    """Our `Principle` for one of their `value` strings, or None when nothing matches."""
+    key = normalize_value(value)
+    mappings = mappings or {}
+    if key in mappings:
+        return principle_set.get(mappings[key])  # raises for an unknown id
+    by_text = {normalize_value(p.text): p for p in principle_set}
+    if key in by_text:
+        return by_text[key]
+    alias = AUTHOR_ALIASES.get(key)
+    if alias is not None and normalize_value(alias) in by_text:
+        return by_text[normalize_value(alias)]
+    close = difflib.get_close_matches(key, list(by_text) + list(AUTHOR_ALIASES), n=1, cutoff=_CLOSE_MATCH_CUTOFF)
+    if close:
+        text = close[0] if close[0] in by_text else normalize_value(AUTHOR_ALIASES[close[0]])
+        return by_text.get(text)
+    return None
+
+
+@dataclass
+class _Image:
+    path: Path
+    file_name: str
+    prompt: str
+    value: str
+
+
+def _read_metadata(path: Path) -> list[dict[str, Any]]:
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        missing = [k for k in ("file_name", "prompt", "value", "label") if k not in entry]
+        if missing:
+            raise DataError(f"{path}:{number}: missing {', '.join(missing)} (expected file_name, prompt, value, label)")
+        if str(entry["label"]) not in ("0", "1"):
+            raise DataError(f"{path}:{number}: label {entry['label']!r} is not 0 (violating) or 1 (aligned)")
+        entries.append(entry)
+    return entries
+
+
+def _plain_prompt(prompt: str, value: str, principle: Any) -> str:
+    """Their prompts may carry the value in front ("gender equality, a photo of ..."); ours keep them apart."""
+    head, comma, rest = prompt.partition(",")
+    if comma and normalize_value(head) in (normalize_value(value), normalize_value(principle.text)):
+        return rest.strip()
+    return prompt
+
+
+def collect_rows(source_dir: str | Path, principle_set: Any, mappings: Mapping[str, str] | None = None
+                 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows in our schema from the authors' layout, plus a report (scenes, images, spellings mapped, skipped)."""
+    root = Path(source_dir)
+    if not root.is_dir():
+        raise ConfigError(f"{root}: no such directory (expected <type>/<scene>/{METADATA_FILE} inside)")
+    metadata_files = sorted(root.glob(f"*/*/{METADATA_FILE}"))
+    if not metadata_files:
+        raise ConfigError(f"{root}: no <type>/<scene>/{METADATA_FILE} found; is this the authors' data folder?")
+    rows: list[dict[str, Any]] = []
+    spellings: dict[str, str] = {}
+    unmapped: dict[str, str] = {}
+    skipped: list[str] = []
+    for metadata in metadata_files:
+        scene_dir = metadata.parent
+        scene_type, scene_name = scene_dir.parent.name, scene_dir.name
+        where = f"{scene_type}/{scene_name}"
+        aligned: list[_Image] = []
+        violating: list[_Image] = []
+        for entry in _read_metadata(metadata):
+            image_path = (scene_dir / entry["file_name"]).resolve()
+            if not image_path.is_relative_to(scene_dir.resolve()) or not image_path.is_file():
+                raise DataError(f"{metadata}: image {entry['file_name']!r} is missing from {scene_dir}")
+            image = _Image(image_path, entry["file_name"], str(entry["prompt"]), str(entry["value"] or scene_type))
+            (aligned if str(entry["label"]) == "1" else violating).append(image)
+        values = {i.value for i in aligned + violating}
+        principles = {}
+        for value in values:
+            principle = resolve_principle(value, principle_set, mappings)
+            if principle is None:
+                unmapped[value] = where
+                continue
+            spellings[value] = principle.id
+            principles[principle.id] = principle
+        if len(principles) > 1:
+            raise DataError(f"{metadata}: one scene mixes principles {sorted(principles)}; split it into scenes")
+        if not principles:
+            continue
+        principle = next(iter(principles.values()))
+        if not aligned or not violating:
+            skipped.append(f"{where} ({'no aligned' if not aligned else 'no violating'} image)")
+            continue
+        scene = f"{principle.id}/{slugify(scene_type)}/{slugify(scene_name)}"
+        for k in range(max(len(aligned), len(violating))):
+            a, v = aligned[k % len(aligned)], violating[k % len(violating)]
+            rows.append({
+                "prompt": _plain_prompt(v.prompt, v.value, principle),
+                "principle_id": principle.id,
+                "principle_text": principle.text,
+                "scene": scene,
+                "aligned_image": {"bytes": a.path.read_bytes(), "path": a.file_name},
+                "violating_image": {"bytes": v.path.read_bytes(), "path": v.file_name},
+                "aligned_prompt": _plain_prompt(a.prompt, a.value, principle),
+                "violating_prompt": _plain_prompt(v.prompt, v.value, principle),
+            })
+    if unmapped:
+        listed = "; ".join(f"{value!r} (in {where})" for value, where in sorted(unmapped.items()))
+        raise ConfigError(f"principle spellings not recognised: {listed}; map them with "
+                          f"--map \"<their text>=<principle id>\" (ids: {', '.join(principle_set.ids)})")
+    if not rows:
+        raise DataError(f"{root}: no scene has both aligned (label 1) and violating (label 0) images")
+    report = {"scenes": len({r["scene"] for r in rows}), "rows": len(rows), "spellings": dict(sorted(spellings.items())),
+              "skipped_scenes": skipped}
+    return rows, report
+
+
+def import_authors_dataset(source_dir: str | Path, out: str | Path, *, principles_file: str | Path | None = None,
+                           mappings: list[str] | None = None, name: str = "authors",
+                           num_shards: int | None = None, store: Any = None) -> tuple[str, dict[str, Any]]:
+    """Convert the authors' layout at `source_dir` into a dataset at `out`; returns (uri, report)."""
+    from livo.principles import load_principles
+
+    principle_set = load_principles(principles_file)
+    mapping = parse_mappings(mappings)
+    for pid in mapping.values():
+        principle_set.get(pid)
+    rows, report = collect_rows(source_dir, principle_set, mapping)
+    shards = num_shards or max(1, math.ceil(len(rows) / ROWS_PER_SHARD))
+    uri = write_rows_dataset(
+        rows, out, principle_set_hash=principle_set.hash, name=name, num_shards=shards, source="imported",
+        config={"imported_from": Path(source_dir).name, "principles_file": str(principle_set.source),
+                "spellings": report["spellings"], "pairing": "cycle shorter list within scene"},
+        store=store,
+    )
+    log_event(logger, "authors' dataset imported", uri=uri, rows=report["rows"], scenes=report["scenes"],
+              skipped=len(report["skipped_scenes"]))
+    return uri, report

@@ -1,0 +1,218 @@
+"""Recipes: which images to generate for a scene and which (aligned, violating) pairs the judges confirm.
+
+Generation runs in two phases per shard (see `livo.data.generate`):
+
+1. *violating candidates*: `candidates_per_scene` base-model images of the plain prompt, judged;
+2. *aligned candidates*, only for scenes with at least one confirmed violating image, judged:
+   - **bias**: the scene's majority class is the class the judge sees most often among the candidates; violating
+     images are the candidates judged as that class (P ≥ `min_class_probability`). Classes seen less often than the
+     majority are under-represented; the aligned candidates cycle over them, each made from the attribute-augmented
+     prompt ("a photo of the face of a female doctor") and kept when judged as that class (P ≥
+     `min_class_probability`). A scene whose classes are all equally frequent shows no bias and is skipped
+     (`skip_balanced_scenes`).
+   - **toxicity**: violating images are candidates with P(concept) ≥ `toxic_min_probability`; aligned candidates are
+     made from the clean prompt (concept words removed) with the principle's negative prompt and kept when
+     P(concept) ≤ `clean_max_probability`.
+
+Pairs zip the kept aligned and violating images in generation order (each image used once), at most
+`max_pairs_per_scene`. Every kept pair stores the judge scores of both images and of the scene.
+
+Seeds are derived from (base seed, scene, role, class, index) by hashing, so an image's seed — and with it the image —
+does not depend on sharding, batch composition of other scenes, or which other scenes are selected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from livo.config import LivoConfig
+from livo.data.prompts import Scene
+
+VIOLATING = "violating"
+ALIGNED = "aligned"
+
+
+class JudgingConfig(LivoConfig):
+    """Which judges confirm pairs, and how sure they must be. Judge names come from the preset when left empty."""
+
+    attribute: str | None = Field(None, description="attribute judge name (bias principles), e.g. toy-attribute")
+    concept: str | None = Field(None, description="concept judge name (toxicity principles), e.g. toy-concept")
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="judge name -> build options")
+    min_class_probability: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="bias: an image counts as class c when c is the judge's top class and P(c) >= this")
+    toxic_min_probability: float = Field(
+        0.5, ge=0.0, le=1.0, description="toxicity: a violating image needs P(concept) >= this")
+    clean_max_probability: float = Field(
+        0.5, ge=0.0, le=1.0, description="toxicity: an aligned image needs P(concept) <= this")
+    skip_balanced_scenes: bool = Field(
+        True, description="bias: skip scenes in which no class is seen less often than the majority class")
+    accept_all: bool = Field(
+        False,
+        description="keep every candidate whatever the judges say (scores are still computed and stored). For the "
+                    "`tiny` preset, whose random-weight images no judge can read; never for real data.")
+
+
+def derive_seed(base_seed: int, *parts: object) -> int:
+    """A 32-bit seed from the base seed and the image's identity (stable across Python versions and machines)."""
+    material = "|".join([str(base_seed), *map(str, parts)]).encode("utf-8")
+    return int.from_bytes(hashlib.sha256(material).digest()[:4], "big")
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """One image to generate. `key` identifies it within its scene: (role, class or '', index)."""
+
+    scene_index: int
+    role: str
+    target_class: str
+    index: int
+    prompt: str
+    negative_prompt: str
+    seed: int
+
+
+@dataclass
+class SceneOutcome:
+    """What the judges made of one scene: kept images (indices into its requests) and the verdict."""
+
+    scene: Scene
+    violating_requests: list[ImageRequest] = field(default_factory=list)
+    violating_scores: list[dict[str, Any]] = field(default_factory=list)
+    kept_violating: list[int] = field(default_factory=list)
+    majority_class: str | None = None
+    class_counts: dict[str, int] = field(default_factory=dict)
+    underrepresented: list[str] = field(default_factory=list)
+    aligned_requests: list[ImageRequest] = field(default_factory=list)
+    aligned_scores: list[dict[str, Any]] = field(default_factory=list)
+    kept_aligned: list[int] = field(default_factory=list)
+    skipped: str | None = None  # why no aligned candidates were generated
+
+
+def violating_requests(scene: Scene, scene_index: int, count: int, base_seed: int) -> list[ImageRequest]:
+    return [
+        ImageRequest(scene_index, VIOLATING, "", k, scene.prompt, "", derive_seed(base_seed, scene.scene, VIOLATING, k))
+        for k in range(count)
+    ]
+
+
+def _class_verdicts(probs: np.ndarray, classes: Sequence[str]) -> list[dict[str, Any]]:
+    out = []
+    for row in np.asarray(probs, dtype=np.float64):
+        top = int(row.argmax())
+        out.append({"class": classes[top], "probs": {c: round(float(p), 6) for c, p in zip(classes, row, strict=True)}})
+    return out
+
+
+def judge_violating(outcome: SceneOutcome, judge_output: np.ndarray, config: JudgingConfig) -> None:
+    """Record the violating candidates' scores and decide the majority class (bias) / toxic images (toxicity)."""
+    scene = outcome.scene
+    if scene.category == "bias":
+        verdicts = _class_verdicts(judge_output, scene.classes)
+        outcome.violating_scores = verdicts
+        counts = {c: 0 for c in scene.classes}
+        for verdict in verdicts:
+            counts[verdict["class"]] += 1
+        outcome.class_counts = counts
+        # Ties go to the class with the higher mean probability, then to the earlier class: deterministic.
+        mean_probs = np.asarray(judge_output, dtype=np.float64).mean(axis=0)
+        order = sorted(range(len(scene.classes)), key=lambda i: (-counts[scene.classes[i]], -mean_probs[i], i))
+        majority = scene.classes[order[0]]
+        outcome.majority_class = majority
+        outcome.underrepresented = [c for c in scene.classes if counts[c] < counts[majority]]
+        if config.accept_all:
+            outcome.kept_violating = list(range(len(verdicts)))
+            if not outcome.underrepresented:
+                outcome.underrepresented = [c for c in scene.classes if c != majority]
+            return
+        outcome.kept_violating = [
+            i for i, v in enumerate(verdicts)
+            if v["class"] == majority and v["probs"][majority] >= config.min_class_probability
+        ]
+        if not outcome.underrepresented:
+            if config.skip_balanced_scenes:
+                outcome.skipped = "balanced"
+                outcome.kept_violating = []
+            else:
+                outcome.underrepresented = [c for c in scene.classes if c != majority]
+    else:
+        probs = [float(p) for p in np.asarray(judge_output, dtype=np.float64).reshape(-1)]
+        outcome.violating_scores = [{"p_concept": round(p, 6)} for p in probs]
+        outcome.kept_violating = [
+            i for i, p in enumerate(probs) if config.accept_all or p >= config.toxic_min_probability
+        ]
+    if not outcome.kept_violating and outcome.skipped is None:
+        outcome.skipped = "no violating image"
+
+
+def aligned_requests(outcome: SceneOutcome, scene_index: int, count: int, base_seed: int) -> list[ImageRequest]:
+    """The aligned candidates of a scene that has violating images (none otherwise)."""
+    scene = outcome.scene
+    if outcome.skipped is not None or not outcome.kept_violating:
+        return []
+    requests = []
+    for k in range(count):
+        if scene.category == "bias":
+            target = outcome.underrepresented[k % len(outcome.underrepresented)]
+            prompt, negative = scene.attribute_prompts[target], ""
+        else:
+            target, prompt, negative = "", scene.clean_prompt or scene.prompt, scene.negative_prompt or ""
+        requests.append(ImageRequest(scene_index, ALIGNED, target, k, prompt, negative,
+                                     derive_seed(base_seed, scene.scene, ALIGNED, target, k)))
+    return requests
+
+
+def judge_aligned(outcome: SceneOutcome, judge_output: np.ndarray, config: JudgingConfig) -> None:
+    scene = outcome.scene
+    if scene.category == "bias":
+        verdicts = _class_verdicts(judge_output, scene.classes)
+        outcome.aligned_scores = verdicts
+        outcome.kept_aligned = [
+            i for i, (request, verdict) in enumerate(zip(outcome.aligned_requests, verdicts, strict=True))
+            if config.accept_all or (verdict["class"] == request.target_class
+                                     and verdict["probs"][request.target_class] >= config.min_class_probability)
+        ]
+    else:
+        probs = [float(p) for p in np.asarray(judge_output, dtype=np.float64).reshape(-1)]
+        outcome.aligned_scores = [{"p_concept": round(p, 6)} for p in probs]
+        outcome.kept_aligned = [
+            i for i, p in enumerate(probs) if config.accept_all or p <= config.clean_max_probability
+        ]
+
+
+@dataclass(frozen=True)
+class PairSelection:
+    aligned: ImageRequest
+    violating: ImageRequest
+    judge_scores: dict[str, Any]
+
+
+def select_pairs(outcome: SceneOutcome, judge_ids: dict[str, str], max_pairs: int | None = None
+                 ) -> list[PairSelection]:
+    """Zip kept aligned and kept violating images (generation order, each image once)."""
+    scene = outcome.scene
+    count = min(len(outcome.kept_aligned), len(outcome.kept_violating))
+    if max_pairs is not None:
+        count = min(count, max_pairs)
+    kind = "attribute" if scene.category == "bias" else "concept"
+    pairs = []
+    for a_idx, v_idx in zip(outcome.kept_aligned[:count], outcome.kept_violating[:count], strict=True):
+        aligned, violating = outcome.aligned_requests[a_idx], outcome.violating_requests[v_idx]
+        scores: dict[str, Any] = {
+            "judge": judge_ids.get(kind),
+            "aligned": outcome.aligned_scores[a_idx],
+            "violating": outcome.violating_scores[v_idx],
+        }
+        if scene.category == "bias":
+            scores.update(attribute=scene.attribute, target_class=aligned.target_class,
+                          majority_class=outcome.majority_class, scene_class_counts=outcome.class_counts)
+        else:
+            scores.update(concept=scene.concept)
+        pairs.append(PairSelection(aligned, violating, scores))
+    return pairs

@@ -1,0 +1,73 @@
+"""Recipe decisions on given judge outputs: majority class, under-represented classes, thresholds, pairing."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from livo.data import recipes
+from livo.data.prompts import Scene
+from livo.data.recipes import JudgingConfig, SceneOutcome
+
+BIAS = Scene(principle_id="gender-equality", principle_text="gender equality", category="bias",
+             scene="gender-equality/career/doctor", scene_type="career", prompt="a photo of a doctor",
+             attribute="gender", classes=("male", "female", "other"),
+             attribute_prompts={"male": "a photo of a male doctor", "female": "a photo of a female doctor",
+                                "other": "a photo of an other doctor"})
+TOXIC = Scene(principle_id="bloody", principle_text="bloody considered inappropriate", category="toxicity",
+              scene="bloody/bloody/knife", scene_type="bloody", prompt="a bloody knife", concept="bloody",
+              clean_prompt="a knife", negative_prompt="blood")
+
+
+def test_seeds_are_stable_and_distinct():
+    assert recipes.derive_seed(0, "s", "violating", 0) == recipes.derive_seed(0, "s", "violating", 0)
+    seeds = {recipes.derive_seed(seed, "s", role, k) for seed in (0, 1) for role in ("a", "v") for k in range(50)}
+    assert len(seeds) == 200
+    assert recipes.derive_seed(0, "scene", "violating", 0) == 1842942342  # fixed forever: datasets depend on it
+
+
+def test_bias_majority_and_underrepresented_classes():
+    outcome = SceneOutcome(scene=BIAS, violating_requests=recipes.violating_requests(BIAS, 0, 5, base_seed=0))
+    probs = np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.45, 0.3, 0.25], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1]])
+    recipes.judge_violating(outcome, probs, JudgingConfig())
+    assert outcome.class_counts == {"male": 4, "female": 1, "other": 0}
+    assert outcome.majority_class == "male"
+    assert outcome.underrepresented == ["female", "other"]
+    assert outcome.kept_violating == [0, 1, 4]  # image 2 is male but P = 0.45 < 0.5
+    aligned = recipes.aligned_requests(outcome, 0, 4, base_seed=0)
+    assert [r.target_class for r in aligned] == ["female", "other", "female", "other"]
+    assert aligned[0].prompt == "a photo of a female doctor"
+    outcome.aligned_requests = aligned
+    recipes.judge_aligned(outcome, np.array([[0.1, 0.9, 0.0], [0.3, 0.6, 0.1], [0.4, 0.55, 0.05],
+                                             [0.1, 0.1, 0.8]]), JudgingConfig())
+    assert outcome.kept_aligned == [0, 2, 3]  # image 1 was asked for "other" but shows "female"
+    pairs = recipes.select_pairs(outcome, {"attribute": "judge@1"}, max_pairs=2)
+    assert [(p.aligned.index, p.violating.index) for p in pairs] == [(0, 0), (2, 1)]
+    assert pairs[0].judge_scores["aligned"]["probs"]["female"] == 0.9
+    assert pairs[0].judge_scores["majority_class"] == "male" and pairs[0].judge_scores["judge"] == "judge@1"
+
+
+def test_balanced_scene_is_skipped_unless_asked():
+    probs = np.array([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0], [0.1, 0.0, 0.9]])
+    outcome = SceneOutcome(scene=BIAS)
+    recipes.judge_violating(outcome, probs, JudgingConfig())
+    assert outcome.skipped == "balanced" and recipes.aligned_requests(outcome, 0, 4, 0) == []
+    outcome = SceneOutcome(scene=BIAS)
+    recipes.judge_violating(outcome, probs, JudgingConfig(skip_balanced_scenes=False))
+    assert outcome.majority_class == "male" and outcome.underrepresented == ["female", "other"]
+
+
+def test_toxicity_thresholds_and_accept_all():
+    outcome = SceneOutcome(scene=TOXIC, violating_requests=recipes.violating_requests(TOXIC, 3, 4, base_seed=7))
+    recipes.judge_violating(outcome, np.array([0.9, 0.2, 0.5, 0.99]), JudgingConfig())
+    assert outcome.kept_violating == [0, 2, 3]
+    outcome.aligned_requests = recipes.aligned_requests(outcome, 3, 3, base_seed=7)
+    assert {(r.prompt, r.negative_prompt) for r in outcome.aligned_requests} == {("a knife", "blood")}
+    recipes.judge_aligned(outcome, np.array([0.1, 0.7, 0.3]), JudgingConfig(clean_max_probability=0.3))
+    assert outcome.kept_aligned == [0, 2]
+    assert [p.judge_scores["violating"]["p_concept"] for p in recipes.select_pairs(outcome, {})] == [0.9, 0.5]
+
+    none_toxic = SceneOutcome(scene=TOXIC, violating_requests=outcome.violating_requests)
+    recipes.judge_violating(none_toxic, np.array([0.1, 0.2, 0.3, 0.4]), JudgingConfig())
+    assert none_toxic.skipped == "no violating image" and recipes.aligned_requests(none_toxic, 3, 3, 7) == []
+    recipes.judge_violating(none_toxic, np.array([0.1, 0.2, 0.3, 0.4]), JudgingConfig(accept_all=True))
+    assert none_toxic.kept_violating == [0, 1, 2, 3]
