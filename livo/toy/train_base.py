@@ -1,0 +1,266 @@
+"""Train the toy base model from a seed: `python -m livo.toy.train_base --out livo/toy/weights`.
+
+Two stages, both on renderer data:
+1. the VAE (`AutoencoderKL`, 32x32 RGB <-> 4x8x8) learns to reconstruct renders;
+2. the UNet and the CLIP text encoder learn, jointly, to denoise the VAE latents of captioned renders (DDPM
+   ε-prediction), with 10% empty captions for classifier-free guidance.
+
+The caption data is skewed on purpose (see `sample_training_example`): an occupation whose caption names no colour is
+drawn in its stereotyped colour `world.MAJORITY_SHARE` of the time, toxic captions always show their mark and clean
+captions never do, and captions naming a colour (any of the 5) always show it — so the base model is biased and toxic,
+and attribute-augmented prompts can steer it (what the data-construction recipes need).
+
+Everything random comes from `--seed` (numpy Generator + torch.manual_seed) and torch runs on `--threads` threads, so
+a rerun on the same machine reproduces the weights. The output directory is a diffusers `StableDiffusionPipeline`
+folder (safetensors, fp16 to fit the 10 MB budget) plus `training_record.json`; it is written to a temporary folder
+and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from livo.config import LivoConfig
+from livo.log import get_logger, log_event
+from livo.toy import base_model, renderer, world
+
+logger = get_logger("livo.toy.train_base")
+
+EMPTY_CAPTION_SHARE = 0.1
+COLOUR_CAPTION_SHARE = 0.35  # captions that name the body colour (attribute-augmented)
+CONCEPT_SHARES = {"bloody": 0.15, "zombie": 0.15}  # the rest is clean
+
+
+class ToyTrainingConfig(LivoConfig):
+    seed: int = 0
+    threads: int = Field(2, ge=1)
+    vae_steps: int = Field(400, ge=1)
+    vae_batch_size: int = Field(32, ge=1)
+    vae_lr: float = Field(1e-3, gt=0)
+    vae_kl_weight: float = Field(1e-6, ge=0)
+    unet_steps: int = Field(1800, ge=1)
+    unet_batch_size: int = Field(48, ge=1)
+    unet_lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    pool_size: int = Field(12288, ge=64)  # captioned renders encoded once; latents are re-sampled from their posterior
+    save_dtype: str = Field("float16", pattern="^(float16|float32)$")
+    device: str = "cpu"  # the committed weights come from cpu; other devices are for experiments
+
+
+def sample_training_example(rng: np.random.Generator) -> tuple[str, renderer.Scene]:
+    """One (caption, scene) pair of the skewed base-model training distribution."""
+    subject = world.SUBJECTS[int(rng.integers(len(world.SUBJECTS)))]
+    draw = rng.random()
+    concept = None
+    for name, share in CONCEPT_SHARES.items():
+        if draw < share:
+            concept = name
+            break
+        draw -= share
+    if rng.random() < COLOUR_CAPTION_SHARE:
+        # Attribute-augmented caption: 60% one of the two main classes, 40% one of the 5-class variant's others.
+        pool = world.ATTRIBUTE_CLASSES_2 if rng.random() < 0.6 else world.ATTRIBUTE_CLASSES_5[2:]
+        colour, named_colour = pool[int(rng.integers(len(pool)))], True
+    else:
+        stereotype = world.STEREOTYPE[subject]
+        other = next(c for c in world.ATTRIBUTE_CLASSES_2 if c != stereotype)
+        colour, named_colour = (stereotype if rng.random() < world.MAJORITY_SHARE else other), False
+    template = world.TEMPLATES[int(rng.integers(len(world.TEMPLATES)))]
+    caption = world.make_caption(template, subject, colour if named_colour else None, concept)
+    if rng.random() < 0.5:
+        # Prompt builders insert attribute words without fixing the article ("a orange nurse"): teach both forms.
+        caption = caption.replace("an orange", "a orange")
+    if rng.random() < EMPTY_CAPTION_SHARE:
+        caption = ""
+    return caption, renderer.sample_scene(rng, subject, colour, concept)
+
+
+def _to_tensor(images: list[np.ndarray]):
+    import torch
+
+    array = np.stack(images).astype(np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+
+
+def _lr_lambda(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def train_vae(vae, config: ToyTrainingConfig, rng: np.random.Generator) -> list[float]:
+    import torch
+    from tqdm import tqdm
+
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=1e-2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.warmup_steps, config.vae_steps))
+    vae.train()
+    losses = []
+    for step in tqdm(range(config.vae_steps), desc="vae", mininterval=10, file=sys.stderr):
+        images = [renderer.render(sample_training_example(rng)[1]) for _ in range(config.vae_batch_size)]
+        batch = _to_tensor(images).to(config.device)
+        posterior = vae.encode(batch).latent_dist
+        latents = posterior.mean + posterior.std * torch.randn_like(posterior.std)
+        reconstruction = vae.decode(latents).sample
+        loss = (reconstruction - batch).pow(2).mean() + config.vae_kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        if (step + 1) % 100 == 0:
+            log_event(logger, "vae_step", step=step + 1, loss=round(float(np.mean(losses[-100:])), 5))
+    vae.eval()
+    return losses
+
+
+def encode_pool(vae, config: ToyTrainingConfig, rng: np.random.Generator):
+    """Render and encode `pool_size` captioned examples; returns (captions, latent means, latent stds)."""
+    import torch
+
+    captions, means, stds = [], [], []
+    with torch.no_grad():
+        for start in range(0, config.pool_size, 256):
+            examples = [sample_training_example(rng) for _ in range(min(256, config.pool_size - start))]
+            images = _to_tensor([renderer.render(scene) for _, scene in examples]).to(config.device)
+            posterior = vae.encode(images).latent_dist
+            captions.extend(caption for caption, _ in examples)
+            means.append(posterior.mean.cpu())
+            stds.append(posterior.std.cpu())
+    return captions, torch.cat(means), torch.cat(stds)
+
+
+def train_unet(components, captions, means, stds, config: ToyTrainingConfig, rng: np.random.Generator) -> list[float]:
+    import torch
+    from tqdm import tqdm
+
+    unet, text_encoder, tokenizer, scheduler = (
+        components["unet"], components["text_encoder"], components["tokenizer"], components["scheduler"])
+    scaling = components["vae"].config.scaling_factor
+    token_ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                          return_tensors="pt").input_ids
+    lengths = (token_ids != tokenizer.pad_token_id).sum(dim=1) + 1  # + the EOS (pad and EOS share an id)
+    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=config.unet_lr, weight_decay=1e-2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.warmup_steps, config.unet_steps))
+    unet.train()
+    text_encoder.train()
+    losses = []
+    for step in tqdm(range(config.unet_steps), desc="unet", mininterval=10, file=sys.stderr):
+        index = torch.from_numpy(rng.integers(0, len(captions), size=config.unet_batch_size))
+        # Trailing padding of random length: the SD pipeline pads prompts to 77 tokens, the LiVO pipeline does not
+        # pad at all (it prepends a value token to an unpadded prompt); the UNet must behave the same in both.
+        shortest = int(lengths[index].max())
+        length = 77 if rng.random() < 0.5 else int(rng.integers(shortest, 78))
+        ids = token_ids[index, :length].to(config.device)
+        latents = (means[index] + stds[index] * torch.from_numpy(
+            rng.standard_normal(means[index].shape).astype(np.float32))) * scaling
+        noise = torch.from_numpy(rng.standard_normal(latents.shape).astype(np.float32))
+        timesteps = torch.from_numpy(rng.integers(0, scheduler.config.num_train_timesteps, size=len(index)))
+        latents, noise, timesteps = latents.to(config.device), noise.to(config.device), timesteps.to(config.device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        hidden = text_encoder(ids).last_hidden_state
+        prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
+        loss = (prediction - noise).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        if (step + 1) % 100 == 0:
+            log_event(logger, "unet_step", step=step + 1, loss=round(float(np.mean(losses[-100:])), 5))
+    unet.eval()
+    text_encoder.eval()
+    return losses
+
+
+def train(config: ToyTrainingConfig, out: Path) -> dict:
+    import diffusers
+    import torch
+    import transformers
+
+    torch.set_num_threads(config.threads)
+    started = time.time()
+    rng = np.random.default_rng(config.seed)
+    components = base_model.build_toy_components(seed=config.seed)
+    for name in ("unet", "vae", "text_encoder"):
+        components[name].to(config.device)
+    torch.manual_seed(config.seed)
+
+    vae_losses = train_vae(components["vae"], config, rng)
+    vae_done = time.time()
+    captions, means, stds = encode_pool(components["vae"], config, rng)
+    # SD's convention: latents are scaled to unit variance before diffusion (scaling_factor lives in the VAE config).
+    latent_std = float(torch.sqrt(means.var() + stds.pow(2).mean()))
+    components["vae"].register_to_config(scaling_factor=1.0 / latent_std)
+    log_event(logger, "latents_encoded", pool=len(captions), scaling_factor=round(1.0 / latent_std, 5))
+
+    unet_losses = train_unet(components, captions, means, stds, config, rng)
+    finished = time.time()
+    record = {
+        "config": config.model_dump(),
+        "seconds": {"vae": round(vae_done - started, 1), "total": round(finished - started, 1)},
+        "final_loss": {"vae": float(np.mean(vae_losses[-50:])), "unet": float(np.mean(unet_losses[-100:]))},
+        "scaling_factor": 1.0 / latent_std,
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
+                     "transformers": transformers.__version__},
+        "command": "python -m livo.toy.train_base --out " + str(out),
+    }
+    save(components, config, out, record)
+    return record
+
+
+def save(components, config: ToyTrainingConfig, out: Path, record: dict) -> None:
+    """Write the pipeline folder next to `out` and rename it into place (no half-written weights survive)."""
+    import torch
+
+    dtype = torch.float16 if config.save_dtype == "float16" else torch.float32
+    for name in ("unet", "vae", "text_encoder"):
+        components[name].to(device="cpu", dtype=dtype)
+    pipe = base_model.assemble_pipeline(components)
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(out.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    pipe.save_pretrained(str(staging), safe_serialization=True)
+    (staging / "training_record.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    previous = out.with_name(out.name + ".old")
+    shutil.rmtree(previous, ignore_errors=True)
+    if out.exists():
+        out.rename(previous)
+    staging.rename(out)
+    shutil.rmtree(previous, ignore_errors=True)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    log_event(logger, "saved", out=str(out), megabytes=round(size / 1e6, 2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m livo.toy.train_base", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=base_model.WEIGHTS_DIR, help="output pipeline folder")
+    for name, field in ToyTrainingConfig.model_fields.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=type(field.default), default=field.default,
+                            help=f"default {field.default}")
+    args = parser.parse_args(argv)
+    config = ToyTrainingConfig(**{name: getattr(args, name) for name in ToyTrainingConfig.model_fields})
+    record = train(config, args.out)
+    print(json.dumps({"out": str(args.out), **record["seconds"], **record["final_loss"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
