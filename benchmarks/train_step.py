@@ -1,0 +1,272 @@
+"""Training-step throughput: livo's step vs a faithful re-creation of the reference recipe's step.
+
+Same models, same batch, same precision, same optimizer; only the step differs:
+
+- ours (`livo.training.trainer.step_loss`, what the trainer runs): precomputed latents and prompt embeddings (the
+  dataset carries them), the value encoder, winner and loser through the UNet in one batch with autograd, the two
+  reference passes in one batch under `torch.no_grad()`;
+- reference (the authors' recipe, LIVO_METHOD §4): VAE-encode both images every step (`latent_dist.sample()`), encode
+  the prompt with the frozen text encoder every step, four separate UNet passes, reference passes with autograd on,
+  gradient checkpointing on (the released run used it; `--reference-checkpointing off` drops it).
+
+Both then backpropagate into the value encoder and take an AdamW step (grad clip 1.0). Reports samples/s, peak
+memory (CUDA), FLOPs per step counted with `torch.utils.flop_counter`, and MFU against the device's dense peak.
+
+    python benchmarks/train_step.py --preset mid --device cpu --dtype fp32 --batch 4
+    python benchmarks/train_step.py --preset sd15-random --device cuda --dtype bf16 --batch 8
+
+Prints one JSON object. Results with the hardware are recorded in docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Dense peak TFLOP/s per dtype (vendor datasheets; SXM parts). MFU is null where the device is not listed.
+PEAK_TFLOPS = {
+    "H100": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},
+    "H200": {"bf16": 989.0, "fp16": 989.0, "fp32": 67.0},
+    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 19.5},
+}
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def build_mid_pipeline(seed: int = 0):
+    """A mid-size SD-architecture model for CPU timing: 128² images, 32² latents, UNet (64, 128, 256) with
+    cross-attention at the two finer levels, CLIP width 256 × 4 layers."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from livo.presets import _assemble, _text_encoder_config, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=4, out_channels=4, layers_per_block=1, cross_attention_dim=256,
+        block_out_channels=(64, 128, 256), attention_head_dim=8, norm_num_groups=32,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, sample_size=128,
+        block_out_channels=(32, 64, 128), norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+    )
+    text_encoder = CLIPTextModel(_text_encoder_config(
+        tokenizer, hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
+        projection_dim=256))
+    return _assemble(unet.eval(), vae.eval(), text_encoder.eval(), tokenizer)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def build_pipeline(preset: str):
+    from livo.presets import build_sd15_random_pipeline, build_tiny_pipeline
+
+    if preset == "tiny":
+        return build_tiny_pipeline(0), 32
+    if preset == "mid":
+        return build_mid_pipeline(0), 128
+    if preset == "sd15-random":
+        return build_sd15_random_pipeline(0), 512
+    raise SystemExit(f"unknown preset {preset!r}: tiny | mid | sd15-random")
+
+
+def reference_step_loss(models, value_encoder, pixels_w, pixels_l, prompts, principle_texts, generator):
+    """The reference recipe's step, re-created: everything recomputed per step, four passes, autograd everywhere."""
+    import torch
+
+    from livo.losses import compute_denoising_errors, livo_loss
+    from livo.modeling import prepend_value_token, tokenize_prompts, tokenize_value_inputs
+
+    vae, device = models.vae, models.device
+    scale = vae.config.scaling_factor
+    latents_w = vae.encode(pixels_w.to(device, vae.dtype)).latent_dist.sample(generator=generator).float() * scale
+    latents_l = vae.encode(pixels_l.to(device, vae.dtype)).latent_dist.sample(generator=generator).float() * scale
+    noise = torch.randn(latents_w.shape, generator=generator, device=device)
+    timesteps = torch.randint(0, models.noise_scheduler.config.num_train_timesteps, (latents_w.shape[0],),
+                              generator=generator, device=device)
+    ids = tokenize_prompts(models.tokenizer, prompts).to(device)
+    cond_plain = models.text_encoder(input_ids=ids)[0]  # the authors' loop: no torch.no_grad() here
+    value_ids = tokenize_value_inputs(models.tokenizer, principle_texts, prompts).to(device)
+    cond_value = prepend_value_token(value_encoder(value_ids), cond_plain)
+    errors = compute_denoising_errors(models.unet, models.noise_scheduler, latents_w, latents_l, cond_value,
+                                      cond_plain, noise, timesteps, fused=False)
+    return livo_loss(errors.theta_w, errors.ref_w, errors.theta_l, errors.ref_l)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="mid", choices=["tiny", "mid", "sd15-random"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    parser.add_argument("--batch", type=int, default=None, help="pairs per step (default: 8 on cuda, 4 on cpu)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (both variants)")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="gradient checkpointing (UNet + value encoder) in our step too (default: off)")
+    parser.add_argument("--reference-checkpointing", choices=["on", "off"], default="on",
+                        help="gradient checkpointing in the reference step (the released run: on)")
+    parser.add_argument("--only", choices=["ours", "reference"], help="time one variant only")
+    parser.add_argument("--peak-tflops", type=float, help="override the device's dense peak for MFU")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    args = parser.parse_args(argv)
+
+    import torch
+    from diffusers import DDPMScheduler
+    from diffusers.models.attention_processor import AttnProcessor2_0
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from livo.modeling import ValueEncoder, encode_prompts
+    from livo.training.config import LossConfig
+    from livo.training.trainer import Models, step_loss
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    device = torch.device(args.device)
+    dtype = getattr(torch, DTYPES[args.dtype])
+    batch = args.batch or (8 if args.device == "cuda" else 4)
+    pipe, resolution = build_pipeline(args.preset)
+
+    value_encoder = ValueEncoder.from_text_encoder(pipe.text_encoder).to(device=device, dtype=torch.float32).train()
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+        module.to(device=device)
+        if dtype != torch.float32:
+            module.to(dtype=dtype)
+    pipe.unet.set_attn_processor(AttnProcessor2_0())
+
+    def checkpointing(enabled: bool) -> None:
+        if enabled:
+            pipe.unet.enable_gradient_checkpointing()
+            value_encoder.text_model.gradient_checkpointing_enable()
+        else:
+            pipe.unet.disable_gradient_checkpointing()
+            value_encoder.text_model.gradient_checkpointing_disable()
+    unet = torch.compile(pipe.unet) if args.compile else pipe.unet
+    models = Models(unet=unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                    noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config), value_encoder=value_encoder,
+                    device=device, weight_dtype=dtype, base_fingerprint="")
+    optimizer = torch.optim.AdamW(value_encoder.parameters(), lr=1e-6, betas=(0.9, 0.999), weight_decay=1e-2,
+                                  eps=1e-8)
+
+    # One batch for both variants: images in [-1, 1]; "ours" gets their latents and prompt embeddings precomputed
+    # once, as the dataset stores them.
+    data_gen = torch.Generator().manual_seed(0)
+    pixels_w = torch.rand(batch, 3, resolution, resolution, generator=data_gen) * 2 - 1
+    pixels_l = torch.rand(batch, 3, resolution, resolution, generator=data_gen) * 2 - 1
+    prompts = [f"a photo of the face of a {w}" for w in ("doctor", "nurse", "teacher", "chef")] * batch
+    prompts = prompts[:batch]
+    principle_texts = ["gender equality"] * batch
+    with torch.no_grad():
+        scale = pipe.vae.config.scaling_factor
+        latents_w = pipe.vae.encode(pixels_w.to(device, dtype)).latent_dist.mean.float().cpu() * scale
+        latents_l = pipe.vae.encode(pixels_l.to(device, dtype)).latent_dist.mean.float().cpu() * scale
+        prompt_embeds = encode_prompts(pipe.text_encoder, pipe.tokenizer, prompts).cpu()
+    precomputed = {"latents_w": latents_w, "latents_l": latents_l, "prompt_embeds": prompt_embeds.to(dtype),
+                   "prompts": prompts, "principle_texts": principle_texts}
+    autocast = (torch.autocast(args.device, dtype=dtype) if args.dtype != "fp32" else contextlib.nullcontext())
+    generator = torch.Generator(device=device).manual_seed(0)
+    loss_config = LossConfig()
+
+    def ours() -> None:
+        checkpointing(args.gradient_checkpointing)
+        with autocast:
+            loss, _ = step_loss(models, value_encoder, precomputed, generator, loss_config)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(value_encoder.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def reference() -> None:
+        checkpointing(args.reference_checkpointing == "on")
+        with autocast:
+            loss = reference_step_loss(models, value_encoder, pixels_w, pixels_l, prompts, principle_texts, generator)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(value_encoder.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def sync() -> None:
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+
+    peak = args.peak_tflops
+    device_name = torch.cuda.get_device_name(device) if args.device == "cuda" else cpu_name()
+    if peak is None and args.device == "cuda":
+        peak = next((v[args.dtype] for k, v in PEAK_TFLOPS.items() if k in device_name), None)
+
+    variants = {name: step for name, step in (("ours", ours), ("reference", reference))
+                if not args.only or name == args.only}
+    for step in variants.values():
+        for _ in range(args.warmup):
+            step()
+    sync()
+    # Interleaved timing: a load spike on a shared machine hits both variants alike.
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    peak_mem: dict[str, float] = {name: 0.0 for name in variants}
+    for _ in range(args.steps):
+        for name, step in variants.items():
+            if args.device == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+            step()
+            sync()
+            times[name].append(time.perf_counter() - start)
+            if args.device == "cuda":
+                peak_mem[name] = max(peak_mem[name], torch.cuda.max_memory_allocated(device) / 2**30)
+    results = {}
+    for name, step in variants.items():
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        sync()
+        flops = counter.get_total_flops()
+        step_s = statistics.median(times[name])
+        results[name] = {
+            "samples_per_s": round(batch / step_s, 3),
+            "step_ms": round(step_s * 1000, 1),
+            "step_ms_all": [round(t * 1000, 1) for t in times[name]],
+            "peak_memory_gib": round(peak_mem[name], 2) if args.device == "cuda" else None,
+            "tflops_per_step": round(flops / 1e12, 4),
+            "achieved_tflops": round(flops / step_s / 1e12, 3),
+            "mfu": round(flops / step_s / (peak * 1e12), 4) if peak else None,
+        }
+    report = {
+        "preset": args.preset, "device": args.device, "device_name": device_name, "dtype": args.dtype,
+        "batch": batch, "resolution": resolution, "compile": args.compile,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "reference_checkpointing": args.reference_checkpointing == "on", "torch": torch.__version__,
+        "threads": torch.get_num_threads() if args.device == "cpu" else None, "peak_tflops": peak,
+        **results,
+    }
+    if "ours" in results and "reference" in results:
+        report["speedup"] = round(results["ours"]["samples_per_s"] / results["reference"]["samples_per_s"], 2)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

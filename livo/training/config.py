@@ -1,0 +1,131 @@
+"""`TrainingConfig`: every knob of value-encoder training, typed, with the authors' released run as defaults.
+
+Defaults follow LIVO_METHOD.md §4 (SD v1.5 run): β 1000, α 500, γ1 1, γ2 0.5, AdamW lr 1e-6 (betas 0.9/0.999,
+weight decay 1e-2, eps 1e-8), gradient clip 1.0, batch 8 per device, constant learning rate, a checkpoint every 1000
+steps. Load with `load_training_config(path, overrides)`; unknown keys and bad values are `ConfigError`s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from livo.config import LivoConfig, load_config
+from livo.errors import ConfigError
+
+
+class LossConfig(LivoConfig):
+    kind: Literal["livo", "dpo"] = Field("livo", description="livo (hinge loss, the method) | dpo (Diffusion-DPO)")
+    beta: float = Field(1000.0, gt=0, description="LiVO β: scale of the aligned-image hinge (θw − rw)")
+    alpha: float = Field(500.0, gt=0, description="LiVO α: scale of the violating-image hinge (rl − θl)")
+    gamma1: float = Field(1.0, ge=0, description="LiVO γ1: margin of the aligned-image hinge")
+    gamma2: float = Field(0.5, ge=0, description="LiVO γ2: margin of the violating-image hinge")
+    dpo_beta: float = Field(5000.0, gt=0, description="Diffusion-DPO β (reference-code convention, with the ½)")
+
+
+class OptimizerConfig(LivoConfig):
+    lr: float = Field(1e-6, gt=0, description="AdamW learning rate (constant after warm-up)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW decoupled weight decay")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    max_grad_norm: float = Field(1.0, ge=0, description="global gradient-norm clip; 0 disables clipping")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps (the released run used none)")
+
+    @model_validator(mode="after")
+    def _betas_in_range(self) -> OptimizerConfig:
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
+        return self
+
+
+class CheckpointConfig(LivoConfig):
+    every_steps: int = Field(1000, gt=0, description="save a resumable checkpoint every N optimizer steps")
+    keep_last: int = Field(2, ge=1, description="complete checkpoints kept; older ones are deleted")
+
+
+class TrainingConfig(LivoConfig):
+    """One training run. `output` is a local directory or `s3://bucket/prefix`."""
+
+    model: str = Field("tiny", description="base model: tiny | toy | sd15 | sd15-random | folder | s3:// URI")
+    init_value_encoder: str | None = Field(
+        None, description="start from this value encoder (save_pretrained dir); default: copy of the base encoder")
+    dataset: str | None = Field(None, description="preference dataset: local directory or s3://bucket/prefix")
+    expected_principle_set_hash: str | None = Field(
+        None, description="refuse a dataset built for another principle set (sha256:... of the principles file)")
+    verify_dataset: bool = Field(True, description="recompute the dataset's shard hashes before training")
+    output: str = Field("runs/train", description="where checkpoints, the value encoder and metrics go")
+    staging_dir: str | None = Field(
+        None, description="node-local scratch for checkpoints of an s3:// output (default: a temp dir)")
+
+    loss: LossConfig = LossConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+    max_steps: int = Field(15000, gt=0, description="optimizer steps (released run: 15 000)")
+    per_device_batch_size: int = Field(8, gt=0, description="pairs per device per micro-step (released run: 8)")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="micro-steps per optimizer step")
+    global_batch_size: int | None = Field(
+        None, gt=0, description="pairs per optimizer step over all ranks; when set, it fixes the per-device batch")
+    seed: int = Field(0, ge=0, description="seeds data order, violating-image draws, noise and timesteps")
+
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast dtype with fp32 master weights; auto = bf16 on GPU (fp16 without bf16), fp32 on CPU")
+    zero_stage: Literal[0, 2, 3] = Field(2, description="DeepSpeed ZeRO stage (configs/deepspeed/zero<stage>.json)")
+    deepspeed_config: str | None = Field(
+        None, description="DeepSpeed JSON; default configs/deepspeed/zero<stage>.json. Batch sizes, clipping and "
+                          "precision always come from this config")
+    resolution: int | None = Field(
+        None, gt=0, description="image size when latents must be computed; default: the VAE's sample size")
+    use_precomputed: bool = Field(True, description="use the dataset's latents/prompt embeddings when present")
+    gradient_checkpointing: bool = Field(False, description="recompute UNet and value-encoder activations")
+    compile: bool = Field(False, description="torch.compile the UNet")
+    data_workers: int = Field(0, ge=0, description="DataLoader worker processes for decoding images")
+
+    resume: bool = Field(False, description="continue from the latest complete checkpoint in `output`")
+    log_every: int = Field(10, gt=0, description="log loss parts, lr, grad norm and samples/s every N steps")
+
+    @model_validator(mode="after")
+    def _batch_consistent(self) -> TrainingConfig:
+        if self.global_batch_size is not None and "per_device_batch_size" in self.model_fields_set:
+            # Both given: they must agree for some world size; the exact check happens in `batch_layout`.
+            if self.global_batch_size % (self.per_device_batch_size * self.gradient_accumulation_steps):
+                raise ValueError(
+                    f"global_batch_size {self.global_batch_size} is not a multiple of per_device_batch_size "
+                    f"{self.per_device_batch_size} × gradient_accumulation_steps {self.gradient_accumulation_steps}")
+        return self
+
+    def batch_layout(self, world_size: int) -> tuple[int, int, int]:
+        """`(per_device, accumulation, global)` for `world_size` ranks; ConfigError when they cannot agree."""
+        accum = self.gradient_accumulation_steps
+        if self.global_batch_size is None:
+            per_device = self.per_device_batch_size
+            return per_device, accum, per_device * accum * world_size
+        denominator = world_size * accum
+        if self.global_batch_size % denominator:
+            raise ConfigError(
+                f"global_batch_size {self.global_batch_size} is not divisible by world size {world_size} × "
+                f"gradient_accumulation_steps {accum}; choose a multiple of {denominator} or change the number of ranks")
+        per_device = self.global_batch_size // denominator
+        if "per_device_batch_size" in self.model_fields_set and per_device != self.per_device_batch_size:
+            raise ConfigError(
+                f"global_batch_size {self.global_batch_size} over {world_size} rank(s) × {accum} accumulation step(s) "
+                f"gives {per_device} per device, but per_device_batch_size is {self.per_device_batch_size}; set only one")
+        return per_device, accum, self.global_batch_size
+
+    def fingerprint(self) -> str:
+        """sha256 of the settings that change what a step computes (resume refuses a checkpoint of another run)."""
+        relevant = self.model_dump(mode="json", include={
+            "model", "init_value_encoder", "loss", "optimizer", "per_device_batch_size", "gradient_accumulation_steps",
+            "global_batch_size", "seed", "zero_stage", "resolution"})
+        return "sha256:" + hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def load_training_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                         base: dict[str, Any] | None = None) -> TrainingConfig:
+    """A `TrainingConfig` from defaults, then `base` (e.g. a preset's `train:` section), the YAML file, overrides."""
+    return load_config(TrainingConfig, path, overrides, base=base)

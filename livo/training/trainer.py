@@ -1,0 +1,733 @@
+"""Value-encoder training with DeepSpeed: the LiVO (or Diffusion-DPO) step, checkpoints, preemption, export.
+
+Only the value encoder is trained (it is the DeepSpeed engine's module, with fp32 master weights); the UNet, VAE and
+text encoder are frozen, in eval mode, in the compute dtype. One step per micro-batch (LIVO_METHOD §3):
+latents (precomputed, or VAE-encoded without autograd) → shared noise ε and timesteps t from this rank's generator →
+conditioning with and without the value token → winner and loser through the UNet as one batch, the reference passes
+without autograd (`compute_denoising_errors(fused=True)`) → loss → `engine.backward` / `engine.step`.
+
+Order of work in `Trainer.run`: every check of the input (config, world size, dataset, principle-set hash, existing
+checkpoints) happens before any model is loaded, so bad input fails in seconds with a `ConfigError`/`DataError`.
+SIGTERM sets a flag; at the next step boundary all ranks agree on it, save a checkpoint and exit with
+`PREEMPTED_EXIT_CODE`; `resume=true` continues from the latest complete checkpoint with the same data order, noise
+and optimizer state, so an interrupted run ends bit-identical to an uninterrupted one (CPU, fixed seed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from livo.errors import ConfigError, DataError, LivoError
+from livo.log import get_logger, log_event
+from livo.training import checkpoint as ckpt
+from livo.training import distributed as dist
+from livo.training.config import TrainingConfig
+
+log = get_logger("livo.training")
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped on request, checkpoint saved, resume me"
+
+LIVO_STAT_NAMES = ("loss", "theta_w", "ref_w", "theta_l", "ref_l", "hinge_w", "hinge_l", "margin", "implicit_acc")
+DPO_STAT_NAMES = ("loss", "theta_w", "ref_w", "theta_l", "ref_l", "margin", "implicit_acc")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Planning: everything decided before a model is loaded.
+
+
+@dataclass
+class RunPlan:
+    config: TrainingConfig
+    env: dist.DistEnv
+    device_type: str
+    precision: str
+    per_device: int
+    accumulation: int
+    global_batch: int
+    ds_config: dict[str, Any]
+    output: ckpt.RunOutput
+
+    @property
+    def zero_stage(self) -> int:
+        return int(self.ds_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def resolve_device(config: TrainingConfig) -> str:
+    import torch
+
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is visible; use device=cpu or run on a GPU node")
+    if config.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return config.device
+
+
+def resolve_precision(config: TrainingConfig, device_type: str) -> str:
+    import torch
+
+    if config.precision == "auto":
+        if device_type == "cpu":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if config.precision == "fp16" and device_type == "cpu":
+        raise ConfigError("precision=fp16 needs a GPU (loss scaling is GPU-only); use precision=bf16 or fp32 on CPU")
+    return config.precision
+
+
+_OWNED_DS_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size",
+                  "gradient_clipping")
+
+
+def build_deepspeed_config(config: TrainingConfig, per_device: int, accumulation: int, global_batch: int,
+                           precision: str) -> dict[str, Any]:
+    """The DeepSpeed JSON with the values this config owns filled in (batch sizes, clipping, precision)."""
+    from livo.paths import config_dir
+
+    if config.deepspeed_config:
+        path = Path(config.deepspeed_config)
+        if not path.is_absolute() and not path.is_file():
+            path = config_dir() / config.deepspeed_config
+    else:
+        path = config_dir() / "deepspeed" / f"zero{config.zero_stage}.json"
+    if not path.is_file():
+        raise ConfigError(f"DeepSpeed config {path} does not exist; use one of configs/deepspeed/zero{{0,2,3}}.json or "
+                          "set zero_stage to 0, 2 or 3")
+    try:
+        ds_config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    owned = {"train_micro_batch_size_per_gpu": per_device, "gradient_accumulation_steps": accumulation,
+             "train_batch_size": global_batch, "gradient_clipping": config.optimizer.max_grad_norm}
+    for key in _OWNED_DS_KEYS:
+        given = ds_config.get(key, "auto")
+        if given != "auto" and given != owned[key]:
+            raise ConfigError(f"{path}: {key}={given} conflicts with the training config ({owned[key]}); set it to "
+                              "\"auto\" there and choose it in the training config")
+    for key in ("optimizer", "scheduler", "fp16", "bf16", "amp"):
+        section = ds_config.get(key)
+        if section and (key in ("optimizer", "scheduler") or section.get("enabled", False)):
+            raise ConfigError(f"{path}: remove the {key!r} section; the optimizer, schedule and precision come from the "
+                              "training config (optimizer.*, precision)")
+    stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
+    if config.deepspeed_config and "zero_stage" in config.model_fields_set and stage != config.zero_stage:
+        raise ConfigError(f"{path} sets ZeRO stage {stage} but zero_stage={config.zero_stage}; set only one")
+    ds_config.update(owned)
+    ds_config["zero_allow_untested_optimizer"] = True  # a torch AdamW: no JIT-built DeepSpeed optimizer
+    if precision in ("bf16", "fp16"):
+        # Autocast with fp32 master weights; DeepSpeed adds loss scaling for fp16. Gradients are reduced in fp32.
+        ds_config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16" if precision == "bf16" else "float16",
+                                       "lower_precision_safe_modules": []}
+    return ds_config
+
+
+def plan_run(config: TrainingConfig, env: dist.DistEnv | None = None) -> RunPlan:
+    """Validate everything that does not need the dataset or a model. Raises ConfigError on bad input."""
+    env = env or dist.read_env()
+    device_type = resolve_device(config)
+    precision = resolve_precision(config, device_type)
+    per_device, accumulation, global_batch = config.batch_layout(env.world_size)
+    ds_config = build_deepspeed_config(config, per_device, accumulation, global_batch, precision)
+    if not config.dataset:
+        raise ConfigError("no dataset given: set dataset=<directory or s3://bucket/prefix> (`livo train --dataset`)")
+    output = ckpt.open_run_output(config.output, config.staging_dir)
+    return RunPlan(config=config, env=env, device_type=device_type, precision=precision, per_device=per_device,
+                   accumulation=accumulation, global_batch=global_batch, ds_config=ds_config, output=output)
+
+
+def open_dataset(config: TrainingConfig):
+    """Load and check the preference dataset: it exists, is not empty, and matches the expected principle set."""
+    from livo.data.dataset import load_preference_dataset
+
+    dataset = load_preference_dataset(config.dataset, verify=config.verify_dataset)
+    if len(dataset) == 0:
+        raise DataError(f"{config.dataset}: the dataset is empty; regenerate it")
+    expected = config.expected_principle_set_hash
+    if expected and dataset.principle_set_hash != expected:
+        raise DataError(
+            f"{config.dataset} was built for principle set {dataset.principle_set_hash}, but the training config "
+            f"expects {expected}; regenerate the dataset for the current principles or fix expected_principle_set_hash")
+    return dataset
+
+
+def check_resume_state(plan: RunPlan) -> int | None:
+    """The step to resume from (None: start fresh). Refuses to overwrite checkpoints without `resume`, and refuses a
+    checkpoint written by another configuration or world size. Rank 0 decides; every rank gets its answer."""
+    answer: tuple[str, Any]
+    if plan.env.is_main:
+        try:
+            answer = ("ok", _resume_step(plan))
+        except LivoError as exc:
+            answer = ("error", (type(exc).__name__, str(exc)))
+    else:
+        answer = ("ok", None)
+    answer = dist.broadcast_object(answer)
+    if answer[0] == "error":
+        kind, message = answer[1]
+        raise (ConfigError if kind == "ConfigError" else LivoError)(message)
+    return answer[1]
+
+
+def _resume_step(plan: RunPlan) -> int | None:
+    steps = plan.output.complete_steps()
+    if not steps:
+        return None
+    latest = steps[-1]
+    if not plan.config.resume:
+        raise ConfigError(f"{plan.output.uri} already holds checkpoints (latest: step {latest}); pass --resume to "
+                          "continue that run, or choose another output")
+    state = plan.output.get_json(f"{ckpt.CHECKPOINTS_DIR}/{ckpt.step_tag(latest)}/{ckpt.TRAINER_STATE_FILE}") or {}
+    if state.get("config_fingerprint") != plan.config.fingerprint():
+        raise ConfigError(f"checkpoint step {latest} in {plan.output.uri} was written with different training settings "
+                          "(model, loss, optimizer, batch, seed or ZeRO stage); resume with the same settings or choose "
+                          "another output")
+    if state.get("world_size") != plan.env.world_size:
+        raise ConfigError(f"checkpoint step {latest} was written by {state.get('world_size')} rank(s) but this run has "
+                          f"{plan.env.world_size}; resume with the same number of ranks")
+    return latest
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Models and the step.
+
+
+@dataclass
+class Models:
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    noise_scheduler: Any
+    value_encoder: Any
+    device: Any
+    weight_dtype: Any
+    base_fingerprint: str
+    frozen_digest: str = ""
+
+
+_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def frozen_weights_digest(models: Models) -> str:
+    """sha256 over the frozen modules' weights (checked again after training: they must not change)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in ("unet", "vae", "text_encoder"):
+        for key, tensor in sorted(getattr(models, name).state_dict().items()):
+            t = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{name}.{key}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + digest.hexdigest()
+
+
+def load_models(config: TrainingConfig, device_type: str, precision: str, local_rank: int) -> Models:
+    import torch
+    from diffusers import DDPMScheduler
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from livo.modeling import ValueEncoder
+    from livo.presets import load_pipeline, pipeline_fingerprint
+
+    device = torch.device("cuda", local_rank) if device_type == "cuda" else torch.device("cpu")
+    weight_dtype = getattr(torch, _DTYPES[precision])
+    torch.manual_seed(config.seed)
+    pipe = load_pipeline(config.model, seed=config.seed)
+    fingerprint = pipeline_fingerprint(pipe)
+    # The value encoder starts as a copy of the base text encoder (fp32 master weights) unless one is given.
+    if config.init_value_encoder:
+        value_encoder = ValueEncoder.from_pretrained(config.init_value_encoder)
+        value_encoder.requires_grad_(True)
+    else:
+        value_encoder = ValueEncoder.from_text_encoder(pipe.text_encoder)
+    value_encoder.to(device=device, dtype=torch.float32).train()
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+        module.eval()
+        module.to(device=device)
+        if weight_dtype != torch.float32:  # (a same-dtype .to() makes diffusers warn about fp32 modules)
+            module.to(dtype=weight_dtype)
+    pipe.unet.set_attn_processor(AttnProcessor2_0())  # SDPA (flash / memory-efficient kernels on GPU)
+    if config.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+        value_encoder.text_model.gradient_checkpointing_enable()
+    unet = torch.compile(pipe.unet) if config.compile else pipe.unet
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    return Models(unet=unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                  noise_scheduler=noise_scheduler, value_encoder=value_encoder, device=device,
+                  weight_dtype=weight_dtype, base_fingerprint=fingerprint)
+
+
+def encode_latents(vae, pixels, generator):
+    """VAE latents in the UNet's input space (scaled), sampled with `generator`, without autograd."""
+    import torch
+
+    with torch.no_grad():
+        latents = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.sample(generator=generator)
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return ((latents.float() - shift) * vae.config.scaling_factor)
+
+
+def step_loss(models: Models, value_encoder, batch: dict[str, Any], generator, loss_config) -> tuple[Any, Any]:
+    """`(loss, stats)` of one micro-batch; `stats` is a detached fp32 vector named by `stat_names(loss_config)`."""
+    import torch
+
+    from livo.losses import compute_denoising_errors, diffusion_dpo_loss, livo_loss_terms
+    from livo.modeling import training_conditioning
+
+    device = models.device
+    if "latents_w" in batch:
+        latents_w = batch["latents_w"].to(device=device, dtype=torch.float32, non_blocking=True)
+        latents_l = batch["latents_l"].to(device=device, dtype=torch.float32, non_blocking=True)
+    else:
+        latents_w = encode_latents(models.vae, batch["pixels_w"], generator)
+        latents_l = encode_latents(models.vae, batch["pixels_l"], generator)
+    noise = torch.randn(latents_w.shape, generator=generator, device=device, dtype=torch.float32)
+    timesteps = torch.randint(0, models.noise_scheduler.config.num_train_timesteps, (latents_w.shape[0],),
+                              generator=generator, device=device)
+    prompt_embeds = batch.get("prompt_embeds")
+    if prompt_embeds is not None:
+        prompt_embeds = prompt_embeds.to(device=device, dtype=models.weight_dtype, non_blocking=True)
+    cond_value, cond_plain = training_conditioning(models.text_encoder, value_encoder, models.tokenizer,
+                                                   batch["prompts"], batch["principle_texts"],
+                                                   prompt_embeds=prompt_embeds)
+    errors = compute_denoising_errors(models.unet, models.noise_scheduler, latents_w, latents_l, cond_value,
+                                      cond_plain, noise, timesteps, fused=True)
+    with torch.no_grad():
+        margin = (errors.theta_w - errors.ref_w) - (errors.theta_l - errors.ref_l)
+        common = [errors.theta_w.mean(), errors.ref_w.mean(), errors.theta_l.mean(), errors.ref_l.mean()]
+    if loss_config.kind == "livo":
+        terms = livo_loss_terms(errors.theta_w, errors.ref_w, errors.theta_l, errors.ref_l, beta=loss_config.beta,
+                                alpha=loss_config.alpha, gamma1=loss_config.gamma1, gamma2=loss_config.gamma2)
+        loss = terms["loss"]
+        extra = [terms["hinge_w"].detach().mean(), terms["hinge_l"].detach().mean()]
+    else:
+        loss = diffusion_dpo_loss(errors.theta_w, errors.ref_w, errors.theta_l, errors.ref_l, beta=loss_config.dpo_beta)
+        extra = []
+    stats = torch.stack([loss.detach().float(), *[c.float() for c in common], *[e.float() for e in extra],
+                         margin.mean().float(), (margin < 0).float().mean()])
+    return loss, stats
+
+
+def stat_names(loss_config) -> tuple[str, ...]:
+    return LIVO_STAT_NAMES if loss_config.kind == "livo" else DPO_STAT_NAMES
+
+
+def noise_generator_seed(seed: int, rank: int) -> int:
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, 0x401, rank]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Preemption.
+
+
+class PreemptionWatch:
+    """Turns SIGTERM into a flag checked at step boundaries (Kubernetes sends SIGTERM before killing a pod)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __enter__(self) -> PreemptionWatch:
+        with contextlib.suppress(ValueError):  # not the main thread: no handler, the default action stays
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The trainer.
+
+
+@dataclass
+class TrainResult:
+    exit_code: int
+    final_step: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    output_uri: str = ""
+    preempted: bool = False
+
+
+class Trainer:
+    def __init__(self, config: TrainingConfig, env: dist.DistEnv | None = None):
+        self.config = config
+        self.plan = plan_run(config, env)
+        self.env = self.plan.env
+        self.models: Models | None = None
+        self.engine = None
+        self.dataset = None
+        self._log_lines: list[dict[str, Any]] = []
+        self._window: Any = None
+        self._window_steps = 0
+        self._window_start = 0.0
+        self._throughput: list[float] = []
+        self._last_stats: dict[str, float] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        plan = self.plan
+        with PreemptionWatch() as preemption:
+            dist.init_process_group(plan.device_type)
+            self.dataset = self._open_dataset_staggered()
+            resume_step = check_resume_state(plan)
+            log_event(log, "training planned", rank=self.env.rank, world_size=self.env.world_size,
+                      device=plan.device_type, precision=plan.precision, zero_stage=plan.zero_stage,
+                      global_batch=plan.global_batch, per_device=plan.per_device, loss=self.config.loss.kind,
+                      dataset_rows=len(self.dataset), output=plan.output.uri, resume_from=resume_step)
+            self.models = load_models(self.config, plan.device_type, plan.precision, self.env.local_rank)
+            self.models.frozen_digest = frozen_weights_digest(self.models)
+            self._build_engine()
+            generator = self._new_generator()
+            start_step = 0
+            if resume_step is not None:
+                start_step = self._load_checkpoint(resume_step, generator)
+            batches = self._batches()
+            return self._loop(start_step, generator, batches, preemption)
+
+    def _open_dataset_staggered(self):
+        # Local rank 0 opens (and, for s3:// datasets, downloads) first; the node's other ranks then read its cache.
+        if self.env.is_local_main:
+            dataset = open_dataset(self.config)
+            dist.barrier()
+        else:
+            dist.barrier()
+            dataset = open_dataset(self.config)
+        return dataset
+
+    def _build_engine(self) -> None:
+        import deepspeed
+        import torch
+
+        opt = self.config.optimizer
+        params = [p for p in self.models.value_encoder.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+        warmup = opt.warmup_steps
+
+        def schedule(optimizer):
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+
+        self.engine, _, _, self.lr_scheduler = deepspeed.initialize(
+            model=self.models.value_encoder, optimizer=optimizer, lr_scheduler=schedule, config=self.plan.ds_config)
+
+    def _new_generator(self):
+        import torch
+
+        generator = torch.Generator(device=self.models.device)
+        generator.manual_seed(noise_generator_seed(self.config.seed, self.env.rank))
+        return generator
+
+    def _batches(self):
+        from livo.training.data import PairBatches, PairSchedule
+
+        schedule = PairSchedule.build(self.dataset.scenes, len(self.dataset), seed=self.config.seed,
+                                      per_device=self.plan.per_device, accumulation=self.plan.accumulation,
+                                      world_size=self.env.world_size)
+        use_latents, use_embeds = self._precomputed_columns()
+        resolution = self.config.resolution or int(self.models.vae.config.sample_size)
+        return PairBatches(self.dataset.rows, schedule, self.env.rank, use_latents=use_latents,
+                           use_prompt_embeds=use_embeds, resolution=resolution)
+
+    def _precomputed_columns(self) -> tuple[bool, bool]:
+        """Use the dataset's latents / prompt embeddings only if they were made by this very base model."""
+        if not self.config.use_precomputed:
+            return False, False
+        manifest = self.dataset.manifest
+        has_latents, has_embeds = self.dataset.has_latents, self.dataset.has_prompt_embeds
+        if not (has_latents or has_embeds):
+            return False, False
+        generator_hash = manifest.get("generator_model_hash")
+        if generator_hash != self.models.base_fingerprint:
+            log_event(log, "precomputed latents/embeddings ignored: made by another base model",
+                      dataset_model=generator_hash, base_model=self.models.base_fingerprint)
+            return False, False
+        unet_channels = int(self.models.unet.config.in_channels)
+        if has_latents and (manifest.get("latent_shape") or [unet_channels])[0] != unet_channels:
+            raise DataError(f"{self.config.dataset}: latents have {manifest['latent_shape'][0]} channels but the UNet "
+                            f"expects {unet_channels}; regenerate the dataset with this base model")
+        if has_embeds:
+            expected = [int(self.models.tokenizer.model_max_length), int(self.models.text_encoder.config.hidden_size)]
+            if list(manifest.get("embed_shape") or expected) != expected:
+                raise DataError(f"{self.config.dataset}: prompt_embeds have shape {manifest['embed_shape']}, the "
+                                f"text encoder gives {expected}; regenerate the dataset with this base model")
+        return has_latents, has_embeds
+
+    # -- the loop ----------------------------------------------------------------------------------------------------
+    def _loop(self, start_step: int, generator, batches, preemption: PreemptionWatch) -> TrainResult:
+        import torch
+        from tqdm.auto import tqdm
+
+        from livo.training.data import make_loader
+
+        config, plan, engine = self.config, self.plan, self.engine
+        accumulation = plan.accumulation
+        loader = make_loader(batches, start_step * accumulation, config.max_steps * accumulation,
+                             workers=config.data_workers, pin_memory=plan.device_type == "cuda")
+        iterator = iter(loader)
+        autocast = (torch.autocast(plan.device_type, dtype=self.models.weight_dtype)
+                    if plan.precision != "fp32" else contextlib.nullcontext())
+        names = stat_names(config.loss)
+        self._reset_window(len(names))
+        last_saved = start_step
+        progress = tqdm(total=config.max_steps, initial=start_step, desc="train", unit="step",
+                        disable=None if self.env.is_main else True)
+        step = start_step
+        try:
+            while step < config.max_steps:
+                if dist.any_rank(preemption.requested, self.models.device):
+                    if step > last_saved:
+                        self.save_checkpoint(step, generator)
+                    log_event(log, "preempted: checkpoint saved, exiting", step=step, rank=self.env.rank,
+                              exit_code=PREEMPTED_EXIT_CODE)
+                    return TrainResult(PREEMPTED_EXIT_CODE, step, output_uri=plan.output.uri, preempted=True)
+                for _ in range(accumulation):
+                    batch = next(iterator)
+                    with autocast:
+                        loss, stats = step_loss(self.models, engine, batch, generator, config.loss)
+                    engine.backward(loss)
+                    engine.step()
+                    self._window += stats / accumulation
+                step += 1
+                self._window_steps += 1
+                progress.update(1)
+                if step % config.log_every == 0 or step == config.max_steps:
+                    self._log_window(step, names)
+                if step % config.checkpoint.every_steps == 0 or step == config.max_steps:
+                    self.save_checkpoint(step, generator)
+                    last_saved = step
+                    self._window_start = time.perf_counter()  # checkpoint time is not training throughput
+        finally:
+            progress.close()
+        return self.finish(step)
+
+    def _reset_window(self, size: int) -> None:
+        import torch
+
+        self._window = torch.zeros(size, dtype=torch.float32, device=self.models.device)
+        self._window_steps = 0
+        self._window_start = time.perf_counter()
+
+    def _log_window(self, step: int, names: tuple[str, ...]) -> None:
+        means = dist.mean_over_ranks(self._window / max(1, self._window_steps), self.models.device).cpu().tolist()
+        elapsed = max(time.perf_counter() - self._window_start, 1e-9)
+        samples_per_s = self.plan.global_batch * self._window_steps / elapsed
+        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        record = {"step": step, **{n: float(v) for n, v in zip(names, means, strict=True)},
+                  "lr": float(self.engine.get_lr()[0]), "grad_norm": grad_norm, "samples_per_s": samples_per_s}
+        self._last_stats = record
+        self._throughput.append(samples_per_s)
+        if self.env.is_main:
+            self._log_lines.append(record)
+            log_event(log, "train step", **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()})
+        self._reset_window(len(names))
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------------
+    def save_checkpoint(self, step: int, generator) -> None:
+        """Every rank calls this at the same step. Complete once rank 0 wrote the commit object, which it does after
+        every rank's files were written (and, for s3:// outputs, uploaded)."""
+        import torch
+
+        output, env = self.plan.output, self.env
+        directory = output.checkpoint_dir(step)
+        started = time.perf_counter()
+        if env.is_local_main and directory.exists():
+            shutil.rmtree(directory)  # leftovers of an interrupted save of this step
+        dist.barrier()
+        self.engine.save_checkpoint(str(output.staging / ckpt.CHECKPOINTS_DIR), tag=ckpt.step_tag(step),
+                                    client_state={"livo_step": step}, save_latest=False)
+        rng = {"noise_generator": generator.get_state(), "torch_cpu": torch.get_rng_state()}
+        if torch.cuda.is_available() and self.plan.device_type == "cuda":
+            rng["torch_cuda"] = torch.cuda.get_rng_state(self.models.device)
+        ckpt.save_rng_state(directory / ckpt.rng_file(env.rank), rng)
+        if env.is_main:
+            ckpt.write_json_atomic(directory / ckpt.TRAINER_STATE_FILE, {
+                "step": step, "samples_seen": step * self.plan.global_batch, "world_size": env.world_size,
+                "seed": self.config.seed, "config_fingerprint": self.config.fingerprint(),
+                "data_position": step * self.plan.global_batch, "zero_stage": self.plan.zero_stage,
+            })
+        dist.barrier()
+        digests = output.publish_checkpoint_files(step) if env.is_local_main else {}
+        gathered = dist.all_gather_object(digests)
+        if env.is_main:
+            files: dict[str, str] = {}
+            for part in gathered:
+                files.update(part)
+            output.commit_checkpoint(step, files, {"step": step, "world_size": env.world_size,
+                                                   "zero_stage": self.plan.zero_stage})
+            self._write_side_files()
+            output.prune(self.config.checkpoint.keep_last)
+        dist.barrier()
+        if env.is_local_main:
+            # s3:// outputs: keep only the newest checkpoint on node-local disk.
+            for old in self._local_checkpoint_steps():
+                if old != step:
+                    output.discard_local_copy(old)
+        log_event(log, "checkpoint saved", step=step, uri=output.location_of(f"{ckpt.CHECKPOINTS_DIR}/"
+                                                                              f"{ckpt.step_tag(step)}"),
+                  seconds=round(time.perf_counter() - started, 2), rank=env.rank)
+
+    def _local_checkpoint_steps(self) -> list[int]:
+        if isinstance(self.plan.output, ckpt.LocalRunOutput):
+            return []
+        base = self.plan.output.staging / ckpt.CHECKPOINTS_DIR
+        steps = []
+        for child in base.glob("step-*") if base.is_dir() else []:
+            with contextlib.suppress(ValueError):
+                steps.append(int(child.name.split("-", 1)[1]))
+        return steps
+
+    def _write_side_files(self) -> None:
+        """Rank 0: the training log so far and the config, next to the checkpoints."""
+        output = self.plan.output
+        log_path = output.staging / ckpt.TRAIN_LOG_FILE
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = log_path.with_name(f".{log_path.name}.tmp")
+        tmp.write_text("".join(json.dumps(line) + "\n" for line in self._log_lines))
+        os.replace(tmp, log_path)
+        output.put_file(log_path, ckpt.TRAIN_LOG_FILE)
+        output.put_json(ckpt.CONFIG_FILE, self.config.model_dump(mode="json"))
+
+    def _load_checkpoint(self, step: int, generator) -> int:
+        import torch
+
+        output, env = self.plan.output, self.env
+        if env.is_local_main:
+            output.fetch_checkpoint(step)
+        dist.barrier()
+        directory = output.checkpoint_dir(step)
+        load_path, client_state = self.engine.load_checkpoint(
+            str(output.staging / ckpt.CHECKPOINTS_DIR), tag=ckpt.step_tag(step), load_optimizer_states=True,
+            load_lr_scheduler_states=True, load_module_strict=True)
+        if load_path is None:
+            raise LivoError(f"DeepSpeed could not load checkpoint {directory}; delete it to resume from an older one")
+        rng = ckpt.load_rng_state(directory / ckpt.rng_file(env.rank))
+        generator.set_state(rng["noise_generator"])
+        torch.set_rng_state(rng["torch_cpu"])
+        if "torch_cuda" in rng and self.plan.device_type == "cuda":
+            torch.cuda.set_rng_state(rng["torch_cuda"], self.models.device)
+        if env.is_main:
+            previous = self._read_previous_log()
+            self._log_lines = [line for line in previous if line.get("step", 0) <= step]
+            if self._log_lines:
+                self._last_stats = dict(self._log_lines[-1])  # metrics of a run resumed at its last step
+        log_event(log, "resumed", step=step, rank=env.rank, checkpoint=str(directory),
+                  engine_steps=int(self.engine.global_steps))
+        return step
+
+    def _read_previous_log(self) -> list[dict[str, Any]]:
+        try:
+            text = self.plan.output.get_text(ckpt.TRAIN_LOG_FILE) or ""
+        except (OSError, UnicodeDecodeError, LivoError):
+            return []
+        lines = []
+        for raw in text.splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                lines.append(json.loads(raw))
+        return lines
+
+    # -- export ------------------------------------------------------------------------------------------------------
+    def consolidated_state_dict(self) -> dict[str, Any]:
+        """The value encoder's full fp32 weights on every rank (ZeRO-3 partitions are gathered)."""
+        import deepspeed
+
+        module = self.engine.module
+        if self.plan.zero_stage == 3:
+            params = list(module.parameters())
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                return {k: v.detach().to("cpu", copy=True).float() for k, v in module.state_dict().items()}
+        return {k: v.detach().to("cpu", copy=True).float() for k, v in module.state_dict().items()}
+
+    def finish(self, step: int) -> TrainResult:
+        """Export the value encoder (save_pretrained layout, safetensors), metrics and the result record."""
+        import torch
+
+        from livo.modeling import ValueEncoder
+
+        output, env = self.plan.output, self.env
+        state = self.consolidated_state_dict()
+        live_digest = _state_digest(state)
+        digests_by_rank = dist.all_gather_object(live_digest)
+        frozen_after = frozen_weights_digest(self.models)
+        if frozen_after != self.models.frozen_digest:
+            raise LivoError("a frozen module (UNet, VAE or text encoder) changed during training; this is a bug — "
+                            "report it with the training config")
+        metrics = self._metrics(step)
+        if env.is_main:
+            text_model = self.engine.module.text_model
+            export_model = type(text_model)(text_model.config)
+            export_model.load_state_dict({k.removeprefix("text_model."): v for k, v in state.items()}, strict=True)
+            export_model.to(torch.float32)
+            tmp = output.staging / f".{ckpt.VALUE_ENCODER_DIR}.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            ValueEncoder(export_model).save_pretrained(tmp)
+            files = output.publish_dir(tmp, ckpt.VALUE_ENCODER_DIR)
+            shutil.rmtree(tmp, ignore_errors=True)
+            output.put_json(ckpt.METRICS_FILE, metrics)
+            self._write_side_files()
+            result = {
+                "value_encoder": {"uri": output.location_of(ckpt.VALUE_ENCODER_DIR), "files": files},
+                "metrics": metrics,
+                "final_step": step,
+                "config": self.config.model_dump(mode="json"),
+                "config_fingerprint": self.config.fingerprint(),
+                "dataset": {"uri": self.dataset.uri, "manifest_sha256": self.dataset.manifest_sha256,
+                            "principle_set_hash": self.dataset.principle_set_hash, "num_rows": len(self.dataset)},
+                "base_model": {"source": self.config.model, "fingerprint": self.models.base_fingerprint},
+                "frozen_weights_sha256": frozen_after,
+                "live_weights_sha256_by_rank": digests_by_rank,
+                "world_size": env.world_size,
+                "zero_stage": self.plan.zero_stage,
+                "precision": self.plan.precision,
+            }
+            output.put_json(ckpt.RESULT_FILE, result)  # last: the run's outputs are complete
+            log_event(log, "value encoder exported", uri=output.location_of(ckpt.VALUE_ENCODER_DIR), step=step,
+                      loss=metrics.get("loss"))
+        dist.barrier()
+        log_event(log, "final weights", rank=env.rank, sha256=live_digest)
+        return TrainResult(0, step, metrics=metrics, output_uri=output.uri)
+
+    def _metrics(self, step: int) -> dict[str, Any]:
+        last = dict(self._last_stats)
+        steady = self._throughput[1:] or self._throughput
+        metrics = {k: v for k, v in last.items() if k not in ("step", "samples_per_s")}
+        metrics.update({
+            "final_step": step,
+            "loss_kind": self.config.loss.kind,
+            "global_batch_size": self.plan.global_batch,
+            "world_size": self.env.world_size,
+            "samples_per_s": float(sum(steady) / len(steady)) if steady else float("nan"),
+        })
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+
+
+def _state_digest(state: dict[str, Any]) -> str:
+    import torch
+
+    digest = hashlib.sha256()
+    for key, tensor in sorted(state.items()):
+        t = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{key}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + digest.hexdigest()
+
+
+def train(config: TrainingConfig, env: dist.DistEnv | None = None) -> TrainResult:
+    """Run one training job in this process (one rank of it under a launcher)."""
+    return Trainer(config, env).run()

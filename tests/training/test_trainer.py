@@ -1,0 +1,139 @@
+"""The trainer in one process (world of one, gloo): what changes, what is exported, what is logged, what resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from training_helpers import held_out_loss, load_exported, run_in_process, tiny_config
+
+from livo.errors import ConfigError
+
+LOSS_PARTS = ("loss", "theta_w", "ref_w", "theta_l", "ref_l", "hinge_w", "hinge_l")
+
+
+@pytest.mark.slow
+def test_only_the_value_encoder_changes_and_the_export_equals_live_weights(tmp_path, latent_dataset, single_rank_env):
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from livo.modeling import ValueEncoder
+    from livo.presets import build_tiny_pipeline
+
+    output = tmp_path / "run"
+    trainer = run_in_process(tiny_config(latent_dataset, output, max_steps=6))
+    assert trainer.result.exit_code == 0 and trainer.result.final_step == 6
+
+    # Frozen modules: bit-identical to a fresh build of the same base model.
+    fresh = build_tiny_pipeline(0)
+    for name in ("unet", "vae", "text_encoder"):
+        trained_state = getattr(trainer.models, name).state_dict()
+        for key, tensor in getattr(fresh, name).state_dict().items():
+            assert torch.equal(trained_state[key], tensor), f"{name}.{key} changed"
+
+    # The value encoder moved away from its initialisation (a copy of the base text encoder).
+    exported = load_exported(output)
+    initial = fresh.text_encoder.state_dict()
+    changed = [k for k, v in exported.items() if not torch.equal(v, initial[k])]
+    assert len(changed) > len(exported) // 2
+
+    # Export == live engine weights == ZeRO-2 consolidation of the final checkpoint.
+    live = {k.removeprefix("text_model."): v for k, v in trainer.engine.module.state_dict().items()}
+    consolidated = get_fp32_state_dict_from_zero_checkpoint(str(output / "checkpoints"), tag="step-00000006")
+    consolidated = {k.removeprefix("text_model."): v for k, v in consolidated.items()}
+    assert set(exported) == set(live) == set(consolidated)
+    for key in exported:
+        assert torch.equal(exported[key], live[key]), key
+        assert torch.equal(exported[key], consolidated[key]), key
+    assert ValueEncoder.from_pretrained(output / "value_encoder").hidden_size == 32
+
+    # Logs and records: every loss part, lr, grad norm, throughput; result.json lists the exported files.
+    lines = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    for line in lines:
+        assert set(LOSS_PARTS + ("lr", "grad_norm", "samples_per_s")) <= set(line)
+        assert line["lr"] == pytest.approx(1e-3)
+        assert line["loss"] == pytest.approx(line["hinge_w"] + line["hinge_l"], rel=1e-5)
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert set(LOSS_PARTS) <= set(metrics) and metrics["final_step"] == 6 and metrics["samples_per_s"] > 0
+    result = json.loads((output / "result.json").read_text())
+    assert set(result["value_encoder"]["files"]) == {"config.json", "model.safetensors"}
+    assert result["live_weights_sha256_by_rank"][0].startswith("sha256:")
+    assert sorted(p.name for p in (output / "checkpoints").glob("step-*")) == ["step-00000003", "step-00000006"]
+
+
+@pytest.mark.slow
+def test_images_are_encoded_when_the_dataset_has_no_latents(tmp_path, image_dataset, single_rank_env):
+    trainer = run_in_process(tiny_config(image_dataset, tmp_path / "run", max_steps=2, per_device_batch_size=2,
+                                         checkpoint={"every_steps": 2}))
+    assert trainer.result.exit_code == 0
+    assert trainer.models.vae.training is False
+    assert trainer._precomputed_columns() == (False, False)
+    assert 0 < trainer.result.metrics["loss"] < 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["livo", "dpo"])
+def test_livo_and_dpo_steps_descend(tmp_path, latent_dataset, single_rank_env, kind):
+    """One optimizer step through the whole DeepSpeed path lowers that step's loss (same batch, same noise): the
+    gradient reaches the value encoder with the right sign for both losses."""
+    import torch
+
+    from livo.modeling import ValueEncoder
+    from livo.training.data import PairBatches, PairSchedule
+    from livo.training.trainer import noise_generator_seed, step_loss
+
+    output = tmp_path / kind
+    config = tiny_config(latent_dataset, output, max_steps=1, per_device_batch_size=8, optimizer={"lr": 1e-4},
+                         loss={"kind": kind}, checkpoint={"every_steps": 1})
+    trainer = run_in_process(config)
+    schedule = PairSchedule.build(trainer.dataset.scenes, len(trainer.dataset), seed=0, per_device=8,
+                                  accumulation=1, world_size=1)
+    batch = PairBatches(trainer.dataset.rows, schedule, 0, use_latents=True, use_prompt_embeds=True,
+                        resolution=None)[0]
+
+    def loss_with(encoder) -> float:
+        generator = torch.Generator().manual_seed(noise_generator_seed(0, 0))  # the noise of step 1
+        with torch.no_grad():
+            return float(step_loss(trainer.models, encoder, batch, generator, config.loss)[0])
+
+    before = loss_with(ValueEncoder.from_text_encoder(trainer.models.text_encoder))
+    after = loss_with(ValueEncoder.from_pretrained(output / "value_encoder"))
+    logged = json.loads((output / "train_log.jsonl").read_text().splitlines()[0])
+    assert logged["loss"] == pytest.approx(before, rel=1e-5)  # the trainer saw exactly this batch and noise
+    assert after < before - 1e-4, (kind, before, after)
+
+
+@pytest.mark.slow
+def test_livo_loss_falls_on_held_out_draws(tmp_path, latent_dataset, single_rank_env):
+    from livo.modeling import ValueEncoder
+    from livo.presets import build_tiny_pipeline
+
+    output = tmp_path / "run"
+    run_in_process(tiny_config(latent_dataset, output, max_steps=16, per_device_batch_size=4, log_every=4,
+                               checkpoint={"every_steps": 1000}))
+    before = held_out_loss(ValueEncoder.from_text_encoder(build_tiny_pipeline(0).text_encoder), latent_dataset, "livo")
+    after = held_out_loss(ValueEncoder.from_pretrained(output / "value_encoder"), latent_dataset, "livo")
+    assert after < before - 0.03, (before, after)
+
+
+def test_existing_checkpoints_need_resume(tmp_path, image_dataset, single_rank_env):
+    from livo.training.trainer import Trainer, check_resume_state
+
+    output = tmp_path / "run"
+    step_dir = output / "checkpoints" / "step-00000004"
+    step_dir.mkdir(parents=True)
+    (step_dir / "trainer_state.json").write_text(json.dumps({"config_fingerprint": "sha256:other", "world_size": 1}))
+    (step_dir / "COMPLETE.json").write_text(json.dumps({"files": {}}))
+    with pytest.raises(ConfigError, match="pass --resume"):
+        check_resume_state(Trainer(tiny_config(image_dataset, output)).plan)
+    with pytest.raises(ConfigError, match="different training settings"):
+        check_resume_state(Trainer(tiny_config(image_dataset, output, resume=True)).plan)
+    config = tiny_config(image_dataset, output, resume=True)
+    (step_dir / "trainer_state.json").write_text(json.dumps({"config_fingerprint": config.fingerprint(),
+                                                             "world_size": 2}))
+    with pytest.raises(ConfigError, match="same number of ranks"):
+        check_resume_state(Trainer(config).plan)
+    (step_dir / "trainer_state.json").write_text(json.dumps({"config_fingerprint": config.fingerprint(),
+                                                             "world_size": 1}))
+    assert check_resume_state(Trainer(config).plan) == 4
