@@ -20,6 +20,7 @@ OVERRIDES = [
     "judging.accept_all=true",
     "candidates_per_scene=1",
     "num_inference_steps=2",
+    "max_prompts_per_principle=null",  # every fixture prompt, whatever the tiny preset's own cap
 ]
 
 

@@ -32,7 +32,7 @@ def test_valid_inputs_resolve_principles_and_plan_the_shards(store, monkeypatch)
         monkeypatch.setenv(name, value)
     out = validate_inputs.python_func(**GOOD, run_id="r-ok")
     assert out.run_uri == f"s3://{store.bucket}/pipeline-runs/r-ok"
-    assert out.principles_uri.endswith("principles/default.yaml")
+    assert out.principles_uri.endswith("principles/toy.yaml")  # the tiny preset's principles
     assert out.principle_set_hash == load_principles(out.principles_uri).hash
     assert out.shard_indices == [0, 1, 2]
 

@@ -33,6 +33,7 @@ TINY = [
     "candidates_per_scene=2",
     "num_inference_steps=2",
     "batch_size=4",
+    "max_prompts_per_principle=null",  # every fixture prompt, whatever the tiny preset's own cap
 ]
 
 
