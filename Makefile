@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS ?= all,nudity,dev
+EXTRAS ?= all,nudity,bench,dev
 
 .PHONY: venv system-deps test test-fast demo lint clean
 
