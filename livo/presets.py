@@ -90,7 +90,7 @@ def load_preset_config(name_or_path: str, overrides: list[str] | None = None) ->
 # Tokenizer without a hub
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible byte -> printable-unicode table."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
         range(ord("®"), ord("ÿ") + 1))
@@ -104,12 +104,17 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, (chr(c) for c in chars), strict=True))
 
 
-def _learn_bpe_merges(words) -> list[tuple[str, str]]:
+def learn_bpe_merges(words) -> list[tuple[str, str]]:
     """Byte-pair merges learned on `words` (each counted once) until every word is one token. Ties break on the
     smallest pair, so the result is deterministic; applying the merges in rank order rebuilds each word."""
     from collections import Counter
 
-    segmented = [list(w[:-1]) + [w[-1] + "</w>"] for w in dict.fromkeys(words) if w]
+    encoder = bytes_to_unicode()
+    segmented = []
+    for word in dict.fromkeys(words):
+        if word:
+            chars = [encoder[b] for b in word.encode("utf-8")]
+            segmented.append(chars[:-1] + [chars[-1] + "</w>"])
     merges: list[tuple[str, str]] = []
     while True:
         pairs = Counter(p for symbols in segmented for p in zip(symbols, symbols[1:], strict=False))
@@ -134,11 +139,11 @@ def build_tiny_tokenizer(words: tuple[str, ...] | list[str] = TINY_WORDS, model_
     learned on `words` make each of them one token. Ids: bytes, bytes+`</w>`, merged symbols, start/end tokens."""
     from transformers import CLIPTokenizer
 
-    symbols = list(_bytes_to_unicode().values())
+    symbols = list(bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for s in symbols + [s + "</w>" for s in symbols]:
         vocab.setdefault(s, len(vocab))
-    merges = _learn_bpe_merges([w.lower() for w in words])
+    merges = learn_bpe_merges([w.lower() for w in words])
     for left, right in merges:
         vocab.setdefault(left + right, len(vocab))
     vocab["<|startoftext|>"] = len(vocab)

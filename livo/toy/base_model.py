@@ -8,7 +8,6 @@ diffusers scheduler — and `load_toy_pipeline()` loads the trained ones committ
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -65,21 +64,6 @@ NOISE_SCHEDULE: dict[str, Any] = {
 }
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """CLIP/GPT-2's reversible byte -> printable-unicode map used by byte-level BPE."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1)
-    )
-    chars = printable[:]
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, (chr(c) for c in chars), strict=True))
-
-
 def build_bpe_vocab(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """A CLIP-style byte-level BPE vocabulary in which every word of `words` is one token.
 
@@ -87,36 +71,14 @@ def build_bpe_vocab(words: list[str]) -> tuple[dict[str, int], list[tuple[str, s
     tokenises, letter by letter); merges are learnt greedily (most frequent pair first, ties broken alphabetically)
     until each word is a single symbol — standard BPE training, so encoding replays exactly these merges.
     """
-    byte_chars = list(_bytes_to_unicode().values())
+    from livo.presets import bytes_to_unicode, learn_bpe_merges
+
+    byte_chars = list(bytes_to_unicode().values())
     vocab_list = [BOS_TOKEN, EOS_TOKEN] + byte_chars + [c + "</w>" for c in byte_chars]
-    encoder = _bytes_to_unicode()
-    segmented = {}
-    for word in sorted(set(words)):
-        chars = [encoder[b] for b in word.encode("utf-8")]
-        segmented[word] = chars[:-1] + [chars[-1] + "</w>"]
-    merges: list[tuple[str, str]] = []
-    while True:
-        pairs: Counter[tuple[str, str]] = Counter()
-        for symbols in segmented.values():
-            for pair in zip(symbols, symbols[1:], strict=False):
-                pairs[pair] += 1
-        if not pairs:
-            break
-        best = min(pairs, key=lambda p: (-pairs[p], p))
-        merges.append(best)
-        merged = best[0] + best[1]
-        if merged not in vocab_list:
-            vocab_list.append(merged)
-        for word, symbols in segmented.items():
-            out, i = [], 0
-            while i < len(symbols):
-                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
-                    out.append(merged)
-                    i += 2
-                else:
-                    out.append(symbols[i])
-                    i += 1
-            segmented[word] = out
+    merges = learn_bpe_merges(sorted(set(words)))
+    for left, right in merges:
+        if left + right not in vocab_list:
+            vocab_list.append(left + right)
     return {token: i for i, token in enumerate(vocab_list)}, merges
 
 
