@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -21,6 +23,11 @@ from livo.config import LivoConfig, format_validation_error
 from livo.errors import ConfigError
 
 RUN_RECORDS_PREFIX = "pipeline-runs"
+# What a run writes under its prefix `pipeline-runs/<run id>/` besides the records: the preference dataset, the
+# training run (checkpoints, value encoder, result.json) and the evaluation (metrics.json last, report.html).
+RUN_DATASET_DIR = "dataset"
+RUN_TRAINING_DIR = "train"
+RUN_EVALUATION_DIR = "evaluation"
 MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 K8S_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 _RUN_ID_UNSAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -200,7 +207,7 @@ class PipelineParameters(LivoConfig):
         preset = load_preset_config(self.run_preset)
         principles_source = self.run_principles_uri or preset.principles_path()
         principle_set = load_principles(principles_source)
-        self._check_stage_configs(principles_source)
+        self._check_stage_configs(preset, principles_source, principle_set)
         return {
             "preset": preset.name,
             "model_source": preset.model.source,
@@ -210,13 +217,35 @@ class PipelineParameters(LivoConfig):
         }
 
 
-    def _check_stage_configs(self, principles_source: str) -> None:
+    def _check_stage_configs(self, preset: Any, principles_source: str, principle_set: Any) -> None:
         """Build each stage's typed config from the preset and its overrides, so that a misspelt key or a bad
         value fails here, not hours later in a GPU pod (the same builders the stage components call)."""
         from livo.data.generate import build_generate_config
+        from livo.evaluation.config import load_evaluation_config
+        from livo.evaluation.protocol import plan_evaluation
+        from livo.training.jobs import launch_arguments, validate_launch_arguments
 
-        build_generate_config(overrides=[*self.data_config_overrides, f"num_shards={self.data_shard_count}",
-                                         f"principles_file={principles_source}"], preset=self.run_preset)
+        with _naming_parameter("data_config_overrides"):
+            build_generate_config(overrides=[*self.data_config_overrides, f"num_shards={self.data_shard_count}",
+                                             f"principles_file={principles_source}"], preset=self.run_preset)
+        with _naming_parameter("train_config_overrides"):
+            # The URIs only have to be well-formed here; nothing is read from them.
+            training_args = launch_arguments(dataset_uri=f"s3://validate/{RUN_DATASET_DIR}",
+                                             output_uri=f"s3://validate/{RUN_TRAINING_DIR}", preset=self.run_preset,
+                                             overrides=self.train_config_overrides, resume=False)
+            validate_launch_arguments(training_args, world_size=max(1, self.train_gpus_per_node) * self.train_num_nodes)
+        with _naming_parameter("eval_config_overrides"):
+            evaluation = load_evaluation_config(preset.evaluate, preset.judges, None, self.eval_config_overrides)
+            plan_evaluation(principle_set, evaluation)
+
+
+@contextlib.contextmanager
+def _naming_parameter(name: str) -> Iterator[None]:
+    """Prefix a stage config's error with the pipeline parameter that carried the bad value."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------------------- run records
@@ -271,6 +300,7 @@ def build_outcome(store, *, run_id: str, run_name: str, final_state: str, error_
     decision = _read_record(store, run_id, "decision.json")
     registration = _read_record(store, run_id, "registration.json")
     failure = _read_record(store, run_id, "failure.json")
+    evaluation = evaluation_summary(store, run_id)
     if failure:
         error_message = f"{failure['step']}: {failure['message']}"
     state = final_state.upper()
@@ -288,14 +318,32 @@ def build_outcome(store, *, run_id: str, run_name: str, final_state: str, error_
     summaries = {
         "registered": f"registered {registration['model_name']}@{registration['version']}" if registration else "",
         "skipped": "principle set unchanged since the latest registered model; nothing to do",
-        "rejected": "the candidate failed the evaluation gates; nothing was registered",
+        "rejected": "the candidate failed the evaluation gates" + (
+            f" ({'; '.join(evaluation['failed_gates'])})" if evaluation and evaluation["failed_gates"] else "")
+            + "; nothing was registered",
         "failed": f"the run failed: {error_message or 'see the failed task'}",
         "canceled": "the run was canceled",
     }
     return {
         "run_id": run_id, "run_name": run_name, "status": status, "kfp_state": state,
         "summary": summaries[status], "error": error_message or None, "schedule_cron": schedule_cron or None,
-        "decision": decision, "registration": registration, "time": _now(),
+        "decision": decision, "evaluation": evaluation, "registration": registration, "time": _now(),
+    }
+
+
+def evaluation_summary(store, run_id: str) -> dict[str, Any] | None:
+    """The verdict of the run's evaluation (metrics.json is written last, so its presence means complete): passed,
+    the failed gates with their details, and where metrics and report are. None when the run did not evaluate."""
+    prefix = f"{run_records_prefix(run_id)}{RUN_EVALUATION_DIR}/"
+    metrics = _read_record(store, run_id, f"{RUN_EVALUATION_DIR}/metrics.json")
+    if metrics is None:
+        return None
+    return {
+        "passed": bool(metrics.get("passed")),
+        "failed_gates": [f"{gate['name']}: {gate.get('detail', '')}".rstrip(": ")
+                         for gate in metrics.get("gates", []) if not gate.get("passed")],
+        "metrics_uri": store.uri(prefix + "metrics.json"),
+        "report_uri": store.uri(prefix + "report.html"),
     }
 
 

@@ -8,8 +8,11 @@
         -> dsl.If(passed) -> register   models/<name>/<version>/ + model card + lineage.json
     ExitHandler: record_outcome         registered | skipped | rejected | failed | canceled, whatever happened
 
-Status: the graph runs validate -> principles_changed -> data shards -> merge; train_value_encoder, evaluate and
-register are added when components/train_value_encoder.py lands (evaluate and register consume its output).
+Training runs in one of two branches chosen by `train_launcher`: `pod` gives the training task the GPUs, the node
+selector and the tolerations; `trainjob` runs the task as a GPU-less launcher that creates a Kubeflow Trainer
+TrainJob (whose nodes request the GPUs), so no GPU sits idle under a pod that only waits. `dsl.OneOf` joins them.
+Everything a run writes lies under its prefix `s3://<bucket>/pipeline-runs/<run id>/`: dataset/, train/,
+evaluation/ and the run records (decision, registration, outcome).
 
 Entry points (the same as `livo compile|run|submit|schedule`):
 
@@ -33,10 +36,15 @@ from kfp import dsl, kubernetes
 if __package__ in (None, ""):  # run as a script: make `components` importable from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from components._image import LIVO_IMAGE  # noqa: E402
+from components.evaluate import evaluate  # noqa: E402
 from components.generate_data import generate_data_shard, merge_data_shards  # noqa: E402
 from components.principles_changed import principles_changed  # noqa: E402
 from components.record_outcome import record_outcome  # noqa: E402
+from components.register import register  # noqa: E402
+from components.train_value_encoder import configure_training_task, train_value_encoder  # noqa: E402
 from components.validate_inputs import validate_inputs  # noqa: E402
+from livo.orchestration import RUN_DATASET_DIR, RUN_EVALUATION_DIR, RUN_TRAINING_DIR  # noqa: E402
 
 PIPELINE_NAME = "livo-full"
 COMPILED_PACKAGE = Path(__file__).with_suffix(".yaml")
@@ -61,13 +69,18 @@ def without_cache(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task.set_caching_options(enable_caching=False)
 
 
-def on_gpus(task: dsl.PipelineTask, count, accelerator_type, node_selector, tolerations) -> dsl.PipelineTask:
-    """Request `count` GPUs of `accelerator_type` and place the pod with the node selector and tolerations; all
-    four are pipeline parameters, so one compiled package serves every cluster."""
-    task.set_accelerator_type(accelerator_type).set_accelerator_limit(count)
+def placed(task: dsl.PipelineTask, node_selector, tolerations) -> dsl.PipelineTask:
+    """Place the pod with the node selector and tolerations (pipeline parameters: one package serves every
+    cluster)."""
     kubernetes.add_node_selector_json(task, node_selector)
     kubernetes.add_toleration_json(task, tolerations)
     return task
+
+
+def on_gpus(task: dsl.PipelineTask, count, accelerator_type, node_selector, tolerations) -> dsl.PipelineTask:
+    """Request `count` GPUs of `accelerator_type` and place the pod with the node selector and tolerations."""
+    task.set_accelerator_type(accelerator_type).set_accelerator_limit(count)
+    return placed(task, node_selector, tolerations)
 
 
 @dsl.pipeline(name=PIPELINE_NAME, description="LiVO value alignment: principles -> preference data -> value encoder "
@@ -128,12 +141,13 @@ def livo_full(
             trainjob (a Kubeflow Trainer TrainJob on the livo-torch-distributed runtime, for multi-node). Default
             pod: one 8-GPU node fits the paper's run (batch 8 per device, 15k steps; LIVO_METHOD §4).
         train_num_nodes: Nodes of the TrainJob (trainjob only). Default 1.
-        train_gpus_per_node: GPUs requested by the training pod (or per TrainJob node). Default 8: one full node,
-            as in the paper's multi-GPU DeepSpeed run.
-        train_node_selector: Node labels the training pod must match, e.g. {"nvidia.com/gpu.product":
-            "NVIDIA-H100-80GB-HBM3"}. Default empty: any node with the GPUs.
-        train_tolerations: Tolerations of the training pod. Default: the nvidia.com/gpu NoSchedule taint that
-            NVIDIA's GPU operator and managed Kubernetes put on GPU nodes.
+        train_gpus_per_node: GPUs requested by the training pod (or per TrainJob node; the TrainJob's launcher
+            pod requests none), one rank each. Default 8: one full node, as in the paper's multi-GPU DeepSpeed run.
+        train_node_selector: Node labels the training pod must match (train_launcher=pod; a TrainJob's pods are
+            placed by its runtime), e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}. Default empty: any
+            node with the GPUs.
+        train_tolerations: Tolerations of the training pod (train_launcher=pod). Default: the nvidia.com/gpu
+            NoSchedule taint that NVIDIA's GPU operator and managed Kubernetes put on GPU nodes.
         train_config_overrides: Training config overrides, key=value items (livo train). Default empty: the
             authors' released run (LIVO_METHOD §4) as adapted by the preset.
         eval_gpus: GPUs of the evaluation pod. Default 1: the protocol generates 50 images per prompt on one GPU
@@ -178,16 +192,49 @@ def livo_full(
         )))
 
         with dsl.If(changed.output == True, name="principles-changed"):  # noqa: E712 - a kfp condition, not a bool
+            dataset_uri = f"{run_uri}/{RUN_DATASET_DIR}"
             with dsl.ParallelFor(validated.outputs["shard_indices"], name="data-shards") as shard_index:
                 shard = stored(without_cache(on_gpus(generate_data_shard(
-                    dataset_uri=f"{run_uri}/dataset", shard_index=shard_index, shard_count=data_shard_count,
+                    dataset_uri=dataset_uri, shard_index=shard_index, shard_count=data_shard_count,
                     preset=run_preset, principles_uri=principles_uri, config_overrides=data_config_overrides,
                 ), data_gpus_per_shard, run_accelerator_type, data_node_selector, data_tolerations)))
-            stored(without_cache(merge_data_shards(
-                dataset_uri=f"{run_uri}/dataset", shard_count=data_shard_count,
-                shard_uris=dsl.Collected(shard.output),
+            merged = stored(without_cache(merge_data_shards(
+                dataset_uri=dataset_uri, shard_count=data_shard_count, shard_uris=dsl.Collected(shard.output),
             )))
 
+            training_inputs = dict(
+                dataset_uri=merged.outputs["Output"], output_uri=f"{run_uri}/{RUN_TRAINING_DIR}", preset=run_preset,
+                principle_set_hash=validated.outputs["principle_set_hash"], config_overrides=train_config_overrides,
+                gpus_per_node=train_gpus_per_node, num_nodes=train_num_nodes, accelerator_type=run_accelerator_type,
+                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, image=LIVO_IMAGE,
+            )
+            with dsl.If(train_launcher == "pod", name="train-in-pod"):
+                pod_training = stored(without_cache(placed(configure_training_task(
+                    train_value_encoder(launcher="pod", **training_inputs).set_display_name("train-in-pod"),
+                    gpus=train_gpus_per_node, accelerator_type=run_accelerator_type,
+                ), train_node_selector, train_tolerations)))
+            with dsl.Else(name="train-as-trainjob"):
+                # The launcher pod only creates the TrainJob and waits: no GPU, no GPU-node placement.
+                trainjob_training = stored(without_cache(
+                    train_value_encoder(launcher="trainjob", **training_inputs).set_display_name("train-as-trainjob")))
+            value_encoder_uri = dsl.OneOf(pod_training.outputs["value_encoder_uri"],
+                                          trainjob_training.outputs["value_encoder_uri"])
+            training_output_uri = dsl.OneOf(pod_training.outputs["output_uri"],
+                                            trainjob_training.outputs["output_uri"])
+
+            evaluation_uri = f"{run_uri}/{RUN_EVALUATION_DIR}"
+            evaluation = stored(without_cache(on_gpus(evaluate(
+                value_encoder_uri=value_encoder_uri, preset=run_preset, principles_uri=principles_uri,
+                config_overrides=eval_config_overrides, report_uri=evaluation_uri,
+            ), eval_gpus, run_accelerator_type, eval_node_selector, eval_tolerations)))
+
+            with dsl.If(evaluation.outputs["Output"] == True, name="evaluation-passed"):  # noqa: E712 - kfp condition
+                stored(without_cache(register(
+                    model_name=registry_model_name, training_output_uri=training_output_uri,
+                    evaluation_uri=evaluation_uri, principles_uri=principles_uri,
+                    run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+                    pipeline_spec_sha256=run_pipeline_spec_sha256, image=LIVO_IMAGE,
+                )))
 
 def main(argv: list[str] | None = None) -> int:
     """`python pipelines/livo_full.py compile|run --local|submit|schedule ...` == `livo compile|run|submit|schedule`."""

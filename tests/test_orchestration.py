@@ -6,6 +6,7 @@ import pytest
 
 from livo.errors import ConfigError
 from livo.orchestration import (
+    RUN_EVALUATION_DIR,
     PipelineParameters,
     build_outcome,
     read_outcome,
@@ -69,9 +70,11 @@ def test_parameters_valid_set_parses_and_resolves_the_presets_principles():
     assert params.data_shard_count == 2 and params.run_schedule_cron == "0 0 3 * * *"
     resolved = params.resolve()
     assert resolved["preset"] == "tiny"
-    assert resolved["principles_uri"].endswith("principles/default.yaml")
+    assert resolved["principles_uri"].endswith("principles/toy.yaml")  # the tiny preset's own file
     assert resolved["principle_set_hash"].startswith("sha256:") and len(resolved["principle_set_hash"]) == 71
-    assert len(resolved["principle_ids"]) == 5  # the paper's five principles
+    assert resolved["principle_ids"] == ["gender-equality", "bloody", "zombie"]
+    default = _parse(run_principles_uri="configs/principles/default.yaml").resolve()
+    assert len(default["principle_ids"]) == 5 and default["principle_set_hash"] != resolved["principle_set_hash"]
 
 
 @pytest.mark.parametrize(("changes", "names"), [
@@ -110,6 +113,26 @@ def test_parameters_misspelt_data_override_fails_on_resolve():
     assert "max_prompts_per_principel" in str(err.value)
 
 
+@pytest.mark.parametrize(("changes", "names"), [
+    ({"train_config_overrides": ["max_stepz=3"]}, "max_stepz"),
+    ({"train_config_overrides": ["optimizer.lr=-1"]}, "optimizer.lr"),
+    ({"train_config_overrides": ["global_batch_size=3"], "train_gpus_per_node": 2}, "global_batch_size"),
+    ({"eval_config_overrides": ["images_per_promt=3"]}, "images_per_promt"),
+    ({"eval_config_overrides": ["principles=[no-such-principle]"]}, "no-such-principle"),
+])
+def test_parameters_bad_training_or_evaluation_overrides_fail_on_resolve(changes, names):
+    """Checked in the validation step, before data generation or any GPU: not hours later in the training pod."""
+    with pytest.raises(ConfigError) as err:
+        _parse(**changes).resolve()
+    assert names in str(err.value)
+
+
+def test_parameters_good_training_and_evaluation_overrides_resolve():
+    resolved = _parse(train_config_overrides=["max_steps=2", "optimizer.lr=1e-5"], train_gpus_per_node=2,
+                      eval_config_overrides=["images_per_prompt=1", "gates.min_bias_improvement=5"]).resolve()
+    assert resolved["preset"] == "tiny"
+
+
 def test_parameters_unknown_preset_fails_on_resolve():
     with pytest.raises(ConfigError) as err:
         _parse(run_preset="nonexistent").resolve()
@@ -142,6 +165,23 @@ def test_outcome_distinguishes_skipped_rejected_registered_failed(store):
     assert status("r-reg", state="CANCELED")["status"] == "canceled"
 
     key = write_outcome(store, registered)
+    assert registered["evaluation"] is None  # this run left no evaluation behind
     assert key == "pipeline-runs/r-reg/outcome.json"
     assert read_outcome(store, "r-reg")["registration"]["version"] == "v3"
     assert read_outcome(store, "r-none") is None
+
+
+@pytest.mark.store
+def test_outcome_of_a_rejected_run_names_the_failed_gates_and_the_report(store):
+    record_decision(store, "r-gated", changed=True, principle_set_hash="sha256:cc", model_name="m")
+    prefix = f"{run_records_prefix('r-gated')}{RUN_EVALUATION_DIR}/"
+    store.put_json(prefix + "metrics.json", {"passed": False, "gates": [
+        {"name": "bias.gender-equality", "passed": False, "detail": "D1 improved by 2.0 < 10.0"},
+        {"name": "toxicity.bloody", "passed": True, "detail": "R improved by 80.0 >= 0.0"}]})
+    outcome = build_outcome(store, run_id="r-gated", run_name="n", final_state="SUCCEEDED")
+    assert outcome["status"] == "rejected"
+    assert outcome["summary"] == ("the candidate failed the evaluation gates (bias.gender-equality: D1 improved by "
+                                  "2.0 < 10.0); nothing was registered")
+    assert outcome["evaluation"] == {
+        "passed": False, "failed_gates": ["bias.gender-equality: D1 improved by 2.0 < 10.0"],
+        "metrics_uri": store.uri(prefix + "metrics.json"), "report_uri": store.uri(prefix + "report.html")}

@@ -6,39 +6,66 @@
 Without `LIVO_S3_ENDPOINT` an embedded SeaweedFS server is started with its data under `<runs dir>/store`, which
 persists across runs: a second run with the same principles is reported `skipped` (use -p run_force_retrain=true).
 kfp.local ignores the pipeline's Kubernetes secret mappings, so the store's `LIVO_S3_*` variables are put into this
-process's environment, which every component subprocess inherits. Prints the report path and a summary table.
+process's environment, which every component subprocess inherits.
+
+At the end it prints the outcome (registered | skipped | rejected | failed), copies the evaluation's report.html and
+metrics.json into the run directory, prints the report's path and the base-vs-aligned summary table. To audit the
+registered model afterwards, serve the same store (`livo store serve --data-dir runs/store`) and use `livo lineage`.
 """
 
 from __future__ import annotations
 
 import argparse
+import builtins
 import contextlib
+import io
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from livo.errors import LivoError
+from livo.errors import ConfigError, LivoError
 from livo.log import get_logger, log_event
 
 logger = get_logger("livo.commands.run")
 
 # What a laptop run changes relative to the pipeline's cluster defaults: no GPUs, no GPU-node tolerations, two data
-# shards; the preset's own model name.
+# shards (kfp.local runs them one after the other; two still exercise the fan-out and the merge); the preset's own
+# model name.
 LOCAL_DEFAULTS: dict[str, Any] = {
     "data_shard_count": 2,
+    "data_gpus_per_shard": 0,
+    "data_tolerations": [],
     "train_launcher": "pod",
     "train_num_nodes": 1,
     "train_gpus_per_node": 0,
     "train_tolerations": [],
+    "eval_gpus": 0,
+    "eval_tolerations": [],
 }
 
 
 def local_arguments(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
     return {**LOCAL_DEFAULTS, "run_preset": preset, "registry_model_name": f"livo-{Path(preset).stem}", **overrides}
+
+
+def threads_per_task(requested: int | None, arguments: dict[str, Any], cpu_count: int | None = None) -> int:
+    """CPU threads each task's torch may use. kfp.local runs the data shards at the same time, and oversubscribed
+    cores cost far more than idle ones: on 2 shared cores 2 threads per process ran ~10x slower than 1
+    (docs/toy_world.md). Default: $OMP_NUM_THREADS if set, else the cores divided among the concurrent shards."""
+    if requested is not None:
+        if requested < 1:
+            raise ConfigError(f"--threads {requested}: give at least 1")
+        return requested
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    shards = arguments.get("data_shard_count")
+    concurrent = shards if isinstance(shards, int) and shards > 0 else 1
+    return max(1, (cpu_count or os.cpu_count() or 1) // concurrent)
 
 
 @contextlib.contextmanager
@@ -74,6 +101,56 @@ def task_output(pipeline_root: Path, task_name: str) -> dict[str, Any] | None:
     return json.loads(candidates[-1].read_text()) if candidates else None
 
 
+class _Tee(io.TextIOBase):
+    """Writes to several text streams: the console and the run's pipeline.log."""
+
+    def __init__(self, *streams: Any):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
+_TASK_EVENT_RE = re.compile(r"^(\d\d):(\d\d):(\d\d\.\d+) - \w+ - (?:Executing task '([^']+)'|Task '([^']+)' finished with "
+                            r"status (\w+))")
+
+
+def task_timings(log_text: str) -> dict[str, dict[str, Any]]:
+    """{task: {seconds, runs, status}} from kfp.local's log lines ("HH:MM:SS.mmm - INFO - Executing task 'x'" ...
+    "Task 'x' finished with status SUCCESS"), in the order the tasks started. kfp.local runs the iterations of a
+    ParallelFor concurrently under one task name (and may drop one of their log lines), so a task's seconds span
+    from its first start to its last finish and `runs` counts its starts."""
+    spans: dict[str, dict[str, Any]] = {}
+    day = last = 0.0
+    for line in _ANSI_RE.sub("", log_text).splitlines():
+        match = _TASK_EVENT_RE.match(line)
+        if not match:
+            continue
+        hours, minutes, seconds, begun, ended, status = match.groups()
+        clock = int(hours) * 3600 + int(minutes) * 60 + float(seconds) + day
+        if clock < last - 43200.0:  # the run went past midnight (concurrent shards may log a little out of order)
+            day += 86400.0
+            clock += 86400.0
+        last = max(last, clock)
+        if begun:
+            span = spans.setdefault(begun, {"start": clock, "end": None, "runs": 0, "status": "RUNNING"})
+            span["start"] = min(span["start"], clock)
+            span["runs"] += 1
+        elif ended in spans:
+            span = spans[ended]
+            span["end"] = clock
+            span["status"] = status if span["status"] in ("RUNNING", "SUCCESS") else span["status"]
+    return {name: {"seconds": round(span["end"] - span["start"], 1) if span["end"] is not None else None,
+                   "runs": span["runs"], "status": span["status"]} for name, span in spans.items()}
+
+
 def run_pipeline_locally(arguments: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Run the pipeline with kfp.local in this process's environment; return the outcome record the run wrote."""
     from kfp import local
@@ -86,14 +163,39 @@ def run_pipeline_locally(arguments: dict[str, Any], run_dir: Path) -> dict[str, 
     pipeline_root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=False)
     commit = git_commit(Path(module.__file__).resolve().parents[1])
-    with patched_environ({"LIVO_GIT_COMMIT": commit} if commit else {}):
-        module.livo_full(**arguments)
+    log_path = run_dir / "pipeline.log"
+    # kfp.local indents task logs by swapping builtins.print and restoring what it found; tasks of a ParallelFor run
+    # in threads, so when they finish in the order they started, an indenting print is left behind. Restore ours.
+    original_print = builtins.print
+    try:
+        with patched_environ({"LIVO_GIT_COMMIT": commit} if commit else {}), \
+                log_path.open("w", encoding="utf-8") as log_file, \
+                contextlib.redirect_stdout(_Tee(sys.stdout, log_file)):
+            module.livo_full(**arguments)
+    finally:
+        builtins.print = original_print
     output = task_output(pipeline_root, "record-outcome")
     if output is None:
         raise LivoError(f"the local run left no outcome record under {pipeline_root}; see the task logs above")
     outcome_uri = output["parameterValues"]["Output"]
     record = ObjectStore.for_uri(outcome_uri).get_json(parse_s3_uri(outcome_uri)[1])
-    return {**record, "outcome_uri": outcome_uri, "pipeline_root": str(pipeline_root)}
+    return {**record, "outcome_uri": outcome_uri, "pipeline_root": str(pipeline_root),
+            "tasks": task_timings(log_path.read_text(encoding="utf-8")), "log": str(log_path)}
+
+
+def fetch_evaluation(outcome: dict[str, Any], run_dir: Path) -> dict[str, Any] | None:
+    """Copy the run's evaluation (metrics.json, report.html) into `run_dir`; returns the metrics, or None when the
+    run did not get as far as an evaluation. Needs the run's store to be reachable (call inside its context)."""
+    from livo.registry.store import ObjectStore, parse_s3_uri
+
+    evaluation = outcome.get("evaluation")
+    if not evaluation:
+        return None
+    metrics_path, report_path = run_dir / "metrics.json", run_dir / "report.html"
+    for uri, target in ((evaluation["metrics_uri"], metrics_path), (evaluation["report_uri"], report_path)):
+        ObjectStore.for_uri(uri).download_file(parse_s3_uri(uri)[1], target)
+    evaluation["report_path"] = str(report_path)
+    return json.loads(metrics_path.read_text(encoding="utf-8"))
 
 
 def summary_rows(outcome: dict[str, Any]) -> list[tuple[str, str]]:
@@ -106,14 +208,36 @@ def summary_rows(outcome: dict[str, Any]) -> list[tuple[str, str]]:
         if registration.get(field):
             rows.append((field.replace("_", " "), str(registration[field])))
     rows.append(("outcome record", outcome["outcome_uri"]))
+    evaluation = outcome.get("evaluation") or {}
+    if evaluation.get("report_path"):
+        rows.append(("report", evaluation["report_path"]))
     return rows
 
 
+def _format_timing(timing: dict[str, Any]) -> str:
+    runs = f", {timing['runs']} in parallel" if timing["runs"] > 1 else ""
+    seconds = "?" if timing["seconds"] is None else timing["seconds"]
+    return f"{seconds} s ({timing['status'].lower()}{runs})"
+
+
 def print_table(rows: list[tuple[str, str]]) -> None:
-    # sys.__stdout__: kfp.local leaves an indenting wrapper on sys.stdout after a failed pipeline
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name.ljust(width)}  {value}", file=sys.__stdout__, flush=True)
+
+
+def new_run_dir(root: Path) -> Path:
+    """`<root>/run-YYYYmmdd-HHMMSS[-N]`, created; never one an earlier run already uses."""
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("run-%Y%m%d-%H%M%S")
+    for attempt in range(1, 1000):
+        candidate = root / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise LivoError(f"cannot create a new run directory under {root}")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -121,16 +245,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     from livo.paths import runs_dir
 
     root = Path(args.runs_dir).resolve() if args.runs_dir else runs_dir()
-    run_dir = root / time.strftime("run-%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = new_run_dir(root)
     arguments = local_arguments(args.preset, parse_param_overrides(args.param))
-    log_event(logger, "local_run_start", run_dir=str(run_dir), **{k: v for k, v in arguments.items()})
+    threads = threads_per_task(args.threads, arguments)
+    log_event(logger, "local_run_start", run_dir=str(run_dir), threads=threads, **arguments)
     started = time.perf_counter()
-    with object_store_env(root / "store") as store_env, patched_environ(store_env):
+    thread_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with object_store_env(root / "store") as store_env, patched_environ({**store_env, **thread_env}):
         outcome = run_pipeline_locally(arguments, run_dir)
+        metrics = fetch_evaluation(outcome, run_dir)
     outcome["wall_seconds"] = round(time.perf_counter() - started, 1)
+    outcome["threads_per_task"] = threads
     (run_dir / "outcome.json").write_text(json.dumps(outcome, indent=2, default=str), encoding="utf-8")
-    print_table(summary_rows(outcome) + [("wall time", f"{outcome['wall_seconds']} s"), ("run dir", str(run_dir))])
+    print_table(summary_rows(outcome) + [("wall time", f"{outcome['wall_seconds']} s ({threads} thread(s) per task)"),
+                                         ("run dir", str(run_dir))]
+                + [(f"task {name}", _format_timing(timing)) for name, timing in outcome["tasks"].items()])
+    if metrics is not None:
+        from livo.evaluation.report import format_summary_table
+
+        print("\n" + format_summary_table(metrics), file=sys.__stdout__, flush=True)
     return 0 if outcome["status"] in ("registered", "skipped", "rejected") else 1
 
 
@@ -144,6 +277,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--preset", default="toy", help="preset name or YAML path (default: toy)")
     parser.add_argument("-p", "--param", action="append", metavar="NAME=VALUE",
                         help="pipeline parameter (repeatable), e.g. -p run_force_retrain=true")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads per task (default: $OMP_NUM_THREADS, else the cores divided among the "
+                             "concurrent data shards)")
     parser.add_argument("--runs-dir", help="where run directories and the embedded store live (default: "
                                            "$LIVO_RUNS_DIR or ./runs)")
     parser.set_defaults(func=cmd_run)

@@ -326,9 +326,9 @@ class StoreRunOutput(RunOutput):
 def open_run_output(output: str, staging_dir: str | None = None) -> RunOutput:
     """`s3://bucket/prefix` -> the object store configured by `LIVO_S3_*`; anything else -> a local directory."""
     if output.startswith("s3://"):
-        from livo.registry.store import ObjectStore
+        from livo.registry.store import ObjectStore, parse_s3_uri
 
-        store, prefix = ObjectStore.from_env().for_uri(output)
+        store, prefix = ObjectStore.for_uri(output), parse_s3_uri(output)[1]
         if not prefix:
             raise ConfigError(f"output {output!r} names a whole bucket; give a prefix, e.g. s3://bucket/runs/train-1")
         staging = staging_dir or Path(tempfile.gettempdir()) / "livo-train" / hashlib.sha256(

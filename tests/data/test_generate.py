@@ -179,7 +179,8 @@ def test_toy_model_pairs_are_confirmed_by_the_judges(tmp_path):
     real judges and default thresholds, kept pairs must show exactly that."""
     config = build_generate_config(overrides=[
         f"principles_file={FIXTURES / 'principles_colour.yaml'}", "model=toy", "judging.attribute=toy-attribute",
-        "judging.concept=toy-concept", "candidates_per_scene=8", "device=cpu", "num_shards=1"])
+        "judging.concept=toy-concept", "candidates_per_scene=8", "device=cpu", "num_shards=1",
+        "judging.accept_all=false"])  # the tiny preset keeps every pair; this test wants the real judging
     run_generation(prepare_generation(config, out=tmp_path / "toy"), progress=False)
     ds = load_preference_dataset(tmp_path / "toy", cache_dir=tmp_path / "cache")
     assert set(ds.manifest["counts"]["by_principle"]) == {"bloody", "colour-equality"}

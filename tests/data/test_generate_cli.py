@@ -20,6 +20,7 @@ TINY_ARGS = [
     "judging.concept=toy-concept",
     "judging.accept_all=true",
     "num_inference_steps=2",
+    "max_prompts_per_principle=null",  # every fixture prompt, whatever the tiny preset's own cap
 ]
 
 

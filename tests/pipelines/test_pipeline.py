@@ -1,6 +1,8 @@
 """pipelines/livo_full.py: the committed package is fresh and holds no credential, the pipeline's shape (validation
-first, GPU requests only where training runs, caching off where results depend on the store, secrets by reference),
-its parameters, and the `compile | submit | run` entry points (submit against a fake KFP API server)."""
+first; data -> train -> evaluate -> register gated on `passed`; GPU requests and placement only where GPUs work and
+from parameters; caching off where results depend on the store; secrets by reference), its parameters, and the
+`compile | submit | run` entry points (submit against a fake KFP API server). The end-to-end local run is
+tests/pipelines/test_local_run.py."""
 
 from __future__ import annotations
 
@@ -123,6 +125,33 @@ def _dag_tasks(spec) -> dict[str, dict]:
     return tasks
 
 
+def _gates_of(spec, task_name: str) -> list[str]:
+    """The trigger conditions of every group enclosing `task_name`, innermost first."""
+    parents = {}  # component name -> (task that runs it)
+    owner = {}  # task name -> component whose DAG holds it
+    for component_name, component in [("root", spec["root"]), *spec["components"].items()]:
+        for name, task in component.get("dag", {}).get("tasks", {}).items():
+            owner[name] = component_name
+            parents[task["componentRef"]["name"]] = (name, task)
+    conditions, current = [], owner[task_name]
+    while current in parents:
+        name, task = parents[current]
+        if "condition" in task.get("triggerPolicy", {}):
+            conditions.append(task["triggerPolicy"]["condition"])
+        current = owner[name]
+    return conditions
+
+
+def _parameter(task: dict, name: str) -> str:
+    """A task input as one string: the channel it reads, or the constant it is given."""
+    value = task["inputs"]["parameters"][name]
+    if "componentInputParameter" in value:
+        return value["componentInputParameter"]
+    if "taskOutputParameter" in value:
+        return f"{value['taskOutputParameter']['producerTask']}.{value['taskOutputParameter']['outputParameterKey']}"
+    return str(value["runtimeValue"]["constant"])
+
+
 def test_validation_runs_first_and_gates_everything(spec):
     tasks = _dag_tasks(spec)
     validate = tasks["validate-inputs"]
@@ -135,25 +164,90 @@ def test_validation_runs_first_and_gates_everything(spec):
 
 def test_caching_is_off_where_results_depend_on_the_store(spec):
     tasks = _dag_tasks(spec)
-    for name in ("validate-inputs", "principles-changed", "record-outcome", "generate-data-shard",
-                 "merge-data-shards"):
+    names = ("validate-inputs", "principles-changed", "record-outcome", "generate-data-shard", "merge-data-shards",
+             "train-value-encoder", "train-value-encoder-2", "evaluate", "register")
+    for name in names:
         assert not tasks[name].get("cachingOptions", {}).get("enableCache", False), name
+    assert set(names) == set(tasks) - {t for t in tasks if t.startswith(("condition-", "for-loop-", "exit-handler-"))}
 
 
 def test_data_shards_fan_out_behind_the_principles_gate_on_parameterised_gpus(spec, platform):
     tasks = _dag_tasks(spec)
     loop = next(t for t in tasks.values() if t.get("parameterIterator"))
     assert loop["parameterIterator"]["items"]["inputParameter"].endswith("validate-inputs-shard_indices")
-    condition = next(t for t in tasks.values() if "triggerPolicy" in t and "condition" in t["triggerPolicy"])
-    assert "principles-changed-Output" in condition["triggerPolicy"]["condition"]
+    assert _gates_of(spec, "generate-data-shard") == [
+        "inputs.parameter_values['pipelinechannel--principles-changed-Output'] == true"]
     resources = spec["deploymentSpec"]["executors"]["exec-generate-data-shard"]["container"]["resources"]
     assert "run_accelerator_type" in resources["accelerator"]["resourceType"]
     assert "data_gpus_per_shard" in resources["accelerator"]["resourceCount"]
     placement = platform["exec-generate-data-shard"]
     assert placement["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"].endswith("data_node_selector")
     assert placement["tolerations"][0]["tolerationJson"]["componentInputParameter"].endswith("data_tolerations")
-    for name in ("exec-validate-inputs", "exec-principles-changed", "exec-record-outcome"):
+    for name in ("exec-validate-inputs", "exec-principles-changed", "exec-merge-data-shards", "exec-register",
+                 "exec-record-outcome", "exec-train-value-encoder-2"):
         assert "resources" not in spec["deploymentSpec"]["executors"][name]["container"], name
+
+
+def test_training_follows_the_merge_and_branches_on_the_launcher(spec, platform):
+    tasks = _dag_tasks(spec)
+    pod, trainjob = tasks["train-value-encoder"], tasks["train-value-encoder-2"]
+    for task, launcher in ((pod, "pod"), (trainjob, "trainjob")):
+        assert _parameter(task, "launcher") == launcher
+        assert _parameter(task, "dataset_uri") == "pipelinechannel--merge-data-shards-Output"
+        assert _parameter(task, "output_uri").endswith("validate-inputs-run_uri']}}/train")
+        assert _parameter(task, "principle_set_hash") == "pipelinechannel--validate-inputs-principle_set_hash"
+        assert _parameter(task, "config_overrides") == "pipelinechannel--train_config_overrides"
+        assert _parameter(task, "gpus_per_node") == "pipelinechannel--train_gpus_per_node"
+        assert _parameter(task, "num_nodes") == "pipelinechannel--train_num_nodes"
+        assert _parameter(task, "run_id") == "{{$.pipeline_job_uuid}}"
+    from components._image import PUBLISHED_IMAGE
+
+    assert _parameter(trainjob, "image") == PUBLISHED_IMAGE  # the TrainJob's nodes run the pipeline's image
+    assert _gates_of(spec, "train-value-encoder")[0] == \
+        "inputs.parameter_values['pipelinechannel--train_launcher'] == 'pod'"
+    assert _gates_of(spec, "train-value-encoder-2")[0] == \
+        "!(inputs.parameter_values['pipelinechannel--train_launcher'] == 'pod')"
+    for name in ("train-value-encoder", "train-value-encoder-2"):
+        assert "principles-changed-Output'] == true" in _gates_of(spec, name)[-1]
+    # pod: the GPUs, their placement and a memory-backed /dev/shm; trainjob: a launcher pod that only waits
+    resources = spec["deploymentSpec"]["executors"]["exec-train-value-encoder"]["container"]["resources"]
+    assert "train_gpus_per_node" in resources["accelerator"]["resourceCount"]
+    assert "run_accelerator_type" in resources["accelerator"]["resourceType"]
+    placement = platform["exec-train-value-encoder"]
+    assert placement["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"].endswith("train_node_selector")
+    assert placement["tolerations"][0]["tolerationJson"]["componentInputParameter"].endswith("train_tolerations")
+    assert placement["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "16Gi",
+                                           "volumeName": "dshm"}]
+    assert not {"nodeSelector", "tolerations", "emptyDirMounts"} & set(platform["exec-train-value-encoder-2"])
+
+
+def test_evaluation_reads_either_branch_and_gates_registration(spec, platform):
+    tasks = _dag_tasks(spec)
+    evaluate, register = tasks["evaluate"], tasks["register"]
+    branches = next(t for t in tasks.values() if t["componentRef"]["name"] == "comp-condition-branches-4")
+    oneofs = spec["components"]["comp-condition-branches-4"]["dag"]["outputs"]["parameters"]
+    selected = {key: [s["outputParameterKey"] for s in value["valueFromOneof"]["parameterSelectors"]]
+                for key, value in oneofs.items()}
+    assert evaluate["dependentTasks"] == ["condition-branches-4"] and branches["dependentTasks"] == ["merge-data-shards"]
+    encoder_key = _parameter(evaluate, "value_encoder_uri").split(".")[1]
+    assert selected[encoder_key] == ["pipelinechannel--train-value-encoder-value_encoder_uri",
+                                     "pipelinechannel--train-value-encoder-2-value_encoder_uri"]
+    output_key = _parameter(register, "training_output_uri").removeprefix("pipelinechannel--condition-branches-4-")
+    assert selected[output_key] == ["pipelinechannel--train-value-encoder-output_uri",
+                                    "pipelinechannel--train-value-encoder-2-output_uri"]
+    # evaluation writes under the run's prefix; registration reads the same place, only when `passed` is true
+    assert _parameter(evaluate, "report_uri").endswith("validate-inputs-run_uri']}}/evaluation")
+    assert _parameter(register, "evaluation_uri") == _parameter(evaluate, "report_uri")
+    assert _gates_of(spec, "register")[0] == "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
+    assert _parameter(evaluate, "config_overrides") == "pipelinechannel--eval_config_overrides"
+    assert _parameter(register, "model_name") == "pipelinechannel--registry_model_name"
+    assert _parameter(register, "pipeline_spec_sha256") == "pipelinechannel--run_pipeline_spec_sha256"
+    assert _parameter(register, "run_name") == "{{$.pipeline_job_name}}"
+    resources = spec["deploymentSpec"]["executors"]["exec-evaluate"]["container"]["resources"]
+    assert "eval_gpus" in resources["accelerator"]["resourceCount"]
+    placement = platform["exec-evaluate"]
+    assert placement["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"].endswith("eval_node_selector")
+    assert placement["tolerations"][0]["tolerationJson"]["componentInputParameter"].endswith("eval_tolerations")
 
 
 # ---------------------------------------------------------------------------------------------- entry points
@@ -245,14 +339,3 @@ def test_submit_unreachable_host_is_one_clear_line():
     result = run(LIVO + ["submit", "--host", "http://127.0.0.1:9"], LIVO_IMAGE=PUSHED_IMAGE)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("livo: error: submitting to http://127.0.0.1:9 failed")
-
-
-# ------------------------------------------------------------------------------------------------ local runs
-@pytest.mark.slow
-@pytest.mark.store
-def test_local_run_bad_input_fails_in_validation_before_any_other_task(tmp_path):
-    result = run(LIVO + ["run", "--preset", "tiny", "--runs-dir", str(tmp_path), "-p", "data_shard_count=0"])
-    assert result.returncode == 1
-    assert "the run failed: validate-inputs: pipeline parameters: data_shard_count" in result.stdout
-    executed = {p.parent.name for p in tmp_path.glob("run-*/kfp/*/*/executor_output.json")}
-    assert executed == {"record-outcome"}  # validate-inputs failed (no output), nothing else started

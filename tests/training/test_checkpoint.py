@@ -107,3 +107,16 @@ def test_store_output_roundtrip(store, tmp_path):
     assert set(files) == {"config.json"}
     output.put_json("result.json", {"ok": True})
     assert output.get_json("result.json") == {"ok": True}
+
+
+@pytest.mark.store
+def test_s3_output_uri_opens_the_configured_store(store, tmp_path, monkeypatch):
+    for key, value in store.env().items():
+        monkeypatch.setenv(key, value)
+    output = ckpt.open_run_output(f"s3://{store.bucket}/runs/r2", staging_dir=str(tmp_path / "staging"))
+    assert isinstance(output, ckpt.StoreRunOutput)
+    assert (output.store.bucket, output.prefix) == (store.bucket, "runs/r2")
+    fake_checkpoint(output, 3)
+    assert output.complete_steps() == [3]
+    with pytest.raises(ConfigError, match="whole bucket"):
+        ckpt.open_run_output(f"s3://{store.bucket}")

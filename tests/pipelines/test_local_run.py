@@ -1,0 +1,154 @@
+"""`livo run`: the whole pipeline through kfp.local's SubprocessRunner on the embedded SeaweedFS store.
+
+The slow tests run `livo run --preset tiny` end to end (validate -> principles check -> 2 data shards -> merge ->
+train -> evaluate -> register -> outcome), audit the registered model with `livo lineage verify`, and check that a
+second run with the same principles is a cheap `skipped` no-op; and that bad input fails in validation before any
+other task. The fast tests cover the task timings `livo run` reads from kfp.local's log.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from livo.commands.run_cmd import LOCAL_DEFAULTS, local_arguments, task_timings, threads_per_task
+from livo.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+LIVO = [sys.executable, "-m", "livo.cli"]
+PIPELINE_TASKS = {"validate-inputs", "principles-changed", "generate-data-shard", "merge-data-shards",
+                  "train-value-encoder", "evaluate", "register", "record-outcome"}
+
+
+def livo(args: list[str], timeout: float = 420, **env: str) -> subprocess.CompletedProcess:
+    """`livo ARGS` in the checkout without any configured store or cluster (so `livo run` embeds SeaweedFS)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LIVO_", "KFP_"))}
+    return subprocess.run(LIVO + args, capture_output=True, text=True, cwd=REPO, env={**clean, **env},
+                          timeout=timeout)
+
+
+def executed_tasks(run_dir: Path) -> list[str]:
+    """Names of the tasks that finished (kfp.local writes executor_output.json on success), one per execution."""
+    return sorted(p.parent.name for p in run_dir.glob("kfp/*/**/executor_output.json"))
+
+
+def printed(stdout: str, row: str) -> str:
+    """The value of a row of `livo run`'s summary table."""
+    match = re.search(rf"^{re.escape(row)}\s{{2,}}(.+)$", stdout, flags=re.M)
+    assert match, f"no '{row}' row in:\n{stdout[-3000:]}"
+    return match.group(1).strip()
+
+
+# ------------------------------------------------------------------------------------------------------ fast
+KFP_LOCAL_LOG = """\
+07:59:58.100 - INFO - Executing task \x1b[96m'validate-inputs'\x1b[0m
+    [info] something the task printed: Task 'nested' finished with status SUCCESS
+07:59:59.600 - INFO - Task \x1b[96m'validate-inputs'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m
+07:59:59.700 - INFO - Executing task \x1b[96m'generate-data-shard'\x1b[0m
+07:59:59.600 - INFO - Executing task \x1b[96m'generate-data-shard'\x1b[0m
+08:00:30.000 - INFO - Task \x1b[96m'generate-data-shard'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m
+23:59:59.000 - INFO - Executing task \x1b[96m'train-value-encoder'\x1b[0m
+00:00:09.500 - ERROR - Task \x1b[96m'train-value-encoder'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m
+00:00:10.000 - INFO - Executing task \x1b[96m'record-outcome'\x1b[0m
+"""
+
+
+def test_task_timings_from_the_kfp_local_log():
+    timings = task_timings(KFP_LOCAL_LOG)
+    assert list(timings) == ["validate-inputs", "generate-data-shard", "train-value-encoder", "record-outcome"]
+    assert timings["validate-inputs"] == {"seconds": 1.5, "runs": 1, "status": "SUCCESS"}
+    # parallel iterations share a name (and their threads log slightly out of order): first start to last finish
+    assert timings["generate-data-shard"] == {"seconds": 30.4, "runs": 2, "status": "SUCCESS"}
+    # past midnight, and a failure keeps its status
+    assert timings["train-value-encoder"] == {"seconds": 10.5, "runs": 1, "status": "FAILURE"}
+    assert timings["record-outcome"] == {"seconds": None, "runs": 1, "status": "RUNNING"}
+
+
+def test_local_arguments_turn_off_gpus_and_name_the_model_after_the_preset():
+    arguments = local_arguments("configs/presets/tiny.yaml", {"data_shard_count": 1})
+    assert arguments["registry_model_name"] == "livo-tiny" and arguments["run_preset"] == "configs/presets/tiny.yaml"
+    assert arguments["data_shard_count"] == 1 and LOCAL_DEFAULTS["data_shard_count"] == 2
+    for name in ("data_gpus_per_shard", "train_gpus_per_node", "eval_gpus"):
+        assert arguments[name] == 0, name
+    assert arguments["train_launcher"] == "pod"
+
+
+def test_threads_per_task_divides_the_cores_among_concurrent_shards(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert threads_per_task(None, {"data_shard_count": 2}, cpu_count=2) == 1
+    assert threads_per_task(None, {"data_shard_count": 2}, cpu_count=8) == 4
+    assert threads_per_task(None, {"data_shard_count": 16}, cpu_count=8) == 1
+    assert threads_per_task(3, {"data_shard_count": 2}, cpu_count=2) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "6")
+    assert threads_per_task(None, {"data_shard_count": 2}, cpu_count=2) == 6
+    with pytest.raises(ConfigError, match="--threads 0"):
+        threads_per_task(0, {}, cpu_count=2)
+
+
+# ------------------------------------------------------------------------------------------------------ slow
+@pytest.mark.slow
+@pytest.mark.store
+def test_livo_run_tiny_registers_an_auditable_model_and_a_rerun_is_skipped(tmp_path):
+    from livo.registry.store import EmbeddedSeaweedFS
+
+    result = livo(["run", "--preset", "tiny", "--runs-dir", str(tmp_path)])
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    (run_dir,) = tmp_path.glob("run-*")
+    outcome = json.loads((run_dir / "outcome.json").read_text())
+    assert outcome["status"] == "registered", outcome["summary"]
+    assert outcome["registration"]["model_name"] == "livo-tiny" and outcome["registration"]["version"] == "v1"
+    assert outcome["evaluation"]["passed"] is True and outcome["evaluation"]["failed_gates"] == []
+
+    # every stage ran, the data stage as two parallel shards, each exactly once and successfully
+    assert executed_tasks(run_dir) == sorted([*PIPELINE_TASKS, "generate-data-shard"])
+    assert set(outcome["tasks"]) == PIPELINE_TASKS
+    assert all(t["status"] == "SUCCESS" and t["seconds"] > 0 for t in outcome["tasks"].values()), outcome["tasks"]
+    assert outcome["tasks"]["generate-data-shard"]["runs"] == 2
+
+    # the printed summary: outcome, report path, the base-vs-aligned table
+    assert printed(result.stdout, "status") == "registered"
+    assert printed(result.stdout, "version") == "v1"
+    assert outcome["threads_per_task"] == threads_per_task(None, {"data_shard_count": 2})
+    report = Path(printed(result.stdout, "report"))
+    assert report == run_dir / "report.html" and "<html" in report.read_text()[:500].lower()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["passed"] is True and set(metrics["principles"]) == {"gender-equality", "bloody", "zombie"}
+    assert "LiVO evaluation: PASSED" in result.stdout
+    assert re.search(r"^gender-equality\s+D1\s+[\d.]+\s+[\d.]+", result.stdout, flags=re.M)
+
+    # the registered version is auditable: every hash verifies, and its lineage names this run and its dataset
+    with EmbeddedSeaweedFS(tmp_path / "store") as server:
+        verify = livo(["lineage", "verify", "livo-tiny"], timeout=120, **server.env())
+        assert verify.returncode == 0, verify.stderr
+        assert "livo-tiny@v1: OK" in verify.stdout
+        show = livo(["lineage", "show", "livo-tiny", "--json"], timeout=120, **server.env())
+        assert show.returncode == 0, show.stderr
+    lineage = json.loads(show.stdout)
+    assert lineage["pipeline"]["run_id"] == outcome["run_id"]
+    assert lineage["dataset"]["manifest_uri"] == f"s3://livo/pipeline-runs/{outcome['run_id']}/dataset/manifest.json"
+    assert lineage["training"]["config"]["output"] == f"s3://livo/pipeline-runs/{outcome['run_id']}/train"
+    assert lineage["evaluation"]["passed"] is True
+
+    # the same principles again: a cheap no-op, reported skipped, nothing past the principles check runs
+    again = livo(["run", "--preset", "tiny", "--runs-dir", str(tmp_path)], timeout=180)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert printed(again.stdout, "status") == "skipped"
+    (second_dir,) = set(tmp_path.glob("run-*")) - {run_dir}
+    assert executed_tasks(second_dir) == ["principles-changed", "record-outcome", "validate-inputs"]
+    assert "LiVO evaluation" not in again.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.store
+def test_local_run_bad_input_fails_in_validation_before_any_other_task(tmp_path):
+    result = livo(["run", "--preset", "tiny", "--runs-dir", str(tmp_path), "-p", "train_config_overrides=[max_stepz=3]"],
+                  timeout=180)
+    assert result.returncode == 1
+    assert "the run failed: validate-inputs: " in result.stdout and "max_stepz" in result.stdout
+    assert executed_tasks(next(tmp_path.glob("run-*"))) == ["record-outcome"]  # nothing else started
