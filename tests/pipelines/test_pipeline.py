@@ -6,17 +6,15 @@ tests/pipelines/test_local_run.py."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
+from fake_rest import FakeRestServer
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "pipelines" / "livo_full.yaml"
@@ -279,41 +277,26 @@ def test_submit_checks_parameters_before_contacting_kfp(param, message):
     assert message in result.stderr
 
 
-class _FakeKfpApi(BaseHTTPRequestHandler):
-    requests: list[tuple[str, str, dict]] = []
+class _FakeKfpRunsApi(FakeRestServer):
+    """The two endpoints `livo submit` calls: create an experiment, create a run."""
 
-    def _reply(self, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+    def __init__(self):
+        super().__init__()
+        self.requests: list[tuple[str, str, dict]] = []
 
-    def do_GET(self):  # noqa: N802
-        self.requests.append(("GET", self.path, {}))
-        self._reply({})
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-        self.requests.append(("POST", self.path, body))
-        if self.path.endswith("/experiments"):
-            self._reply({"experiment_id": "exp-1", "display_name": body.get("display_name")})
-        else:
-            self._reply({"run_id": "run-42", "display_name": body.get("display_name")})
-
-    def log_message(self, *args):
-        pass
+    def route(self, method, path, query, body):
+        self.requests.append((method, path, body or {}))
+        if method == "POST" and path.endswith("/experiments"):
+            return 200, {"experiment_id": "exp-1", "display_name": body.get("display_name")}
+        if method == "POST":
+            return 200, {"run_id": "run-42", "display_name": body.get("display_name")}
+        return 200, {}
 
 
 @pytest.fixture
 def fake_kfp():
-    _FakeKfpApi.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKfpApi)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", _FakeKfpApi.requests
-    server.shutdown()
+    with _FakeKfpRunsApi() as server:
+        yield server.url, server.requests
 
 
 def test_submit_creates_a_run_with_the_parameters_and_spec_hash(fake_kfp):

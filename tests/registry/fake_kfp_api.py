@@ -6,16 +6,18 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+
+from fake_rest import FakeRestServer
 
 API = "/apis/v2beta1"
 
 
-class FakeKfpApi:
+class FakeKfpApi(FakeRestServer):
+    unauthorized = (401, {"error": "unauthenticated", "code": 16})
+
     def __init__(self, required_token: str | None = None):
-        self.required_token = required_token
+        super().__init__(required_token)
         self.pipelines: dict[str, dict[str, Any]] = {}
         self.experiments: dict[str, dict[str, Any]] = {}
         self.recurring_runs: dict[str, dict[str, Any]] = {}
@@ -23,25 +25,11 @@ class FakeKfpApi:
         self.requests: list[tuple[str, str, dict[str, str], Any]] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
 
     def add_pipeline(self, name: str) -> str:
         pipeline_id = f"pipeline-{next(self._ids)}"
         self.pipelines[pipeline_id] = {"pipeline_id": pipeline_id, "name": name, "display_name": name}
         return pipeline_id
-
-    def __enter__(self) -> FakeKfpApi:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
     def route(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
         with self._lock:
@@ -79,43 +67,6 @@ class FakeKfpApi:
                 self.recurring_runs.pop(path.rsplit("/", 1)[1], None)
                 return 200, {}
             return 404, {"error": f"fake KFP has no route {method} {path}", "code": 5}
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _respond(self, method: str) -> None:
-                parsed = urlparse(self.path)
-                query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                body: Any = raw
-                if raw and "json" in (self.headers.get("Content-Type") or ""):
-                    body = json.loads(raw)
-                if fake.required_token and self.headers.get("Authorization") != f"Bearer {fake.required_token}":
-                    status, payload = 401, {"error": "unauthenticated", "code": 16}
-                else:
-                    status, payload = fake.route(method, parsed.path, query, body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:  # noqa: N802
-                self._respond("GET")
-
-            def do_POST(self) -> None:  # noqa: N802
-                self._respond("POST")
-
-            def do_DELETE(self) -> None:  # noqa: N802
-                self._respond("DELETE")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        return Handler
 
 
 def _filter_value(raw: str | None) -> str | None:

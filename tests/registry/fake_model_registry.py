@@ -6,19 +6,20 @@ ids and timestamps the way the real server does, answers 404 with the server's e
 from __future__ import annotations
 
 import itertools
-import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+
+from fake_rest import FakeRestServer
 
 API = "/api/model_registry/v1"
 
 
-class FakeModelRegistry:
+class FakeModelRegistry(FakeRestServer):
+    unauthorized = (401, {"code": "401", "message": "unauthorized"})
+
     def __init__(self, required_token: str | None = None):
-        self.required_token = required_token
+        super().__init__(required_token)
         self.registered_models: dict[str, dict[str, Any]] = {}
         self.model_versions: dict[str, dict[str, Any]] = {}
         self.artifacts: dict[str, dict[str, Any]] = {}
@@ -26,20 +27,6 @@ class FakeModelRegistry:
         self.requests: list[tuple[str, str, Any]] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def __enter__(self) -> FakeModelRegistry:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
     # ------------------------------------------------------------------------------------------------ storage
     def _new(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -88,40 +75,6 @@ class FakeModelRegistry:
                          and self.artifact_parent[i] == query.get("parentResourceId")]
                 return (200, found[0]) if found else _not_found("model artifact")
             return 404, {"code": "404", "message": f"fake registry has no route {method} {path}"}
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _respond(self, method: str) -> None:
-                parsed = urlparse(self.path)
-                query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length)) if length else None
-                if fake.required_token and self.headers.get("Authorization") != f"Bearer {fake.required_token}":
-                    status, payload = 401, {"code": "401", "message": "unauthorized"}
-                else:
-                    status, payload = fake.route(method, parsed.path, query, body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:  # noqa: N802
-                self._respond("GET")
-
-            def do_POST(self) -> None:  # noqa: N802
-                self._respond("POST")
-
-            def do_PATCH(self) -> None:  # noqa: N802
-                self._respond("PATCH")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        return Handler
 
 
 def _not_found(what: str) -> tuple[int, dict[str, str]]:
