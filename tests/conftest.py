@@ -3,10 +3,12 @@
 `seaweed_store`: one embedded SeaweedFS server for the whole session (started on first use), as an ObjectStore.
 `store`: a fresh, empty bucket on that server for one test. Neither sets environment variables; a test that needs
 `LIVO_S3_*` in a subprocess takes them from `store.env()`.
+Every test also gets back the `print` and torch thread count it started with (see `_isolate_process_state`).
 """
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Iterator
 
@@ -31,3 +33,17 @@ def store(seaweed_store: ObjectStore) -> ObjectStore:
     fresh = seaweed_store.for_bucket(f"t-{uuid.uuid4().hex[:16]}")
     fresh.ensure_bucket()
     return fresh
+
+
+@pytest.fixture(autouse=True)
+def _isolate_process_state() -> Iterator[None]:
+    """Undo process-wide state a test may leave behind: kfp.local swaps `builtins.print` to indent task logs and, when
+    ParallelFor tasks finish in start order, leaves its indenting print installed; tests that pin torch threads for
+    speed must not change the numerics of the tests after them."""
+    import torch
+
+    original_print, threads = builtins.print, torch.get_num_threads()
+    yield
+    builtins.print = original_print
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
