@@ -236,7 +236,7 @@ class GenerationSummary:
     shard_count: int
     shards_generated: list[int] = field(default_factory=list)
     shards_skipped: list[int] = field(default_factory=list)
-    rows: int = 0
+    rows: int = 0  # rows written by this run; the whole dataset's once the manifest is written
     images_generated: int = 0
     generation_seconds: float = 0.0  # inside pipeline calls
     judge_seconds: float = 0.0  # inside judge calls (overlapped with generation, on a helper thread)
@@ -350,6 +350,7 @@ def run_generation(plan: GenerationPlan, *, shard_indices: Sequence[int] | None 
                         stats=stats, metadata=metadata)
             summary.write_seconds += time.perf_counter() - write_started
             summary.shards_generated.append(index)
+            summary.rows += len(rows)  # the manifest's total replaces this once every shard is committed
             if on_shard_written is not None:
                 on_shard_written(index)
     finally:

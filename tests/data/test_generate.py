@@ -151,6 +151,10 @@ def test_tiny_into_the_object_store(store, tmp_path, tiny_pipe):
     summary = run_generation(prepare_generation(tiny_config("num_shards=2"), out=uri, store=store), pipe=tiny_pipe,
                              progress=False)
     assert summary.manifest is not None and summary.rows == 10  # 5 scenes × 2 pairs
+    # a shard task (no merge) reports the rows it wrote, not 0
+    again = prepare_generation(tiny_config("num_shards=2"), out=store.uri("datasets/tiny/shard-only"), store=store)
+    shard = run_generation(again, shard_indices=[0], merge=False, pipe=tiny_pipe, progress=False)
+    assert shard.manifest is None and 0 < shard.rows < 10
     assert store.exists("datasets/tiny/e2e/manifest.json")
     assert sorted(k.rsplit("/", 1)[1] for k in store.list("datasets/tiny/e2e")) == [
         "data.parquet", "data.parquet", "manifest.json", "shard.json", "shard.json"]
