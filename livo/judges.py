@@ -36,9 +36,6 @@ class Judge(ABC):  # noqa: B024 - the two judge kinds below hold the abstract me
     id: str = "judge"
     kind: str = "attribute"  # "attribute" | "concept"
 
-    def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "kind": self.kind}
-
 
 class AttributeJudge(Judge):
     kind = "attribute"

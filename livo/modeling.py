@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +161,6 @@ class LiVOGeneration:
     principles: list[str | None]
     seeds: list[int]
     used_value_token: list[bool]
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def value_token_mask(num_images: int, dropout: float, seed: int, prompt_index: int = 0) -> list[bool]:

@@ -212,3 +212,12 @@ def test_principle_without_value_encoder_is_a_clear_error(tiny_pipe):
 def test_clip_text_model_is_what_we_save(tiny_pipe, tmp_path):
     ValueEncoder.from_text_encoder(tiny_pipe.text_encoder).save_pretrained(tmp_path)
     assert isinstance(CLIPTextModel.from_pretrained(tmp_path, use_safetensors=True), CLIPTextModel)
+
+
+def test_from_pretrained_assembles_base_and_value_encoder(tiny_pipe, tmp_path):
+    encoder = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder)
+    encoder.save_pretrained(tmp_path / "ve")
+    pipe = LiVOPipeline.from_pretrained("tiny", tmp_path / "ve")
+    out = pipe.generate(["a doctor"], "gender equality", num_images_per_prompt=2, num_inference_steps=2)
+    assert out.used_value_token == [True, True] and [im.size for im in out.images] == [(32, 32)] * 2
+    assert LiVOPipeline.from_pretrained("tiny", None).value_encoder is None
