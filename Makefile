@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS ?= all,nudity,bench,dev
 
-.PHONY: venv system-deps test test-fast demo lint clean
+.PHONY: venv system-deps test test-fast demo lint clean images images-push locks
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,3 +43,22 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
+
+# Container images (images/). Tags: $(IMAGE_REPO):<pyproject version>-cuda and -cpu. Needs Docker with buildx;
+# images-push prints each pushed `repo@sha256:...` (compile the pipeline with `livo compile --image <that>`).
+IMAGE_REPO     ?= ghcr.io/livo-mlops/livo
+IMAGE_VERSION  ?=
+IMAGE_PLATFORM ?= linux/amd64
+GIT_COMMIT     ?= $(shell git rev-parse HEAD 2>/dev/null)
+IMAGE_ARGS = --repo "$(IMAGE_REPO)" --git-commit "$(GIT_COMMIT)" --platform "$(IMAGE_PLATFORM)" \
+	$(if $(IMAGE_VERSION),--version "$(IMAGE_VERSION)")
+
+images:
+	@python3 images/build.py load $(IMAGE_ARGS)
+
+images-push:
+	@python3 images/build.py push $(IMAGE_ARGS)
+
+# Hash-pinned dependency locks the Dockerfiles install (regenerate after changing constraints.txt or the extras).
+locks: $(STAMP)
+	UV=$(BIN)/uv sh images/lock.sh

@@ -13,9 +13,13 @@ Rules (each violation is printed as `FILE:LINE: rule: detail`; exit status 1 whe
 - no-secrets:       no ENV/ARG whose name looks like a credential carries a value, no literal cloud keys, and no
                     credential files (.env, keys, .netrc, .aws, .ssh) are copied in;
 - no-remote-add:    ADD never fetches a URL (unverified download; use a pinned package instead);
+- python-311:       every base image is python:3.11 (the Python the tests run on);
 - pinned-deps:      every `pip install` of the project (`.[...]`) is constrained by `-c constraints.txt`;
-- kfp-inside:       the project is installed with the `pipeline` (or `all`) extra, so KFP components can run with
-                    `install_kfp_package=False`;
+- locked-deps:      dependencies are installed with `pip install --require-hashes --no-deps -r <file>.lock` before the
+                    first `COPY livo` (a code change then reuses the dependency layers), and every other `pip install`
+                    uses `--no-deps` (nothing is resolved outside the hash-pinned lock);
+- kfp-inside:       kfp gets into the image (the project's `pipeline`/`all` extra, or a `kfp==` pin in the copied lock
+                    file), so KFP components can run with `install_kfp_package=False`;
 - apt-hygiene:      `apt-get install` uses `--no-install-recommends` and the same RUN removes /var/lib/apt/lists;
 - dockerignore:     a `<Dockerfile>.dockerignore` exists beside it and excludes everything by default (`**`).
 """
@@ -36,6 +40,8 @@ LITERAL_KEY_RES = (
 )
 CREDENTIAL_FILE_RE = re.compile(r"(^|/)(\.env|[^/\s]*\.env|\.netrc|\.aws|\.ssh|id_rsa[^/\s]*|[^/\s]*\.pem|[^/\s]*\.key)$")
 VARIABLE_RE = re.compile(r"^\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?$")
+PYTHON_311_RE = re.compile(r"(^|/)python:3\.11(?![0-9])")
+LOCK_INSTALL_RE = re.compile(r"(-r|--requirement)[ =](\S+\.lock)\b")
 
 
 @dataclass(frozen=True)
@@ -125,6 +131,8 @@ def check_dockerfile(path: Path) -> list[Violation]:
             elif not DIGEST_RE.search(resolved):
                 shown = f"{image} (= {resolved!r})" if variable else image
                 flag(ins.line, "pinned-base", f"FROM {shown} is not pinned by @sha256 digest")
+            elif not PYTHON_311_RE.search(resolved):
+                flag(ins.line, "python-311", f"FROM {resolved or image} is not a python:3.11 image (the tests' Python)")
             if stage:
                 stages.add(stage)
 
@@ -156,10 +164,13 @@ def check_dockerfile(path: Path) -> list[Violation]:
                 if "rm -rf /var/lib/apt/lists" not in ins.args:
                     flag(ins.line, "apt-hygiene", "apt lists not removed in the same RUN")
 
+    lock_files = _check_locked_deps(path, instructions, flag)
+
     installs = [re.findall(r"\.\[([^\]]*)\]", ins.args) for ins in instructions if ins.keyword == "RUN"]
     extras = {extra.strip() for found in installs for group in found for extra in group.split(",")}
-    if not extras & {"pipeline", "all"}:
-        flag(1, "kfp-inside", "the project is not installed with the `pipeline` or `all` extra (kfp missing)")
+    locked_kfp = any(re.search(r"^kfp==", lock.read_text(encoding="utf-8"), re.M) for lock in lock_files)
+    if not extras & {"pipeline", "all"} and not locked_kfp:
+        flag(1, "kfp-inside", "neither the `pipeline`/`all` extra nor a lock file pinning kfp== is installed")
 
     final_users = [ins for ins in instructions[last_from_index + 1 :] if ins.keyword == "USER"]
     if not final_users:
@@ -179,6 +190,39 @@ def check_dockerfile(path: Path) -> list[Violation]:
         if "**" not in rules:
             flag(1, "dockerignore", f"{ignore_file.name} does not exclude everything by default (`**`)")
     return violations
+
+
+def _pip_installs(instructions: list[Instruction]) -> list[tuple[Instruction, str]]:
+    return [(ins, command.strip()) for ins in instructions if ins.keyword == "RUN"
+            for command in re.split(r"&&|;|\|\|", ins.args) if re.search(r"pip3? install", command)]
+
+
+def _check_locked_deps(path: Path, instructions: list[Instruction], flag) -> list[Path]:
+    """The locked-deps rule; returns the lock files (found in the build context) that the Dockerfile copies in."""
+    first_livo_copy = next((i for i, ins in enumerate(instructions) if ins.keyword == "COPY"
+                            and any(s.strip("./") == "livo" for s in ins.args.split()[:-1])), len(instructions))
+    locked = [(ins, cmd) for ins, cmd in _pip_installs(instructions) if LOCK_INSTALL_RE.search(cmd)]
+    good = [ins for ins, cmd in locked if "--require-hashes" in cmd and "--no-deps" in cmd]
+    if not good:
+        flag(1, "locked-deps", "no `pip install --require-hashes --no-deps -r <file>.lock` installs the dependencies")
+    elif instructions.index(good[0]) > first_livo_copy:
+        flag(good[0].line, "locked-deps", "dependencies are installed after `COPY livo` (a code change reinstalls them)")
+    for ins, cmd in _pip_installs(instructions):
+        if (ins, cmd) not in locked and "--no-deps" not in cmd:
+            flag(ins.line, "locked-deps", f"`{cmd}` resolves dependencies outside the lock; add --no-deps")
+    # The build context is the repository root; Dockerfiles live in images/ (or at the root).
+    roots = [path.parent.parent, path.parent]
+    lock_files = []
+    for ins in instructions:
+        if ins.keyword == "COPY" and "--from" not in ins.args:
+            for source in [s for s in ins.args.split() if not s.startswith("--")][:-1]:
+                if source.endswith(".lock"):
+                    found = next((root / source for root in roots if (root / source).is_file()), None)
+                    if found is None:
+                        flag(ins.line, "locked-deps", f"{source} not found in the build context; run `make locks`")
+                    else:
+                        lock_files.append(found)
+    return lock_files
 
 
 def main(argv: list[str] | None = None) -> int:
