@@ -3,10 +3,11 @@
 Nothing is loaded at import time. `load_pipeline(source)` is the one way every stage gets a base model:
 - `"tiny"`: a complete Stable-Diffusion-architecture pipeline with random weights, built from configs (tests);
 - `"toy"`: the committed toy-world base model (`livo/toy/`);
-- `"sd15"`: SD v1.5 from `LIVO_SD15_PATH` (a local diffusers folder or an `s3://` URI), else the hub id
+- `"sd15"`: SD v1.5 from `LIVO_SD15_PATH` (a local diffusers folder or an `s3://` mirror), else the hub id
   `stable-diffusion-v1-5/stable-diffusion-v1-5` where a hub is reachable;
 - `"sd15-random"`: the SD v1.5 architecture with random weights (GPU benchmarks without weights);
-- a local diffusers folder, an `s3://bucket/prefix` URI, or a hub id.
+- a local diffusers folder, an `s3://bucket/prefix` URI of a mirror written by `livo models mirror` (fetched into
+  the verified, content-keyed cache of `livo.models.mirror`), or a hub id.
 Preset configs (`configs/presets/<name>.yaml`) name the model source, the principles file, generation settings,
 judges and per-stage overrides.
 """
@@ -286,8 +287,10 @@ def _from_pretrained(source: str):
     from diffusers import StableDiffusionPipeline
 
     local = Path(source)
-    if source.startswith("s3://"):
-        local = _download_model(source)
+    if source.startswith("s3://"):  # a mirror (`livo models mirror`): verified, cached by content
+        from livo.models.mirror import fetch_model
+
+        local = fetch_model(source, kind="diffusers")
     kwargs = dict(use_safetensors=True, safety_checker=None, requires_safety_checker=False)
     if local.is_dir():
         if not (local / "model_index.json").is_file():
@@ -306,21 +309,9 @@ def _from_pretrained(source: str):
     except OSError as exc:
         raise LivoError(
             f"could not load {source!r} from the hub ({str(exc).splitlines()[0]}); without a reachable hub, point "
-            "LIVO_SD15_PATH (or the model source) at a local diffusers folder or an s3:// URI"
+            "LIVO_SD15_PATH (or the model source) at a local diffusers folder or an s3:// mirror written by "
+            "`livo models mirror`"
         ) from exc
-
-
-def _download_model(uri: str) -> Path:
-    """Copy a diffusers folder from the object store into the local cache (once per URI)."""
-    from livo.registry.store import ObjectStore, parse_s3_uri
-
-    cache = Path(os.environ.get("LIVO_CACHE_DIR", Path.home() / ".cache" / "livo")) / "models"
-    target = cache / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    if (target / "model_index.json").is_file():
-        return target
-    _, prefix = parse_s3_uri(uri)
-    ObjectStore.for_uri(uri).download_dir(prefix, target)
-    return target
 
 
 def pipeline_fingerprint(pipe) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from livo.errors import JudgeUnavailable
+from livo.errors import ConfigError, JudgeUnavailable
 from livo.judges import AttributeJudge, ConceptJudge, register_judge
 from livo.log import get_logger, log_event
 
@@ -60,14 +60,24 @@ def _pick_device(device: str | None) -> str:
 
 def load_pretrained(model_cls: Any, processor_cls: Any, source: str, *, judge: str, option: str,
                     device: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
-    """Load a transformers model + processor from a local directory or a hub id, safetensors only.
+    """Load a transformers model + processor from a local directory, an `s3://` mirror or a hub id, safetensors only.
 
-    A directory must exist; a hub id is tried in the local cache first and on the hub only when
-    `HF_HUB_OFFLINE` is not set. Failure raises `JudgeUnavailable` naming the judge and the option to set.
+    A directory must exist; an `s3://` URI must be a transformers mirror written by `livo models mirror`, fetched
+    into the verified model cache (`livo.models.mirror.fetch_model`) and loaded from there; a hub id is tried in the
+    local cache first and on the hub only when `HF_HUB_OFFLINE` is not set. Failure raises `JudgeUnavailable` naming
+    the judge and the option to set; a mirror whose files fail their sha256 raises `LivoError`.
     """
-    is_path = source.startswith(("/", ".", "~")) or Path(source).exists()
     how = (f"supply the weights with `judges.options.{judge}.{option}=/path/to/model` (a save_pretrained directory "
-           f"with config.json, model.safetensors and the processor files) or make the hub reachable")
+           f"with config.json, model.safetensors and the processor files) or an s3:// mirror of one "
+           f"(`livo models mirror`), or make the hub reachable")
+    if source.startswith("s3://"):
+        from livo.models.mirror import fetch_model
+
+        try:
+            source = str(fetch_model(source, kind="transformers"))
+        except ConfigError as exc:
+            raise JudgeUnavailable(f"judge {judge}: {exc}") from exc
+    is_path = source.startswith(("/", ".", "~")) or Path(source).exists()
     if is_path and not Path(source).expanduser().is_dir():
         raise JudgeUnavailable(f"judge {judge}: model directory {source} does not exist; {how}")
     attempts = [True] if is_path or not _hub_allowed() else [True, False]
