@@ -58,8 +58,41 @@ def read_env() -> DistEnv:
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, local_world_size=local_world_size)
 
 
+def _pet_int(name: str) -> int | None:
+    """A `PET_*` variable as an integer; None when unset or not a plain number (torchrun also accepts `1:4`, `auto`)."""
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw.isdigit() else None
+
+
+def expected_world_size_from_trainer() -> int | None:
+    """The world size the Kubeflow Trainer's torch policy asked for (`PET_NNODES` × `PET_NPROC_PER_NODE`, the
+    defaults torchrun reads), or None when those variables are absent (not a TrainJob)."""
+    nodes = _pet_int("PET_NNODES")
+    if nodes is None:
+        return None
+    return nodes * (_pet_int("PET_NPROC_PER_NODE") or 1)
+
+
+def check_not_started_alone() -> None:
+    """Refuse a TrainJob node that was started without torchrun: it would train alone (world size 1) and write the
+    same output as every other node. torchrun sets WORLD_SIZE; the Trainer only sets `PET_*`."""
+    expected = expected_world_size_from_trainer()
+    if expected is None or expected <= 1:
+        return
+    seen = _int_env("WORLD_SIZE", 1)
+    if seen == 1:
+        raise ConfigError(
+            f"PET_NNODES={os.environ.get('PET_NNODES')} PET_NPROC_PER_NODE={os.environ.get('PET_NPROC_PER_NODE', '1')} "
+            f"ask for {expected} processes but this one sees world size 1 (started without torchrun); start each node "
+            "with `torchrun -m livo.training.launch ...` (the TrainJob's trainer.command)")
+
+
 def ensure_launcher_env(local_rank_arg: int | None = None) -> DistEnv:
-    """Fill in the variables `torch.distributed` needs when no launcher set them; honour `--local_rank`."""
+    """Fill in the variables `torch.distributed` needs when no launcher set them; honour `--local_rank`.
+
+    Raises ConfigError when the Kubeflow Trainer announced several processes (`PET_*`) but no launcher started them.
+    """
+    check_not_started_alone()
     if local_rank_arg is not None and local_rank_arg >= 0:
         os.environ["LOCAL_RANK"] = str(local_rank_arg)
     if "RANK" not in os.environ and "WORLD_SIZE" not in os.environ:

@@ -1,9 +1,11 @@
 """Starting training ranks: torchrun in this pod (one rank per GPU), or a Kubeflow Trainer v2 TrainJob (multi-node).
 
 Used by `livo train --nproc N` and by the `train_value_encoder` KFP component. The TrainJob runs our image on the
-`livo-torch-distributed` runtime (manifests/base/training-runtime.yaml: torchrun per node, which DeepSpeed accepts)
-and the same entry point, `python -m livo.training.launch`. Everything that talks to Kubernetes goes through a
-`kubernetes.client.CustomObjectsApi`/`CoreV1Api` pair passed in, so the waiting logic is testable without a cluster.
+`livo-torch-distributed` runtime (manifests/base/training-runtime.yaml). The Trainer's torch policy only injects
+`PET_NNODES`, `PET_NPROC_PER_NODE`, `PET_NODE_RANK`, `PET_MASTER_ADDR` and `PET_MASTER_PORT`; it does not wrap the
+command, so the TrainJob's command is `torchrun -m livo.training.launch`, which reads those variables as its defaults.
+Everything that talks to Kubernetes goes through a `kubernetes.client.CustomObjectsApi`/`CoreV1Api` pair passed in,
+so the waiting logic is testable without a cluster.
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ TRAINER_VERSION = "v1alpha1"
 TRAINJOB_PLURAL = "trainjobs"
 DEFAULT_RUNTIME = "livo-torch-distributed"
 LAUNCH_MODULE = "livo.training.launch"
+DEFAULT_STORE_SECRET = "mlpipeline-minio-artifact"
+DEFAULT_STORE_CONFIG_MAP = "livo-object-store"
+DEFAULT_TIMEOUT_SECONDS = 48 * 3600.0      # a TrainJob running longer than this is reported and left for a human
+DEFAULT_START_TIMEOUT_SECONDS = 20 * 60.0  # no pod running by then: image pull, scheduling or config problem
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+_OBJECT_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_DIGEST_RE = re.compile(r"@sha256:[0-9a-f]{64}$")
+_MISSING_REF_RE = re.compile(r'(secret|configmap)s? "([^"]+)" not found', re.I)
 
 
 def torchrun_command(nproc_per_node: int, launch_args: Sequence[str]) -> list[str]:
@@ -80,31 +89,73 @@ def trainjob_name(run_id: str) -> str:
     return name
 
 
+def trainjob_command() -> list[str]:
+    """What each TrainJob node runs: torchrun, which takes the node count, processes per node, node rank and the
+    rendezvous address from the `PET_*` variables the Trainer's torch policy injects (static rendezvous on node 0).
+    The Trainer does not wrap a TrainJob's command in torchrun itself; without it every node would train alone."""
+    return ["torchrun", "-m", LAUNCH_MODULE]
+
+
+def store_env(store_secret_name: str = DEFAULT_STORE_SECRET,
+              store_config_map_name: str = DEFAULT_STORE_CONFIG_MAP) -> list[dict[str, Any]]:
+    """The object-store (and optional model-registry) settings of the TrainJob's pods, as env references: credentials
+    from the Secret (keys accesskey/secretkey), endpoint and bucket from the ConfigMap (keys endpoint/bucket)."""
+    def secret(key: str) -> dict[str, Any]:
+        return {"secretKeyRef": {"name": store_secret_name, "key": key}}
+
+    def config(key: str, optional: bool = False) -> dict[str, Any]:
+        ref: dict[str, Any] = {"name": store_config_map_name, "key": key}
+        if optional:
+            ref["optional"] = True
+        return {"configMapKeyRef": ref}
+
+    return [
+        {"name": "LIVO_S3_ENDPOINT", "valueFrom": config("endpoint")},
+        {"name": "LIVO_S3_BUCKET", "valueFrom": config("bucket")},
+        {"name": "LIVO_S3_ACCESS_KEY", "valueFrom": secret("accesskey")},
+        {"name": "LIVO_S3_SECRET_KEY", "valueFrom": secret("secretkey")},
+        {"name": "LIVO_MODEL_REGISTRY_URL", "valueFrom": config("model_registry_url", optional=True)},
+    ]
+
+
 def trainjob_body(*, name: str, namespace: str, image: str, launch_args: Sequence[str], num_nodes: int,
                   procs_per_node: int, accelerator_type: str = "nvidia.com/gpu", runtime: str = DEFAULT_RUNTIME,
-                  env: dict[str, str] | None = None, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    """The TrainJob manifest (validated with the Trainer API's pydantic models before it is returned).
+                  env: dict[str, str] | None = None, labels: dict[str, str] | None = None,
+                  store_secret_name: str = DEFAULT_STORE_SECRET,
+                  store_config_map_name: str = DEFAULT_STORE_CONFIG_MAP) -> dict[str, Any]:
+    """The TrainJob manifest, validated strictly against the Trainer v2.3 API models before it is returned.
 
-    Each node runs `torchrun` through the runtime's torch policy (the controller sets the node count, ranks per node,
-    rendezvous address and PET_* variables); our command is the launch module and its arguments.
+    Each of the `num_nodes` pods runs `torchrun -m livo.training.launch <launch_args>`; torchrun starts
+    `procs_per_node` ranks there (world size num_nodes × procs_per_node). The pods get the object store's Secret and
+    ConfigMap as env references (the runtime declares none, so this body is the single source).
     """
-    from kubeflow_trainer_api.models.trainer_v1alpha1_train_job import TrainerV1alpha1TrainJob
+    from livo.k8s_schema import validate_trainjob
 
     if not _NAME_RE.match(name):
         raise ConfigError(f"TrainJob name {name!r} is not a DNS-1123 label (lowercase letters, digits, '-')")
     if num_nodes < 1 or procs_per_node < 1:
         raise ConfigError(f"num_nodes ({num_nodes}) and procs_per_node ({procs_per_node}) must be >= 1")
+    if not _DIGEST_RE.search(image or ""):
+        raise ConfigError(f"TrainJob image {image!r} is not pinned by digest; every node must run the same build, so "
+                          "pass an image reference ending in @sha256:<64 hex digits>")
+    for what, value in (("store_secret_name", store_secret_name), ("store_config_map_name", store_config_map_name)):
+        if not _OBJECT_NAME_RE.match(value or ""):
+            raise ConfigError(f"{what}={value!r} is not a Kubernetes object name (lowercase letters, digits, '-', '.')")
+    references = store_env(store_secret_name, store_config_map_name)
+    clashes = sorted(set(env or {}) & {item["name"] for item in references})
+    if clashes:
+        raise ConfigError(f"env sets {', '.join(clashes)}, which come from the Secret/ConfigMap; pass "
+                          "store_secret_name / store_config_map_name instead")
     trainer: dict[str, Any] = {
         "image": image,
-        "command": ["python", "-m", LAUNCH_MODULE],
+        "command": trainjob_command(),
         "args": [str(a) for a in launch_args],
         "numNodes": num_nodes,
         "numProcPerNode": procs_per_node,
         "resourcesPerNode": {"limits": {accelerator_type: str(procs_per_node)},
                              "requests": {accelerator_type: str(procs_per_node)}},
+        "env": references + [{"name": k, "value": v} for k, v in sorted((env or {}).items())],
     }
-    if env:
-        trainer["env"] = [{"name": k, "value": v} for k, v in sorted(env.items())]
     body = {
         "apiVersion": f"{TRAINER_GROUP}/{TRAINER_VERSION}",
         "kind": "TrainJob",
@@ -114,50 +165,175 @@ def trainjob_body(*, name: str, namespace: str, image: str, launch_args: Sequenc
                  "trainer": trainer},
     }
     try:
-        TrainerV1alpha1TrainJob.from_dict(body)
-    except Exception as exc:  # pydantic ValidationError: a bug in this function, reported with the field
-        raise ConfigError(f"TrainJob body does not validate against the Trainer API: {exc}") from exc
+        validate_trainjob(body)
+    except ConfigError as exc:  # a bug in this function (or a bad label/env value), reported with the field
+        raise ConfigError(f"{exc} (building the TrainJob body)") from exc
     return body
 
 
-def _condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
+def _true_conditions(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
     for condition in (status or {}).get("conditions") or []:
         if condition.get("type") == kind and condition.get("status") == "True":
             return condition
     return None
 
 
+def describe_conditions(status: dict[str, Any]) -> str:
+    """`Type=Status (Reason: message)` of every condition, or `none`."""
+    parts = []
+    for condition in (status or {}).get("conditions") or []:
+        detail = ": ".join(str(x) for x in (condition.get("reason"), condition.get("message")) if x)
+        parts.append(f"{condition.get('type')}={condition.get('status')}" + (f" ({detail})" if detail else ""))
+    return ", ".join(parts) or "none"
+
+
+class PodReport:
+    """What the TrainJob's pods say: phases, waiting reasons, scheduling failures and events, with the fix."""
+
+    def __init__(self, core_api, namespace: str, name: str):
+        self.namespace, self.name = namespace, name
+        self.lines: list[str] = []
+        self.hints: list[str] = []
+        self.pods: list[Any] = []
+        self.any_running = False
+        if core_api is None:
+            return
+        try:
+            self.pods = list(getattr(core_api.list_namespaced_pod(
+                namespace, label_selector=f"jobset.sigs.k8s.io/jobset-name={name}"), "items", None) or [])
+        except Exception as exc:  # diagnosis is best effort
+            self.lines.append(f"cannot list pods ({exc})")
+            return
+        for pod in self.pods:
+            self._inspect(core_api, pod)
+
+    def _inspect(self, core_api, pod) -> None:
+        pod_name = getattr(pod.metadata, "name", "?")
+        status = getattr(pod, "status", None)
+        phase = getattr(status, "phase", None) or "Unknown"
+        if phase in ("Running", "Succeeded", "Failed"):
+            self.any_running = True
+        notes = []
+        for container in getattr(status, "container_statuses", None) or []:
+            waiting = getattr(getattr(container, "state", None), "waiting", None)
+            if waiting is not None and getattr(waiting, "reason", None):
+                notes.append(f"{waiting.reason}" + (f": {waiting.message}" if getattr(waiting, "message", None) else ""))
+                self._hint(waiting.reason, getattr(waiting, "message", "") or "")
+        for condition in getattr(status, "conditions", None) or []:
+            if getattr(condition, "type", "") == "PodScheduled" and getattr(condition, "status", "") == "False":
+                notes.append(f"{condition.reason}: {condition.message}" if getattr(condition, "message", None)
+                             else str(condition.reason))
+                self._hint(str(condition.reason), getattr(condition, "message", "") or "")
+        try:
+            events = getattr(core_api.list_namespaced_event(
+                self.namespace, field_selector=f"involvedObject.name={pod_name}"), "items", None) or []
+        except Exception:
+            events = []
+        for event in events:
+            reason, message = getattr(event, "reason", "") or "", getattr(event, "message", "") or ""
+            if getattr(event, "type", "Warning") == "Warning" and reason:
+                notes.append(f"event {reason}: {message}")
+                self._hint(reason, message)
+        unique = list(dict.fromkeys(notes))
+        self.lines.append(f"pod {pod_name} {phase}" + (f" ({'; '.join(unique)})" if unique else ""))
+
+    def _hint(self, reason: str, message: str) -> None:
+        missing = _MISSING_REF_RE.search(message)
+        if missing:
+            kind, ref = missing.group(1).lower(), missing.group(2)
+            if kind == "secret":
+                hint = (f"create Secret {ref} (keys accesskey, secretkey) in namespace {self.namespace} "
+                        "(manifests/templates/object-store-secret.yaml) or pass store_secret_name")
+            else:
+                hint = (f"create ConfigMap {ref} (keys endpoint, bucket) in namespace {self.namespace} "
+                        "(kubectl apply -k manifests/overlays/...) or pass store_config_map_name")
+        elif reason in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName"):
+            hint = "the image cannot be pulled: check the image reference and the namespace's image pull secret"
+        elif reason in ("Unschedulable", "FailedScheduling"):
+            hint = ("no node fits a TrainJob pod: check the accelerator type/count per node, node selectors and "
+                    "quotas (kubectl describe pod)")
+        elif reason == "CreateContainerConfigError":
+            hint = "the pod's env/volume references are wrong: check the Secret and ConfigMap it names"
+        else:
+            return
+        if hint not in self.hints:
+            self.hints.append(hint)
+
+    def summary(self) -> str:
+        if self.pods:
+            text = "pods: " + ", ".join(self.lines)
+        elif self.lines:
+            text = self.lines[0]
+        else:
+            text = "no pods"
+        return text + (f"; fix: {'; '.join(self.hints)}" if self.hints else "")
+
+
+def _job_started(status: dict[str, Any], pods: PodReport) -> bool:
+    """A pod runs (or ran), or the JobSet reports ready/finished pods."""
+    if pods.any_running:
+        return True
+    for job in (status or {}).get("jobsStatus") or []:
+        if any(int(job.get(key) or 0) > 0 for key in ("ready", "succeeded", "failed")):
+            return True
+    return False
+
+
 def run_trainjob(body: dict[str, Any], *, custom_api, core_api=None, poll_seconds: float = 10.0,
-                 timeout_seconds: float | None = None, echo: Callable[[str], None] = print,
-                 sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+                 timeout_seconds: float | None = DEFAULT_TIMEOUT_SECONDS,
+                 start_timeout_seconds: float | None = DEFAULT_START_TIMEOUT_SECONDS,
+                 echo: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> dict[str, Any]:
     """Create the TrainJob (or adopt the one a previous attempt created), stream the logs of its first node while it
-    runs, and return its final status. Raises LivoError when it fails or times out."""
+    runs, and return its final status.
+
+    Raises LivoError, naming the TrainJob, its conditions, its pods' phases and waiting reasons and the fix, when it
+    fails, when no pod runs within `start_timeout_seconds` (image pull, scheduling, missing Secret), or when it has
+    not finished within `timeout_seconds`.
+    """
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    where = f"TrainJob {namespace}/{name}"
     args = (TRAINER_GROUP, TRAINER_VERSION, namespace, TRAINJOB_PLURAL)
     try:
         custom_api.create_namespaced_custom_object(*args, body)
         log_event(log, "trainjob created", name=name, namespace=namespace)
     except Exception as exc:
         if getattr(exc, "status", None) != 409:  # 409: it exists — a retried task adopts its TrainJob
-            raise LivoError(f"cannot create TrainJob {namespace}/{name}: {exc}; check the Trainer is installed and the "
-                            "pipeline's service account may create trainjobs") from exc
+            raise LivoError(f"cannot create {where}: {exc}; check the Trainer is installed and the pipeline's service "
+                            "account may create trainjobs") from exc
         log_event(log, "trainjob exists, adopting it", name=name, namespace=namespace)
-    started = time.monotonic()
+    started_at = clock()
+    running = False
     printed = 0
+    logs_hint = f"see `kubectl logs -n {namespace} -l jobset.sigs.k8s.io/jobset-name={name}`"
     while True:
         job = custom_api.get_namespaced_custom_object(*args, name)
         status = job.get("status") or {}
         if core_api is not None:
             printed = _echo_new_log_lines(core_api, namespace, name, printed, echo)
-        if _condition(status, "Complete"):
+        if _true_conditions(status, "Complete"):
             log_event(log, "trainjob complete", name=name)
             return status
-        failed = _condition(status, "Failed")
-        if failed:
-            raise LivoError(f"TrainJob {namespace}/{name} failed: {failed.get('reason', '')} {failed.get('message', '')}"
-                            f"; see `kubectl logs -n {namespace} -l jobset.sigs.k8s.io/jobset-name={name}`".strip())
-        if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
-            raise LivoError(f"TrainJob {namespace}/{name} did not finish within {timeout_seconds:.0f} s")
+        elapsed = clock() - started_at
+        if _true_conditions(status, "Failed"):
+            pods = PodReport(core_api, namespace, name)
+            raise LivoError(f"{where} failed; conditions: {describe_conditions(status)}; {pods.summary()}; "
+                            f"{logs_hint}")
+        if not running:
+            pods = PodReport(core_api, namespace, name)
+            running = _job_started(status, pods)
+            if not running and start_timeout_seconds is not None and elapsed > start_timeout_seconds:
+                raise LivoError(f"{where} never started: no pod ran within {start_timeout_seconds:.0f} s; conditions: "
+                                f"{describe_conditions(status)}; {pods.summary()}; delete it with `kubectl delete "
+                                f"trainjob -n {namespace} {name}` after fixing the cause")
+            if running:
+                log_event(log, "trainjob running", name=name, waited_s=round(elapsed, 1))
+        if timeout_seconds is not None and elapsed > timeout_seconds:
+            pods = PodReport(core_api, namespace, name)
+            raise LivoError(f"{where} did not finish within {timeout_seconds:.0f} s; conditions: "
+                            f"{describe_conditions(status)}; {pods.summary()}; raise timeout_seconds or check its "
+                            f"progress ({logs_hint}), then delete it with `kubectl delete trainjob -n {namespace} "
+                            f"{name}`")
         sleep(poll_seconds)
 
 
@@ -236,22 +412,34 @@ def validate_launch_arguments(launch_args: Sequence[str], world_size: int) -> No
 
 def run_training(*, launcher: str, launch_args: Sequence[str], procs_per_node: int = 1, num_nodes: int = 1,
                  image: str = "", run_id: str = "", accelerator_type: str = "nvidia.com/gpu",
-                 runtime: str = DEFAULT_RUNTIME, namespace: str = "", custom_api=None, core_api=None) -> None:
-    """Train with `launcher` = `pod` (torchrun here, `procs_per_node` ranks) or `trainjob` (Kubeflow Trainer)."""
+                 runtime: str = DEFAULT_RUNTIME, namespace: str = "", custom_api=None, core_api=None,
+                 store_secret_name: str = DEFAULT_STORE_SECRET, store_config_map_name: str = DEFAULT_STORE_CONFIG_MAP,
+                 timeout_seconds: float | None = DEFAULT_TIMEOUT_SECONDS,
+                 start_timeout_seconds: float | None = DEFAULT_START_TIMEOUT_SECONDS,
+                 poll_seconds: float = 10.0) -> None:
+    """Train with `launcher` = `pod` (torchrun here, `procs_per_node` ranks) or `trainjob` (Kubeflow Trainer:
+    `num_nodes` pods of `procs_per_node` ranks, object store from `store_secret_name`/`store_config_map_name`, waited
+    on for at most `timeout_seconds`, of which at most `start_timeout_seconds` until a pod runs)."""
     if launcher not in ("pod", "trainjob"):
         raise ConfigError(f"unknown launcher {launcher!r}; use pod or trainjob")
+    if num_nodes < 1 or procs_per_node < 1:
+        raise ConfigError(f"num_nodes ({num_nodes}) and procs_per_node ({procs_per_node}) must be >= 1")
     if launcher == "pod" and num_nodes != 1:
         raise ConfigError(f"launcher=pod runs on one node, but num_nodes={num_nodes}; use launcher=trainjob")
-    validate_launch_arguments(launch_args, world_size=max(1, procs_per_node) * max(1, num_nodes))
+    validate_launch_arguments(launch_args, world_size=procs_per_node * num_nodes)
     if launcher == "pod":
-        code = run_local_ranks(max(1, procs_per_node), launch_args)
+        code = run_local_ranks(procs_per_node, launch_args)
         if code == 143:
             raise LivoError("training was stopped by SIGTERM after saving a checkpoint; retry the task to resume it")
         if code != 0:
             raise LivoError(f"training ranks failed (torchrun exit code {code}); see the log above")
         return
     if not image:
-        raise ConfigError("launcher=trainjob needs the container image for the TrainJob")
+        raise ConfigError("launcher=trainjob needs the container image for the TrainJob (an @sha256: reference)")
+    body = trainjob_body(name=trainjob_name(run_id or f"{int(time.time())}"), namespace=namespace or current_namespace(),
+                         image=image, launch_args=launch_args, num_nodes=num_nodes, procs_per_node=procs_per_node,
+                         accelerator_type=accelerator_type, runtime=runtime, store_secret_name=store_secret_name,
+                         store_config_map_name=store_config_map_name)
     if custom_api is None:
         from kubernetes import client, config
 
@@ -260,7 +448,5 @@ def run_training(*, launcher: str, launch_args: Sequence[str], procs_per_node: i
         except config.ConfigException:
             config.load_kube_config()
         custom_api, core_api = client.CustomObjectsApi(), client.CoreV1Api()
-    body = trainjob_body(name=trainjob_name(run_id or f"{int(time.time())}"), namespace=namespace or current_namespace(),
-                         image=image, launch_args=launch_args, num_nodes=num_nodes, procs_per_node=procs_per_node,
-                         accelerator_type=accelerator_type, runtime=runtime)
-    run_trainjob(body, custom_api=custom_api, core_api=core_api)
+    run_trainjob(body, custom_api=custom_api, core_api=core_api, timeout_seconds=timeout_seconds,
+                 start_timeout_seconds=start_timeout_seconds, poll_seconds=poll_seconds)

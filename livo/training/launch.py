@@ -1,7 +1,10 @@
 """Entry point of one training rank: `python -m livo.training.launch [--config FILE] [key=value ...]`.
 
 Works unchanged as a plain single process, under `torchrun --nproc_per_node N -m livo.training.launch ...`, and
-under the `deepspeed` launcher (which passes `--local_rank`). Exit codes: 0 done, 2 bad input, 1 other failure,
+under the `deepspeed` launcher (which passes `--local_rank`). In a Kubeflow Trainer TrainJob every node must start it
+through torchrun (`torchrun -m livo.training.launch ...`, which reads the Trainer's `PET_*` variables); a node whose
+`PET_NNODES`/`PET_NPROC_PER_NODE` ask for several processes but that was started without torchrun exits 2 instead of
+training alone. Exit codes: 0 done, 2 bad input, 1 other failure,
 143 (`PREEMPTED_EXIT_CODE`) stopped by SIGTERM after saving a checkpoint — rerun with `--resume` to continue.
 """
 
