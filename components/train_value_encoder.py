@@ -6,7 +6,9 @@ creates a Kubeflow Trainer v2 TrainJob on the `livo-torch-distributed` runtime w
 streaming the first node's log, then copies the model. Either way rank 0 writes the value encoder, metrics and
 `result.json` (last) under `output_uri`; this task copies the value encoder into its `model` output and logs the
 metrics. A retried task resumes from the latest complete checkpoint (`resume=True`). For launcher=trainjob pass
-`image=LIVO_IMAGE` (components/_image.py): the TrainJob's nodes run the same image as the pipeline.
+the pipeline's image (`image=PIPELINE_IMAGE`) and its store Secret/ConfigMap names: the TrainJob's nodes run the same
+image with the same object store as the pipeline, and the launcher gives up after the timeouts, reporting the job's
+conditions.
 
 Usage in a pipeline:
 
@@ -41,6 +43,10 @@ def train_value_encoder(
     trainjob_namespace: str = "",
     image: str = "",
     resume: bool = True,
+    store_secret_name: str = "mlpipeline-minio-artifact",
+    store_config_map_name: str = "livo-object-store",
+    trainjob_timeout_hours: float = 48.0,
+    trainjob_start_timeout_minutes: float = 20.0,
 ) -> NamedTuple("TrainOutputs", [("output_uri", str), ("value_encoder_uri", str)]):
     """Train on `dataset_uri`, write the run under `output_uri` (s3://bucket/prefix), return where the model is."""
     import os
@@ -52,8 +58,11 @@ def train_value_encoder(
                             principle_set_hash=principle_set_hash, overrides=[str(o) for o in config_overrides],
                             resume=resume)
     run_training(launcher=launcher, launch_args=args, procs_per_node=max(1, int(gpus_per_node)),
-                 num_nodes=int(num_nodes), image=image or os.environ.get("LIVO_IMAGE", ""), run_id=run_id, accelerator_type=accelerator_type,
-                 runtime=trainjob_runtime, namespace=trainjob_namespace)
+                 num_nodes=int(num_nodes), image=image or os.environ.get("LIVO_IMAGE", ""), run_id=run_id,
+                 accelerator_type=accelerator_type, runtime=trainjob_runtime, namespace=trainjob_namespace,
+                 store_secret_name=store_secret_name, store_config_map_name=store_config_map_name,
+                 timeout_seconds=float(trainjob_timeout_hours) * 3600.0,
+                 start_timeout_seconds=float(trainjob_start_timeout_minutes) * 60.0)
     result = copy_value_encoder(output_uri, model.path)
     model.metadata.update({"value_encoder_uri": result["value_encoder"]["uri"], "files": result["value_encoder"]["files"],
                            "base_model": result["base_model"], "principle_set_hash": result["dataset"]["principle_set_hash"]})

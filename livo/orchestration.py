@@ -98,6 +98,32 @@ def _cron_field_problem(text: str, low: int, high: int, names: dict[str, int], a
 
 
 # -------------------------------------------------------------------------------------------------- parameters
+# Stages whose pods get CPU/memory requests and limits from `<stage>_{cpu,memory}_{request,limit}` parameters.
+RESOURCE_STAGES = ("data", "train", "eval", "control")
+_CPU_RE = re.compile(r"^(\d+(\.\d+)?|\.\d+)(m?)$")
+_MEMORY_RE = re.compile(r"^(\d+(\.\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_MEMORY_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+                 "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def parse_cpu_quantity(value: Any) -> float | None:
+    """Cores of a Kubernetes CPU quantity ('2', '0.5', '500m'), or None when it is not one (or not above zero)."""
+    match = _CPU_RE.match(str(value).strip())
+    if not match:
+        return None
+    cores = float(match.group(1)) / (1000.0 if match.group(3) else 1.0)
+    return cores if cores > 0 else None
+
+
+def parse_memory_quantity(value: Any) -> float | None:
+    """Bytes of a Kubernetes memory quantity ('512Mi', '32Gi', '1G'), or None when it is not one (or not above zero)."""
+    match = _MEMORY_RE.match(str(value).strip())
+    if not match:
+        return None
+    size = float(match.group(1)) * _MEMORY_UNITS[match.group(3)]
+    return size if size > 0 else None
+
+
 _TOLERATION_OPERATORS = ("Equal", "Exists")
 _TOLERATION_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
 
@@ -126,6 +152,8 @@ class PipelineParameters(LivoConfig):
 
     run_preset: str = Field(min_length=1, description="preset name (toy | tiny | sd15) or a preset YAML path")
     run_principles_uri: str = Field("", description="principles YAML (path or s3:// URI); empty = the preset's own")
+    run_model_source: str = Field("", description="base model of every stage (s3:// mirror, path, hub id); empty = "
+                                                  "the preset's")
     run_schedule_cron: str = Field("", description="cron of the recurring run that started this run; empty = one-off")
     run_accelerator_type: str = Field("nvidia.com/gpu", description="Kubernetes resource name of the GPUs")
     registry_model_name: str = Field(description="registry name of the aligned model: models/<name>/<version>/")
@@ -144,6 +172,24 @@ class PipelineParameters(LivoConfig):
     eval_node_selector: dict[str, str] = Field(default_factory=dict)
     eval_tolerations: list[Toleration] = Field(default_factory=list)
     eval_config_overrides: list[str] = Field(default_factory=list, description="evaluation config key=value items")
+    data_cpu_request: str = "4"
+    data_cpu_limit: str = "8"
+    data_memory_request: str = "32Gi"
+    data_memory_limit: str = "64Gi"
+    train_cpu_request: str = "32"
+    train_cpu_limit: str = "64"
+    train_memory_request: str = "256Gi"
+    train_memory_limit: str = "512Gi"
+    train_trainjob_timeout_hours: float = Field(48.0, gt=0, le=24 * 30)
+    train_trainjob_start_timeout_minutes: float = Field(20.0, gt=0, le=24 * 60)
+    eval_cpu_request: str = "8"
+    eval_cpu_limit: str = "16"
+    eval_memory_request: str = "64Gi"
+    eval_memory_limit: str = "128Gi"
+    control_cpu_request: str = "500m"
+    control_cpu_limit: str = "2"
+    control_memory_request: str = "2Gi"
+    control_memory_limit: str = "8Gi"
     store_secret_name: str = Field("mlpipeline-minio-artifact", description="Secret with keys accesskey, secretkey")
     store_config_map_name: str = Field("livo-object-store", description="ConfigMap with keys endpoint, bucket")
 
@@ -160,6 +206,20 @@ class PipelineParameters(LivoConfig):
         if not K8S_NAME_RE.match(value):
             raise ValueError("must be a Kubernetes object name (lowercase letters, digits, '-' and '.')")
         return value
+
+    @field_validator(*(f"{stage}_cpu_{kind}" for stage in RESOURCE_STAGES for kind in ("request", "limit")))
+    @classmethod
+    def _cpu_quantity(cls, value: str) -> str:
+        if parse_cpu_quantity(value) is None:
+            raise ValueError("must be a Kubernetes CPU quantity: cores ('4', '0.5') or millicores ('500m')")
+        return str(value)
+
+    @field_validator(*(f"{stage}_memory_{kind}" for stage in RESOURCE_STAGES for kind in ("request", "limit")))
+    @classmethod
+    def _memory_quantity(cls, value: str) -> str:
+        if parse_memory_quantity(value) is None:
+            raise ValueError("must be a Kubernetes memory quantity, e.g. '512Mi', '32Gi' or '1Ti'")
+        return str(value)
 
     @field_validator("data_config_overrides", "train_config_overrides", "eval_config_overrides")
     @classmethod
@@ -178,6 +238,16 @@ class PipelineParameters(LivoConfig):
             except ConfigError as exc:
                 raise ValueError(str(exc)) from None
         return ""
+
+    @model_validator(mode="after")
+    def _requests_fit_limits(self) -> PipelineParameters:
+        for stage in RESOURCE_STAGES:
+            for what, parse in (("cpu", parse_cpu_quantity), ("memory", parse_memory_quantity)):
+                request, limit = getattr(self, f"{stage}_{what}_request"), getattr(self, f"{stage}_{what}_limit")
+                if parse(request) > parse(limit):
+                    raise ValueError(f"{stage}_{what}_request={request} exceeds {stage}_{what}_limit={limit} "
+                                     "(Kubernetes rejects such a pod); raise the limit or lower the request")
+        return self
 
     @model_validator(mode="after")
     def _training_shape_is_consistent(self) -> PipelineParameters:
@@ -205,12 +275,20 @@ class PipelineParameters(LivoConfig):
         from livo.principles import load_principles
 
         preset = load_preset_config(self.run_preset)
+        if self.run_model_source.startswith("s3://"):
+            from livo.models.mirror import read_manifest
+
+            with _naming_parameter("run_model_source"):  # a missing or partial mirror fails here, not in a GPU pod
+                manifest = read_manifest(self.run_model_source)
+                if manifest["kind"] != "diffusers":
+                    raise ConfigError(f"{self.run_model_source} is a {manifest['kind']} mirror; the base model must "
+                                      "be a diffusers pipeline mirror")
         principles_source = self.run_principles_uri or preset.principles_path()
         principle_set = load_principles(principles_source)
         self._check_stage_configs(preset, principles_source, principle_set)
         return {
             "preset": preset.name,
-            "model_source": preset.model.source,
+            "model_source": self.run_model_source or preset.model.source,
             "principles_uri": principles_source,
             "principle_set_hash": principle_set.hash,
             "principle_ids": list(principle_set.ids),
@@ -232,6 +310,7 @@ class PipelineParameters(LivoConfig):
             # The URIs only have to be well-formed here; nothing is read from them.
             training_args = launch_arguments(dataset_uri=f"s3://validate/{RUN_DATASET_DIR}",
                                              output_uri=f"s3://validate/{RUN_TRAINING_DIR}", preset=self.run_preset,
+                                             model_source=self.run_model_source,
                                              overrides=self.train_config_overrides, resume=False)
             validate_launch_arguments(training_args, world_size=max(1, self.train_gpus_per_node) * self.train_num_nodes)
         with _naming_parameter("eval_config_overrides"):
@@ -413,8 +492,10 @@ def registration_request(store, *, model_name: str, training_output_uri: str, ev
     from pathlib import Path
 
     from livo.errors import LivoError
+    from livo.images import running_image
     from livo.registry.registration import RegistrationRequest
 
+    image_record = running_image(image)
     result = _read_json_at(store, _join_uri(training_output_uri, TRAINING_RESULT_FILE))
     try:
         encoder_uri = result["value_encoder"]["uri"]
@@ -448,7 +529,8 @@ def registration_request(store, *, model_name: str, training_output_uri: str, ev
         pipeline_run_name=run_name,
         pipeline_spec_hash=pipeline_spec_sha256,
         git_commit=_git_commit_of_image(),
-        image_digest=image,
+        image_digest=image_record["reference"],
+        image_ran_in=image_record["ran_in"],
     )
 
 

@@ -93,6 +93,12 @@ def test_parameters_valid_set_parses_and_resolves_the_presets_principles():
     ({"train_tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}, "operator Exists takes no value"),
     ({"train_tolerations": [{"key": "k", "effect": "NoSchedul"}]}, "train_tolerations.0.effect"),
     ({"surprise": 1}, "surprise: unknown key"),
+    ({"train_memory_request": "256GB"}, "train_memory_request: Value error, must be a Kubernetes memory quantity"),
+    ({"data_cpu_request": "four"}, "data_cpu_request: Value error, must be a Kubernetes CPU quantity"),
+    ({"control_cpu_limit": "0"}, "control_cpu_limit: Value error, must be a Kubernetes CPU quantity"),
+    ({"eval_memory_request": "200Gi"}, "eval_memory_request=200Gi exceeds eval_memory_limit=128Gi"),
+    ({"control_cpu_request": "3", "control_cpu_limit": "2500m"}, "control_cpu_request=3 exceeds control_cpu_limit"),
+    ({"train_trainjob_timeout_hours": 0}, "train_trainjob_timeout_hours"),
 ])
 def test_parameters_bad_values_fail_with_the_parameter_named(changes, names):
     with pytest.raises(ConfigError) as err:
@@ -185,3 +191,13 @@ def test_outcome_of_a_rejected_run_names_the_failed_gates_and_the_report(store):
     assert outcome["evaluation"] == {
         "passed": False, "failed_gates": ["bias.gender-equality: D1 improved by 2.0 < 10.0"],
         "metrics_uri": store.uri(prefix + "metrics.json"), "report_uri": store.uri(prefix + "report.html")}
+
+
+def test_resource_quantities_parse_like_kubernetes():
+    from livo.orchestration import parse_cpu_quantity, parse_memory_quantity
+
+    assert [parse_cpu_quantity(v) for v in ("4", "0.5", "500m", ".25", "1.5m")] == [4.0, 0.5, 0.5, 0.25, 0.0015]
+    assert [parse_cpu_quantity(v) for v in ("", "-1", "4 cores", "0m")] == [None, None, None, None]
+    assert parse_memory_quantity("32Gi") == 32 * 2**30 and parse_memory_quantity("1G") == 10**9
+    assert parse_memory_quantity("512Mi") == 512 * 2**20 and parse_memory_quantity("1024") == 1024
+    assert [parse_memory_quantity(v) for v in ("32GB", "Gi", "", "0Gi")] == [None, None, None, None]

@@ -1,23 +1,28 @@
 """`livo compile` and `livo submit`: the Kubeflow pipeline `pipelines/livo_full.py` for a cluster.
 
-    livo compile                     # writes pipelines/livo_full.yaml (the committed package)
+    livo compile                     # writes pipelines/livo_full.yaml of the checkout you are in
     livo compile --check             # exit 1 when the committed package is stale
-    livo submit --host URL -p run_preset=sd15 -p data_shard_count=16
+    livo compile --image REG/livo@sha256:<digest> -o dist/livo_full.yaml
+    livo submit --host URL --image REG/livo@sha256:<digest> -p run_preset=sd15 -p data_shard_count=16
 
-Both need a livo source checkout (pipelines/ and components/ are not part of the installed package). The pipeline
-module and kfp are imported inside the handlers, so `livo --help` stays fast.
+Both need a livo source checkout (pipelines/ and components/ are not part of the installed package): the one the
+current directory is in, else $LIVO_SOURCE_DIR, else the one livo is installed from. The image of every task is
+`--image`, else $LIVO_IMAGE, else the last published one (livo.images). The pipeline module and kfp are imported
+inside the handlers, so `livo --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import hashlib
 import os
 import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -28,13 +33,22 @@ PIPELINE_FILE = Path("pipelines") / "livo_full.py"
 DEFAULT_SERVICE_ACCOUNT = ""  # empty: KFP's default (pipeline-runner, or the profile's default-editor)
 
 
+def _is_checkout(path: Path) -> bool:
+    return (path / PIPELINE_FILE).is_file() and (path / "components").is_dir()
+
+
 def checkout_dir() -> Path:
-    """The livo source checkout that holds pipelines/ and components/."""
+    """The livo source checkout that holds pipelines/ and components/: the one the current directory is in (so a
+    second checkout never writes into the editable install's), else $LIVO_SOURCE_DIR, else the installed one."""
     from livo.paths import REPO_DIR
 
-    for candidate in (Path(os.environ["LIVO_SOURCE_DIR"]) if os.environ.get("LIVO_SOURCE_DIR") else None,
-                      REPO_DIR, Path.cwd()):
-        if candidate and (candidate / PIPELINE_FILE).is_file() and (candidate / "components").is_dir():
+    here = Path.cwd().resolve()
+    candidates = [here, *here.parents]
+    if os.environ.get("LIVO_SOURCE_DIR"):
+        candidates.append(Path(os.environ["LIVO_SOURCE_DIR"]))
+    candidates.append(REPO_DIR)
+    for candidate in candidates:
+        if _is_checkout(candidate):
             return candidate.resolve()
     raise ConfigError(f"{PIPELINE_FILE} not found: run from a livo source checkout or set LIVO_SOURCE_DIR to one")
 
@@ -49,18 +63,42 @@ def load_pipeline_module() -> ModuleType:
     return importlib.import_module("pipelines.livo_full")
 
 
-def compile_pipeline(output: Path) -> Path:
-    """Compile the pipeline to `output` (written to a temp file, then renamed: never half-written)."""
+@contextlib.contextmanager
+def pipeline_image(module: ModuleType, image: str) -> Iterator[Any]:
+    """The `livo_full` pipeline rebuilt with `image` for every task and the TrainJob (kfp builds a pipeline's graph
+    when it is decorated, so the graph is rebuilt from its function while `PIPELINE_IMAGE` is swapped)."""
+    from kfp import dsl
+
+    declared = module.livo_full
+    saved = module.PIPELINE_IMAGE
+    module.PIPELINE_IMAGE = image
+    try:
+        yield dsl.pipeline(name=declared.name, description=declared.description)(declared.pipeline_func)
+    finally:
+        module.PIPELINE_IMAGE = saved
+
+
+def compile_pipeline(output: Path, image: str | None = None) -> Path:
+    """Compile the pipeline to `output` with `image` (see livo.images.resolve_image) for every task; written to a
+    temp file, checked, then renamed: never half-written."""
     from kfp import compiler
 
+    from livo.images import resolve_image
+
+    image = resolve_image(image)
     module = load_pipeline_module()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=output.parent, prefix=".tmp-", suffix=".yaml", delete=False) as tmp:
         tmp_path = Path(tmp.name)
     try:
-        compiler.Compiler().compile(module.livo_full, str(tmp_path))
+        with pipeline_image(module, image) as pipeline:
+            compiler.Compiler().compile(pipeline, str(tmp_path))
         tmp_path.write_text(canonical_header(tmp_path.read_text(encoding="utf-8")), encoding="utf-8")
+        found = package_image(tmp_path)
+        if found != {image}:
+            raise LivoError(f"the compiled package uses {sorted(found)}, not only {image}; a task in "
+                            "pipelines/livo_full.py escaped cluster_task()")
         tmp_path.replace(output)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -153,20 +191,10 @@ def effective_arguments(package: Path, overrides: dict[str, Any]) -> dict[str, A
 
 
 def package_image(package: Path) -> set[str]:
+    from livo.images import package_images
+
     spec, _ = read_package(package)
-    return {executor["container"]["image"] for executor in spec["deploymentSpec"]["executors"].values()}
-
-
-def require_published_image(package: Path) -> None:
-    sys.path.insert(0, str(checkout_dir()))
-    from components._image import is_published
-
-    unpublished = sorted(image for image in package_image(package) if not is_published(image))
-    if unpublished:
-        raise ConfigError(
-            f"the pipeline's image {unpublished[0]} is not a published digest: build and push it (make images), "
-            "then compile with LIVO_IMAGE=<registry>/livo@sha256:<digest> (docs/operations.md)"
-        )
+    return package_images(spec)
 
 
 def git_commit(root: Path) -> str:
@@ -182,28 +210,32 @@ def cmd_compile(args: argparse.Namespace) -> int:
     target = Path(args.output) if args.output else committed_package()
     if args.check:
         with tempfile.TemporaryDirectory() as tmp:
-            fresh = compile_pipeline(Path(tmp) / "livo_full.yaml")
+            fresh = compile_pipeline(Path(tmp) / "livo_full.yaml", args.image)
             if not target.is_file() or fresh.read_bytes() != target.read_bytes():
                 print(f"{target} is stale: run `livo compile` and commit the result", file=sys.stderr)
                 return 1
         print(f"{target} is up to date ({sha256_of(target)})")
         return 0
-    compile_pipeline(target)
-    print(f"compiled {target} ({sha256_of(target)})")
+    compile_pipeline(target, args.image)
+    print(f"compiled {target} ({sha256_of(target)}) with image {next(iter(package_image(target)))}")
     return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
+    from livo.images import require_published, resolve_image
+
     overrides = parse_param_overrides(args.param)
+    image = resolve_image(args.image)
+    if not args.allow_unpublished_image:
+        require_published(image, action="submit")
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(Path(tmp) / "livo_full.yaml")
-        if not args.allow_unpublished_image:
-            require_published_image(package)
+        package = compile_pipeline(Path(tmp) / "livo_full.yaml", image)
         overrides.setdefault("run_pipeline_spec_sha256", sha256_of(package))
         arguments = effective_arguments(package, overrides)
         changed = {k: v for k, v in arguments.items() if k in overrides}
         if args.dry_run:
-            print(f"would submit {package.name} ({arguments['run_pipeline_spec_sha256']}) with {changed}")
+            print(f"would submit {package.name} ({arguments['run_pipeline_spec_sha256']}) in image {image} with "
+                  f"{changed}")
             return 0
         run_id = submit_package(package, arguments=changed, host=args.host, namespace=args.namespace,
                                 experiment=args.experiment, run_name=args.run_name,
@@ -237,9 +269,11 @@ def submit_package(package: Path, *, arguments: dict[str, Any], host: str | None
 def register(subparsers: argparse._SubParsersAction) -> None:
     compile_parser = subparsers.add_parser(
         "compile", help="compile pipelines/livo_full.py to its YAML package",
-        description="Compile the Kubeflow pipeline to pipelines/livo_full.yaml (the image comes from LIVO_IMAGE, "
-                    "else components/_image.py).")
-    compile_parser.add_argument("--output", "-o", help="where to write the package (default: the committed one)")
+        description="Compile the Kubeflow pipeline to pipelines/livo_full.yaml of the checkout you are in. Every task "
+                    "and the TrainJob run in --image, else $LIVO_IMAGE, else the last published image.")
+    compile_parser.add_argument("--output", "-o", help="where to write the package (default: pipelines/livo_full.yaml "
+                                                       "of the checkout the current directory is in)")
+    add_image_argument(compile_parser)
     compile_parser.add_argument("--check", action="store_true",
                                 help="do not write; exit 1 when the package differs from a fresh compile")
     compile_parser.set_defaults(func=cmd_compile)
@@ -249,6 +283,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Compile the pipeline, check the parameters as its first step would, and create a KFP run. "
                     "Authentication: KFP_TOKEN (a bearer token) or the client's in-cluster/kubeconfig credentials.")
     submit_parser.add_argument("--host", help="KFP API endpoint (default: $KFP_HOST)")
+    add_image_argument(submit_parser)
     submit_parser.add_argument("--namespace", help="KFP namespace (multi-user deployments: your profile namespace)")
     submit_parser.add_argument("--experiment", default="livo", help="KFP experiment name (default: livo)")
     submit_parser.add_argument("--run-name", help="run display name (default: KFP's)")
@@ -260,3 +295,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     submit_parser.add_argument("--allow-unpublished-image", action="store_true",
                                help="submit even if the image digest is the unpublished marker (it cannot pull)")
     submit_parser.set_defaults(func=cmd_submit)
+
+
+def add_image_argument(parser: argparse.ArgumentParser) -> None:
+    """`--image`, the same on compile, submit, schedule and run."""
+    parser.add_argument("--image", metavar="REF",
+                        help="container image of every task and the TrainJob, pinned by digest "
+                             "(<registry>/<repo>[:tag]@sha256:<64 hex>, as printed by `make images-push`); "
+                             "default: $LIVO_IMAGE, else the last published image")

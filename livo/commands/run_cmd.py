@@ -8,6 +8,10 @@ persists across runs: a second run with the same principles is reported `skipped
 kfp.local ignores the pipeline's Kubernetes secret mappings, so the store's `LIVO_S3_*` variables are put into this
 process's environment, which every component subprocess inherits.
 
+`--image REF` runs every task in that image instead of as a local process (kfp.local's DockerRunner, host network so
+the tasks reach the store on loopback): the way to try a freshly built image before pushing it. It needs a Docker
+engine and the `docker` Python package, checked before anything starts.
+
 At the end it prints the outcome (registered | skipped | rejected | failed), copies the evaluation's report.html and
 metrics.json into the run directory, prints the report's path and the base-vs-aligned summary table. To audit the
 registered model afterwards, serve the same store (`livo store serve --data-dir runs/store`) and use `livo lineage`.
@@ -151,27 +155,56 @@ def task_timings(log_text: str) -> dict[str, dict[str, Any]]:
                    "runs": span["runs"], "status": span["status"]} for name, span in spans.items()}
 
 
-def run_pipeline_locally(arguments: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Run the pipeline with kfp.local in this process's environment; return the outcome record the run wrote."""
+def docker_runner(env: dict[str, str]) -> Any:
+    """kfp.local's DockerRunner with the host network and `env` in every container; refuses early without Docker."""
+    import shutil
+
     from kfp import local
 
-    from livo.commands.pipeline_cmd import git_commit, load_pipeline_module
+    if shutil.which("docker") is None:
+        raise LivoError("--image runs the tasks in containers, but no `docker` command was found; install Docker (or "
+                        "drop --image to run the tasks as local processes)")
+    try:
+        import docker
+    except ImportError:
+        raise LivoError("--image needs the `docker` Python package (pip install docker) for kfp.local's "
+                        "DockerRunner") from None
+    try:
+        docker.from_env().ping()
+    except Exception as exc:  # docker raises DockerException, requests and socket errors alike
+        raise LivoError(f"the Docker engine is not reachable ({' '.join(str(exc).split())[:200]}); start it or drop "
+                        "--image") from None
+    return local.DockerRunner(network_mode="host", environment=env)
+
+
+def run_pipeline_locally(arguments: dict[str, Any], run_dir: Path, image: str | None = None) -> dict[str, Any]:
+    """Run the pipeline with kfp.local in this process's environment (in `image` when given, through Docker);
+    return the outcome record the run wrote."""
+    from kfp import local
+
+    from livo.commands.pipeline_cmd import git_commit, load_pipeline_module, pipeline_image
     from livo.registry.store import ObjectStore, parse_s3_uri
 
     module = load_pipeline_module()
     pipeline_root = run_dir / "kfp"
     pipeline_root.mkdir(parents=True, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=False)
+    if image:
+        task_env = {k: v for k, v in os.environ.items() if k.startswith("LIVO_S3_") or k.endswith("_NUM_THREADS")}
+        runner = docker_runner(task_env)
+    else:
+        runner = local.SubprocessRunner(use_venv=False)
+    local.init(runner=runner, pipeline_root=str(pipeline_root), raise_on_error=False)
     commit = git_commit(Path(module.__file__).resolve().parents[1])
     log_path = run_dir / "pipeline.log"
     # kfp.local indents task logs by swapping builtins.print and restoring what it found; tasks of a ParallelFor run
     # in threads, so when they finish in the order they started, an indenting print is left behind. Restore ours.
     original_print = builtins.print
     try:
-        with patched_environ({"LIVO_GIT_COMMIT": commit} if commit else {}), \
+        with patched_environ({"LIVO_GIT_COMMIT": commit} if commit and not image else {}), \
+                pipeline_image(module, image or module.PIPELINE_IMAGE) as pipeline, \
                 log_path.open("w", encoding="utf-8") as log_file, \
                 contextlib.redirect_stdout(_Tee(sys.stdout, log_file)):
-            module.livo_full(**arguments)
+            pipeline(**arguments)
     finally:
         builtins.print = original_print
     output = task_output(pipeline_root, "record-outcome")
@@ -244,6 +277,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from livo.commands.pipeline_cmd import parse_param_overrides
     from livo.paths import runs_dir
 
+    image = None
+    if args.image:
+        from livo.images import resolve_image
+
+        image = resolve_image(args.image)
+        docker_runner({})  # Docker present and reachable: checked before a run directory or a store exists
     root = Path(args.runs_dir).resolve() if args.runs_dir else runs_dir()
     run_dir = new_run_dir(root)
     arguments = local_arguments(args.preset, parse_param_overrides(args.param))
@@ -252,7 +291,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     thread_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with object_store_env(root / "store") as store_env, patched_environ({**store_env, **thread_env}):
-        outcome = run_pipeline_locally(arguments, run_dir)
+        outcome = run_pipeline_locally(arguments, run_dir, image)
         metrics = fetch_evaluation(outcome, run_dir)
     outcome["wall_seconds"] = round(time.perf_counter() - started, 1)
     outcome["threads_per_task"] = threads
@@ -282,4 +321,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "concurrent data shards)")
     parser.add_argument("--runs-dir", help="where run directories and the embedded store live (default: "
                                            "$LIVO_RUNS_DIR or ./runs)")
+    parser.add_argument("--image", metavar="REF",
+                        help="run every task in this image (digest-pinned) through Docker instead of as local "
+                             "processes; needs a Docker engine")
     parser.set_defaults(func=cmd_run)

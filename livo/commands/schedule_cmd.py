@@ -1,10 +1,11 @@
 """`livo schedule`: retrain on a cron schedule when the principle set changes (a KFP recurring run).
 
-    livo schedule --host https://kfp.example.org --cron "0 0 3 * * *" \
+    livo schedule --host https://kfp.example.org --cron "0 0 3 * * *" --image REG/livo@sha256:<digest> \
         --principles s3://mlpipeline/livo/principles/prod.yaml --model-name livo-sd15 -p data_shard_count=16
 
-The recurring run always runs the latest version of the `livo-full` pipeline (uploaded from the committed package
-when the server lacks it). Each run checks the principle-set hash against the latest registered model first and
+The recurring run always runs the latest version of the `livo-full` pipeline. The package is compiled with the
+image (`--image`, else $LIVO_IMAGE, else the last published one; `--package FILE` is retargeted to it) and uploaded
+as the pipeline, or as its new latest version when the server's latest differs. Each run checks the principle-set hash against the latest registered model first and
 finishes as `skipped` when nothing changed. Authentication: KFP_TOKEN (bearer token).
 """
 
@@ -13,30 +14,52 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 from pathlib import Path
 
+from livo.commands.pipeline_cmd import add_image_argument
 from livo.errors import ConfigError
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    from livo.commands.pipeline_cmd import committed_package, effective_arguments, parse_param_overrides
+    from livo.images import require_published, resolve_image
     from livo.orchestration import validate_kfp_cron
-    from livo.registry.schedule import kfp_api_client, schedule_retraining
 
     cron = validate_kfp_cron(args.cron)
+    image = resolve_image(args.image)
+    if not args.allow_unpublished_image:
+        require_published(image, action="schedule runs")
+    with tempfile.TemporaryDirectory(prefix="livo-schedule-") as tmp:
+        package = Path(tmp) / "livo_full.yaml"
+        if args.package:
+            from livo.images import retarget_package
+
+            if not Path(args.package).is_file():
+                raise ConfigError(f"{args.package}: no such pipeline package; run `livo compile` or drop --package")
+            package.write_text(retarget_package(Path(args.package).read_text(encoding="utf-8"), image),
+                               encoding="utf-8")
+        else:
+            from livo.commands.pipeline_cmd import compile_pipeline
+
+            compile_pipeline(package, image)
+        return _schedule(args, cron, image, package)
+
+
+def _schedule(args: argparse.Namespace, cron: str, image: str, package: Path) -> int:
+    from livo.commands.pipeline_cmd import effective_arguments, parse_param_overrides
+    from livo.registry.schedule import kfp_api_client, schedule_retraining
+
     overrides = parse_param_overrides(args.param)
     overrides["run_principles_uri"] = args.principles
     overrides["run_schedule_cron"] = cron
     if args.model_name:
         overrides["registry_model_name"] = args.model_name
-    package = Path(args.package) if args.package else committed_package()
-    if not package.is_file():
-        raise ConfigError(f"{package}: no such pipeline package; run `livo compile` or pass --package")
     arguments = effective_arguments(package, overrides)  # unknown names and bad values fail here, not at 3 a.m.
     parameters = {k: v for k, v in arguments.items() if k in overrides}
     name = args.name or f"livo-retrain-{arguments.get('registry_model_name', 'model')}"
     if args.dry_run:
-        print(f"would create recurring run {name!r} ({cron}) of the latest {args.pipeline_name!r} with {parameters}")
+        print(f"would create recurring run {name!r} ({cron}) of the latest {args.pipeline_name!r} in image {image} "
+              f"with {parameters}")
         return 0
     host = args.host or os.environ.get("KFP_HOST")
     if not host:
@@ -51,7 +74,9 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     else:
         print(f"scheduled {result.display_name!r} ({result.cron}): recurring run {result.recurring_run_id} of the "
               f"latest {args.pipeline_name!r} in experiment {args.experiment!r}"
+              + f" in image {image}"
               + (" (pipeline uploaded)" if result.pipeline_uploaded else "")
+              + (f" (version {result.version_uploaded} uploaded)" if result.version_uploaded else "")
               + (f" (replaced {result.replaced})" if result.replaced else ""))
     return 0
 
@@ -73,8 +98,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--experiment", default="livo", help="experiment of the recurring run (default: livo)")
     parser.add_argument("--name", help="recurring run name (default: livo-retrain-<model name>)")
     parser.add_argument("--pipeline-name", default="livo-full", help="pipeline on the server (default: livo-full)")
-    parser.add_argument("--package", help="compiled package, uploaded when the server lacks the pipeline (default: "
-                                          "the committed pipelines/livo_full.yaml)")
+    parser.add_argument("--package", help="a compiled package to upload instead of compiling one (its image is "
+                                          "replaced by the chosen one)")
+    add_image_argument(parser)
+    parser.add_argument("--allow-unpublished-image", action="store_true",
+                        help="schedule even if the image is the unpublished marker (the runs cannot pull it)")
     parser.add_argument("--max-concurrency", type=int, default=1, help="runs allowed at once (default 1)")
     parser.add_argument("--catchup", action="store_true", help="run missed intervals after a pause (default: no)")
     parser.add_argument("--replace", action="store_true", help="replace a recurring run of the same name")

@@ -54,7 +54,8 @@ class PipelineSection(LivoConfig):
     run_name: str = ""
     spec_hash: str = ""
     git_commit: str = ""
-    image_digest: str = ""
+    image_digest: str = Field("", description="the digest-pinned image the pipeline's tasks ran in; empty when none")
+    image_ran_in: str = Field("", description="container (image_digest names it) or a local process (no image)")
 
 
 class PrinciplesSection(LivoConfig):
@@ -163,7 +164,7 @@ def lineage_rows(record: LineageRecord) -> list[tuple[str, str]]:
         ("pipeline run", f"{r.pipeline.run_id}" + (f" ({r.pipeline.run_name})" if r.pipeline.run_name else "")),
         ("pipeline spec hash", r.pipeline.spec_hash or "-"),
         ("git commit", r.pipeline.git_commit or "-"),
-        ("image digest", r.pipeline.image_digest or "-"),
+        ("image digest", r.pipeline.image_digest or r.pipeline.image_ran_in or "-"),
         ("principle set", f"{r.principles.hash} ({', '.join(r.principles.ids)})"),
         ("principles file", r.principles.uri),
         ("dataset manifest", f"{r.dataset.manifest_uri}"),
@@ -428,7 +429,7 @@ def diff_records(a: LineageRecord, b: LineageRecord, principles_a: Any = None, p
     out["base_model"] = {key: [getattr(a.base_model, key), getattr(b.base_model, key)] for key in ("id", "fingerprint")
                          if getattr(a.base_model, key) != getattr(b.base_model, key)}
     out["pipeline"] = {key: [getattr(a.pipeline, key), getattr(b.pipeline, key)]
-                       for key in ("run_id", "run_name", "spec_hash", "git_commit", "image_digest")
+                       for key in ("run_id", "run_name", "spec_hash", "git_commit", "image_digest", "image_ran_in")
                        if getattr(a.pipeline, key) != getattr(b.pipeline, key)}
     out["weights"] = {"changed": a.model.weights_sha256 != b.model.weights_sha256,
                       "sha256": [a.model.weights_sha256, b.model.weights_sha256]}

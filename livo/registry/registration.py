@@ -187,6 +187,7 @@ class RegistrationRequest(LivoConfig):
     pipeline_spec_hash: str = ""
     git_commit: str = ""
     image_digest: str = ""
+    image_ran_in: str = ""
     description: str = ""
     force: bool = Field(False, description="register even though metrics.json says passed: false")
 
@@ -292,7 +293,7 @@ def register_model(store: Any, request: RegistrationRequest, *, model_registry: 
                                value_encoder_path=VALUE_ENCODER_DIR),
             pipeline=PipelineSection(run_id=request.pipeline_run_id, run_name=request.pipeline_run_name,
                                      spec_hash=request.pipeline_spec_hash, git_commit=request.git_commit,
-                                     image_digest=request.image_digest),
+                                     image_digest=request.image_digest, image_ran_in=request.image_ran_in),
             principles=PrinciplesSection(hash=principle_set.hash, uri=redact(request.principles, hidden),
                                          ids=list(principle_set.ids)),
             dataset=DatasetSection(manifest_uri=redact(request.dataset_manifest_uri, hidden),

@@ -5,10 +5,15 @@ version, which KFP resolves to the pipeline's latest version at every trigger â€
 pipeline updates the schedule without recreating it. Each triggered run starts with the principles check
 (`livo.registry.registration.principles_changed`) and is a cheap, successful no-op (outcome `skipped`) while the
 principle set is unchanged since the latest registered model.
+
+The image the scheduled runs use is the one in the package: `livo schedule --image REF` compiles the package with
+REF, and when the server's latest version of the pipeline is not that package, the package is uploaded as a new
+version named after its sha256 (`<pipeline>-<12 hex>`), so the recurring run pulls exactly REF.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,7 @@ class ScheduleResult(LivoConfig):
     cron: str
     parameters: dict[str, Any]
     pipeline_uploaded: bool = False
+    version_uploaded: str | None = None
     replaced: str | None = None
 
 
@@ -108,19 +114,22 @@ def schedule_retraining(api_client: Any, *, cron: str, parameters: dict[str, Any
         raise ConfigError(f"max concurrency {max_concurrency}: must be at least 1")
     kfp = _Kfp(api_client)
 
+    if package is not None and not Path(package).is_file():
+        raise ConfigError(f"{package}: no such pipeline package; run `livo compile`")
     pipeline = kfp.call(f"look up pipeline {pipeline_name!r}", kfp.pipelines.pipeline_service_get_pipeline_by_name,
                         pipeline_name, namespace=namespace, missing_ok=True)
     uploaded = False
+    version_uploaded = None
     if pipeline is None:
         if package is None:
             raise ConfigError(f"pipeline {pipeline_name!r} does not exist on {kfp.host}; upload it first or pass the "
                               "compiled package (--package pipelines/livo_full.yaml) to upload it")
-        if not Path(package).is_file():
-            raise ConfigError(f"{package}: no such pipeline package; run `livo compile`")
         pipeline = kfp.call(f"upload pipeline {pipeline_name!r}", kfp.uploads.upload_pipeline, str(package),
                             name=pipeline_name, display_name=pipeline_name, namespace=namespace)
         uploaded = True
         log_event(logger, "pipeline uploaded", pipeline=pipeline_name, pipeline_id=pipeline.pipeline_id)
+    elif package is not None:
+        version_uploaded = _ensure_latest_version(kfp, pipeline, pipeline_name, Path(package))
 
     found = kfp.call(f"look up experiment {experiment!r}", kfp.experiments.experiment_service_list_experiments,
                      filter=_equals_filter("display_name", experiment), namespace=namespace)
@@ -164,7 +173,31 @@ def schedule_retraining(api_client: Any, *, cron: str, parameters: dict[str, Any
                            kfp.recurring_runs.recurring_run_service_create_recurring_run, body)
     result = ScheduleResult(recurring_run_id=created_run.recurring_run_id, display_name=display_name,
                             pipeline_id=pipeline.pipeline_id, experiment_id=experiment_id, cron=cron,
-                            parameters=parameters, pipeline_uploaded=uploaded, replaced=replaced)
+                            parameters=parameters, pipeline_uploaded=uploaded, version_uploaded=version_uploaded,
+                            replaced=replaced)
     log_event(logger, "recurring run created", recurring_run_id=result.recurring_run_id, name=display_name,
               cron=cron, pipeline=pipeline_name, experiment=experiment, replaced=replaced)
     return result
+
+
+def package_version_name(pipeline_name: str, package: Path) -> str:
+    """`<pipeline>-<first 12 hex of the package's sha256>`: the same package always gets the same version name."""
+    return f"{pipeline_name}-{hashlib.sha256(Path(package).read_bytes()).hexdigest()[:12]}"
+
+
+def _ensure_latest_version(kfp: _Kfp, pipeline: Any, pipeline_name: str, package: Path) -> str | None:
+    """Make `package` the latest version of the existing `pipeline`; returns the uploaded version's name, or None
+    when the latest version already is this package."""
+    wanted = package_version_name(pipeline_name, package)
+    listed = kfp.call(f"list the versions of pipeline {pipeline_name!r}",
+                      kfp.pipelines.pipeline_service_list_pipeline_versions, pipeline.pipeline_id, page_size=1,
+                      sort_by="created_at desc")
+    latest = (listed.pipeline_versions or [None])[0]
+    if latest is not None and wanted in (latest.display_name, getattr(latest, "name", None)):
+        return None
+    version = kfp.call(f"upload version {wanted!r} of pipeline {pipeline_name!r}",
+                       kfp.uploads.upload_pipeline_version, str(package), name=wanted, display_name=wanted,
+                       pipelineid=pipeline.pipeline_id)
+    log_event(logger, "pipeline version uploaded", pipeline=pipeline_name, version=wanted,
+              pipeline_version_id=version.pipeline_version_id)
+    return wanted

@@ -29,6 +29,7 @@ def finished_run(store, monkeypatch, tmp_path: Path) -> dict[str, str]:
     for name, value in store.env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("LIVO_GIT_COMMIT", "0123abcd")
+    monkeypatch.setenv("LIVO_IMAGE_VARIANT", "cuda")  # as inside the image (images/Dockerfile.*)
     run = "pipeline-runs/run-7"
     principles = config_dir() / "principles" / "default.yaml"
     store.put_file(f"{run}/principles.yaml", principles)
@@ -65,7 +66,7 @@ def test_register_records_lineage_outcome_and_makes_the_next_check_a_no_op(store
     assert uri == store.uri("models/livo-tiny/v1/")
     lineage = store.get_json("models/livo-tiny/v1/lineage.json")
     expected = {"run_id": "run-7", "run_name": "livo-full-7", "spec_hash": "sha256:" + "c" * 64,
-                "git_commit": "0123abcd", "image_digest": IMAGE}
+                "git_commit": "0123abcd", "image_digest": IMAGE, "image_ran_in": "container"}
     assert {k: lineage["pipeline"][k] for k in expected} == expected
     assert lineage["principles"]["hash"] == finished_run["hash"]
     assert lineage["training"]["seed"] == 1234
@@ -95,3 +96,11 @@ def test_training_result_without_its_fields_is_a_clear_error(store, finished_run
     store.put_json(f"{finished_run['run']}/train/result.json", {"metrics": {}})
     with pytest.raises(LivoError, match="lacks 'value_encoder'"):
         _register(store, finished_run)
+
+
+def test_a_task_outside_any_image_records_that_instead_of_the_declared_digest(store, finished_run, monkeypatch):
+    """kfp.local runs tasks as local processes: lineage must not claim the image the package declares."""
+    monkeypatch.delenv("LIVO_IMAGE_VARIANT")
+    _register(store, finished_run)
+    pipeline = store.get_json("models/livo-tiny/v1/lineage.json")["pipeline"]
+    assert (pipeline["image_digest"], pipeline["image_ran_in"]) == ("", "local process (no container image)")

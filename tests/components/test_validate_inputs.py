@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from components.validate_inputs import validate_inputs
@@ -13,7 +15,11 @@ GOOD = dict(
     data_tolerations=[], data_config_overrides=[], train_launcher="pod", train_num_nodes=1, train_gpus_per_node=0,
     train_node_selector={}, train_tolerations=[], train_config_overrides=[], eval_gpus=0, eval_node_selector={},
     eval_tolerations=[], eval_config_overrides=[], store_secret_name="mlpipeline-minio-artifact",
-    store_config_map_name="livo-object-store",
+    store_config_map_name="livo-object-store", run_model_source="",
+    train_trainjob_timeout_hours=48.0, train_trainjob_start_timeout_minutes=20.0,
+    **{f"{stage}_{what}_{kind}": value for stage, (cpu, memory) in {
+        "data": ("4", "32Gi"), "train": ("32", "256Gi"), "eval": ("8", "64Gi"), "control": ("500m", "2Gi")}.items()
+       for what, value in (("cpu", cpu), ("memory", memory)) for kind in ("request", "limit")},
 )
 
 
@@ -39,6 +45,9 @@ def test_valid_inputs_resolve_principles_and_plan_the_shards(store, monkeypatch)
 
 @pytest.mark.store
 @pytest.mark.parametrize(("change", "cause"), [
+    ({"run_model_source": "s3://{bucket}/models/never-mirrored"},
+     "run_model_source: s3://{bucket}/models/never-mirrored has no livo-mirror.json: mirror it with `livo models "
+     "mirror SOURCE s3://{bucket}/models/never-mirrored`"),
     ({"data_shard_count": 0}, "data_shard_count"),
     ({"train_gpus_per_node": -2}, "train_gpus_per_node"),
     ({"run_schedule_cron": "61 * * * * *"}, "second field '61'"),
@@ -47,7 +56,9 @@ def test_valid_inputs_resolve_principles_and_plan_the_shards(store, monkeypatch)
 def test_bad_input_fails_and_leaves_its_cause_for_the_outcome(store, monkeypatch, change, cause):
     for name, value in store.env().items():
         monkeypatch.setenv(name, value)
-    with pytest.raises(ConfigError, match=cause.replace("(", r"\(")):
+    change = {k: v.format(bucket=store.bucket) if isinstance(v, str) else v for k, v in change.items()}
+    cause = cause.format(bucket=store.bucket)
+    with pytest.raises(ConfigError, match=re.escape(cause)):
         validate_inputs.python_func(**{**GOOD, **change}, run_id="r-bad")
     failure = store.get_json("pipeline-runs/r-bad/failure.json")
     assert failure["step"] == "validate-inputs" and cause in failure["message"]

@@ -30,10 +30,11 @@ def doc_commands() -> list[str]:
 
 def test_doc_has_commands_for_every_operation():
     commands = doc_commands()
-    for prefix in ("python images/check_dockerfiles.py", "livo compile", "kubectl kustomize manifests/overlays/",
+    for prefix in ("python images/check_dockerfiles.py", "make images-push", "livo compile --image",
+                   "kubectl kustomize manifests/overlays/",
                    "livo submit", "livo run", "livo schedule", "livo lineage show", "livo lineage verify"):
         assert any(c.startswith(prefix) for c in commands), prefix
-    known = ("livo ", "kubectl kustomize ", "python images/") + CLUSTER_ONLY
+    known = ("livo ", "kubectl kustomize ", "python images/", "make ") + CLUSTER_ONLY
     assert [c for c in commands if not c.startswith(known)] == []
 
 
@@ -65,3 +66,13 @@ def test_offline_commands_run(command):
         pytest.skip("kubectl is not installed")
     result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("command", [c for c in doc_commands() if c.startswith("make ")])
+def test_make_targets_in_the_doc_exist(command):
+    """`make -n` resolves the target and its variables without running it (building needs Docker, tested with a
+    fake one in tests/images/test_build.py)."""
+    result = subprocess.run(["make", "-n", *shlex.split(command)[1:]], cwd=REPO, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Nothing to be done" not in result.stdout

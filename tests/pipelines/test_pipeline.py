@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "pipelines" / "livo_full.yaml"
 LIVO = [sys.executable, "-m", "livo.cli"]
 PUSHED_IMAGE = "registry.example.org/team/livo:1.0@sha256:" + "e" * 64
-STAGE_PREFIXES = ("run_", "data_", "train_", "eval_", "registry_", "store_")
+STAGE_PREFIXES = ("run_", "data_", "train_", "eval_", "control_", "registry_", "store_")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -157,7 +157,7 @@ def test_validation_runs_first_and_gates_everything(spec):
     assert tasks["principles-changed"]["dependentTasks"] == ["validate-inputs"]
     exit_task = spec["root"]["dag"]["tasks"]["record-outcome"]
     assert exit_task["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
-    assert spec["deploymentSpec"]["executors"]["exec-validate-inputs"]["container"].get("resources") is None
+    assert "accelerator" not in spec["deploymentSpec"]["executors"]["exec-validate-inputs"]["container"]["resources"]
 
 
 def test_caching_is_off_where_results_depend_on_the_store(spec):
@@ -183,7 +183,7 @@ def test_data_shards_fan_out_behind_the_principles_gate_on_parameterised_gpus(sp
     assert placement["tolerations"][0]["tolerationJson"]["componentInputParameter"].endswith("data_tolerations")
     for name in ("exec-validate-inputs", "exec-principles-changed", "exec-merge-data-shards", "exec-register",
                  "exec-record-outcome", "exec-train-value-encoder-2"):
-        assert "resources" not in spec["deploymentSpec"]["executors"][name]["container"], name
+        assert "accelerator" not in spec["deploymentSpec"]["executors"][name]["container"]["resources"], name
 
 
 def test_training_follows_the_merge_and_branches_on_the_launcher(spec, platform):
@@ -214,8 +214,15 @@ def test_training_follows_the_merge_and_branches_on_the_launcher(spec, platform)
     placement = platform["exec-train-value-encoder"]
     assert placement["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"].endswith("train_node_selector")
     assert placement["tolerations"][0]["tolerationJson"]["componentInputParameter"].endswith("train_tolerations")
-    assert placement["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "16Gi",
-                                           "volumeName": "dshm"}]
+    assert placement["emptyDirMounts"][0] == {"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "16Gi",
+                                              "volumeName": "dshm"}
+    # the TrainJob's nodes get the run's store and the launcher's timeouts
+    for name, channel in (("store_secret_name", "store_secret_name"), ("store_config_map_name", "store_config_map_name"),
+                          ("trainjob_timeout_hours", "train_trainjob_timeout_hours"),
+                          ("trainjob_start_timeout_minutes", "train_trainjob_start_timeout_minutes"),
+                          ("model_source", "run_model_source")):
+        assert _parameter(trainjob, name) == f"pipelinechannel--{channel}", name
+    assert placement["emptyDirMounts"][1]["volumeName"] == "model-cache"
     assert not {"nodeSelector", "tolerations", "emptyDirMounts"} & set(platform["exec-train-value-encoder-2"])
 
 
@@ -261,7 +268,88 @@ def test_script_entry_requires_a_known_command_and_local_for_run():
 def test_submit_refuses_the_unpublished_image():
     result = run(LIVO + ["submit", "--host", "http://127.0.0.1:9", "--dry-run"])
     assert result.returncode == 2
-    assert "is not a published digest" in result.stderr and "LIVO_IMAGE" in result.stderr
+    assert "is not a published digest" in result.stderr and "--image" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_image_without_a_digest_is_refused_at_the_door():
+    for command in (["compile", "-o", "/dev/null"], ["submit", "--dry-run"], ["schedule", "--dry-run", "--cron",
+                                                                             "@daily", "--principles", "p.yaml"]):
+        result = run(LIVO + command + ["--image", "registry.example.org/team/livo:1.0"])
+        assert result.returncode == 2, (command, result.stderr)
+        assert result.stderr.strip() == ("livo: error: image 'registry.example.org/team/livo:1.0' (from --image) is "
+                                         "not pinned by digest; use <registry>/<repo>[:tag]@sha256:<64 hex>, as "
+                                         "printed by `make images-push`")
+
+
+def test_every_task_requests_cpu_and_memory_from_its_stage_parameters_and_retries_where_safe(spec):
+    executors = spec["deploymentSpec"]["executors"]
+    tasks = _dag_tasks(spec)
+    stage_of = {"generate-data-shard": "data", "train-value-encoder": "train", "evaluate": "eval"}
+    for name, task in tasks.items():
+        if name.startswith(("condition-", "for-loop-", "exit-handler-")):
+            continue
+        resources = executors[task["componentRef"]["name"].replace("comp-", "exec-", 1)]["container"]["resources"]
+        stage = stage_of.get(name, "control")
+        assert resources["resourceCpuRequest"] == f"{{{{$.inputs.parameters['pipelinechannel--{stage}_cpu_request']}}}}"
+        for key, param in (("resourceCpuLimit", "cpu_limit"), ("resourceMemoryRequest", "memory_request"),
+                           ("resourceMemoryLimit", "memory_limit")):
+            assert resources[key] == f"{{{{$.inputs.parameters['pipelinechannel--{stage}_{param}']}}}}", (name, key)
+        retry = task.get("retryPolicy")
+        if name == "validate-inputs":  # bad input fails the same way every time
+            assert retry is None
+        else:
+            assert retry == {"maxRetryCount": 3, "backoffDuration": "60s", "backoffFactor": 2.0,
+                             "backoffMaxDuration": "7200s"}, name
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert (params["train_memory_request"]["defaultValue"], params["control_cpu_request"]["defaultValue"]) == (
+        "256Gi", "500m")
+
+
+def test_model_loading_tasks_cache_models_on_a_volume_and_register_reads_the_model_registry_url(platform, spec):
+    for name in ("exec-generate-data-shard", "exec-train-value-encoder", "exec-evaluate"):
+        mounts = {m["volumeName"]: m for m in platform[name]["emptyDirMounts"]}
+        assert mounts["model-cache"] == {"volumeName": "model-cache", "mountPath": "/var/cache/livo/models",
+                                         "sizeLimit": "64Gi"}, name
+        env = {e["name"]: e["value"] for e in spec["deploymentSpec"]["executors"][name]["container"]["env"]}
+        assert env["LIVO_MODEL_CACHE"] == "/var/cache/livo/models"
+    registry = [m for m in platform["exec-register"]["configMapAsEnv"]
+                if m["keyToEnv"] == [{"configMapKey": "model_registry_url", "envVar": "LIVO_MODEL_REGISTRY_URL"}]]
+    assert len(registry) == 1 and registry[0]["optional"] is True
+    assert registry[0]["configMapNameParameter"]["componentInputParameter"].endswith("store_config_map_name")
+
+
+def test_compile_with_an_image_puts_it_on_every_task_and_the_trainjob(tmp_path):
+    out = tmp_path / "p.yaml"
+    result = run(LIVO + ["compile", "--image", PUSHED_IMAGE, "-o", str(out)])
+    assert result.returncode == 0, result.stderr
+    spec = next(yaml.safe_load_all(out.read_text()))
+    assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {PUSHED_IMAGE}
+    tasks = _dag_tasks(spec)
+    assert _parameter(tasks["train-value-encoder-2"], "image") == PUSHED_IMAGE  # the TrainJob's nodes
+    assert _parameter(tasks["register"], "image") == PUSHED_IMAGE  # what lineage records
+    assert "0" * 64 not in out.read_text()
+    # LIVO_IMAGE is the default of --image, and --image wins over it
+    other = PUSHED_IMAGE.replace("e" * 64, "f" * 64)
+    result = run(LIVO + ["compile", "-o", str(out)], LIVO_IMAGE=other)
+    assert result.returncode == 0 and other in out.read_text() and PUSHED_IMAGE not in out.read_text()
+    result = run(LIVO + ["compile", "--image", PUSHED_IMAGE, "-o", str(out)], LIVO_IMAGE=other)
+    assert result.returncode == 0 and other not in out.read_text()
+
+
+def test_compile_writes_into_the_checkout_of_the_current_directory(tmp_path):
+    import shutil
+
+    checkout = tmp_path / "second-checkout"
+    shutil.copytree(REPO / "pipelines", checkout / "pipelines", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "components", checkout / "components", ignore=shutil.ignore_patterns("__pycache__"))
+    (checkout / "pipelines" / "livo_full.yaml").write_text("stale\n")
+    before = PACKAGE.read_bytes()
+    result = subprocess.run(LIVO + ["compile"], capture_output=True, text=True, cwd=checkout / "pipelines",
+                            env=clean_env(), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (checkout / "pipelines" / "livo_full.yaml").read_bytes() == before  # written there, same content
+    assert PACKAGE.read_bytes() == before  # the installed checkout was not touched
 
 
 @pytest.mark.parametrize(("param", "message"), [
@@ -322,3 +410,15 @@ def test_submit_unreachable_host_is_one_clear_line():
     result = run(LIVO + ["submit", "--host", "http://127.0.0.1:9"], LIVO_IMAGE=PUSHED_IMAGE)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("livo: error: submitting to http://127.0.0.1:9 failed")
+
+
+def test_run_with_an_image_checks_docker_and_the_reference_before_starting_anything(tmp_path):
+    runs = tmp_path / "runs"
+    result = run(LIVO + ["run", "--preset", "tiny", "--runs-dir", str(runs), "--image", "example.org/livo:1"])
+    assert result.returncode == 2 and "is not pinned by digest" in result.stderr
+    # This machine has no Docker engine (at most the CLI): one line naming what is missing, and no run started.
+    result = run(LIVO + ["run", "--preset", "tiny", "--runs-dir", str(runs), "--image", PUSHED_IMAGE])
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("livo: error: ") and "docker" in line.lower()
+    assert not runs.exists() or not any(runs.iterdir())

@@ -22,6 +22,8 @@ class FakeKfpApi(FakeRestServer):
         self.experiments: dict[str, dict[str, Any]] = {}
         self.recurring_runs: dict[str, dict[str, Any]] = {}
         self.uploads: list[bytes] = []
+        self.versions: dict[str, list[dict[str, Any]]] = {}  # pipeline id -> versions, oldest first
+        self.version_uploads: list[bytes] = []
         self.requests: list[tuple[str, str, dict[str, str], Any]] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -29,7 +31,14 @@ class FakeKfpApi(FakeRestServer):
     def add_pipeline(self, name: str) -> str:
         pipeline_id = f"pipeline-{next(self._ids)}"
         self.pipelines[pipeline_id] = {"pipeline_id": pipeline_id, "name": name, "display_name": name}
+        self.add_version(pipeline_id, name)  # KFP creates a first version named after the pipeline
         return pipeline_id
+
+    def add_version(self, pipeline_id: str, name: str) -> dict[str, Any]:
+        version = {"pipeline_id": pipeline_id, "pipeline_version_id": f"version-{next(self._ids)}", "name": name,
+                   "display_name": name, "created_at": f"2026-11-29T00:00:{len(self.versions.get(pipeline_id, [])):02d}Z"}
+        self.versions.setdefault(pipeline_id, []).append(version)
+        return version
 
     def route(self, method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
         with self._lock:
@@ -42,6 +51,16 @@ class FakeKfpApi(FakeRestServer):
                 self.uploads.append(body)
                 pipeline_id = self.add_pipeline(query["name"])
                 return 200, self.pipelines[pipeline_id]
+            if method == "POST" and path == f"{API}/pipelines/upload_version":
+                if query.get("pipelineid") not in self.pipelines:
+                    return 404, {"error": f"pipeline {query.get('pipelineid')} not found", "code": 5}
+                self.version_uploads.append(body)
+                return 200, self.add_version(query["pipelineid"], query["name"])
+            if method == "GET" and path.startswith(f"{API}/pipelines/") and path.endswith("/versions"):
+                pipeline_id = path.split("/")[-2]
+                assert query.get("sort_by") == "created_at desc", query
+                items = list(reversed(self.versions.get(pipeline_id, [])))[:int(query.get("page_size", 100))]
+                return 200, {"pipeline_versions": items, "total_size": len(self.versions.get(pipeline_id, []))}
             if method == "GET" and path == f"{API}/experiments":
                 wanted = _filter_value(query.get("filter"))
                 items = [e for e in self.experiments.values() if wanted is None or e["display_name"] == wanted]

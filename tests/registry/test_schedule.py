@@ -12,6 +12,7 @@ from livo.errors import ConfigError, LivoError
 from livo.registry.schedule import kfp_api_client, schedule_retraining
 
 PARAMS = {"run_principles_uri": "s3://mlpipeline/livo/principles.yaml", "run_schedule_cron": "0 0 3 * * *"}
+PUSHED_IMAGE = "registry.example.org/team/livo:1.0@sha256:" + "e" * 64
 
 
 def test_recurring_run_targets_latest_pipeline_version() -> None:
@@ -77,7 +78,8 @@ def test_schedule_command_validates_parameters_against_the_package(tmp_path: Pat
     with FakeKfpApi() as kfp:
         kfp.add_pipeline("livo-full")
         code = main(["schedule", "--host", kfp.url, "--cron", "0 0 3 * * *", "--principles",
-                     "s3://mlpipeline/livo/p.yaml", "--model-name", "livo-prod", "-p", "data_shard_count=16"])
+                     "s3://mlpipeline/livo/p.yaml", "--model-name", "livo-prod", "-p", "data_shard_count=16",
+                     "--image", PUSHED_IMAGE])
         assert code == 0, capsys.readouterr().err
         [run] = kfp.recurring_runs.values()
         assert run["display_name"] == "livo-retrain-livo-prod"
@@ -86,6 +88,58 @@ def test_schedule_command_validates_parameters_against_the_package(tmp_path: Pat
             "registry_model_name": "livo-prod", "data_shard_count": 16}
         assert "scheduled 'livo-retrain-livo-prod' (0 0 3 * * *)" in capsys.readouterr().out
         assert main(["schedule", "--host", kfp.url, "--cron", "0 0 3 * * *", "--principles", "x.yaml",
-                     "-p", "no_such_param=1"]) == 2
+                     "-p", "no_such_param=1", "--image", PUSHED_IMAGE]) == 2
         assert "unknown pipeline parameter(s) no_such_param" in capsys.readouterr().err
         assert len(kfp.recurring_runs) == 1
+
+
+def _uploaded_images(upload: bytes) -> set[str]:
+    """The executor images of an uploaded package (multipart body)."""
+    import re
+
+    return {m.decode() for m in re.findall(rb"\n +image: (\S+@sha256:[0-9a-f]{64})", upload)}
+
+
+def test_schedule_uploads_the_image_it_was_given(capsys: pytest.CaptureFixture[str]) -> None:
+    """`livo schedule --image X`: the package the recurring run will run holds X on every task, whether the server
+    lacked the pipeline (uploaded) or had an older version (a new latest version); the same package twice uploads
+    nothing new."""
+    args = ["--cron", "0 0 3 * * *", "--principles", "s3://mlpipeline/livo/p.yaml", "--image", PUSHED_IMAGE]
+    with FakeKfpApi() as kfp:
+        assert main(["schedule", "--host", kfp.url, *args]) == 0, capsys.readouterr().err
+        assert f"in image {PUSHED_IMAGE} (pipeline uploaded)" in capsys.readouterr().out
+        assert _uploaded_images(kfp.uploads[0]) == {PUSHED_IMAGE}
+
+    other = PUSHED_IMAGE.replace("e" * 64, "a" * 64)
+    with FakeKfpApi() as kfp:
+        pipeline_id = kfp.add_pipeline("livo-full")  # an older version is already there
+        assert main(["schedule", "--host", kfp.url, *args[:-1], other, "--replace"]) == 0, capsys.readouterr().err
+        assert kfp.uploads == [] and len(kfp.version_uploads) == 1
+        assert _uploaded_images(kfp.version_uploads[0]) == {other}
+        latest = kfp.versions[pipeline_id][-1]
+        assert latest["name"].startswith("livo-full-") and len(latest["name"]) == len("livo-full-") + 12
+        assert f"(version {latest['name']} uploaded)" in capsys.readouterr().out
+        assert main(["schedule", "--host", kfp.url, *args[:-1], other, "--replace"]) == 0
+        assert len(kfp.version_uploads) == 1  # already the latest version: nothing uploaded
+        [run] = kfp.recurring_runs.values()
+        assert run["pipeline_version_reference"] == {"pipeline_id": pipeline_id}
+
+
+def test_schedule_refuses_an_unpublished_or_unpinned_image(capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeKfpApi() as kfp:
+        kfp.add_pipeline("livo-full")
+        base = ["schedule", "--host", kfp.url, "--cron", "@daily", "--principles", "s3://b/p.yaml"]
+        assert main(base) == 2  # the committed default is the unpublished marker
+        assert "is not a published digest" in capsys.readouterr().err
+        assert main([*base, "--image", "registry.example.org/livo:1.0"]) == 2
+        assert "is not pinned by digest" in capsys.readouterr().err
+        assert kfp.recurring_runs == {} and kfp.version_uploads == []
+
+
+def test_schedule_retargets_a_given_package_to_the_image(tmp_path: Path, capsys) -> None:
+    package = Path("pipelines/livo_full.yaml")
+    with FakeKfpApi() as kfp:
+        assert main(["schedule", "--host", kfp.url, "--cron", "@daily", "--principles", "s3://b/p.yaml",
+                     "--package", str(package), "--image", PUSHED_IMAGE]) == 0, capsys.readouterr().err
+        assert _uploaded_images(kfp.uploads[0]) == {PUSHED_IMAGE}
+        assert "0" * 64 not in kfp.uploads[0].decode()
