@@ -100,6 +100,14 @@ def _cron_field_problem(text: str, low: int, high: int, names: dict[str, int], a
 # -------------------------------------------------------------------------------------------------- parameters
 # Stages whose pods get CPU/memory requests and limits from `<stage>_{cpu,memory}_{request,limit}` parameters.
 RESOURCE_STAGES = ("data", "train", "eval", "control")
+# The defaults of those parameters (the pipeline's signature uses these too); why these sizes: docs/operations.md.
+RESOURCE_DEFAULTS = {
+    "data_cpu_request": "4", "data_cpu_limit": "8", "data_memory_request": "32Gi", "data_memory_limit": "64Gi",
+    "train_cpu_request": "32", "train_cpu_limit": "64", "train_memory_request": "256Gi", "train_memory_limit": "512Gi",
+    "eval_cpu_request": "8", "eval_cpu_limit": "16", "eval_memory_request": "64Gi", "eval_memory_limit": "128Gi",
+    "control_cpu_request": "500m", "control_cpu_limit": "2", "control_memory_request": "2Gi",
+    "control_memory_limit": "8Gi",
+}
 _CPU_RE = re.compile(r"^(\d+(\.\d+)?|\.\d+)(m?)$")
 _MEMORY_RE = re.compile(r"^(\d+(\.\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 _MEMORY_UNITS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
@@ -172,24 +180,24 @@ class PipelineParameters(LivoConfig):
     eval_node_selector: dict[str, str] = Field(default_factory=dict)
     eval_tolerations: list[Toleration] = Field(default_factory=list)
     eval_config_overrides: list[str] = Field(default_factory=list, description="evaluation config key=value items")
-    data_cpu_request: str = "4"
-    data_cpu_limit: str = "8"
-    data_memory_request: str = "32Gi"
-    data_memory_limit: str = "64Gi"
-    train_cpu_request: str = "32"
-    train_cpu_limit: str = "64"
-    train_memory_request: str = "256Gi"
-    train_memory_limit: str = "512Gi"
+    data_cpu_request: str = RESOURCE_DEFAULTS["data_cpu_request"]
+    data_cpu_limit: str = RESOURCE_DEFAULTS["data_cpu_limit"]
+    data_memory_request: str = RESOURCE_DEFAULTS["data_memory_request"]
+    data_memory_limit: str = RESOURCE_DEFAULTS["data_memory_limit"]
+    train_cpu_request: str = RESOURCE_DEFAULTS["train_cpu_request"]
+    train_cpu_limit: str = RESOURCE_DEFAULTS["train_cpu_limit"]
+    train_memory_request: str = RESOURCE_DEFAULTS["train_memory_request"]
+    train_memory_limit: str = RESOURCE_DEFAULTS["train_memory_limit"]
     train_trainjob_timeout_hours: float = Field(48.0, gt=0, le=24 * 30)
     train_trainjob_start_timeout_minutes: float = Field(20.0, gt=0, le=24 * 60)
-    eval_cpu_request: str = "8"
-    eval_cpu_limit: str = "16"
-    eval_memory_request: str = "64Gi"
-    eval_memory_limit: str = "128Gi"
-    control_cpu_request: str = "500m"
-    control_cpu_limit: str = "2"
-    control_memory_request: str = "2Gi"
-    control_memory_limit: str = "8Gi"
+    eval_cpu_request: str = RESOURCE_DEFAULTS["eval_cpu_request"]
+    eval_cpu_limit: str = RESOURCE_DEFAULTS["eval_cpu_limit"]
+    eval_memory_request: str = RESOURCE_DEFAULTS["eval_memory_request"]
+    eval_memory_limit: str = RESOURCE_DEFAULTS["eval_memory_limit"]
+    control_cpu_request: str = RESOURCE_DEFAULTS["control_cpu_request"]
+    control_cpu_limit: str = RESOURCE_DEFAULTS["control_cpu_limit"]
+    control_memory_request: str = RESOURCE_DEFAULTS["control_memory_request"]
+    control_memory_limit: str = RESOURCE_DEFAULTS["control_memory_limit"]
     store_secret_name: str = Field("mlpipeline-minio-artifact", description="Secret with keys accesskey, secretkey")
     store_config_map_name: str = Field("livo-object-store", description="ConfigMap with keys endpoint, bucket")
 

@@ -49,7 +49,12 @@ from components.record_outcome import record_outcome  # noqa: E402
 from components.register import register  # noqa: E402
 from components.train_value_encoder import configure_training_task, train_value_encoder  # noqa: E402
 from components.validate_inputs import validate_inputs  # noqa: E402
-from livo.orchestration import RUN_DATASET_DIR, RUN_EVALUATION_DIR, RUN_TRAINING_DIR  # noqa: E402
+from livo.orchestration import (  # noqa: E402
+    RESOURCE_DEFAULTS,
+    RUN_DATASET_DIR,
+    RUN_EVALUATION_DIR,
+    RUN_TRAINING_DIR,
+)
 
 PIPELINE_NAME = "livo-full"
 COMPILED_PACKAGE = Path(__file__).with_suffix(".yaml")
@@ -134,34 +139,34 @@ def livo_full(
     data_node_selector: dict = {},  # noqa: B006 - kfp pipeline parameters take literal defaults
     data_tolerations: list = GPU_NODE_TOLERATIONS,  # noqa: B006
     data_config_overrides: list = [],  # noqa: B006
-    data_cpu_request: str = "4",
-    data_cpu_limit: str = "8",
-    data_memory_request: str = "32Gi",
-    data_memory_limit: str = "64Gi",
+    data_cpu_request: str = RESOURCE_DEFAULTS["data_cpu_request"],
+    data_cpu_limit: str = RESOURCE_DEFAULTS["data_cpu_limit"],
+    data_memory_request: str = RESOURCE_DEFAULTS["data_memory_request"],
+    data_memory_limit: str = RESOURCE_DEFAULTS["data_memory_limit"],
     train_launcher: str = "pod",
     train_num_nodes: int = 1,
     train_gpus_per_node: int = 8,
     train_node_selector: dict = {},  # noqa: B006
     train_tolerations: list = GPU_NODE_TOLERATIONS,  # noqa: B006
     train_config_overrides: list = [],  # noqa: B006
-    train_cpu_request: str = "32",
-    train_cpu_limit: str = "64",
-    train_memory_request: str = "256Gi",
-    train_memory_limit: str = "512Gi",
+    train_cpu_request: str = RESOURCE_DEFAULTS["train_cpu_request"],
+    train_cpu_limit: str = RESOURCE_DEFAULTS["train_cpu_limit"],
+    train_memory_request: str = RESOURCE_DEFAULTS["train_memory_request"],
+    train_memory_limit: str = RESOURCE_DEFAULTS["train_memory_limit"],
     train_trainjob_timeout_hours: float = 48.0,
     train_trainjob_start_timeout_minutes: float = 20.0,
     eval_gpus: int = 1,
     eval_node_selector: dict = {},  # noqa: B006
     eval_tolerations: list = GPU_NODE_TOLERATIONS,  # noqa: B006
     eval_config_overrides: list = [],  # noqa: B006
-    eval_cpu_request: str = "8",
-    eval_cpu_limit: str = "16",
-    eval_memory_request: str = "64Gi",
-    eval_memory_limit: str = "128Gi",
-    control_cpu_request: str = "500m",
-    control_cpu_limit: str = "2",
-    control_memory_request: str = "2Gi",
-    control_memory_limit: str = "8Gi",
+    eval_cpu_request: str = RESOURCE_DEFAULTS["eval_cpu_request"],
+    eval_cpu_limit: str = RESOURCE_DEFAULTS["eval_cpu_limit"],
+    eval_memory_request: str = RESOURCE_DEFAULTS["eval_memory_request"],
+    eval_memory_limit: str = RESOURCE_DEFAULTS["eval_memory_limit"],
+    control_cpu_request: str = RESOURCE_DEFAULTS["control_cpu_request"],
+    control_cpu_limit: str = RESOURCE_DEFAULTS["control_cpu_limit"],
+    control_memory_request: str = RESOURCE_DEFAULTS["control_memory_request"],
+    control_memory_limit: str = RESOURCE_DEFAULTS["control_memory_limit"],
     store_secret_name: str = "mlpipeline-minio-artifact",
     store_config_map_name: str = "livo-object-store",
 ):
