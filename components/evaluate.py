@@ -2,7 +2,8 @@
 
 Thin wrapper over `livo.evaluation.protocol.evaluate_candidate` (docs/evaluation.md). It also writes KFP `Metrics`
 (every name carries its judge) and the self-contained HTML report, and, when `report_uri` is set, copies
-metrics.json, report.html and summary.md to the object store (metrics.json last).
+metrics.json, report.html and summary.md to the object store (an earlier metrics.json there is deleted before the
+evaluation starts; the new one is written last).
 """
 
 from kfp import dsl
@@ -28,8 +29,10 @@ def evaluate(
     import tempfile
 
     from livo.evaluation.protocol import evaluate_candidate, local_value_encoder
-    from livo.evaluation.report import format_summary_table, kfp_metrics, upload_outputs
+    from livo.evaluation.report import format_summary_table, invalidate_uploaded_outputs, kfp_metrics, upload_outputs
 
+    if report_uri:
+        invalidate_uploaded_outputs(report_uri)  # a retried task: no earlier verdict survives a failure of this one
     workdir = tempfile.mkdtemp(prefix="livo-evaluate-")
     result = evaluate_candidate(
         local_value_encoder(value_encoder_uri, workdir), preset=preset, model=model_source or None,

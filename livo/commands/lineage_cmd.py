@@ -1,7 +1,7 @@
 """`livo lineage show|verify|diff`: audit registered models (object store from `LIVO_S3_*`).
 
     livo lineage show livo-toy            # the latest version, as a table (--json: the raw lineage.json)
-    livo lineage verify livo-toy@v2       # recompute every hash; exit 1 naming every mismatch
+    livo lineage verify livo-toy@v2       # recompute every hash (manifest.json's too); exit 1 naming every mismatch
     livo lineage diff livo-toy@v1 v2      # principles, data, config, metrics that changed
 """
 
@@ -32,7 +32,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from livo.registry.lineage import parse_model_ref, verify_version
+    from livo.registry.lineage import HMAC_KEY_ENV, hmac_key, parse_model_ref, verify_version
     from livo.registry.registration import resolve_version
 
     store = _store()
@@ -47,7 +47,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"  {problem.subject}: {problem.detail}", file=sys.stderr)
     else:
-        print(f"{name}@{version}: OK (every hash matches; principle set and dataset manifest unchanged)")
+        signature = ("HMAC signature verified" if hmac_key() is not None
+                     else f"signature not checked: {HMAC_KEY_ENV} is unset")
+        print(f"{name}@{version}: OK (every hash matches, manifest.json included; principle set and dataset "
+              f"manifest unchanged; {signature})")
     return 1 if problems else 0
 
 
@@ -77,9 +80,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("--json", action="store_true", help="print lineage.json as stored")
     show.set_defaults(func=cmd_show)
     verify = sub.add_parser("verify", help="recompute every hash of a version", description="Recompute the sha256 of "
-                            "every stored file and compare with the manifest and lineage record; check that the "
+                            "every stored file and compare with the manifest and lineage record, and the manifest's own "
+                            "content digest (and its HMAC signature when LIVO_LINEAGE_HMAC_KEY is set); check that the "
                             "principle set and dataset manifest it names still exist and match. Exit 1 naming every "
-                            "mismatch.")
+                            "mismatch; exit 2 for an unknown model or version.")
     verify.add_argument("model", metavar="MODEL[@VERSION]")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
     verify.set_defaults(func=cmd_verify)

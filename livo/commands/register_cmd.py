@@ -28,6 +28,21 @@ _FIELDS = {
 }
 
 
+def _read_yaml_file(path: Path, read_yaml: Any) -> Any:
+    """`read_yaml`, with a YAML syntax error as one line: the file, the line and column, the problem."""
+    try:
+        return read_yaml(path)
+    except ConfigError as exc:
+        cause = exc.__cause__
+        mark = getattr(cause, "problem_mark", None)
+        if mark is None:
+            raise
+        problem = " ".join(str(getattr(cause, "problem", None) or "invalid YAML").split())
+        context = " ".join(str(getattr(cause, "context", None) or "").split())
+        raise ConfigError(f"{path}: not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+                          + (f" ({context})" if context else "") + "; fix the file") from None
+
+
 def build_request(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
@@ -37,13 +52,13 @@ def build_request(args: argparse.Namespace) -> Any:
     data: dict[str, Any] = {}
     source = "livo register"
     if args.request:
-        loaded = read_yaml(args.request) or {}
+        loaded = _read_yaml_file(args.request, read_yaml) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{args.request}: expected a mapping of RegistrationRequest fields")
         data.update(loaded)
         source = str(args.request)
     if args.training_config:
-        config = read_yaml(args.training_config) or {}
+        config = _read_yaml_file(args.training_config, read_yaml) or {}
         if not isinstance(config, dict):
             raise ConfigError(f"{args.training_config}: expected a mapping (the training config)")
         data["training_config"] = config

@@ -13,6 +13,12 @@ For each principle with P prompts and N images per prompt, image i of the flatte
 images per prompt at positions drawn from the seed (`livo.modeling.value_token_mask`, the same rule as
 `LiVOPipeline.generate`); its other images are, by the pipeline's contract, the base model's images for the same
 seeds, so they are taken from the base run instead of being generated twice.
+
+metrics.json binds the verdict to what was evaluated (`evaluated`): the value encoder's `weights_digest` (the digest
+registration recomputes), the base model's `pipeline_fingerprint` (as training records it), the principle-set hash
+and the sha256 of the evaluation config's canonical JSON. `evaluate_candidate` first invalidates the outputs of any
+earlier evaluation in its output directory and writes metrics.json last, so an interrupted evaluation leaves no
+complete-looking output.
 """
 
 from __future__ import annotations
@@ -332,13 +338,15 @@ def _round(x: float) -> float:
 
 
 def run_evaluation(pipeline: Any, plan: EvaluationPlan, config: EvaluationConfig, *,
-                   generation: dict[str, Any] | None = None, context: dict[str, Any] | None = None
-                   ) -> EvaluationResult:
+                   generation: dict[str, Any] | None = None, context: dict[str, Any] | None = None,
+                   evaluated: dict[str, str] | None = None) -> EvaluationResult:
     """Generate, judge, score and gate. `plan` must come from `load_judges`. `context` (model ids, preset, …) is
-    copied into metrics.json as-is."""
+    copied into metrics.json as-is; `evaluated` (the digests of the value encoder, base model and principle set, see
+    `evaluate_candidate`) goes to metrics.json's `evaluated` with the config's digest."""
     from tqdm.auto import tqdm
 
     from livo.evaluation.gates import apply_gates
+    from livo.registry.lineage import EVALUATED_KEY, canonical_sha256
 
     generation = dict(generation or {})
     t0 = time.perf_counter()
@@ -374,6 +382,7 @@ def run_evaluation(pipeline: Any, plan: EvaluationPlan, config: EvaluationConfig
         "generation": generation,
         "context": dict(context or {}),
     }
+    metrics[EVALUATED_KEY] = {**(evaluated or {}), "config_sha256": canonical_sha256(metrics["config"])}
     gate_results = apply_gates(metrics, config.gates)
     metrics["gates"] = gate_results
     metrics["passed"] = all(g["passed"] for g in gate_results)
@@ -394,7 +403,12 @@ def evaluate_candidate(value_encoder: str, *, preset: str = "tiny", model: str |
     from livo.modeling import LiVOPipeline, ValueEncoder, resolve_value_encoder_dir
     from livo.presets import load_preset_config
     from livo.principles import load_principles
+    from livo.registry.lineage import value_encoder_digest
 
+    if output_dir is not None:
+        from livo.evaluation.report import invalidate_outputs
+
+        invalidate_outputs(output_dir)  # an interrupted run must not leave an earlier run's metrics.json behind
     preset_config = load_preset_config(preset)
     config = load_evaluation_config(preset_config.evaluate, preset_config.judges, config_path, overrides)
     principle_set = load_principles(principles or preset_config.principles_path())
@@ -406,6 +420,9 @@ def evaluate_candidate(value_encoder: str, *, preset: str = "tiny", model: str |
     base = load_generation_pipeline({"model": source, "dtype_name": preset_config.model.dtype,
                                      "scheduler": generation_settings.scheduler}, device)
     plan = load_judges(plan, config)
+    evaluated = {"value_encoder_sha256": value_encoder_digest(encoder_dir),
+                 "base_model_fingerprint": base_model_fingerprint(base, source),
+                 "principle_set_hash": principle_set.hash}
     pipeline = LiVOPipeline(base, ValueEncoder.from_pretrained(encoder_dir))
     resolution = config.resolution or generation_settings.resolution
     generation = {
@@ -417,12 +434,27 @@ def evaluate_candidate(value_encoder: str, *, preset: str = "tiny", model: str |
     }
     context = {"preset": preset_config.name, "model": source, "value_encoder": str(value_encoder),
                "principles": principle_set.source, "principle_set_hash": principle_set.hash, "device": device}
-    result = run_evaluation(pipeline, plan, config, generation=generation, context=context)
+    result = run_evaluation(pipeline, plan, config, generation=generation, context=context, evaluated=evaluated)
     if output_dir is not None:
         from livo.evaluation.report import write_outputs
 
         result.paths = write_outputs(result, output_dir)
     return result
+
+
+def base_model_fingerprint(base: Any, source: str) -> str:
+    """`pipeline_fingerprint` of the base model as training records it (the weights as loaded, fp32).
+
+    The fingerprint covers dtypes and values, so a pipeline cast for generation (fp16 on GPU) is fingerprinted from a
+    second, uncast load of `source` instead.
+    """
+    import torch
+
+    from livo.presets import load_pipeline, pipeline_fingerprint
+
+    if all(getattr(base, c).dtype == torch.float32 for c in ("unet", "vae", "text_encoder")):
+        return pipeline_fingerprint(base)
+    return pipeline_fingerprint(load_pipeline(source))
 
 
 def local_value_encoder(uri: str, workdir: str) -> str:

@@ -308,6 +308,16 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+OUTPUT_FILES = ("metrics.json", "report.html", "summary.md")  # metrics.json: the commit marker, first to go
+
+
+def invalidate_outputs(output_dir: str | Path) -> None:
+    """Remove an earlier evaluation's outputs from `output_dir` (metrics.json first) before a new one starts, so that
+    an evaluation killed half-way never leaves a complete-looking output behind."""
+    for name in OUTPUT_FILES:
+        (Path(output_dir) / name).unlink(missing_ok=True)
+
+
 def write_outputs(result: Any, output_dir: str | Path) -> dict[str, Path]:
     """metrics.json, report.html, summary.md under `output_dir` (each written to a temp file, then renamed)."""
     output_dir = Path(output_dir)
@@ -335,6 +345,14 @@ def kfp_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
+def invalidate_uploaded_outputs(uri: str) -> None:
+    """Delete an earlier evaluation's metrics.json under `s3://bucket/prefix/` (a retried task starts clean)."""
+    from livo.registry.store import ObjectStore, parse_s3_uri
+
+    _, prefix = parse_s3_uri(uri)
+    ObjectStore.for_uri(uri).delete(f"{prefix.strip('/')}/metrics.json".lstrip("/"))
+
+
 def upload_outputs(output_dir: str | Path, uri: str) -> dict[str, str]:
     """Copy metrics.json, report.html and summary.md to `s3://bucket/prefix/`; metrics.json last (commit marker)."""
     from livo.registry.store import ObjectStore, parse_s3_uri
@@ -342,6 +360,7 @@ def upload_outputs(output_dir: str | Path, uri: str) -> dict[str, str]:
     _, prefix = parse_s3_uri(uri)
     store = ObjectStore.for_uri(uri)
     uploaded = {}
+    invalidate_uploaded_outputs(uri)  # until the new metrics.json is written, the prefix holds no verdict
     for name in ("report.html", "summary.md", "metrics.json"):
         key = f"{prefix.strip('/')}/{name}".lstrip("/")
         store.put_file(key, Path(output_dir) / name)

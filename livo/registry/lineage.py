@@ -5,13 +5,21 @@ name, pipeline spec hash, git commit, container image digest), from what (princi
 hash and URI, base model id and fingerprint), how (training config and seed), how good (evaluation metrics, report
 URI, gate verdict), what it replaced (parent version) and what it is (the sha256 of every file of the model).
 
-`verify_version` recomputes every hash and checks that the principle set and dataset manifest the record names still
-exist and match; it returns every mismatch, so `livo lineage verify` can name them all at once.
+The chain of digests (docs/registry.md "Verification chain"), cycle-free: `manifest.json`, the commit object written
+last, records the sha256 of every other file of the version (lineage.json included) and a content digest over all of
+its own fields (`manifest_sha256`, optionally signed: `hmac_sha256`, an HMAC-SHA256 of that digest keyed by
+`LIVO_LINEAGE_HMAC_KEY`). `verify_version` recomputes every hash — the manifest's own first, so that an edit of the
+manifest (a field, or a byte inside a digest it records) is blamed on manifest.json and not on the file the digest
+describes — and checks that the principle set and dataset manifest the record names still exist and match; it returns
+every mismatch, so `livo lineage verify` can name them all at once.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -24,7 +32,14 @@ from livo.errors import ConfigError, LivoError, StoreError
 LINEAGE_SCHEMA_VERSION = 1
 LINEAGE_FILE = "lineage.json"
 MANIFEST_FILE = "manifest.json"  # the commit object of a version: written last, lists every file's digest
+MANIFEST_SCHEMA_VERSION = 2  # 2: the manifest carries `manifest_sha256` over its own fields (1: it did not)
+MANIFEST_DIGEST_KEY = "manifest_sha256"
+MANIFEST_SIGNATURE_KEY = "hmac_sha256"
+HMAC_KEY_ENV = "LIVO_LINEAGE_HMAC_KEY"  # in a cluster: mapped from a Secret; never logged or recorded
 DIGEST_RE = r"^sha256:[0-9a-f]{64}$"
+VALUE_ENCODER_PATH = "value_encoder"
+# the fields of metrics.json that bind an evaluation to what it evaluated (written by livo.evaluation.protocol)
+EVALUATED_KEY = "evaluated"
 
 # Keys whose values are never written to lineage records or model cards, wherever they appear in a config: a key is
 # secret when one of its words (snake, kebab or camel case) is one of these, or two adjacent words form such a pair.
@@ -82,7 +97,9 @@ class BaseModelSection(LivoConfig):
 
 class EvaluationSection(LivoConfig):
     passed: bool
-    forced: bool = Field(False, description="registered although `passed` was false (explicit force)")
+    forced: bool = Field(False, description="registered although `passed` was false or the metrics were not bound to "
+                                            "the weights (explicit force)")
+    forced_reasons: list[str] = Field(default_factory=list, description="what --force overrode")
     metrics_file: str = "metrics.json"
     report_uri: str
     metrics: dict[str, Any]
@@ -222,19 +239,42 @@ class Mismatch(LivoConfig):
 def verify_version(store: Any, name: str, version: str) -> list[Mismatch]:
     """Every mismatch between `models/<name>/<version>/` and what its manifest and lineage record say.
 
-    An empty list means: every file listed exists with the recorded digest, nothing unlisted is stored, lineage.json
-    agrees with the stored files and metrics, and the principle set and dataset manifest it names still exist with
-    the recorded hashes.
-    """
-    from livo.registry.registration import load_manifest, version_prefix
+    An empty list means: manifest.json is byte for byte what registration sealed (its content digest, and its HMAC
+    signature when `LIVO_LINEAGE_HMAC_KEY` is set, verify), every file it lists exists with the recorded digest,
+    nothing unlisted is stored, lineage.json agrees with the manifest, the stored files and metrics, and the principle
+    set and dataset manifest it names still exist with the recorded hashes.
 
+    When manifest.json itself does not verify, its recorded digests are not trusted: the damage is blamed on
+    manifest.json, and the other files are checked against the digests lineage.json records instead.
+    """
+    from livo.registry.registration import resolve_version, version_prefix
+
+    resolve_version(store, name, version)  # raises for an unknown/uncommitted version
     prefix = version_prefix(name, version)
-    manifest = load_manifest(store, name, version)  # raises for an unknown/uncommitted version
-    problems: list[Mismatch] = []
-    listed: dict[str, str] = dict(manifest.get("files") or {})
-    if not listed:
-        problems.append(Mismatch(subject=MANIFEST_FILE, detail="lists no files"))
+    manifest, manifest_issues = check_manifest(store.get_bytes(prefix + MANIFEST_FILE))
+    problems = [Mismatch(subject=MANIFEST_FILE, detail=issue) for issue in manifest_issues]
+    trusted = manifest is not None and not manifest_issues
     stored = {key[len(prefix):] for key in store.list(prefix)}
+
+    record: LineageRecord | None = None
+    lineage_problem: str | None = "missing: the version has no lineage record"
+    if LINEAGE_FILE in stored:
+        try:
+            record = LineageRecord.from_json_bytes(store.get_bytes(prefix + LINEAGE_FILE),
+                                                   store.uri(prefix + LINEAGE_FILE))
+            lineage_problem = None
+        except LivoError as exc:
+            lineage_problem = str(exc)
+
+    # The expected digests: the manifest's when it verifies, else lineage.json's (which cannot vouch for itself).
+    if trusted:
+        listed: dict[str, str] = dict(manifest.get("files") or {})
+        source, unlisted_ok = "manifest", {MANIFEST_FILE}
+        if not listed:
+            problems.append(Mismatch(subject=MANIFEST_FILE, detail="lists no files"))
+    else:
+        listed = dict(record.files) if record is not None else {}
+        source, unlisted_ok = "lineage.json", {MANIFEST_FILE, LINEAGE_FILE}
     actual: dict[str, str] = {}
     for relpath, digest in sorted(listed.items()):
         if relpath not in stored:
@@ -242,33 +282,117 @@ def verify_version(store: Any, name: str, version: str) -> list[Mismatch]:
             continue
         actual[relpath] = store.sha256(prefix + relpath)
         if actual[relpath] != digest:
-            problems.append(Mismatch(subject=relpath, detail=f"sha256 is {actual[relpath]}, manifest records {digest}"))
-    for relpath in sorted(stored - set(listed) - {MANIFEST_FILE}):
-        problems.append(Mismatch(subject=relpath, detail="stored but not listed in the manifest (added later?)"))
+            problems.append(Mismatch(subject=relpath, detail=f"sha256 is {actual[relpath]}, {source} records {digest}"))
+    for relpath in sorted(stored - set(listed) - unlisted_ok):
+        problems.append(Mismatch(subject=relpath, detail=f"stored but not listed in the {source} (added later?)"))
+    if record is None:
+        return [*problems, Mismatch(subject=LINEAGE_FILE, detail=lineage_problem or "unreadable")]
 
-    if LINEAGE_FILE not in stored:
-        problems.append(Mismatch(subject=LINEAGE_FILE, detail="missing: the version has no lineage record"))
-        return problems
-    try:
-        record = LineageRecord.from_json_bytes(store.get_bytes(prefix + LINEAGE_FILE), store.uri(prefix + LINEAGE_FILE))
-    except LivoError as exc:
-        problems.append(Mismatch(subject=LINEAGE_FILE, detail=str(exc)))
-        return problems
     if (record.model.name, record.model.version) != (name, version):
         problems.append(Mismatch(subject=LINEAGE_FILE, detail=f"describes {record.model.name}@{record.model.version}"))
-    for relpath, digest in sorted(record.files.items()):
-        if listed.get(relpath) == digest:
-            continue  # the manifest records the same digest: already checked (and reported) above
-        if relpath not in stored:
-            problems.append(Mismatch(subject=relpath, detail="named by lineage.json but missing from the store"))
-            continue
-        seen = actual.get(relpath) or store.sha256(prefix + relpath)
-        if seen != digest:
-            problems.append(Mismatch(subject=relpath, detail=f"sha256 is {seen}, lineage.json records {digest}"))
+    if manifest is not None:
+        subject = LINEAGE_FILE if trusted else MANIFEST_FILE
+        problems += [Mismatch(subject=subject, detail=d) for d in _manifest_vs_lineage(manifest, record)]
+    if trusted:
+        for relpath, digest in sorted(record.files.items()):
+            if listed.get(relpath) == digest:
+                continue  # the manifest records the same digest: already checked (and reported) above
+            if relpath not in stored:
+                problems.append(Mismatch(subject=relpath, detail="named by lineage.json but missing from the store"))
+                continue
+            seen = actual.get(relpath) or store.sha256(prefix + relpath)
+            if seen != digest:
+                problems.append(Mismatch(subject=relpath, detail=f"sha256 is {seen}, lineage.json records {digest}"))
     problems += _verify_weights_digest(record)
     problems += _verify_metrics(store, prefix, record, stored)
     problems += _verify_principles(store, prefix, record, stored)
     problems += _verify_dataset(store, record)
+    return problems
+
+
+# --------------------------------------------------------------------------------------------- the commit object
+def canonical_sha256(value: Any) -> str:
+    """`sha256:<hex>` of the canonical JSON of `value` (sorted keys, no whitespace): digests of configs, manifests."""
+    from livo.data.dataset import canonical_json
+
+    return "sha256:" + hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """The content digest of a manifest: over every field except the digest itself and its signature."""
+    return canonical_sha256({k: v for k, v in manifest.items() if k not in (MANIFEST_DIGEST_KEY,
+                                                                            MANIFEST_SIGNATURE_KEY)})
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """The exact bytes registration stores (so that any byte edit, even one JSON does not see, is detected)."""
+    return (json.dumps(manifest, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def hmac_key() -> bytes | None:
+    key = os.environ.get(HMAC_KEY_ENV, "")
+    return key.encode("utf-8") if key else None
+
+
+def sign_digest(digest: str, key: bytes) -> str:
+    return "hmac-sha256:" + hmac.new(key, digest.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def seal_manifest(payload: dict[str, Any]) -> bytes:
+    """The bytes of a commit object for `payload`: schema 2, its content digest, signed when a key is configured."""
+    sealed = {**payload, "schema_version": MANIFEST_SCHEMA_VERSION}
+    sealed[MANIFEST_DIGEST_KEY] = manifest_digest(sealed)
+    key = hmac_key()
+    if key is not None:
+        sealed[MANIFEST_SIGNATURE_KEY] = sign_digest(sealed[MANIFEST_DIGEST_KEY], key)
+    return manifest_bytes(sealed)
+
+
+def check_manifest(data: bytes) -> tuple[dict[str, Any] | None, list[str]]:
+    """(the parsed manifest or None, what is wrong with it): its content digest, exact bytes and signature."""
+    try:
+        manifest = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return None, [f"not valid JSON ({_first_line(exc)}): the commit object was edited or corrupted"]
+    if not isinstance(manifest, dict):
+        return None, ["not a JSON object: the commit object was edited or corrupted"]
+    recorded = manifest.get(MANIFEST_DIGEST_KEY)
+    if manifest.get("schema_version") != MANIFEST_SCHEMA_VERSION or not recorded:
+        return manifest, [f"carries no content digest ({MANIFEST_DIGEST_KEY}; schema_version "
+                          f"{manifest.get('schema_version')!r}, written before manifests were sealed), so its fields "
+                          "cannot be verified; re-register the model to seal it"]
+    recomputed = manifest_digest(manifest)
+    if recomputed != recorded:
+        return manifest, [f"edited after registration: its content digest is {recomputed}, it records {recorded}"]
+    problems = []
+    if data != manifest_bytes(manifest):
+        problems.append("edited after registration: its bytes differ from the form registration wrote "
+                        "(same fields, other formatting)")
+    key = hmac_key()
+    signature = manifest.get(MANIFEST_SIGNATURE_KEY)
+    if key is not None:
+        if not signature:
+            problems.append(f"not signed, but {HMAC_KEY_ENV} is set: it was registered without the key or its "
+                            "signature was removed")
+        elif not hmac.compare_digest(str(signature), sign_digest(recorded, key)):
+            problems.append(f"HMAC signature does not match: forged, or signed with another {HMAC_KEY_ENV}")
+    return manifest, problems
+
+
+def _manifest_vs_lineage(manifest: dict[str, Any], record: LineageRecord) -> list[str]:
+    """Fields the manifest repeats from lineage.json that disagree with it."""
+    pairs = {"model": record.model.name, "version": record.model.version, "pipeline_run_id": record.pipeline.run_id,
+             "weights_sha256": record.model.weights_sha256, "principle_set_hash": record.principles.hash,
+             "committed_at": record.model.registered_at}
+    problems = [f"{key} {manifest.get(key)!r} differs from lineage.json's {expected!r}"
+                for key, expected in pairs.items() if key in manifest and manifest[key] != expected]
+    files = manifest.get("files")
+    if isinstance(files, dict):
+        without_lineage = {k: v for k, v in files.items() if k != LINEAGE_FILE}
+        for relpath in sorted(set(without_lineage) | set(record.files)):
+            if without_lineage.get(relpath) != record.files.get(relpath):
+                problems.append(f"files[{relpath!r}] {without_lineage.get(relpath)} differs from lineage.json's "
+                                f"{record.files.get(relpath)}")
     return problems
 
 
@@ -281,6 +405,16 @@ def weights_digest(files: dict[str, str], value_encoder_path: str = "value_encod
     if not lines:
         raise LivoError(f"no value-encoder files under {prefix} to digest")
     return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def value_encoder_digest(directory: str | Path) -> str:
+    """`weights_digest` of a local value-encoder folder: the digest evaluation records and registration compares."""
+    from livo.registry.store import sha256_file
+
+    directory = Path(directory)
+    files = {f"{VALUE_ENCODER_PATH}/{p.relative_to(directory).as_posix()}": sha256_file(p)
+             for p in sorted(directory.rglob("*")) if p.is_file()}
+    return weights_digest(files, VALUE_ENCODER_PATH)
 
 
 def _verify_weights_digest(record: LineageRecord) -> list[Mismatch]:

@@ -6,7 +6,7 @@ Layout of one version (docs/registry.md)::
                       metrics.json, report.html                          the evaluation
                       principles.yaml                                    the principle set, byte for byte
                       model_card.md, lineage.json                        the card and the lineage record
-                      manifest.json                                      commit object, written LAST
+                      manifest.json                                      commit object, written LAST, sealed
     models/<name>/.registrations/v<N>.json                               in-flight marker (deleted after commit)
 
 - Versions are ``v1, v2, …`` per model name, in registration order. A version exists when its manifest.json exists;
@@ -15,7 +15,14 @@ Layout of one version (docs/registry.md)::
 - Idempotent: registering the same pipeline run again returns the version it already created (re-running only
   re-syncs the Kubeflow Model Registry entry). The same weights from a different run become a new version whose
   lineage names the earlier ones (`model.same_weights_as`).
+- The release gate is bound to the weights: metrics.json records what it evaluated (``evaluated``: the value
+  encoder's `weights_digest`, the base model's fingerprint, the principle-set hash, the evaluation config's digest);
+  registration recomputes them for the candidate and refuses any mismatch. Metrics without them (older format) are
+  refused unless `force` is set.
 - A candidate whose metrics say ``passed: false`` is refused unless `force` is set (recorded in the lineage).
+- The commit object (manifest.json) is sealed with a digest over all of its fields (and an HMAC when
+  `LIVO_LINEAGE_HMAC_KEY` is set); readers that decide something from it (`principles_changed`, idempotency) verify
+  the seal first (`read_verified_manifest`).
 - Secrets never reach the card or the lineage record (`lineage.redact`).
 """
 
@@ -36,6 +43,7 @@ from livo.config import LivoConfig
 from livo.errors import ConfigError, LivoError, StoreError
 from livo.log import get_logger, log_event
 from livo.registry.lineage import (
+    EVALUATED_KEY,
     LINEAGE_FILE,
     MANIFEST_FILE,
     BaseModelSection,
@@ -46,9 +54,13 @@ from livo.registry.lineage import (
     PipelineSection,
     PrinciplesSection,
     TrainingSection,
+    canonical_sha256,
+    check_manifest,
     digest_at,
     read_bytes_at,
     redact,
+    seal_manifest,
+    value_encoder_digest,
     weights_digest,
 )
 
@@ -117,19 +129,29 @@ def resolve_version(store: Any, name: str, version: str | None) -> str:
     versions = list_versions(store, name)
     if not versions:
         known = list_models(store)
-        raise LivoError(f"unknown model {name!r} in {store.uri(MODELS_PREFIX)}: no registered version"
-                        + (f"; registered models: {', '.join(known)}" if known else "; nothing is registered yet"))
+        raise ConfigError(f"unknown model {name!r} in {store.uri(MODELS_PREFIX)}: no registered version"
+                          + (f"; registered models: {', '.join(known)}" if known else "; nothing is registered yet"))
     if version is None:
         return versions[-1]
     if version not in versions:
-        raise LivoError(f"unknown version {name}@{version}; registered versions: {', '.join(versions)}")
+        raise ConfigError(f"unknown version {name}@{version}; registered versions: {', '.join(versions)}")
     return version
 
 
 def load_manifest(store: Any, name: str, version: str) -> dict[str, Any]:
-    """The commit object of a registered version (raises for an unknown model or version)."""
+    """The commit object of a registered version, verified (raises for an unknown model or version)."""
     resolve_version(store, name, version)
-    return store.get_json(version_prefix(name, version) + MANIFEST_FILE)
+    return read_verified_manifest(store, name, version)
+
+
+def read_verified_manifest(store: Any, name: str, version: str) -> dict[str, Any]:
+    """The commit object of a committed version, only if its seal (content digest, HMAC when keyed) verifies."""
+    key = version_prefix(name, version) + MANIFEST_FILE
+    manifest, problems = check_manifest(store.get_bytes(key))
+    if manifest is None or problems:
+        raise LivoError(f"{store.uri(key)} does not verify ({problems[0]}); it is not trusted — run `livo lineage "
+                        f"verify {name}@{version}` for the full report and restore or re-register the version")
+    return manifest
 
 
 def load_lineage(store: Any, name: str, version: str | None = None) -> LineageRecord:
@@ -159,9 +181,10 @@ def principles_changed(store: Any, model_name: str, principle_set_hash: str) -> 
     if latest is None:
         log_event(logger, "no registered version", model=model_name)
         return True
-    # The commit object carries the hash (one small read); lineage.json is the fallback for older manifests.
-    manifest = store.get_json(version_prefix(model_name, latest) + MANIFEST_FILE)
-    registered = manifest.get("principle_set_hash") or load_lineage(store, model_name, latest).principles.hash
+    # The commit object carries the hash (one small read), trusted only when its seal verifies: a tampered manifest
+    # must neither skip a needed retraining nor trigger a needless one, so it stops the check with an error.
+    manifest = read_verified_manifest(store, model_name, latest)
+    registered = manifest["principle_set_hash"]
     changed = registered != principle_set_hash
     log_event(logger, "principles compared", model=model_name, latest=latest, registered=registered,
               current=principle_set_hash, changed=changed)
@@ -189,7 +212,8 @@ class RegistrationRequest(LivoConfig):
     image_digest: str = ""
     image_ran_in: str = ""
     description: str = ""
-    force: bool = Field(False, description="register even though metrics.json says passed: false")
+    force: bool = Field(False, description="register even though metrics.json says passed: false or lacks the "
+                                           "digests of what it evaluated (older format)")
 
     @field_validator("model_name")
     @classmethod
@@ -227,6 +251,51 @@ def _read_metrics(path: Path) -> dict[str, Any]:
     return metrics
 
 
+BINDING_FIELDS = {
+    "value_encoder_sha256": "value encoder",
+    "base_model_fingerprint": "base model",
+    "principle_set_hash": "principle set",
+    "config_sha256": "evaluation config",
+}
+
+
+def check_evaluation_binding(metrics: dict[str, Any], metrics_path: Path, *, value_encoder_sha256: str,
+                             base_model_fingerprint: str, principle_set_hash: str) -> list[str]:
+    """Is metrics.json the evaluation of this very candidate? Raises `ConfigError` naming both digests on a mismatch;
+    returns what is missing (metrics written before evaluations recorded their digests), which only force accepts."""
+    evaluated = metrics.get(EVALUATED_KEY)
+    if not isinstance(evaluated, dict):
+        evaluated = {}
+    expected = {"value_encoder_sha256": value_encoder_sha256, "base_model_fingerprint": base_model_fingerprint,
+                "principle_set_hash": principle_set_hash, "config_sha256": canonical_sha256(metrics.get("config"))}
+    missing = []
+    for key, what in BINDING_FIELDS.items():
+        recorded = evaluated.get(key)
+        if not recorded:
+            missing.append(f"{EVALUATED_KEY}.{key}")
+            continue
+        if recorded != expected[key]:
+            if key == "config_sha256":
+                raise ConfigError(f"{metrics_path}: its config was edited after the evaluation (evaluated config "
+                                  f"{recorded}, the file's config is {expected[key]}); use the metrics.json "
+                                  "`livo evaluate` wrote")
+            candidate = "the training result names" if key == "base_model_fingerprint" else "the candidate is"
+            raise ConfigError(f"{metrics_path} evaluated {what} {recorded} but {candidate} {expected[key]}; evaluate "
+                              "this model (livo evaluate --value-encoder … --principles …) before registering it")
+    return missing
+
+
+def _check_input_exists(store: Any, what: str, location: str) -> None:
+    """A missing input is bad input (exit 2), named before anything is written."""
+    if location.startswith("s3://"):
+        from livo.registry.store import parse_s3_uri
+
+        if not store.for_uri(location).exists(parse_s3_uri(location)[1]):
+            raise ConfigError(f"{location}: no such {what} in the object store; pass the URI of an existing object")
+    elif not Path(location).is_file():
+        raise ConfigError(f"{location}: no such {what}; pass a local path or an s3:// URI")
+
+
 def _secrets_in_env() -> tuple[str, ...]:
     names = ("LIVO_S3_SECRET_KEY", "LIVO_S3_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID",
              "LIVO_MODEL_REGISTRY_TOKEN", "KFP_TOKEN")
@@ -247,22 +316,36 @@ def register_model(store: Any, request: RegistrationRequest, *, model_registry: 
 
     name = request.model_name
     metrics = _read_metrics(request.metrics_path)
-    if not metrics["passed"] and not request.force:
-        raise LivoError(f"{name}: the candidate failed its evaluation gates (passed: false in {request.metrics_path}); "
-                        "nothing was registered (pass --force to register it anyway, recorded in the lineage)")
     encoder_dir = resolve_value_encoder_dir(request.value_encoder_dir)
     if not request.report_path.is_file():
         raise ConfigError(f"{request.report_path}: no such report file; pass the report.html written by "
                           "`livo evaluate`")
     for what, location in (("principles file", request.principles), ("dataset manifest", request.dataset_manifest_uri)):
-        if not location.startswith("s3://") and not Path(location).is_file():
-            raise ConfigError(f"{location}: no such {what}; pass a local path or an s3:// URI")
+        _check_input_exists(store, what, location)
     principles_bytes = read_bytes_at(store, request.principles)
     try:
         principle_set = load_principles_text(principles_bytes.decode("utf-8"), source=request.principles)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{request.principles}: not UTF-8 text ({exc})") from None
     dataset_sha256 = digest_at(store, request.dataset_manifest_uri)
+
+    forced_reasons = []
+    unbound = check_evaluation_binding(metrics, request.metrics_path,
+                                       value_encoder_sha256=value_encoder_digest(encoder_dir),
+                                       base_model_fingerprint=request.base_model_fingerprint,
+                                       principle_set_hash=principle_set.hash)
+    if unbound:
+        if not request.force:
+            raise ConfigError(f"{request.metrics_path} does not record what it evaluated (no {', '.join(unbound)}: "
+                              "written by an older `livo evaluate`?); re-evaluate the candidate, or pass --force to "
+                              "register it anyway (recorded in the lineage)")
+        forced_reasons.append(f"metrics not bound to the weights (missing {', '.join(unbound)})")
+    if not metrics["passed"]:
+        if not request.force:
+            raise LivoError(f"{name}: the candidate failed its evaluation gates (passed: false in "
+                            f"{request.metrics_path}); nothing was registered (pass --force to register it anyway, "
+                            "recorded in the lineage)")
+        forced_reasons.append("failed its evaluation gates")
 
     with tempfile.TemporaryDirectory(prefix="livo-register-") as tmp:
         staging = Path(tmp)
@@ -301,8 +384,8 @@ def register_model(store: Any, request: RegistrationRequest, *, model_registry: 
             training=TrainingSection(config=redact(request.training_config, hidden), seed=request.seed),
             base_model=BaseModelSection(id=redact(request.base_model_id, hidden),
                                         fingerprint=request.base_model_fingerprint),
-            evaluation=EvaluationSection(passed=metrics["passed"], forced=not metrics["passed"],
-                                         report_uri=store.uri(prefix + "report.html"),
+            evaluation=EvaluationSection(passed=metrics["passed"], forced=bool(forced_reasons),
+                                         forced_reasons=forced_reasons, report_uri=store.uri(prefix + "report.html"),
                                          metrics=redact(metrics, hidden)),
             files={},
         )
@@ -317,11 +400,17 @@ def register_model(store: Any, request: RegistrationRequest, *, model_registry: 
         (staging / LINEAGE_FILE).write_text(record.to_json(), encoding="utf-8")
 
         try:
-            store.upload_dir(prefix.rstrip("/"), staging, commit_key=prefix + MANIFEST_FILE, commit_payload={
-                "schema_version": 1, "model": name, "version": version, "pipeline_run_id": request.pipeline_run_id,
+            uploaded = store.upload_dir(prefix.rstrip("/"), staging)
+            if uploaded != _digests(staging):
+                raise StoreError(f"the upload to {store.uri(prefix)} does not match the staged files (digests "
+                                 "differ); retry the registration")
+            # The commit object, written last and sealed: a digest over every field (files included), so that no
+            # field of it can be edited unnoticed (docs/registry.md "Verification chain").
+            store.put_bytes(prefix + MANIFEST_FILE, seal_manifest({
+                "model": name, "version": version, "pipeline_run_id": request.pipeline_run_id,
                 "weights_sha256": weights_sha256, "principle_set_hash": principle_set.hash,
-                "committed_at": registered_at,
-            })
+                "committed_at": registered_at, "files": uploaded,
+            }), content_type="application/json")
         except BaseException as exc:
             _abandon(store, name, version)
             if isinstance(exc, LivoError):
@@ -345,7 +434,7 @@ def _find_existing(store: Any, name: str, run_id: str, weights_sha256: str) -> d
     same_run: str | None = None
     same_weights: list[str] = []
     for version in list_versions(store, name):
-        manifest = store.get_json(version_prefix(name, version) + MANIFEST_FILE)
+        manifest = read_verified_manifest(store, name, version)
         if manifest.get("pipeline_run_id") == run_id:
             if manifest.get("weights_sha256") != weights_sha256:
                 raise LivoError(f"pipeline run {run_id} already registered {name}@{version} with other weights "

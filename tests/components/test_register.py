@@ -47,10 +47,22 @@ def finished_run(store, monkeypatch, tmp_path: Path) -> dict[str, str]:
         "config": {"seed": 1234, "model": "tiny", "loss": {"kind": "livo"}},
         "base_model": {"source": "tiny", "fingerprint": "sha256:" + "b" * 64},
     })
-    store.put_json(f"{run}/evaluation/metrics.json", {"principles": {}, "passed": True})
+    store.put_json(f"{run}/evaluation/metrics.json", evaluation_of(encoder, load_principles(principles).hash,
+                                                                   "sha256:" + "b" * 64))
     store.put_bytes(f"{run}/evaluation/report.html", b"<html>report</html>")
     return {"run": run, "principles_uri": store.uri(f"{run}/principles.yaml"),
-            "hash": load_principles(principles).hash}
+            "hash": load_principles(principles).hash, "encoder": str(encoder)}
+
+
+def evaluation_of(encoder: Path, principle_set_hash: str, base_model_fingerprint: str) -> dict:
+    """A metrics.json bound to what it evaluated, as `livo evaluate` writes it (the parts registration reads)."""
+    from livo.registry.lineage import canonical_sha256, value_encoder_digest
+
+    config = {"images_per_prompt": 2, "seed": 0}
+    return {"principles": {}, "passed": True, "config": config,
+            "evaluated": {"value_encoder_sha256": value_encoder_digest(encoder),
+                          "base_model_fingerprint": base_model_fingerprint, "principle_set_hash": principle_set_hash,
+                          "config_sha256": canonical_sha256(config)}}
 
 
 def _register(store, finished_run):
@@ -104,3 +116,23 @@ def test_a_task_outside_any_image_records_that_instead_of_the_declared_digest(st
     _register(store, finished_run)
     pipeline = store.get_json("models/livo-tiny/v1/lineage.json")["pipeline"]
     assert (pipeline["image_digest"], pipeline["image_ran_in"]) == ("", "local process (no container image)")
+
+
+def test_metrics_of_another_model_are_refused_and_nothing_is_written(store, finished_run, tmp_path):
+    """The pipeline path: an evaluation of other weights (or of another base model) does not register this one."""
+    from livo.errors import ConfigError
+
+    other = tmp_path / "other-encoder"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    (other / "model.safetensors").write_bytes(b"other weights")
+    store.put_json(f"{finished_run['run']}/evaluation/metrics.json",
+                   evaluation_of(other, finished_run["hash"], "sha256:" + "b" * 64))
+    with pytest.raises(ConfigError, match=r"evaluated value encoder sha256:[0-9a-f]{64} but the candidate is "
+                                          r"sha256:[0-9a-f]{64}; evaluate this model"):
+        _register(store, finished_run)
+    store.put_json(f"{finished_run['run']}/evaluation/metrics.json",
+                   evaluation_of(Path(finished_run["encoder"]), finished_run["hash"], "sha256:" + "e" * 64))
+    with pytest.raises(ConfigError, match="evaluated base model sha256:e+ but the training result names sha256:b+"):
+        _register(store, finished_run)
+    assert store.list("models") == []

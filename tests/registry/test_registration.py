@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -203,9 +204,10 @@ def test_missing_lineage_and_unknown_versions(store: ObjectStore, make_request: 
         verify_version(store, "livo-toy", "v7")
     with pytest.raises(LivoError, match="unknown model 'other'.*registered models: livo-toy"):
         load_lineage(store, "other")
+    request = make_request(pipeline_run_id="run-2")
     principles_file.unlink()
     with pytest.raises(ConfigError, match="no such principles file"):
-        register_model(store, make_request(pipeline_run_id="run-2"))
+        register_model(store, request)
 
 
 @pytest.mark.store
@@ -273,3 +275,179 @@ def test_parse_model_ref() -> None:
     for bad in ("livo-toy@", "@v1", "livo-toy@v0", "livo-toy@x1"):
         with pytest.raises(ConfigError):
             parse_model_ref(bad)
+
+
+# ------------------------------------------------------------------------------ the gate is bound to the weights
+@pytest.mark.store
+def test_metrics_of_another_encoder_principle_set_or_base_model_are_refused(store: ObjectStore, make_request: Factory,
+                                                                            tmp_path: Path) -> None:
+    from registration_inputs import bound_metrics, write_value_encoder
+
+    from livo.registry.lineage import value_encoder_digest
+
+    evaluated_a = write_value_encoder(tmp_path / "encoder-a", seed=11)
+    a_metrics = bound_metrics(evaluated_a, make_request().principles)
+    request_b = make_request(metrics=a_metrics, weights_seed=12)  # encoder B, never evaluated, with A's metrics
+    expected = (f"metrics.json evaluated value encoder {value_encoder_digest(evaluated_a)} but the candidate is "
+                f"{value_encoder_digest(request_b.value_encoder_dir)}; evaluate this model (livo evaluate")
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        register_model(store, request_b)
+    with pytest.raises(ConfigError, match=re.escape(expected)):  # force does not make A's verdict B's
+        register_model(store, make_request(metrics=a_metrics, weights_seed=12, force=True))
+
+    other_base = make_request(base_model_fingerprint="sha256:" + "f" * 64)
+    other_base.metrics_path.write_text(json.dumps(bound_metrics(other_base.value_encoder_dir, other_base.principles)))
+    with pytest.raises(ConfigError, match="evaluated base model sha256:a+ but the training result names sha256:f+"):
+        register_model(store, other_base)
+
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(Path(other_base.principles).read_text().replace("text: gender equality", "text: parity"))
+    with pytest.raises(ConfigError, match="evaluated principle set sha256:[0-9a-f]+ but the candidate is"):
+        register_model(store, make_request(metrics=bound_metrics(request_b.value_encoder_dir, request_b.principles),
+                                           principles=str(edited), weights_seed=12))
+
+    tampered = make_request()
+    metrics = json.loads(tampered.metrics_path.read_text())
+    metrics["config"]["gates"]["min_bias_improvement"] = -100.0  # loosen the gate after the fact
+    tampered.metrics_path.write_text(json.dumps(metrics))
+    with pytest.raises(ConfigError, match="its config was edited after the evaluation"):
+        register_model(store, tampered)
+    assert store.list("models") == []  # nothing written by any refusal
+
+
+@pytest.mark.store
+def test_metrics_without_digests_are_refused_unless_forced(store: ObjectStore, make_request: Factory) -> None:
+    from registration_inputs import evaluation_metrics
+
+    with pytest.raises(ConfigError, match=r"does not record what it evaluated \(no evaluated.value_encoder_sha256.*"
+                                          "pass --force"):
+        register_model(store, make_request(metrics=evaluation_metrics()))
+    assert store.list("models") == []
+    register_model(store, make_request(metrics=evaluation_metrics(), force=True))
+    record = load_lineage(store, "livo-toy", "v1")
+    assert (record.evaluation.passed, record.evaluation.forced) == (True, True)
+    assert record.evaluation.forced_reasons == ["metrics not bound to the weights (missing evaluated.value_encoder_"
+                                                "sha256, evaluated.base_model_fingerprint, evaluated.principle_set_"
+                                                "hash, evaluated.config_sha256)"]
+    assert verify_version(store, "livo-toy", "v1") == []
+
+
+@pytest.mark.store
+def test_missing_dataset_manifest_in_the_store_is_bad_input(store: ObjectStore, make_request: Factory) -> None:
+    with pytest.raises(ConfigError, match="datasets/toy/none/manifest.json: no such dataset manifest in the object"):
+        register_model(store, make_request(dataset_manifest_uri=store.uri("datasets/toy/none/manifest.json")))
+    assert store.list("models") == []
+
+
+# --------------------------------------------------------------------------------- manifest.json is verified too
+MANIFEST_KEY = "models/livo-toy/v1/manifest.json"
+
+
+def _edit_manifest(store: ObjectStore, **fields: object) -> None:
+    """Change fields of the stored manifest, keeping it valid JSON in the very format registration writes."""
+    from livo.registry.lineage import manifest_bytes
+
+    manifest = json.loads(store.get_bytes(MANIFEST_KEY))
+    manifest.update(fields)
+    store.put_bytes(MANIFEST_KEY, manifest_bytes(manifest))
+
+
+@pytest.mark.store
+@pytest.mark.parametrize("field, value", [
+    ("principle_set_hash", "sha256:" + "1" * 64), ("weights_sha256", "sha256:" + "2" * 64),
+    ("pipeline_run_id", "run-forged"), ("model", "other-model"), ("version", "v9"),
+    ("committed_at", "2001-01-01T00:00:00Z"), ("schema_version", 3), ("note", "added field"),
+])
+def test_any_manifest_field_edit_fails_verify_naming_manifest_json(store: ObjectStore, make_request: Factory,
+                                                                   field: str, value: object) -> None:
+    register_model(store, make_request())
+    _edit_manifest(store, **{field: value})
+    problems = verify_version(store, "livo-toy", "v1")
+    assert problems and {p.subject for p in problems} == {"manifest.json"}, problems
+
+
+@pytest.mark.store
+def test_flipped_byte_in_a_recorded_digest_is_blamed_on_the_manifest(store: ObjectStore, make_request: Factory,
+                                                                     capsys: pytest.CaptureFixture[str],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    register_model(store, make_request())
+    data = store.get_bytes(MANIFEST_KEY)
+    digest = json.loads(data)["files"]["value_encoder/model.safetensors"].encode()
+    at = data.index(digest) + len(digest) - 1
+    flipped = data[:at] + (b"0" if data[at:at + 1] != b"0" else b"1") + data[at + 1:]
+    store.put_bytes(MANIFEST_KEY, flipped)
+    problems = verify_version(store, "livo-toy", "v1")
+    assert {p.subject for p in problems} == {"manifest.json"}, problems
+    assert any("content digest" in p.detail for p in problems)
+    assert any("files['value_encoder/model.safetensors']" in p.detail for p in problems)
+
+    from livo.cli import main
+
+    for key, value in store.env().items():
+        monkeypatch.setenv(key, value)
+    assert main(["lineage", "verify", "livo-toy@v1"]) == 1
+    err = capsys.readouterr().err
+    assert "  manifest.json: edited after registration" in err and "value_encoder/model.safetensors:" not in err
+
+
+@pytest.mark.store
+def test_reformatted_or_legacy_manifest_fails_verify(store: ObjectStore, make_request: Factory) -> None:
+    register_model(store, make_request())
+    manifest = json.loads(store.get_bytes(MANIFEST_KEY))
+    store.put_bytes(MANIFEST_KEY, json.dumps(manifest).encode())  # same fields, other bytes
+    assert [p.subject for p in verify_version(store, "livo-toy", "v1")] == ["manifest.json"]
+    legacy = {k: v for k, v in manifest.items() if k not in ("manifest_sha256", "hmac_sha256")}
+    store.put_json(MANIFEST_KEY, {**legacy, "schema_version": 1})  # as registered before manifests were sealed
+    problems = verify_version(store, "livo-toy", "v1")
+    assert [p.subject for p in problems] == ["manifest.json"] and "carries no content digest" in problems[0].detail
+
+
+@pytest.mark.store
+def test_edited_file_still_blamed_on_that_file(store: ObjectStore, make_request: Factory) -> None:
+    register_model(store, make_request())
+    store.put_bytes("models/livo-toy/v1/report.html", b"<html>better numbers</html>")
+    assert [p.subject for p in verify_version(store, "livo-toy", "v1")] == ["report.html"]
+
+
+@pytest.mark.store
+def test_principles_changed_refuses_a_tampered_manifest(store: ObjectStore, make_request: Factory,
+                                                        principles_file: Path) -> None:
+    from livo.principles import load_principles
+
+    register_model(store, make_request())
+    new_hash = "sha256:" + "9" * 64  # the principles changed: retraining is due
+    assert principles_changed(store, "livo-toy", new_hash) is True
+    _edit_manifest(store, principle_set_hash=new_hash)  # ... unless someone edits the manifest to skip it
+    with pytest.raises(LivoError, match=r"manifest.json does not verify \(edited after registration.*livo lineage "
+                                        "verify livo-toy@v1"):
+        principles_changed(store, "livo-toy", new_hash)
+    with pytest.raises(LivoError, match="does not verify"):
+        principles_changed(store, "livo-toy", load_principles(principles_file).hash)
+    with pytest.raises(LivoError, match="does not verify"):  # nor does a new registration trust it (idempotency)
+        register_model(store, make_request(pipeline_run_id="run-2"))
+
+
+@pytest.mark.store
+def test_hmac_signed_manifest(store: ObjectStore, make_request: Factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    from livo.registry.lineage import manifest_bytes, manifest_digest
+
+    monkeypatch.setenv("LIVO_LINEAGE_HMAC_KEY", "k3y-from-a-kubernetes-secret")
+    register_model(store, make_request())
+    assert verify_version(store, "livo-toy", "v1") == []
+    assert "k3y-from-a-kubernetes-secret" not in _all_text(store, "models/livo-toy/v1")
+
+    # a forger without the key recomputes the content digest: the signature gives it away
+    manifest = json.loads(store.get_bytes(MANIFEST_KEY))
+    manifest["principle_set_hash"] = "sha256:" + "9" * 64
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    store.put_bytes(MANIFEST_KEY, manifest_bytes(manifest))
+    problems = verify_version(store, "livo-toy", "v1")
+    assert ("manifest.json", "HMAC signature does not match: forged, or signed with another LIVO_LINEAGE_HMAC_KEY"
+            ) in [(p.subject, p.detail) for p in problems]
+    with pytest.raises(LivoError, match="HMAC signature does not match"):
+        principles_changed(store, "livo-toy", "sha256:" + "9" * 64)
+
+    del manifest["hmac_sha256"]  # stripping the signature does not help either
+    store.put_bytes(MANIFEST_KEY, manifest_bytes(manifest))
+    assert any("not signed, but LIVO_LINEAGE_HMAC_KEY is set" in p.detail
+               for p in verify_version(store, "livo-toy", "v1"))

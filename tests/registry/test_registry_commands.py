@@ -67,9 +67,9 @@ def test_register_show_verify_diff(store: ObjectStore, make_request: Factory, tm
     assert out.startswith("livo-toy@v1 -> livo-toy@v2") and "principles: unchanged" in out
     assert "evaluation passed: True -> False" in out and "weights: changed" in out
 
-    assert main(["lineage", "show", "nope"]) == 1
+    assert main(["lineage", "show", "nope"]) == 2  # bad input: exit 2 (ConfigError), not 1
     assert "unknown model 'nope'" in capsys.readouterr().err
-    assert main(["lineage", "verify", "livo-toy@v9"]) == 1
+    assert main(["lineage", "verify", "livo-toy@v9"]) == 2
     assert "unknown version livo-toy@v9; registered versions: v1, v2" in capsys.readouterr().err
 
 
@@ -82,3 +82,57 @@ def test_register_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "model_name: Value error, use 1-63 lowercase" in err and "value_encoder_dir: Field required" in err
     assert main(["lineage", "show", "livo-toy"]) == 2
     assert "object store not configured: set LIVO_S3_ENDPOINT" in capsys.readouterr().err
+
+
+@pytest.mark.store
+def test_register_cli_refuses_metrics_of_another_encoder(store: ObjectStore, make_request: Factory, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The auditor's reproduction: encoder B (never evaluated) with A's passing metrics.json."""
+    from registration_inputs import bound_metrics, write_value_encoder
+
+    for key, value in store.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("LIVO_MODEL_REGISTRY_URL", raising=False)
+    encoder_a = write_value_encoder(tmp_path / "encoder-a", seed=21)
+    request_b = make_request(metrics=bound_metrics(encoder_a, make_request().principles), weights_seed=22)
+    assert main(_register_args(request_b, tmp_path / "train.yaml")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "metrics.json evaluated value encoder sha256:" in err and "but the candidate is sha256:" in err
+    assert "evaluate this model (livo evaluate" in err
+    assert store.list("models") == []
+    assert main(["lineage", "verify", "livo-toy"]) == 2
+    assert "unknown model 'livo-toy'" in capsys.readouterr().err
+
+
+@pytest.mark.store
+def test_register_cli_bad_input_exits_2(store: ObjectStore, make_request: Factory, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    for key, value in store.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("LIVO_MODEL_REGISTRY_URL", raising=False)
+    request = make_request()
+    missing = make_request(dataset_manifest_uri=store.uri("datasets/none/manifest.json"))
+    assert main(_register_args(missing, tmp_path / "train.yaml")) == 2
+    assert "datasets/none/manifest.json: no such dataset manifest" in capsys.readouterr().err
+    local_missing = make_request(dataset_manifest_uri=str(tmp_path / "none.json"))
+    assert main(_register_args(local_missing, tmp_path / "train.yaml")) == 2
+    assert "none.json: no such dataset manifest" in capsys.readouterr().err
+
+    bad_yaml = tmp_path / "request.yaml"
+    bad_yaml.write_text(f"model_name: livo-toy\nmetrics_path: {request.metrics_path}\n  seed: [1, 2\n")
+    assert main(["register", "--request", str(bad_yaml)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"{bad_yaml}: not valid YAML at line 3, column" in err
+
+    assert main(["register", *(_register_args(request, tmp_path / "train.yaml")[1:])]) == 0
+    capsys.readouterr()
+    assert main(["lineage", "diff", "livo-toy@v1", "v5"]) == 2
+    assert "unknown version livo-toy@v5; registered versions: v1" in capsys.readouterr().err
+    assert main(["lineage", "diff", "livo-toy@v1", "nope@v1"]) == 2
+    assert main(["lineage", "show", "livo-toy@v2"]) == 2
+    capsys.readouterr()
+    assert main(["lineage", "verify", "livo-toy"]) == 0
+    assert "livo-toy@v1: OK (every hash matches, manifest.json included" in capsys.readouterr().out
