@@ -15,6 +15,11 @@ engine and the `docker` Python package, checked before anything starts.
 At the end it prints the outcome (registered | skipped | rejected | failed), copies the evaluation's report.html and
 metrics.json into the run directory, prints the report's path and the base-vs-aligned summary table. To audit the
 registered model afterwards, serve the same store (`livo store serve --data-dir runs/store`) and use `livo lineage`.
+
+SIGTERM, SIGHUP and SIGINT (Ctrl-C) cancel the run: every task process tree the run started is stopped (SIGTERM,
+then SIGKILL after a grace period), the outcome `canceled` is recorded (in the store when it is still up and the run
+id is known, always in `<run dir>/outcome.json`), the embedded store is stopped, and the exit code is 128 + the
+signal number (143 for SIGTERM, 129 for SIGHUP, 130 for SIGINT).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import io
 import json
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -36,6 +42,8 @@ from livo.errors import ConfigError, LivoError
 from livo.log import get_logger, log_event
 
 logger = get_logger("livo.commands.run")
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 # What a laptop run changes relative to the pipeline's cluster defaults: no GPUs, no GPU-node tolerations, two data
 # shards (kfp.local runs them one after the other; two still exercise the fan-out and the merge); the preset's own
@@ -122,8 +130,8 @@ class _Tee(io.TextIOBase):
 
 
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
-_TASK_EVENT_RE = re.compile(r"^(\d\d):(\d\d):(\d\d\.\d+) - \w+ - (?:Executing task '([^']+)'|Task '([^']+)' finished with "
-                            r"status (\w+))")
+_TASK_EVENT_RE = re.compile(r"^(\d\d):(\d\d):(\d\d\.\d+) - \w+ - (?:Executing task '([^']+)'|"
+                            r"Task '([^']+)' finished with status (\w+))")
 
 
 def task_timings(log_text: str) -> dict[str, dict[str, Any]]:
@@ -175,6 +183,91 @@ def docker_runner(env: dict[str, str]) -> Any:
         raise LivoError(f"the Docker engine is not reachable ({' '.join(str(exc).split())[:200]}); start it or drop "
                         "--image") from None
     return local.DockerRunner(network_mode="host", environment=env)
+
+
+TASK_STOP_GRACE_S = 5.0
+
+
+def stop_task_processes(grace_s: float = TASK_STOP_GRACE_S) -> list[int]:
+    """Stop every process below this one except the embedded store servers it runs: kfp.local's task subprocesses
+    and whatever they started (torchrun workers, ...). SIGTERM, `grace_s`, SIGKILL; the tree is walked again until
+    no new process appears (a task thread may be launching one just now). Returns the PIDs signalled. Does not log
+    (it runs inside a signal handler)."""
+    from livo.registry.store import descendant_pids, embedded_server_pids, terminate_pids
+
+    signalled: list[int] = []
+    for _ in range(5):
+        spared = embedded_server_pids()
+        victims = [pid for pid in descendant_pids(os.getpid()) if pid not in spared and pid not in signalled]
+        if not victims:
+            break
+        terminate_pids(victims, grace_s)
+        signalled.extend(victims)
+    return signalled
+
+
+@contextlib.contextmanager
+def adopting_orphans() -> Iterator[None]:
+    """Linux: make this process a child subreaper for the block, so the children of a task that died first
+    re-parent to it (and `stop_task_processes` still finds them) instead of to init."""
+    libc = None
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+                libc = None
+    try:
+        yield
+    finally:
+        if libc is not None:
+            libc.prctl(_PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def known_run_ids() -> set[str] | None:
+    """Run ids that have records in the configured store (`LIVO_S3_*`), or None when the store cannot be listed."""
+    from livo.orchestration import RUN_RECORDS_PREFIX
+    from livo.registry.store import ObjectStore
+
+    try:
+        keys = ObjectStore.from_env().list(RUN_RECORDS_PREFIX, recursive=False)
+    except LivoError:
+        return None
+    return {key.rstrip("/").rsplit("/", 1)[-1] for key in keys}
+
+
+def canceled_outcome(run_dir: Path, known: set[str] | None, reason: str) -> dict[str, Any]:
+    """The `canceled` outcome of an interrupted run. When the store is still up and exactly one run id appeared in it
+    since the run began, the record is also written there (`pipeline-runs/<id>/outcome.json`, as the exit handler
+    would have); otherwise it lives only in the run directory. Store calls are bounded by a short timeout."""
+    from livo.orchestration import build_outcome, write_outcome
+    from livo.registry.store import ENV_TIMEOUT, ObjectStore
+
+    outcome: dict[str, Any] = {"run_id": None, "status": "canceled", "kfp_state": "CANCELED",
+                               "summary": f"the run was canceled ({reason})", "error": reason, "outcome_uri": None}
+    if known is None or not os.environ.get("LIVO_S3_ENDPOINT"):
+        outcome["record"] = "not written to the store: the run's records could not be listed"
+        return outcome
+    try:
+        store = ObjectStore.from_env({**os.environ, ENV_TIMEOUT: "3"})
+        new = sorted((known_run_ids() or set()) - known)
+        if len(new) != 1:
+            outcome["record"] = (f"not written to the store: {len(new)} new run ids in it, cannot tell which is "
+                                 "this run's")
+            return outcome
+        names = sorted(p.name for p in (run_dir / "kfp").glob("*") if p.is_dir())
+        record = build_outcome(store, run_id=new[0], run_name=names[-1] if names else "local",
+                               final_state="CANCELED", error_message=reason)
+        record["summary"] = outcome["summary"]
+        key = write_outcome(store, record)
+        return {**record, "outcome_uri": store.uri(key)}
+    except LivoError as exc:
+        outcome["record"] = f"not written to the store: {exc}"
+        return outcome
 
 
 def run_pipeline_locally(arguments: dict[str, Any], run_dir: Path, image: str | None = None) -> dict[str, Any]:
@@ -273,6 +366,92 @@ def new_run_dir(root: Path) -> Path:
     raise LivoError(f"cannot create a new run directory under {root}")
 
 
+class RunCancellation:
+    """The signal handler of `livo run` (SIGTERM, SIGHUP, SIGINT), installed for the whole run.
+
+    kfp.local joins its task threads in ``finally`` blocks and sleeps through task-retry back-offs, so unwinding the
+    stack after a signal would wait for tasks that no longer matter. The handler therefore does the whole clean-up
+    itself, in order: stop every task process tree; record the outcome `canceled` (in the store while it is still up,
+    and in ``<run dir>/outcome.json``); stop the embedded store; print one line; leave with exit code 128 + signal.
+    Each step is guarded on its own, so a failing one cannot keep the store running. Repeated signals are ignored.
+    """
+
+    def __init__(self, run_dir: Path, started: float):
+        self.run_dir = run_dir
+        self.started = started
+        self.known_run_ids: set[str] | None = None  # run ids in the store before this run began
+        self.outcome: dict[str, Any] | None = None  # the run's own outcome once it has one: then nothing is canceled
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+            yield
+            return
+        previous = {signum: signal.signal(signum, self.handle) for signum in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def handle(self, signum: int, frame: object) -> None:
+        for other in STOP_SIGNALS:
+            signal.signal(other, signal.SIG_IGN)
+        name = signal.Signals(signum).name
+        problems: list[str] = []
+        with _step(problems, "stopping the tasks"):
+            stop_task_processes()
+        outcome = self.outcome
+        if outcome is None:
+            outcome = canceled_outcome(self.run_dir, None, f"received {name}")
+            with _step(problems, "recording the outcome in the store"):
+                outcome = canceled_outcome(self.run_dir, self.known_run_ids, f"received {name}")
+            outcome["wall_seconds"] = round(time.perf_counter() - self.started, 1)
+        with _step(problems, "writing outcome.json"):
+            _write_outcome_file(self.run_dir, outcome)
+        with _step(problems, "stopping the embedded store"):
+            from livo.registry.store import stop_embedded_servers
+
+            stop_embedded_servers()
+        where = outcome.get("outcome_uri") or "not in the store"
+        status = outcome.get("status", "canceled")
+        message = (f"livo: run {'canceled' if status == 'canceled' else 'stopped'} by {name}: its tasks and the "
+                   f"embedded store were stopped; outcome '{status}' in {self.run_dir / 'outcome.json'} (store "
+                   f"record: {where})")
+        if problems:
+            message += f"; clean-up problems: {'; '.join(problems)}"
+        with contextlib.suppress(OSError):
+            os.write(2, (message + "\n").encode("utf-8", "replace"))
+        os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def _step(problems: list[str], what: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - each clean-up step must run whatever the previous one raised
+        problems.append(f"{what}: {' '.join(str(exc).split())[:200]}")
+
+
+def check_local_arguments(arguments: dict[str, Any]) -> None:
+    """The checks of the pipeline's first step that need no store: parameter names against the pipeline's signature,
+    values against `PipelineParameters`, and the preset. ConfigError (exit 2) names the parameter."""
+    from livo.commands.pipeline_cmd import load_pipeline_module
+    from livo.orchestration import PipelineParameters
+    from livo.presets import load_preset_config
+
+    inputs = load_pipeline_module().livo_full.component_spec.inputs
+    unknown = sorted(set(arguments) - set(inputs))
+    if unknown:
+        raise ConfigError(f"unknown pipeline parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(inputs))}")
+    values = {name: spec.default for name, spec in inputs.items() if name in PipelineParameters.model_fields}
+    values.update({name: value for name, value in arguments.items() if name in PipelineParameters.model_fields})
+    PipelineParameters.parse(values)
+    load_preset_config(arguments["run_preset"])
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from livo.commands.pipeline_cmd import parse_param_overrides
     from livo.paths import runs_dir
@@ -283,19 +462,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         image = resolve_image(args.image)
         docker_runner({})  # Docker present and reachable: checked before a run directory or a store exists
-    root = Path(args.runs_dir).resolve() if args.runs_dir else runs_dir()
-    run_dir = new_run_dir(root)
     arguments = local_arguments(args.preset, parse_param_overrides(args.param))
     threads = threads_per_task(args.threads, arguments)
+    check_local_arguments(arguments)  # at the door: before a run directory or the embedded store exists
+    root = Path(args.runs_dir).resolve() if args.runs_dir else runs_dir()
+    run_dir = new_run_dir(root)
     log_event(logger, "local_run_start", run_dir=str(run_dir), threads=threads, **arguments)
     started = time.perf_counter()
     thread_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    with object_store_env(root / "store") as store_env, patched_environ({**store_env, **thread_env}):
-        outcome = run_pipeline_locally(arguments, run_dir, image)
-        metrics = fetch_evaluation(outcome, run_dir)
-    outcome["wall_seconds"] = round(time.perf_counter() - started, 1)
-    outcome["threads_per_task"] = threads
-    (run_dir / "outcome.json").write_text(json.dumps(outcome, indent=2, default=str), encoding="utf-8")
+    cancellation = RunCancellation(run_dir, started)
+    with cancellation.installed(), adopting_orphans():
+        with object_store_env(root / "store") as store_env, patched_environ({**store_env, **thread_env}):
+            cancellation.known_run_ids = known_run_ids()
+            outcome = run_pipeline_locally(arguments, run_dir, image)
+            cancellation.outcome = outcome
+            metrics = fetch_evaluation(outcome, run_dir)
+        outcome["wall_seconds"] = round(time.perf_counter() - started, 1)
+        outcome["threads_per_task"] = threads
+        _write_outcome_file(run_dir, outcome)
     print_table(summary_rows(outcome) + [("wall time", f"{outcome['wall_seconds']} s ({threads} thread(s) per task)"),
                                          ("run dir", str(run_dir))]
                 + [(f"task {name}", _format_timing(timing)) for name, timing in outcome["tasks"].items()])
@@ -306,13 +490,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if outcome["status"] in ("registered", "skipped", "rejected") else 1
 
 
+def _write_outcome_file(run_dir: Path, outcome: dict[str, Any]) -> None:
+    tmp = run_dir / "outcome.json.tmp"
+    tmp.write_text(json.dumps(outcome, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, run_dir / "outcome.json")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run", help="run the whole pipeline locally (kfp.local); no arguments = toy preset, embedded store",
         description="Run pipelines/livo_full.py locally through kfp.local's SubprocessRunner. Without LIVO_S3_ENDPOINT "
                     "an embedded SeaweedFS store is started under <runs dir>/store. Exit 0 when the run registered a "
                     "model, was skipped (principles unchanged) or was rejected by the evaluation gates; 1 when it "
-                    "failed.")
+                    "failed; 128 + signal (143 for SIGTERM, 130 for Ctrl-C) when a signal canceled it (tasks and "
+                    "store stopped, outcome 'canceled').")
     parser.add_argument("--preset", default="toy", help="preset name or YAML path (default: toy)")
     parser.add_argument("-p", "--param", action="append", metavar="NAME=VALUE",
                         help="pipeline parameter (repeatable), e.g. -p run_force_retrain=true")

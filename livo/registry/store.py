@@ -27,13 +27,16 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
+import urllib.parse
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import urllib3
+import urllib3.exceptions
 from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
@@ -50,11 +53,15 @@ ENV_ACCESS_KEY = "LIVO_S3_ACCESS_KEY"
 ENV_SECRET_KEY = "LIVO_S3_SECRET_KEY"
 ENV_BUCKET = "LIVO_S3_BUCKET"
 ENV_REGION = "LIVO_S3_REGION"  # optional
+ENV_TIMEOUT = "LIVO_S3_TIMEOUT"  # optional: seconds per connect and per socket read (default DEFAULT_TIMEOUT_S)
 
-# An unreachable endpoint must fail in seconds: short connect timeout, one connect retry. Reads may be slow on big
-# objects over a busy network, so the read timeout is per socket read, not per object.
-CONNECT_TIMEOUT_S = 2.0
-READ_TIMEOUT_S = 120.0
+# A store that misbehaves must cost seconds, not minutes. The timeout bounds each connect and each socket read (not
+# a whole object: big objects stream for as long as bytes keep coming); every request is tried at most twice (one
+# retry of a refused/timed-out connect, a dropped or timed-out read, or a 5xx answer), so one small-object call gives
+# up within about 2 x timeout: 20 s by default.
+DEFAULT_TIMEOUT_S = 10.0
+MAX_ATTEMPTS = 2
+_RETRY_STATUSES = (500, 502, 503, 504)
 _CHUNK = 1 << 20
 
 _MISSING_KEY_CODES = {"NoSuchKey", "NoSuchObject", "ResourceNotFound"}
@@ -90,16 +97,45 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def _parse_endpoint(endpoint: str, secure: bool) -> tuple[str, bool]:
-    """Accept ``host:port`` or ``http(s)://host:port[/]``; return (``host:port``, secure)."""
+    """Accept ``host:port`` or ``http(s)://host:port[/]``; return (``host:port``, secure). A malformed endpoint (a
+    path, no host, a port that is not a number in 1-65535) is bad input: `ConfigError`."""
+    given = endpoint
     endpoint = endpoint.strip()
     if endpoint.startswith("https://"):
         endpoint, secure = endpoint[len("https://"):], True
     elif endpoint.startswith("http://"):
         endpoint, secure = endpoint[len("http://"):], False
+    elif "://" in endpoint:
+        raise ConfigError(f"object-store endpoint {given!r} ({ENV_ENDPOINT}): the scheme must be http:// or https://")
     endpoint = endpoint.rstrip("/")
     if not endpoint or "/" in endpoint:
-        raise ConfigError(f"object-store endpoint {endpoint!r} must be host:port or http(s)://host:port (no path)")
+        raise ConfigError(f"object-store endpoint {given!r} ({ENV_ENDPOINT}) must be host:port or "
+                          "http(s)://host:port (no path)")
+    try:
+        parts = urllib.parse.urlsplit(f"//{endpoint}")
+        port = parts.port
+    except ValueError:
+        port, parts = -1, None
+    if parts is None or not parts.hostname or port == -1 or (port is not None and not 0 < port < 65536):
+        raise ConfigError(f"object-store endpoint {given!r} ({ENV_ENDPOINT}) has no valid host and port; give "
+                          "host:port with a port in 1-65535, e.g. http://127.0.0.1:9000")
     return endpoint, secure
+
+
+def timeout_from_env(env: Any = None) -> float:
+    """`LIVO_S3_TIMEOUT` in seconds (a positive number), else `DEFAULT_TIMEOUT_S`."""
+    env = os.environ if env is None else env
+    raw = (env.get(ENV_TIMEOUT) or "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 86400:
+        raise ConfigError(f"{ENV_TIMEOUT}={raw!r}: give the object-store timeout in seconds, a number > 0 "
+                          f"(default {DEFAULT_TIMEOUT_S:g})")
+    return value
 
 
 class _HashingReader(io.RawIOBase):
@@ -135,7 +171,7 @@ class ObjectStore:
     """An S3 bucket reached through the minio SDK. Keys are plain strings; URIs are ``s3://<bucket>/<key>``."""
 
     def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str, *, secure: bool = False,
-                 region: str | None = None):
+                 region: str | None = None, timeout_s: float | None = None):
         if not bucket:
             raise ConfigError(f"no bucket given for the object store at {endpoint}; set {ENV_BUCKET}")
         try:
@@ -148,14 +184,21 @@ class ObjectStore:
         # Kept private: credentials never go into logs, reprs, lineage or cards.
         self._access_key = access_key
         self._secret_key = secret_key
+        self.timeout_s = timeout_from_env() if timeout_s is None else float(timeout_s)
+        retries = MAX_ATTEMPTS - 1
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S),
+            timeout=urllib3.Timeout(connect=self.timeout_s, read=self.timeout_s),
             maxsize=10,
-            retries=urllib3.Retry(total=3, connect=1, read=1, backoff_factor=0.2,
-                                  status_forcelist=[500, 502, 503, 504]),
+            # raise_on_status=False: after the retry the 5xx answer itself reaches minio, which reports its code.
+            retries=urllib3.Retry(total=retries, connect=retries, read=retries, status=retries, other=0,
+                                  backoff_factor=0.2, status_forcelist=_RETRY_STATUSES, raise_on_status=False),
         )
-        self._client = Minio(self.endpoint, access_key=access_key, secret_key=secret_key, secure=self.secure,
-                             region=region, http_client=http)
+        try:
+            self._client = Minio(self.endpoint, access_key=access_key, secret_key=secret_key, secure=self.secure,
+                                 region=region, http_client=http)
+        except ValueError as exc:  # minio's own endpoint checks
+            raise ConfigError(f"object-store endpoint {endpoint!r} ({ENV_ENDPOINT}) is invalid: {_one_line(exc)}; "
+                              "give host:port or http(s)://host:port") from None
 
     # ----------------------------------------------------------------------------------------------- construction
     @classmethod
@@ -170,14 +213,14 @@ class ObjectStore:
                 "embedded SeaweedFS when LIVO_S3_ENDPOINT is unset)"
             )
         return cls(env[ENV_ENDPOINT], env[ENV_ACCESS_KEY], env[ENV_SECRET_KEY], env[ENV_BUCKET],
-                   region=env.get(ENV_REGION) or None)
+                   region=env.get(ENV_REGION) or None, timeout_s=timeout_from_env(env))
 
     def for_bucket(self, bucket: str) -> ObjectStore:
         """The same endpoint and credentials, another bucket."""
         if bucket == self.bucket:
             return self
         return ObjectStore(self.endpoint, self._access_key, self._secret_key, bucket, secure=self.secure,
-                           region=self.region)
+                           region=self.region, timeout_s=self.timeout_s)
 
     @_class_or_instance_method
     def for_uri(self_or_cls, uri: str) -> ObjectStore:
@@ -216,16 +259,44 @@ class ObjectStore:
             yield
         except S3Error as exc:
             raise self._s3_error(exc, action, where) from None
-        except (InvalidResponseError, ServerError) as exc:
-            raise StoreError(f"object store at {self.endpoint} answered {action} {where} with an error "
-                             f"({_one_line(exc)}); check that LIVO_S3_ENDPOINT points at an S3 server") from None
+        except ServerError as exc:
+            raise self._http_status_error(exc.status_code, action, where, "") from None
+        except InvalidResponseError as exc:
+            code = int(getattr(exc, "_code", 0) or 0)
+            raise self._http_status_error(code, action, where, " with a non-S3 answer") from None
         except (TimeoutError, Urllib3HTTPError, ConnectionError) as exc:
-            raise StoreError(f"object store at {self._scheme()}://{self.endpoint} is unreachable while trying to "
-                             f"{action} {where} ({_root_cause(exc)}); check LIVO_S3_ENDPOINT and that the server "
-                             "is running") from None
+            raise self._transport_error(exc, action, where) from None
 
     def _scheme(self) -> str:
         return "https" if self.secure else "http"
+
+    def _url(self) -> str:
+        return f"{self._scheme()}://{self.endpoint}"
+
+    def _http_status_error(self, status: int, action: str, where: str, detail: str) -> StoreError:
+        if status >= 500:
+            return StoreError(f"object store at {self._url()} answered HTTP {status}{detail} (a server error, after "
+                              f"{MAX_ATTEMPTS} attempts) while trying to {action} {where}; the server is up but "
+                              "failing: check its logs and health")
+        return StoreError(f"object store at {self._url()} answered HTTP {status}{detail} while trying to {action} "
+                          f"{where}; check that {ENV_ENDPOINT} points at an S3 server")
+
+    def _transport_error(self, exc: BaseException, action: str, where: str) -> StoreError:
+        cause = _transport_cause(exc)
+        if cause == "refused":
+            what = ("refused the connection (nothing listens there); check LIVO_S3_ENDPOINT and that the server is "
+                    "running")
+        elif cause == "connect timeout":
+            what = (f"did not accept a connection within {self.timeout_s:g} s ({MAX_ATTEMPTS} attempts); check "
+                    "LIVO_S3_ENDPOINT, the network and firewalls")
+        elif cause == "read timeout":
+            what = (f"accepted the connection but sent no answer within {self.timeout_s:g} s ({MAX_ATTEMPTS} "
+                    f"attempts); the server is hung or overloaded: check it, or raise {ENV_TIMEOUT}")
+        elif cause == "unknown host":
+            what = "names a host that does not resolve; check the host name in LIVO_S3_ENDPOINT"
+        else:
+            what = (f"is unreachable ({cause}); check LIVO_S3_ENDPOINT and that the server is running")
+        return StoreError(f"object store at {self._url()} {what} (while trying to {action} {where})")
 
     def _s3_error(self, exc: S3Error, action: str, where: str) -> StoreError:
         if exc.code in _CREDENTIAL_CODES:
@@ -236,6 +307,9 @@ class ObjectStore:
                               f"or set LIVO_S3_BUCKET to an existing bucket")
         if exc.code in _MISSING_KEY_CODES:
             return StoreError(f"no object {where} (cannot {action}); check the key or URI")
+        status = getattr(getattr(exc, "response", None), "status", None)
+        if isinstance(status, int) and status >= 500:
+            return self._http_status_error(status, action, where, f" ({exc.code}: {_one_line(exc.message or '')})")
         return StoreError(f"object store at {self.endpoint} failed to {action} {where}: {exc.code}: {exc.message}")
 
     # ------------------------------------------------------------------------------------------------ bucket
@@ -385,7 +459,8 @@ class ObjectStore:
 
         local_dir = Path(local_dir)
         digests: dict[str, str] = {}
-        for relpath in tqdm(relpaths, desc=f"download {prefix}", unit="file", disable=not progress or len(relpaths) < 20):
+        for relpath in tqdm(relpaths, desc=f"download {prefix}", unit="file",
+                            disable=not progress or len(relpaths) < 20):
             target = local_dir / relpath
             if not target.resolve().is_relative_to(local_dir.resolve()):
                 raise StoreError(f"refusing to write {relpath!r} outside {local_dir}")
@@ -453,8 +528,11 @@ def _join(prefix: str, relpath: str) -> str:
 
 
 def _check_key(key: str) -> None:
-    if not key or key.startswith("/") or any(part in ("..", ".") for part in key.split("/")):
-        raise StoreError(f"invalid object key {key!r}: use a relative path like models/name/v1/file")
+    """Keys are relative paths without '.' or '..' segments: bad input, so `ConfigError` (exit 2)."""
+    if not isinstance(key, str) or not key or key.startswith("/") or any(
+            part in ("..", ".") for part in key.split("/")) or any(ord(ch) < 32 for ch in key):
+        raise ConfigError(f"invalid object key {key!r}: use a relative path without '.' or '..' segments, like "
+                          "models/name/v1/file")
 
 
 def _content_type(name: str) -> str:
@@ -467,17 +545,35 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:300]
 
 
-def _root_cause(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None)
-    while reason is not None and getattr(reason, "reason", None) is not None:
-        reason = reason.reason
-    cause = reason if reason is not None else exc
-    text = _one_line(cause)
-    for marker in ("Connection refused", "timed out", "Name or service not known", "No route to host",
-                   "Temporary failure in name resolution", "Connection reset"):
-        if marker.lower() in text.lower():
+def _transport_cause(exc: BaseException) -> str:
+    """What went wrong below HTTP: 'refused', 'connect timeout', 'read timeout', 'unknown host', or a short text."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 10:
+        chain.append(current)
+        current = getattr(current, "reason", None) or current.__cause__ or current.__context__
+    # urllib3's NewConnectionError (refused, unresolvable host, ...) subclasses ConnectTimeoutError: test the
+    # specific causes first.
+    kinds = (("refused", ConnectionRefusedError),
+             ("unknown host", (urllib3.exceptions.NameResolutionError, socket.gaierror)),
+             ("read timeout", urllib3.exceptions.ReadTimeoutError))
+    for cause, kind in kinds:
+        if any(isinstance(item, kind) for item in chain):
+            return cause
+    if any(isinstance(item, urllib3.exceptions.ConnectTimeoutError)
+           and not isinstance(item, urllib3.exceptions.NewConnectionError) for item in chain):
+        return "connect timeout"
+    text = " ".join(_one_line(item) for item in chain).lower()
+    for marker, cause in (("connection refused", "refused"), ("read timed out", "read timeout"),
+                          ("connect timeout", "connect timeout"), ("timed out", "read timeout"),
+                          ("name or service not known", "unknown host"),
+                          ("temporary failure in name resolution", "unknown host")):
+        if marker in text:
+            return cause
+    for marker in ("No route to host", "Connection reset", "Remote end closed connection"):
+        if marker.lower() in text:
             return marker.lower()
-    return text
+    return _one_line(chain[-1])
 
 
 # ======================================================================================== embedded SeaweedFS server
@@ -528,6 +624,137 @@ def _stop_live_servers() -> None:  # a crashed caller must not leave `weed` runn
         server.stop()
 
 
+def stop_embedded_servers() -> None:
+    """Stop every embedded server this process runs, without logging (safe inside a signal handler)."""
+    for server in list(_LIVE_SERVERS):
+        server.stop(log=False)
+
+
+def embedded_server_pids() -> set[int]:
+    """PIDs of the `weed` servers this process started and still runs (excluded when a command stops its tasks)."""
+    return {server.pid for server in list(_LIVE_SERVERS) if server.pid is not None}
+
+
+# ------------------------------------------------------------------------------------- processes (Linux /proc)
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time in clock ticks) from /proc, or None where /proc has no such process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # the command name may hold spaces and parentheses
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie counts as gone: it only waits to be reaped)."""
+    if pid <= 0:
+        return False
+    stat = _proc_stat(pid)
+    if stat is not None:
+        return stat[0] not in ("Z", "X")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not Path("/proc/self").exists()  # with /proc, a pid it does not list is gone
+
+
+def process_start_ticks(pid: int) -> int | None:
+    stat = _proc_stat(pid)
+    return stat[2] if stat else None
+
+
+def process_cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [part.decode("utf-8", "replace") for part in raw.split(b"\0") if part]
+
+
+def child_pids() -> dict[int, list[int]]:
+    """{parent pid: [child pids]} of every live process /proc lists (empty without /proc)."""
+    children: dict[int, list[int]] = {}
+    with contextlib.suppress(OSError):
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                stat = _proc_stat(int(entry.name))
+                if stat is not None and stat[0] not in ("Z", "X"):
+                    children.setdefault(stat[1], []).append(int(entry.name))
+    return children
+
+
+def descendant_pids(pid: int) -> list[int]:
+    """Every live process below `pid` in the process tree, parents before children."""
+    children, found, queue = child_pids(), [], [pid]
+    while queue:
+        for child in children.get(queue.pop(0), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def _wait_gone(pids: list[int], timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    alive = [pid for pid in pids if process_alive(pid)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [pid for pid in alive if process_alive(pid)]
+    return alive
+
+
+def terminate_pids(pids: list[int], grace_s: float) -> list[int]:
+    """SIGTERM `pids`, wait up to `grace_s`, SIGKILL the survivors; returns those that were still alive at the
+    SIGKILL. Works for processes that are not our children (they are polled, not waited for)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    stubborn = _wait_gone(pids, grace_s)
+    for pid in stubborn:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    _wait_gone(stubborn, 10.0)
+    return stubborn
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived inside `stop_on_signals()`; raised in the main thread so that every ``with`` block
+    unwinds (tasks stopped, embedded store stopped, outcome recorded). A BaseException, like KeyboardInterrupt, so
+    no ``except Exception`` swallows it. `exit_code` is the shell's convention: 128 + signal number (SIGTERM: 143)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        super().__init__(f"received {self.signal_name}")
+
+
+@contextlib.contextmanager
+def stop_on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """Turn the first SIGTERM/SIGHUP into `Terminated` for the duration of the block (main thread only); later
+    signals are ignored until the block exits, so the clean-up the first one started is not cut short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if fired:
+            return
+        fired.append(signum)
+        raise Terminated(signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
 # SeaweedFS grows 7 volumes per collection (= bucket) by default; one is plenty on one machine, and it keeps the many
 # per-test buckets from exhausting the volume slots (-volume.max; volumes are sparse files, not preallocated).
 # `weed` reads master.toml from its working directory.
@@ -539,12 +766,36 @@ copy_3 = 3
 copy_other = 1
 """
 
+# Only the S3 gateway is meant to be reached (it checks the credentials). Master and filer HTTP APIs are switched off
+# (-disableHttp, -filer.disableHttp: the S3 gateway talks to the filer over gRPC), and the volume server, whose HTTP
+# port the filer needs, accepts reads and writes only with a JWT signed by these per-start keys.
+_SECURITY_TOML = """\
+[jwt.signing]
+key = "{write_key}"
+expires_after_seconds = 60
+
+[jwt.signing.read]
+key = "{read_key}"
+expires_after_seconds = 60
+
+[access]
+ui = false
+"""
+
+PID_FILE = "weed.pid"
+OWNER_LOCK_FILE = "owner.lock"
+
 
 class EmbeddedSeaweedFS:
     """A SeaweedFS server (master + volume + filer + S3 gateway) on loopback, for local runs and tests.
 
     Free ports are chosen at start; credentials are generated unless given; the data directory persists across
     restarts. Logs go to ``<data_dir>/weed.log``. Use as a context manager or call `start()` / `stop()`.
+
+    Ownership: the process that starts the server holds an exclusive lock on ``<data_dir>/owner.lock`` until `stop()`
+    and records both PIDs in ``<data_dir>/weed.pid``. A second owner is refused with a one-line `StoreError` naming
+    the live one; a server whose owner died (SIGKILL, crash, power-off of the shell) is found by its ``-dir`` on the
+    next start, stopped and replaced, with a one-line warning.
     """
 
     PORT_NAMES = ("s3", "s3.grpc", "master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc")
@@ -559,6 +810,7 @@ class EmbeddedSeaweedFS:
         self.stop_grace_s = stop_grace_s
         self.ports: dict[str, int] = {}
         self._process: subprocess.Popen | None = None
+        self._owner_lock: int | None = None
 
     @property
     def log_path(self) -> Path:
@@ -591,6 +843,16 @@ class EmbeddedSeaweedFS:
             return self
         binary = find_weed_binary()
         (self.data_dir / "data").mkdir(parents=True, exist_ok=True)
+        self._take_ownership()
+        try:
+            return self._start_owned(binary, attempts)
+        except BaseException:  # a failed start or a signal during it leaves nothing running and no lock held
+            self.stop()
+            raise
+
+    def _start_owned(self, binary: Path, attempts: int) -> EmbeddedSeaweedFS:
+        _write_private(self.data_dir / "security.toml", _SECURITY_TOML.format(
+            write_key=secrets.token_urlsafe(32), read_key=secrets.token_urlsafe(32)))
         identities = self.data_dir / "s3-identities.json"
         _write_private(identities, json.dumps({"identities": [{
             "name": "livo",
@@ -603,6 +865,7 @@ class EmbeddedSeaweedFS:
             # Ports are free when picked but another process may take one before weed binds it: retry with new ones.
             self.ports = dict(zip(self.PORT_NAMES, _free_ports(len(self.PORT_NAMES)), strict=True))
             self._launch(binary, identities)
+            self._write_pid_file()
             try:
                 self._wait_ready()
                 _LIVE_SERVERS.add(self)
@@ -611,9 +874,90 @@ class EmbeddedSeaweedFS:
                 return self
             except StoreError as exc:
                 last_error = exc
-                self.stop()
+                self._stop_process()
         assert last_error is not None
         raise last_error
+
+    # ------------------------------------------------------------------------------------------ ownership
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / PID_FILE
+
+    def _take_ownership(self) -> None:
+        """Lock the data directory for this process; stop a server a dead owner left behind."""
+        import fcntl
+
+        fd = os.open(self.data_dir / OWNER_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(self._in_use_message()) from None
+        self._owner_lock = fd
+        try:
+            self._replace_stale_server()
+        except BaseException:
+            self._release_ownership()
+            raise
+
+    def _release_ownership(self) -> None:
+        fd, self._owner_lock = self._owner_lock, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # closing the descriptor releases the flock
+
+    def _read_pid_file(self) -> dict[str, Any]:
+        try:
+            record = json.loads(self.pid_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def _write_pid_file(self) -> None:
+        assert self._process is not None
+        record = {"weed_pid": self._process.pid, "owner_pid": os.getpid(),
+                  "owner_command": " ".join([_program_name()] + sys.argv[1:])[:300],
+                  "s3_port": self.ports.get("s3"), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        tmp = self.pid_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        os.replace(tmp, self.pid_file)
+
+    def _in_use_message(self) -> str:
+        record = self._read_pid_file()
+        owner = record.get("owner_pid")
+        who = (f"process {owner} (`{record.get('owner_command') or '?'}`)" if owner and process_alive(int(owner))
+               else "another live process")
+        server = f" runs its SeaweedFS server (pid {record['weed_pid']}, S3 port {record.get('s3_port')})" \
+            if record.get("weed_pid") else " owns it"
+        return (f"the object store in {self.data_dir} is in use: {who}{server}; use that store (its LIVO_S3_* "
+                "exports), stop that process, or choose another data directory (--data-dir / --runs-dir)")
+
+    def _weed_pids_serving_dir(self) -> list[int]:
+        """`weed` processes whose -dir is this data directory (found through /proc, else through the pid file)."""
+        flag = f"-dir={self.data_dir / 'data'}"
+        found: list[int] = []
+        with contextlib.suppress(OSError):
+            for entry in os.scandir("/proc"):
+                if entry.name.isdigit() and int(entry.name) != os.getpid():
+                    argv = process_cmdline(int(entry.name)) or []
+                    if argv and Path(argv[0]).name == "weed" and flag in argv and process_alive(int(entry.name)):
+                        found.append(int(entry.name))
+        if not Path("/proc/self").exists():
+            pid = self._read_pid_file().get("weed_pid")
+            if isinstance(pid, int) and process_alive(pid):
+                found.append(pid)
+        return found
+
+    def _replace_stale_server(self) -> None:
+        """We hold the owner lock, so any server still serving this directory lost its owner: stop it."""
+        record = self._read_pid_file()
+        for pid in self._weed_pids_serving_dir():
+            owner = record.get("owner_pid") if record.get("weed_pid") == pid else None
+            terminate_pids([pid], self.stop_grace_s)
+            logger.warning(f"replaced a stale SeaweedFS server (pid {pid}) on {self.data_dir}: its owner "
+                           f"{f'(pid {owner}) ' if owner else ''}is gone")
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_file.unlink()
 
     def _launch(self, binary: Path, identities: Path) -> None:
         p = self.ports
@@ -623,6 +967,7 @@ class EmbeddedSeaweedFS:
             "-master.volumeSizeLimitMB=1024",
             f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume.grpc']}", "-volume.max=500",
             "-volume.preStopSeconds=0",
+            "-disableHttp", "-filer.disableHttp",
             "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
             "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={p['s3.grpc']}", f"-s3.config={identities}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",
@@ -650,8 +995,9 @@ class EmbeddedSeaweedFS:
         last = "no answer yet"
         while time.monotonic() < deadline:
             if self._process is None or self._process.poll() is not None:
-                raise StoreError(f"SeaweedFS exited during start-up (code {self._process.returncode if self._process else '?'}); "
-                                 f"see {self.log_path}: {self._log_tail()}")
+                code = self._process.returncode if self._process else "?"
+                raise StoreError(f"SeaweedFS exited during start-up (code {code}); see {self.log_path}: "
+                                 f"{self._log_tail()}")
             try:
                 store.ensure_bucket()
                 store.put_bytes(".livo-ready", b"ok")  # the volume server is up too, not only the gateway
@@ -670,22 +1016,35 @@ class EmbeddedSeaweedFS:
             return ""
         return " | ".join(line.strip() for line in tail)
 
-    def stop(self) -> None:
-        """SIGTERM, wait `stop_grace_s`, then SIGKILL by PID (weed may take ~17 s to honour SIGTERM)."""
+    def stop(self, log: bool = True) -> None:
+        """SIGTERM, wait `stop_grace_s`, then SIGKILL by PID (weed may take ~17 s to honour SIGTERM); then release
+        the data directory."""
+        try:
+            self._stop_process(log)
+        finally:
+            if self._owner_lock is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    self.pid_file.unlink()
+            self._release_ownership()
+
+    def _stop_process(self, log: bool = True) -> None:
         process, self._process = self._process, None
         _LIVE_SERVERS.discard(self)
         if process is None:
             return
         if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.terminate()
             try:
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()
                 process.wait(timeout=self.stop_grace_s)
-            except subprocess.TimeoutExpired:
+            except BaseException as exc:  # TimeoutExpired, or a second Ctrl-C while waiting: never leave it running
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, signal.SIGKILL)
                 process.wait(timeout=30)
-        log_event(logger, "embedded SeaweedFS stopped", pid=process.pid, returncode=process.returncode)
+                if not isinstance(exc, subprocess.TimeoutExpired):
+                    raise
+        if log:
+            log_event(logger, "embedded SeaweedFS stopped", pid=process.pid, returncode=process.returncode)
 
     def __enter__(self) -> EmbeddedSeaweedFS:
         return self.start()
@@ -695,6 +1054,11 @@ class EmbeddedSeaweedFS:
 
     def __repr__(self) -> str:
         return f"EmbeddedSeaweedFS(data_dir={str(self.data_dir)!r}, ports={self.ports}, pid={self.pid})"
+
+
+def _program_name() -> str:
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    return "livo" if name in ("cli.py", "__main__.py", "livo") else name
 
 
 def _write_private(path: Path, text: str) -> None:
