@@ -20,7 +20,12 @@ class StoreError(LivoError):
 
 
 class DataError(LivoError):
-    """A dataset is missing, empty, corrupted or does not match what the caller expects."""
+    """A dataset is damaged in storage (a shard's sha256 differs from its manifest): an environment fault (exit 1)."""
+
+
+class InvalidDataError(DataError, ConfigError):
+    """Data given to a command is unusable as input (absent, empty, malformed, wrong schema, undecodable image,
+    other principle set): a `DataError` that exits with the bad-input code 2, like `ConfigError`."""
 
 
 class JudgeUnavailable(LivoError):

@@ -27,10 +27,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     importer.add_argument("--json", action="store_true", help="print the report as JSON")
     importer.set_defaults(func=handle_import)
 
-    verify = commands.add_parser("verify", help="recompute every shard's sha256 against the manifest",
-                                 description="Fail (exit 1) when a shard is missing or its sha256 differs from the "
-                                             "manifest.")
+    verify = commands.add_parser(
+        "verify", help="check hashes, schema and every image of a dataset",
+        description="Check a dataset as training will read it: the manifest's required keys, every shard's sha256 "
+                    "against the manifest, the columns and their types, and that every image decodes. Exit 2 when "
+                    "the data is bad (malformed manifest, wrong schema, undecodable image: the message names the "
+                    "shard, row and column), 1 when a shard is missing or its sha256 differs (storage damage).")
     verify.add_argument("uri", metavar="URI", help="dataset directory or s3://bucket/prefix")
+    verify.add_argument("--hashes-only", action="store_true",
+                        help="only compare sha256s (no download of a remote dataset, no image decoding)")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=handle_verify)
 
@@ -60,12 +65,13 @@ def handle_import(args: argparse.Namespace) -> int:
 def handle_verify(args: argparse.Namespace) -> int:
     from livo.data.dataset import verify_dataset
 
-    result = verify_dataset(args.uri)
+    result = verify_dataset(args.uri, decode_images=not args.hashes_only)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
-        print(f"ok: {result['uri']}: {result['shards']} shards, {result['num_rows']} rows, every sha256 matches "
-              f"(manifest {result['manifest_sha256']})")
+        decoded = "" if args.hashes_only else f", schema ok, {result['images_decoded']} images decode"
+        print(f"ok: {result['uri']}: {result['shards']} shards, {result['num_rows']} rows, every sha256 matches"
+              f"{decoded} (manifest {result['manifest_sha256']})")
     return 0
 
 
@@ -76,7 +82,7 @@ def handle_info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(manifest, indent=2, sort_keys=True))
         return 0
-    print(f"{args.uri}: {manifest['name']} ({manifest['source']}), {manifest['num_rows']} pairs in "
+    print(f"{args.uri}: {manifest['name']} ({manifest.get('source', 'unknown source')}), {manifest['num_rows']} pairs in "
           f"{len(manifest['shards'])} shards")
     print(f"  principle set {manifest['principle_set_hash']}")
     print(f"  model {manifest.get('generator_model_hash')}, judges {manifest.get('judge_ids')}")

@@ -14,10 +14,12 @@ recompute every shard's sha256 against the manifest. The full schema is document
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,13 +27,63 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from livo.errors import ConfigError, DataError
+from livo.errors import ConfigError, DataError, InvalidDataError
 from livo.log import get_logger, log_event
 
 if TYPE_CHECKING:  # heavy imports stay inside functions
     import datasets
 
 logger = get_logger("livo.data.dataset")
+
+
+# errno values of "the device (or this process's file-size allowance) is full".
+OUT_OF_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def is_out_of_space(exc: BaseException, path: str | Path | None = None, needed_bytes: int | None = None) -> bool:
+    """True when `exc` (or an exception it wraps) means the disk is full. Writers that hide the errno (torch's
+    `PytorchStreamWriter` raises a RuntimeError "file write failed") count when `path`'s filesystem has less free space
+    than `needed_bytes` (or under 1 MiB when that is unknown)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in OUT_OF_SPACE_ERRNOS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if path is None or not isinstance(exc, OSError | RuntimeError):
+        return False
+    free = free_bytes(path)
+    return free is not None and free < max(needed_bytes or 0, 1 << 20)
+
+
+def free_bytes(path: str | Path) -> int | None:
+    """Free bytes on the filesystem holding `path` (or its nearest existing parent); None when unknown."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free
+    except OSError:
+        return None
+
+
+def out_of_space_error(what: str, path: str | Path, needed_bytes: int | None = None):
+    """The one-line error for a full disk while writing `what` to `path` (a `LivoError`: an environment fault)."""
+    from livo.errors import LivoError
+
+    free = free_bytes(path)
+    need = f"; it needs about {format_bytes(needed_bytes)}" if needed_bytes else ""
+    have = f", {format_bytes(free)} free" if free is not None else ""
+    return LivoError(f"no space left on the device writing {what} to {path}{need}{have}; free space there or "
+                     "choose a larger volume, then run the command again (what was written before is intact)")
+
+
+def format_bytes(count: int | None) -> str:
+    value = float(count or 0)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
 
 FORMAT_NAME = "livo-preference-dataset"
 SHARD_FORMAT_NAME = "livo-preference-shard"
@@ -161,8 +213,10 @@ class LocalLocation(DatasetLocation):
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as exc:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(exc, OSError) and is_out_of_space(exc):
+                raise out_of_space_error(relpath, target, len(data)) from None
             raise
 
     def write_file(self, relpath: str, local_path: Path) -> None:
@@ -322,6 +376,54 @@ def preference_features(*, latent_shape: Sequence[int] | None = None, embed_shap
     return datasets.Features(columns)
 
 
+_STRING_DTYPES = ("string", "large_string")
+_INT_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
+
+
+def _type_name(feature: Any) -> str:
+    import datasets
+
+    if isinstance(feature, datasets.Value):
+        return feature.dtype
+    if isinstance(feature, datasets.Image):
+        return "Image"
+    return type(feature).__name__
+
+
+def schema_problems(features: Mapping[str, Any]) -> list[str]:
+    """How `features` (a shard's `datasets.Features`) differ from the preference-dataset contract: every required
+    column present with its type (strings, int seeds, Image columns), array columns as Array3D/Array2D."""
+    import datasets
+
+    problems = []
+    for name in REQUIRED_COLUMNS:
+        feature = features.get(name)
+        if feature is None:
+            problems.append(f"column {name} is missing")
+            continue
+        if name.endswith("_image"):
+            ok, want = isinstance(feature, datasets.Image), "Image"
+        elif name.endswith("_seed"):
+            ok, want = isinstance(feature, datasets.Value) and feature.dtype in _INT_DTYPES, "int64"
+        else:
+            ok, want = isinstance(feature, datasets.Value) and feature.dtype in _STRING_DTYPES, "string"
+        if not ok:
+            problems.append(f"column {name} is {_type_name(feature)}, the contract says {want}")
+    for name, kind in ((LATENT_COLUMNS[0], datasets.Array3D), (LATENT_COLUMNS[1], datasets.Array3D),
+                       (EMBED_COLUMN, datasets.Array2D)):
+        if name in features and not isinstance(features[name], kind):
+            problems.append(f"column {name} is {_type_name(features[name])}, the contract says {kind.__name__}")
+    return problems
+
+
+def check_schema(features: Mapping[str, Any], where: str) -> None:
+    """Raise `InvalidDataError` naming `where` and every column that breaks the contract."""
+    problems = schema_problems(features)
+    if problems:
+        raise InvalidDataError(f"{where}: {'; '.join(problems)} — not a livo preference dataset shard (schema in "
+                               "docs/data.md); regenerate or re-import it")
+
+
 def encode_image(image: Any) -> dict[str, Any]:
     """A PIL image, PNG/JPEG bytes, a path or a {bytes, path} dict -> the Image column's stored form.
 
@@ -329,14 +431,14 @@ def encode_image(image: Any) -> dict[str, Any]:
     files are kept as they are (no re-encoding of imported JPEGs).
     """
     if isinstance(image, dict) and "bytes" in image:
-        return {"bytes": image["bytes"], "path": image.get("path")}
+        return {"bytes": _decodable(image["bytes"], image.get("path")), "path": image.get("path")}
     if isinstance(image, bytes | bytearray):
-        return {"bytes": bytes(image), "path": None}
+        return {"bytes": _decodable(bytes(image)), "path": None}
     if isinstance(image, str | Path):
         path = Path(image)
         if not path.is_file():
-            raise DataError(f"image file {path} does not exist")
-        return {"bytes": path.read_bytes(), "path": path.name}
+            raise InvalidDataError(f"image file {path} does not exist")
+        return {"bytes": _decodable(path.read_bytes(), str(path)), "path": path.name}
     if hasattr(image, "save"):
         buffer = io.BytesIO()
         image.convert("RGB").save(buffer, format="PNG")
@@ -344,15 +446,53 @@ def encode_image(image: Any) -> dict[str, Any]:
     raise DataError(f"cannot store an image of type {type(image).__name__}; give a PIL image, bytes or a file path")
 
 
+def image_problem(data: Any) -> str | None:
+    """Why the encoded image `data` cannot be used (None when PIL decodes it completely). Cheap first: `verify()`
+    reads the structure and checksums, then a fresh `load()` decodes every pixel (truncated data shows up there)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(data, bytes | bytearray) or not data:
+        return "no image bytes" if not data else f"image bytes of type {type(data).__name__}"
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except UnidentifiedImageError:
+        return "not a decodable image (not an image format PIL knows)"
+    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError...)
+        return f"not a decodable image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})"
+    return None
+
+
+def _decodable(data: Any, name: str | None = None) -> bytes:
+    problem = image_problem(data)
+    if problem:
+        raise InvalidDataError(f"image {name or '(bytes)'}: {problem}; replace or remove it")
+    return bytes(data)
+
+
+def _int_value(row: Mapping[str, Any], name: str) -> int:
+    value = row.get(name)
+    if value is None:
+        return -1
+    try:
+        if isinstance(value, bool | float):
+            raise ValueError(value)
+        return int(value)  # ints, numpy/torch integers, strings of digits
+    except (TypeError, ValueError):
+        raise InvalidDataError(f"{name} is {value!r}; seeds are integers (-1 when unknown)") from None
+
+
 def normalize_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """Validate one input row and fill defaults: prompts default to `prompt`, the negative prompt to "", seeds to -1
     (unknown), judge scores to {}."""
     missing = [key for key in _MANDATORY_INPUT_KEYS if row.get(key) is None]
     if missing:
-        raise DataError(f"row for scene {row.get('scene')!r} lacks {', '.join(missing)}")
+        raise InvalidDataError(f"row for scene {row.get('scene')!r} lacks {', '.join(missing)}")
     unknown = set(row) - set(REQUIRED_COLUMNS) - set(LATENT_COLUMNS) - {EMBED_COLUMN}
     if unknown:
-        raise DataError(f"row has unknown columns {sorted(unknown)}; the schema is documented in docs/data.md")
+        raise InvalidDataError(f"row has unknown columns {sorted(unknown)}; the schema is documented in docs/data.md")
     scores = row.get("judge_scores") or {}
     out = {
         "prompt": str(row["prompt"]),
@@ -364,8 +504,8 @@ def normalize_row(row: Mapping[str, Any]) -> dict[str, Any]:
         "aligned_prompt": str(row.get("aligned_prompt") or row["prompt"]),
         "violating_prompt": str(row.get("violating_prompt") or row["prompt"]),
         "aligned_negative_prompt": str(row.get("aligned_negative_prompt") or ""),
-        "aligned_seed": int(row["aligned_seed"]) if row.get("aligned_seed") is not None else -1,
-        "violating_seed": int(row["violating_seed"]) if row.get("violating_seed") is not None else -1,
+        "aligned_seed": _int_value(row, "aligned_seed"),
+        "violating_seed": _int_value(row, "violating_seed"),
         "judge_scores": scores if isinstance(scores, str) else canonical_json(scores),
     }
     for name in (*LATENT_COLUMNS, EMBED_COLUMN):
@@ -425,23 +565,34 @@ def write_shard(location: DatasetLocation | str | Path, rows: Sequence[Mapping[s
     location = open_location(location, store=store)
     if not 0 <= shard_index < shard_count:
         raise ConfigError(f"shard index {shard_index} is outside 0..{shard_count - 1}")
-    normalized = [normalize_row(row) for row in rows]
+    dirname = shard_dirname(shard_index, shard_count)
+    normalized = []
+    for number, row in enumerate(rows):
+        try:
+            normalized.append(normalize_row(row))
+        except InvalidDataError as exc:
+            raise InvalidDataError(f"{location.uri}: {dirname} row {number}: {exc}") from None
     latent_shape, embed_shape = _array_shapes(normalized)
     features = preference_features(latent_shape=latent_shape, embed_shape=embed_shape)
     columns = list(features)
     table = {name: [row[name] for row in normalized] for name in columns}
     dataset = datasets.Dataset.from_dict(table, features=features)
 
-    dirname = shard_dirname(shard_index, shard_count)
+    estimate = sum(len(row[side]["bytes"]) for row in normalized for side in ("aligned_image", "violating_image"))
     scratch = location.scratch_dir(dirname)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dirname}.", suffix=".parquet.tmp", dir=scratch)
-    os.close(fd)
-    tmp_path = Path(tmp_name)
+    tmp_path = scratch / f".{dirname}.parquet.tmp"
     try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dirname}.", suffix=".parquet.tmp", dir=scratch)
+        os.close(fd)
+        tmp_path = Path(tmp_name)
         _quiet_to_parquet(dataset, tmp_path)
         digest = sha256_file(tmp_path)
         size = tmp_path.stat().st_size
         location.write_file(f"{dirname}/{SHARD_DATA_FILE}", tmp_path)
+    except (OSError, RuntimeError) as exc:
+        if is_out_of_space(exc, scratch, estimate):
+            raise out_of_space_error(f"shard {dirname} ({len(normalized)} rows)", scratch, estimate) from None
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
         if location.is_remote:
@@ -660,28 +811,71 @@ def read_manifest(location: DatasetLocation | str | Path, *, store: Any = None) 
     location = open_location(location, store=store)
     data = location.read_bytes(MANIFEST_FILE)
     if data is None:
-        raise DataError(f"{location.uri}: no {MANIFEST_FILE} — the dataset does not exist or its generation has not "
-                        "finished (run `livo generate` again to resume it)")
+        raise InvalidDataError(f"{location.uri}: no {MANIFEST_FILE} — the dataset does not exist or its generation "
+                               "has not finished (check the path, or run `livo generate` again to resume it)")
     try:
         manifest = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{location.uri}/{MANIFEST_FILE}: not valid JSON ({exc}); regenerate the manifest "
-                        "(`livo generate --merge-only`)") from exc
+        raise InvalidDataError(f"{location.uri}/{MANIFEST_FILE}: not valid JSON ({exc}); regenerate the manifest "
+                               "(`livo generate --merge-only`)") from None
     if not isinstance(manifest, dict):
         manifest = {}
     if manifest.get("format") != FORMAT_NAME:
-        raise DataError(f"{location.uri}/{MANIFEST_FILE}: not a livo preference dataset manifest")
+        raise InvalidDataError(f"{location.uri}/{MANIFEST_FILE}: not a livo preference dataset manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{location.uri}: dataset format version {manifest.get('format_version')} is not supported "
                         f"(this livo reads version {FORMAT_VERSION}); regenerate or convert it")
+    problems = manifest_problems(manifest)
+    if problems:
+        raise InvalidDataError(f"{location.uri}/{MANIFEST_FILE}: {'; '.join(problems)} — the manifest is damaged or "
+                               "hand-edited; rewrite it (`livo generate --merge-only`, or import again)")
     return manifest, data
 
 
-def verify_dataset(uri_or_path: str | Path | DatasetLocation, *, store: Any = None) -> dict[str, Any]:
-    """Recompute the sha256 of every shard file against the manifest; raise DataError on any mismatch.
+_MANIFEST_KEYS: dict[str, type | tuple[type, ...]] = {
+    "name": str, "dataset_id": str, "principle_set_hash": str, "num_rows": int, "shards": list, "counts": dict,
+}
+_MANIFEST_SHARD_KEYS: dict[str, type | tuple[type, ...]] = {"path": str, "sha256": str, "rows": int}
 
-    Returns {"uri", "num_rows", "shards", "manifest_sha256"}. Hashing happens where the data is (no download of a
-    remote dataset when the store reports its hash).
+
+def manifest_problems(manifest: Mapping[str, Any]) -> list[str]:
+    """The required keys of a manifest that are missing or of the wrong type (empty list: usable)."""
+    problems = []
+    missing = [key for key in _MANIFEST_KEYS if key not in manifest]
+    if missing:
+        problems.append(f"required key(s) {', '.join(missing)} missing")
+    for key, kind in _MANIFEST_KEYS.items():
+        if key in manifest and (not isinstance(manifest[key], kind) or isinstance(manifest[key], bool)):
+            problems.append(f"{key} is {type(manifest[key]).__name__}, expected {kind.__name__}")
+    counts = manifest.get("counts")
+    if isinstance(counts, dict):
+        bad = [key for key in ("by_principle", "by_scene") if not isinstance(counts.get(key), dict)]
+        if bad:
+            problems.append(f"counts lacks {' and '.join(bad)}")
+    shards = manifest.get("shards")
+    for index, shard in enumerate(shards if isinstance(shards, list) else []):
+        if not isinstance(shard, dict):
+            problems.append(f"shards[{index}] is not an object")
+            continue
+        bad = [key for key, kind in _MANIFEST_SHARD_KEYS.items() if not isinstance(shard.get(key), kind)]
+        if bad:
+            problems.append(f"shards[{index}] lacks {', '.join(bad)}")
+    if not problems and sum(shard["rows"] for shard in shards) != manifest["num_rows"]:
+        problems.append(f"num_rows {manifest['num_rows']} differs from the sum of the shards' rows")
+    return problems
+
+
+def verify_dataset(uri_or_path: str | Path | DatasetLocation, *, store: Any = None, decode_images: bool = True,
+                   cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """Check a dataset as training will use it; raise on the first problem, naming the shard, row and column.
+
+    1. the manifest has every required key; 2. every shard's sha256 matches the manifest (hashed where the data is: no
+    download of a remote dataset when the store reports its hash) — a mismatch is a `DataError` (exit 1: the storage
+    damaged it); 3. with `decode_images` (default), every shard's columns and types match the contract and every image
+    decodes (PIL `verify()`, then `load()`) — an `InvalidDataError` (exit 2: the data itself is bad). Remote shards
+    are downloaded into the cache for step 3.
+
+    Returns {"uri", "num_rows", "shards", "manifest_sha256", "images_decoded"}.
     """
     location = open_location(uri_or_path, store=store)
     manifest, raw = read_manifest(location)
@@ -694,8 +888,56 @@ def verify_dataset(uri_or_path: str | Path | DatasetLocation, *, store: Any = No
             bad.append(f"{shard['path']} has sha256 {actual[:19]}…, the manifest says {shard['sha256'][:19]}…")
     if bad:
         raise DataError(f"{location.uri}: corrupted dataset: " + "; ".join(bad) + " — regenerate the affected shards")
+    images = 0
+    if decode_images:
+        local_root = _local_cache_root(location, manifest, cache_dir)
+        first_row = 0
+        for shard in manifest["shards"]:
+            path = location.local_file(shard["path"], local_root, expected_sha256=shard["sha256"])
+            images += check_shard_rows(path, f"{location.uri}/{shard['path']}", first_row=first_row)
+            first_row += shard["rows"]
     return {"uri": location.uri, "num_rows": manifest["num_rows"], "shards": len(manifest["shards"]),
-            "manifest_sha256": sha256_bytes(raw)}
+            "manifest_sha256": sha256_bytes(raw), "images_decoded": images}
+
+
+def check_shard_rows(path: str | Path, where: str, *, first_row: int = 0, batch_rows: int = 64) -> int:
+    """Check one shard file: schema, no null in a required column, every image decodes. Returns the images decoded.
+    Raises `InvalidDataError` naming `where`, the row (in the shard and in the dataset) and the column."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(str(path))
+        features = datasets.Features.from_arrow_schema(parquet.schema_arrow)
+    except Exception as exc:  # pyarrow raises several types for a broken file
+        raise InvalidDataError(f"{where}: not a readable parquet file ({type(exc).__name__}: {exc}); regenerate or "
+                               "re-import that shard") from None
+    check_schema(features, where)
+    images = 0
+    row = 0
+    for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(REQUIRED_COLUMNS)):
+        for name in REQUIRED_COLUMNS:
+            column = batch.column(name)
+            if column.null_count:
+                offset = row + next(i for i, value in enumerate(column.is_null().to_pylist()) if value)
+                raise InvalidDataError(f"{where}: row {offset} (dataset row {first_row + offset}) has no {name}; "
+                                       "fix or drop that row and re-import")
+        for name in ("aligned_image", "violating_image"):
+            for index, value in enumerate(batch.column(name).to_pylist()):
+                problem = image_problem(value.get("bytes"))
+                if problem:
+                    stored = f" ({value.get('path')})" if value.get("path") else ""
+                    raise InvalidDataError(f"{where}: row {row + index} (dataset row {first_row + row + index}) "
+                                           f"{name}{stored}: {problem}; replace that image and re-import, or "
+                                           "regenerate the shard")
+                images += 1
+        row += batch.num_rows
+    return images
+
+
+def _local_cache_root(location: DatasetLocation, manifest: Mapping[str, Any], cache_dir: str | Path | None) -> Path:
+    cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
+    return cache_root / manifest["dataset_id"] / sha256_bytes(location.uri.encode())[7:19]
 
 
 def load_preference_dataset(uri_or_path: str | Path | DatasetLocation, *, verify: bool = True,
@@ -710,9 +952,9 @@ def load_preference_dataset(uri_or_path: str | Path | DatasetLocation, *, verify
     location = open_location(uri_or_path, store=store)
     manifest, raw = read_manifest(location)
     if not manifest.get("num_rows") or not manifest.get("shards"):
-        raise DataError(f"{location.uri}: the dataset is empty (0 rows); regenerate it with more candidates per scene")
-    cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
-    local_root = cache_root / manifest["dataset_id"] / sha256_bytes(location.uri.encode())[7:19]
+        raise InvalidDataError(f"{location.uri}: the dataset is empty (0 rows); regenerate it with more candidates "
+                               "per scene")
+    local_root = _local_cache_root(location, manifest, cache_dir)
     files = []
     for shard in manifest["shards"]:
         if not shard["rows"]:
@@ -738,9 +980,7 @@ def load_preference_dataset(uri_or_path: str | Path | DatasetLocation, *, verify
     if len(rows) != manifest["num_rows"]:
         raise DataError(f"{location.uri}: the shards hold {len(rows)} rows but the manifest says "
                         f"{manifest['num_rows']}; the dataset is corrupted — regenerate it")
-    missing = [name for name in REQUIRED_COLUMNS if name not in rows.column_names]
-    if missing:
-        raise DataError(f"{location.uri}: columns {missing} are missing; not a livo preference dataset")
+    check_schema(rows.features, location.uri)
     scenes: dict[str, list[int]] = defaultdict(list)
     for index, scene in enumerate(rows["scene"]):
         scenes[scene].append(index)

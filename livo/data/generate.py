@@ -160,6 +160,7 @@ def default_output(name: str, dataset_id: str) -> str:
 
 def prepare_generation(config: GenerateConfig, *, out: str | Path | None = None, store: Any = None) -> GenerationPlan:
     """Validate everything that can be validated without the model (see the module docstring)."""
+    from livo.evaluation.judges import judge_options_key
     from livo.judges import build_judge
     from livo.principles import load_principles
 
@@ -182,7 +183,8 @@ def prepare_generation(config: GenerateConfig, *, out: str | Path | None = None,
 
             raise ConfigError(f"no {kind} judge configured for the {category} principles: set judging.{kind}=NAME "
                               f"(available: {', '.join(available_judges())}) or use a preset that names one")
-        judges[kind] = build_judge(name, **config.judging.options.get(name, {}))
+        with judge_options_key("judging.options"):  # hints name this command's key, not `livo evaluate`'s
+            judges[kind] = build_judge(name, **config.judging.options.get(name, {}))
     _probe_judges(judges, scenes)
     judge_ids = {kind: judge.id for kind, judge in judges.items()}
 

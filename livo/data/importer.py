@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from livo.data.dataset import write_rows_dataset
+from livo.data.dataset import image_problem, write_rows_dataset
 from livo.data.prompts import slugify
-from livo.errors import ConfigError, DataError
+from livo.errors import ConfigError, InvalidDataError
 from livo.log import get_logger, log_event
 
 logger = get_logger("livo.data.importer")
@@ -103,24 +103,58 @@ class _Image:
     file_name: str
     prompt: str
     value: str
+    line: int = 0
+
+
+_METADATA_TYPES: dict[str, tuple[type, ...]] = {"file_name": (str,), "prompt": (str,), "value": (str, type(None)),
+                                                "label": (int, str)}
 
 
 def _read_metadata(path: Path) -> list[dict[str, Any]]:
+    """The entries of one metadata.jsonl; any unusable line fails naming the file and the line number."""
     entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise InvalidDataError(f"{path}: cannot read ({exc.strerror})") from None
+    for number, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidDataError(f"{path}:{number}: not UTF-8 (byte {raw[exc.start]:#04x} at column "
+                                   f"{exc.start + 1}); save the file as UTF-8") from None
         if not line.strip():
             continue
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        missing = [k for k in ("file_name", "prompt", "value", "label") if k not in entry]
+            raise InvalidDataError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(entry, dict):
+            raise InvalidDataError(f"{path}:{number}: expected a JSON object with file_name, prompt, value, label")
+        missing = [k for k in _METADATA_TYPES if k not in entry]
         if missing:
-            raise DataError(f"{path}:{number}: missing {', '.join(missing)} (expected file_name, prompt, value, label)")
+            raise InvalidDataError(f"{path}:{number}: missing {', '.join(missing)} (expected file_name, prompt, value, "
+                                   "label)")
+        wrong = [f"{k} is {type(entry[k]).__name__}" for k, kinds in _METADATA_TYPES.items()
+                 if not isinstance(entry[k], kinds) or isinstance(entry[k], bool)]
+        if wrong:
+            raise InvalidDataError(f"{path}:{number}: {', '.join(wrong)} (file_name and prompt are strings, value a "
+                                   "string, label 0 or 1)")
         if str(entry["label"]) not in ("0", "1"):
-            raise DataError(f"{path}:{number}: label {entry['label']!r} is not 0 (violating) or 1 (aligned)")
+            raise InvalidDataError(f"{path}:{number}: label {entry['label']!r} is not 0 (violating) or 1 (aligned)")
+        entry["_line"] = number
         entries.append(entry)
     return entries
+
+
+def _image_bytes(image: _Image, metadata: Path, line: int) -> bytes:
+    """The image file's bytes, after PIL decoded them completely (a non-image fails here, not in training)."""
+    data = image.path.read_bytes()
+    problem = image_problem(data)
+    if problem:
+        raise InvalidDataError(f"{image.path} (listed in {metadata}:{line}): {problem}; replace the file or drop its "
+                               "line")
+    return data
 
 
 def _plain_prompt(prompt: str, value: str, principle: Any) -> str:
@@ -153,8 +187,10 @@ def collect_rows(source_dir: str | Path, principle_set: Any, mappings: Mapping[s
         for entry in _read_metadata(metadata):
             image_path = (scene_dir / entry["file_name"]).resolve()
             if not image_path.is_relative_to(scene_dir.resolve()) or not image_path.is_file():
-                raise DataError(f"{metadata}: image {entry['file_name']!r} is missing from {scene_dir}")
-            image = _Image(image_path, entry["file_name"], str(entry["prompt"]), str(entry["value"] or scene_type))
+                raise InvalidDataError(f"{metadata}:{entry['_line']}: image {entry['file_name']!r} is missing from "
+                                       f"{scene_dir}")
+            image = _Image(image_path, entry["file_name"], str(entry["prompt"]), str(entry["value"] or scene_type),
+                           entry["_line"])
             (aligned if str(entry["label"]) == "1" else violating).append(image)
         values = {i.value for i in aligned + violating}
         principles = {}
@@ -166,7 +202,7 @@ def collect_rows(source_dir: str | Path, principle_set: Any, mappings: Mapping[s
             spellings[value] = principle.id
             principles[principle.id] = principle
         if len(principles) > 1:
-            raise DataError(f"{metadata}: one scene mixes principles {sorted(principles)}; split it into scenes")
+            raise InvalidDataError(f"{metadata}: one scene mixes principles {sorted(principles)}; split it into scenes")
         if not principles:
             continue
         principle = next(iter(principles.values()))
@@ -174,6 +210,7 @@ def collect_rows(source_dir: str | Path, principle_set: Any, mappings: Mapping[s
             skipped.append(f"{where} ({'no aligned' if not aligned else 'no violating'} image)")
             continue
         scene = f"{principle.id}/{slugify(scene_type)}/{slugify(scene_name)}"
+        checked = {image.path: _image_bytes(image, metadata, image.line) for image in aligned + violating}
         for k in range(max(len(aligned), len(violating))):
             a, v = aligned[k % len(aligned)], violating[k % len(violating)]
             rows.append({
@@ -181,8 +218,8 @@ def collect_rows(source_dir: str | Path, principle_set: Any, mappings: Mapping[s
                 "principle_id": principle.id,
                 "principle_text": principle.text,
                 "scene": scene,
-                "aligned_image": {"bytes": a.path.read_bytes(), "path": a.file_name},
-                "violating_image": {"bytes": v.path.read_bytes(), "path": v.file_name},
+                "aligned_image": {"bytes": checked[a.path], "path": a.file_name},
+                "violating_image": {"bytes": checked[v.path], "path": v.file_name},
                 "aligned_prompt": _plain_prompt(a.prompt, a.value, principle),
                 "violating_prompt": _plain_prompt(v.prompt, v.value, principle),
             })
@@ -191,7 +228,7 @@ def collect_rows(source_dir: str | Path, principle_set: Any, mappings: Mapping[s
         raise ConfigError(f"principle spellings not recognised: {listed}; map them with "
                           f"--map \"<their text>=<principle id>\" (ids: {', '.join(principle_set.ids)})")
     if not rows:
-        raise DataError(f"{root}: no scene has both aligned (label 1) and violating (label 0) images")
+        raise InvalidDataError(f"{root}: no scene has both aligned (label 1) and violating (label 0) images")
     report = {"scenes": len({r["scene"] for r in rows}), "rows": len(rows), "spellings": dict(sorted(spellings.items())),
               "skipped_scenes": skipped}
     return rows, report

@@ -18,11 +18,13 @@ the files its ranks wrote, then global rank 0 writes the commit object listing a
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -140,6 +142,13 @@ class RunOutput:
     def location_of(self, name: str) -> str:
         return f"{self.uri.rstrip('/')}/{name}"
 
+    def check_writable(self) -> None:
+        """Write and delete a small probe where checkpoints go, so an unwritable output fails in seconds, before
+        any model is loaded, instead of at the first checkpoint. Raises `ConfigError` (exit 2) when the path given is
+        unusable (not a directory, name too long) and `LivoError` (exit 1) when the environment is at fault
+        (permission denied, read-only or full filesystem, I/O error, the object store refusing the write)."""
+        raise NotImplementedError
+
     def prune(self, keep_last: int) -> list[int]:
         """Delete all but the newest `keep_last` complete checkpoints; return the deleted steps."""
         steps = self.complete_steps()
@@ -158,6 +167,9 @@ class LocalRunOutput(RunOutput):
         self.root = Path(root).expanduser().resolve()
         self.uri = str(self.root)
         self.staging = self.root
+
+    def check_writable(self) -> None:
+        probe_local_dir(self.root, "training output")
 
     def complete_steps(self) -> list[int]:
         base = self.root / CHECKPOINTS_DIR
@@ -249,6 +261,15 @@ class StoreRunOutput(RunOutput):
     def _key(self, relpath: str) -> str:
         return f"{self.prefix}/{relpath}" if self.prefix else relpath
 
+    def check_writable(self) -> None:
+        probe_local_dir(self.staging, "staging directory (staging_dir) of the training output")
+        probe = self._key(f".livo-write-probe-{socket.gethostname()}-{os.getpid()}")
+        try:
+            self.store.put_bytes(probe, b"livo write probe")
+            self.store.delete(probe)
+        except StoreError as exc:
+            raise StoreError(f"cannot write the training output {self.uri}: {exc}") from None
+
     def _ckpt_key(self, step: int, relpath: str = "") -> str:
         base = self._key(f"{CHECKPOINTS_DIR}/{step_tag(step)}")
         return f"{base}/{relpath}" if relpath else base
@@ -321,6 +342,38 @@ class StoreRunOutput(RunOutput):
 
     def fetch_file(self, name: str, target: Path) -> None:
         self.store.download_file(self._key(name), target)
+
+
+# errno values that mean the environment, not the path the user gave, is at fault: exit 1 (docs/failure_contract.md:
+# read-only or full volume, permission denied, I/O error). Anything else (the path is a file, too long...) means the
+# path itself cannot be an output directory: bad input, exit 2.
+_ENVIRONMENT_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EACCES,
+                                 errno.EPERM})
+
+
+def probe_local_dir(directory: Path, what: str) -> None:
+    """Create `directory` if needed, write a small file there (fsynced) and delete it; one-line error otherwise."""
+    from livo.data.dataset import out_of_space_error
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".livo-write-probe-{socket.gethostname()}-", dir=directory)
+        try:
+            os.write(fd, b"livo write probe")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise out_of_space_error(f"a write probe of the {what}", directory) from None
+        cause = exc.strerror or type(exc).__name__
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(directory) else ""
+        if exc.errno in _ENVIRONMENT_ERRNOS:
+            raise LivoError(f"cannot write the {what} {directory}: {cause}{where}; make it writable for this "
+                            "user (or mount a writable volume there) and run again") from None
+        raise ConfigError(f"cannot write the {what} {directory}: {cause}{where}; choose a directory you can "
+                          "write (--output / output=...)") from None
 
 
 def open_run_output(output: str, staging_dir: str | None = None) -> RunOutput:

@@ -152,12 +152,27 @@ class PairBatches:
             batch["latents_l"] = torch.from_numpy(np.asarray(self._violating[violating_rows]["violating_latents"]))
         else:
             batch["pixels_w"] = torch.stack([image_to_tensor(im, self.resolution)
-                                             for im in self._aligned[aligned_rows]["aligned_image"]])
-            batch["pixels_l"] = torch.stack([image_to_tensor(im, self.resolution)
-                                             for im in self._violating[violating_rows]["violating_image"]])
+                                             for im in self._images(self._aligned, aligned_rows, "aligned_image")])
+            batch["pixels_l"] = torch.stack([image_to_tensor(im, self.resolution) for im in
+                                             self._images(self._violating, violating_rows, "violating_image")])
         if self._embeds is not None:
             batch["prompt_embeds"] = torch.from_numpy(np.asarray(self._embeds[aligned_rows]["prompt_embeds"]))
         return batch
+
+
+    @staticmethod
+    def _images(table, rows: list[int], column: str) -> list[Any]:
+        """Decoded images of `rows`; an undecodable one is a one-line `DataError` naming its row."""
+        try:
+            return [image.convert("RGB") for image in table[rows][column]]
+        except Exception:  # PIL / datasets raise several types for broken bytes
+            for row in rows:
+                try:
+                    table[row][column].load()
+                except Exception as exc:
+                    raise DataError(f"dataset row {row} {column} does not decode ({type(exc).__name__}: {exc}); run "
+                                    "`livo data verify` on the dataset and replace that image") from None
+            raise
 
 
 def _as_is(batch):

@@ -7,7 +7,9 @@ conditioning with and without the value token → winner and loser through the U
 without autograd (`compute_denoising_errors(fused=True)`) → loss → `engine.backward` / `engine.step`.
 
 Order of work in `Trainer.run`: every check of the input (config, world size, dataset, principle-set hash, existing
-checkpoints) happens before any model is loaded, so bad input fails in seconds with a `ConfigError`/`DataError`.
+checkpoints, a probe write of the output) happens before any model is loaded, so bad input fails in seconds with a
+one-line error (exit 2 for bad input, 1 for an environment fault such as a read-only volume); a full disk while
+saving is one line naming the path and the bytes needed.
 SIGTERM sets a flag; at the next step boundary all ranks agree on it, save a checkpoint and exit with
 `PREEMPTED_EXIT_CODE`; `resume=true` continues from the latest complete checkpoint with the same data order, noise
 and optimizer state, so an interrupted run ends bit-identical to an uninterrupted one (CPU, fixed seed).
@@ -145,18 +147,49 @@ def plan_run(config: TrainingConfig, env: dist.DistEnv | None = None) -> RunPlan
 
 
 def open_dataset(config: TrainingConfig):
-    """Load and check the preference dataset: it exists, is not empty, and matches the expected principle set."""
+    """Load and check the preference dataset: it exists, is not empty, has the contract's columns and types, and
+    matches the expected principle set (an `InvalidDataError`, exit 2: bad input); a shard whose sha256 differs from
+    the manifest is a `DataError` (exit 1: storage damage)."""
     from livo.data.dataset import load_preference_dataset
+    from livo.errors import InvalidDataError
 
-    dataset = load_preference_dataset(config.dataset, verify=config.verify_dataset)
+    dataset = load_preference_dataset(config.dataset, verify=config.verify_dataset)  # also checks the schema
     if len(dataset) == 0:
-        raise DataError(f"{config.dataset}: the dataset is empty; regenerate it")
+        raise InvalidDataError(f"{config.dataset}: the dataset is empty; regenerate it")
     expected = config.expected_principle_set_hash
     if expected and dataset.principle_set_hash != expected:
-        raise DataError(
+        raise InvalidDataError(
             f"{config.dataset} was built for principle set {dataset.principle_set_hash}, but the training config "
             f"expects {expected}; regenerate the dataset for the current principles or fix expected_principle_set_hash")
     return dataset
+
+
+def check_output_writable(plan: RunPlan) -> None:
+    """Every rank probes the output (and, for s3://, its node-local staging) with a small write; all ranks raise
+    the first problem found, so an unwritable output fails in seconds instead of at the first checkpoint."""
+    try:
+        plan.output.check_writable()
+        problem = None
+    except LivoError as exc:
+        problem = (type(exc).__name__, str(exc))
+    found = [p for p in dist.all_gather_object(problem) if p]
+    if found:
+        kind, message = found[0]
+        raise (ConfigError if kind == "ConfigError" else LivoError)(message)
+
+
+@contextlib.contextmanager
+def disk_full_as_error(what: str, path: Path | str, needed_bytes: int | None = None):
+    """Turn a full disk while writing `what` into one line naming `path` and the bytes needed (a `LivoError`);
+    what was committed before stays intact (a checkpoint without its commit object is ignored by resume)."""
+    from livo.data.dataset import is_out_of_space, out_of_space_error
+
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if is_out_of_space(exc, path, needed_bytes):
+            raise out_of_space_error(what, path, needed_bytes) from None
+        raise
 
 
 def check_resume_state(plan: RunPlan) -> int | None:
@@ -387,6 +420,7 @@ class Trainer:
             dist.init_process_group(plan.device_type)
             self.dataset = self._open_dataset_staggered()
             resume_step = check_resume_state(plan)
+            check_output_writable(plan)
             log_event(log, "training planned", rank=self.env.rank, world_size=self.env.world_size,
                       device=plan.device_type, precision=plan.precision, zero_stage=plan.zero_stage,
                       global_batch=plan.global_batch, per_device=plan.per_device, loss=self.config.loss.kind,
@@ -493,8 +527,12 @@ class Trainer:
                 if dist.any_rank(preemption.requested, self.models.device):
                     if step > last_saved:
                         self.save_checkpoint(step, generator)
-                    log_event(log, "preempted: checkpoint saved, exiting", step=step, rank=self.env.rank,
-                              exit_code=PREEMPTED_EXIT_CODE)
+                        what = "preempted: checkpoint saved, exiting"
+                    elif step == 0:
+                        what = "preempted before the first step: nothing to save, exiting (rerun from the start)"
+                    else:
+                        what = f"preempted before any new step: checkpoint step {step} already holds this state"
+                    log_event(log, what, step=step, rank=self.env.rank, exit_code=PREEMPTED_EXIT_CODE)
                     return TrainResult(PREEMPTED_EXIT_CODE, step, output_uri=plan.output.uri, preempted=True)
                 for _ in range(accumulation):
                     batch = next(iterator)
@@ -541,7 +579,23 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------------------------------
     def save_checkpoint(self, step: int, generator) -> None:
         """Every rank calls this at the same step. Complete once rank 0 wrote the commit object, which it does after
-        every rank's files were written (and, for s3:// outputs, uploaded)."""
+        every rank's files were written (and, for s3:// outputs, uploaded). A full disk is one line naming the
+        checkpoint directory and its size (measured on the previous checkpoint, else estimated)."""
+        with disk_full_as_error(f"checkpoint step {step}", self.plan.output.checkpoint_dir(step),
+                                self._checkpoint_bytes()):
+            self._save_checkpoint(step, generator)
+
+    def _checkpoint_bytes(self) -> int:
+        """Bytes of one checkpoint: the newest local one's size, else fp32 weights + Adam moments (+ fp32 master
+        weights under ZeRO) of the value encoder."""
+        base = self.plan.output.staging / ckpt.CHECKPOINTS_DIR
+        for directory in sorted(base.glob("step-*"), reverse=True) if base.is_dir() else []:
+            if (directory / ckpt.COMMIT_FILE).is_file():
+                return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+        params = sum(p.numel() for p in self.engine.module.parameters())
+        return params * 4 * (4 if self.plan.zero_stage else 3)
+
+    def _save_checkpoint(self, step: int, generator) -> None:
         import torch
 
         output, env = self.plan.output, self.env
@@ -656,10 +710,6 @@ class Trainer:
 
     def finish(self, step: int) -> TrainResult:
         """Export the value encoder (save_pretrained layout, safetensors), metrics and the result record."""
-        import torch
-
-        from livo.modeling import ValueEncoder
-
         output, env = self.plan.output, self.env
         state = self.consolidated_state_dict()
         live_digest = _state_digest(state)
@@ -670,38 +720,50 @@ class Trainer:
                             "report it with the training config")
         metrics = self._metrics(step)
         if env.is_main:
-            text_model = self.engine.module.text_model
-            export_model = type(text_model)(text_model.config)
-            export_model.load_state_dict({k.removeprefix("text_model."): v for k, v in state.items()}, strict=True)
-            export_model.to(torch.float32)
-            tmp = output.staging / f".{ckpt.VALUE_ENCODER_DIR}.tmp-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
-            ValueEncoder(export_model).save_pretrained(tmp)
-            files = output.publish_dir(tmp, ckpt.VALUE_ENCODER_DIR)
-            shutil.rmtree(tmp, ignore_errors=True)
-            output.put_json(ckpt.METRICS_FILE, metrics)
-            self._write_side_files()
-            result = {
-                "value_encoder": {"uri": output.location_of(ckpt.VALUE_ENCODER_DIR), "files": files},
-                "metrics": metrics,
-                "final_step": step,
-                "config": self.config.model_dump(mode="json"),
-                "config_fingerprint": self.config.fingerprint(),
-                "dataset": {"uri": self.dataset.uri, "manifest_sha256": self.dataset.manifest_sha256,
-                            "principle_set_hash": self.dataset.principle_set_hash, "num_rows": len(self.dataset)},
-                "base_model": {"source": self.config.model, "fingerprint": self.models.base_fingerprint},
-                "frozen_weights_sha256": frozen_after,
-                "live_weights_sha256_by_rank": digests_by_rank,
-                "world_size": env.world_size,
-                "zero_stage": self.plan.zero_stage,
-                "precision": self.plan.precision,
-            }
-            output.put_json(ckpt.RESULT_FILE, result)  # last: the run's outputs are complete
-            log_event(log, "value encoder exported", uri=output.location_of(ckpt.VALUE_ENCODER_DIR), step=step,
-                      loss=metrics.get("loss"))
+            needed = sum(t.numel() * 4 for t in state.values())
+            with disk_full_as_error("the value encoder and result files", output.staging, needed):
+                self._export(state, step, metrics, frozen_after, digests_by_rank)
         dist.barrier()
         log_event(log, "final weights", rank=env.rank, sha256=live_digest)
         return TrainResult(0, step, metrics=metrics, output_uri=output.uri)
+
+    def _export(self, state: dict[str, Any], step: int, metrics: dict[str, Any], frozen_after: str,
+                digests_by_rank: list[str]) -> None:
+        """Rank 0: the value encoder (safetensors), metrics, log, and result.json last."""
+        import torch
+
+        from livo.modeling import ValueEncoder
+
+        output, env = self.plan.output, self.env
+        text_model = self.engine.module.text_model
+        export_model = type(text_model)(text_model.config)
+        export_model.load_state_dict({k.removeprefix("text_model."): v for k, v in state.items()}, strict=True)
+        export_model.to(torch.float32)
+        tmp = output.staging / f".{ckpt.VALUE_ENCODER_DIR}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        ValueEncoder(export_model).save_pretrained(tmp)
+        files = output.publish_dir(tmp, ckpt.VALUE_ENCODER_DIR)
+        shutil.rmtree(tmp, ignore_errors=True)
+        output.put_json(ckpt.METRICS_FILE, metrics)
+        self._write_side_files()
+        result = {
+            "value_encoder": {"uri": output.location_of(ckpt.VALUE_ENCODER_DIR), "files": files},
+            "metrics": metrics,
+            "final_step": step,
+            "config": self.config.model_dump(mode="json"),
+            "config_fingerprint": self.config.fingerprint(),
+            "dataset": {"uri": self.dataset.uri, "manifest_sha256": self.dataset.manifest_sha256,
+                        "principle_set_hash": self.dataset.principle_set_hash, "num_rows": len(self.dataset)},
+            "base_model": {"source": self.config.model, "fingerprint": self.models.base_fingerprint},
+            "frozen_weights_sha256": frozen_after,
+            "live_weights_sha256_by_rank": digests_by_rank,
+            "world_size": env.world_size,
+            "zero_stage": self.plan.zero_stage,
+            "precision": self.plan.precision,
+        }
+        output.put_json(ckpt.RESULT_FILE, result)  # last: the run's outputs are complete
+        log_event(log, "value encoder exported", uri=output.location_of(ckpt.VALUE_ENCODER_DIR), step=step,
+                  loss=metrics.get("loss"))
 
     def _metrics(self, step: int) -> dict[str, Any]:
         last = dict(self._last_stats)

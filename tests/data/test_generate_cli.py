@@ -34,7 +34,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert main(["generate", "--out", str(tmp_path / "x"), "candidates_per_scene=0", *TINY_ARGS]) == 2
     assert "candidates_per_scene" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
-    assert main(["data", "verify", str(tmp_path / "missing")]) == 1
+    assert main(["data", "verify", str(tmp_path / "missing")]) == 2  # a dataset that is not there: bad input
     assert "no manifest.json" in capsys.readouterr().err
 
 

@@ -247,6 +247,12 @@ def test_two_trainjob_nodes_form_one_world_average_gradients_and_write_once(tmp_
     writes = [json.loads(line) for path in sorted(audit_dir.glob("node-*.jsonl"))
               for line in path.read_text().splitlines()]
     assert writes, "the audit hook recorded nothing"
+    # Every rank checks at the door that it can write the output (a probe file it deletes at once; docs/training.md):
+    # that is not an output, and is asserted below to leave nothing behind.
+    probes = [w for w in writes if any(Path(p).name.startswith(".livo-write-probe-") for p in w["paths"])
+              or (w["event"] == "os.mkdir" and w["paths"] == ["."])]  # ...after making sure the directory exists
+    assert {w["rank"] for w in probes} == {"0", "1"}, probes
+    writes = [w for w in writes if w not in probes]
     outside = [w for w in writes if not all(p.startswith("checkpoints") for p in w["paths"])]
     assert {(w["rank"], w["node"]) for w in outside} == {("0", "0")}, outside
     node1 = [w for w in writes if w["node"] == "1"]

@@ -7,9 +7,11 @@ the message, and whether diffusers — which every model load needs — had been
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from training_helpers import PRINCIPLE_SET_HASH, free_port
@@ -44,7 +46,44 @@ def empty_dataset(tmp_path_factory) -> str:
     return str(path)
 
 
-def test_bad_input_fails_before_any_model_is_loaded(tmp_path, image_dataset, empty_dataset):
+@pytest.fixture(scope="module")
+def string_seed_dataset(tmp_path_factory, image_dataset) -> str:
+    """The image dataset with `aligned_seed` stored as strings (what a foreign tool or a hand edit can leave):
+    hashes and manifest consistent, only the column type breaks the contract."""
+    import datasets
+
+    from livo.data.dataset import merge_shards, sha256_file
+
+    path = tmp_path_factory.mktemp("string-seeds") / "ds"
+    shutil.copytree(image_dataset, path)
+    shard = next(path.glob("shard-*"))
+    rows = datasets.Dataset.from_parquet(str(shard / "data.parquet"))
+    rows.cast_column("aligned_seed", datasets.Value("string")).to_parquet(str(shard / "data.parquet"))
+    commit = json.loads((shard / "shard.json").read_text())
+    commit["file"]["sha256"] = sha256_file(shard / "data.parquet")
+    (shard / "shard.json").write_text(json.dumps(commit))
+    merge_shards(path, shard_count=1, name="rows", dataset_id="strings", principle_set_hash=PRINCIPLE_SET_HASH,
+                 generation_key=commit["generation_key"])
+    return str(path)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A read-only filesystem (a tmpfs mounted ro; needs root), or None where it cannot be mounted."""
+    mount = tmp_path / "read-only"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        yield None
+        return
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_bad_input_fails_before_any_model_is_loaded(tmp_path, image_dataset, empty_dataset, string_seed_dataset,
+                                                    read_only_dir):
     def env(world: int = 1) -> dict[str, str]:
         return {"RANK": "0", "WORLD_SIZE": str(world), "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                 "MASTER_PORT": str(free_port())}
@@ -59,7 +98,12 @@ def test_bad_input_fails_before_any_model_is_loaded(tmp_path, image_dataset, emp
         "empty_dataset": (["--dataset", empty_dataset, "--output", out], env()),
         "principle_set_mismatch": (base + ["--expected-principle-set-hash", "sha256:" + "cd" * 32], env()),
         "no_dataset": (["--output", out], env()),
+        "string_seeds": (["--dataset", string_seed_dataset, "--output", out], env()),
+        "output_under_a_file": (["--dataset", image_dataset, "--output", str(Path(image_dataset) / "manifest.json"
+                                                                             / "out")], env()),
     }
+    if read_only_dir is not None:
+        cases["read_only_output"] = (["--dataset", image_dataset, "--output", str(read_only_dir / "out")], env())
     result = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(cases)], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -69,11 +113,17 @@ def test_bad_input_fails_before_any_model_is_loaded(tmp_path, image_dataset, emp
         "unknown_key": (2, "optimizer.learning_rate: unknown key"),
         "negative_lr": (2, "optimizer.lr: Input should be greater than 0"),
         "indivisible_global_batch": (2, "global_batch_size 9 is not divisible by world size 2"),
-        "missing_dataset": (1, "no manifest.json"),
-        "empty_dataset": (1, "empty"),
-        "principle_set_mismatch": (1, "was built for principle set " + PRINCIPLE_SET_HASH),
+        "missing_dataset": (2, "no manifest.json"),
+        "empty_dataset": (2, "empty"),
+        "principle_set_mismatch": (2, "was built for principle set " + PRINCIPLE_SET_HASH),
         "no_dataset": (2, "no dataset given"),
+        "string_seeds": (2, "column aligned_seed is string, the contract says int64"),
+        # A path the user chose that cannot be a directory: bad input.
+        "output_under_a_file": (2, "cannot write the training output " + str(Path(image_dataset) / "manifest.json"
+                                                                             / "out") + ": Not a directory"),
     }
+    if read_only_dir is not None:  # the environment's fault (a read-only volume): exit 1
+        expected["read_only_output"] = (1, f"cannot write the training output {read_only_dir / 'out'}: Read-only")
     for name, (code, fragment) in expected.items():
         assert report[name]["code"] == code, (name, report[name])
         assert fragment in report[name]["error"], (name, report[name])
