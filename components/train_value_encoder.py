@@ -50,19 +50,24 @@ def train_value_encoder(
 ) -> NamedTuple("TrainOutputs", [("output_uri", str), ("value_encoder_uri", str)]):
     """Train on `dataset_uri`, write the run under `output_uri` (s3://bucket/prefix), return where the model is."""
     import os
+    import sys
     from collections import namedtuple
 
-    from livo.training.jobs import copy_value_encoder, launch_arguments, run_training
+    from livo.training.jobs import TrainingPreempted, copy_value_encoder, launch_arguments, run_training
 
     args = launch_arguments(dataset_uri=dataset_uri, output_uri=output_uri, preset=preset, model_source=model_source,
                             principle_set_hash=principle_set_hash, overrides=[str(o) for o in config_overrides],
                             resume=resume)
-    run_training(launcher=launcher, launch_args=args, procs_per_node=max(1, int(gpus_per_node)),
-                 num_nodes=int(num_nodes), image=image or os.environ.get("LIVO_IMAGE", ""), run_id=run_id,
-                 accelerator_type=accelerator_type, runtime=trainjob_runtime, namespace=trainjob_namespace,
-                 store_secret_name=store_secret_name, store_config_map_name=store_config_map_name,
-                 timeout_seconds=float(trainjob_timeout_hours) * 3600.0,
-                 start_timeout_seconds=float(trainjob_start_timeout_minutes) * 60.0)
+    try:
+        run_training(launcher=launcher, launch_args=args, procs_per_node=max(1, int(gpus_per_node)),
+                     num_nodes=int(num_nodes), image=image or os.environ.get("LIVO_IMAGE", ""), run_id=run_id,
+                     accelerator_type=accelerator_type, runtime=trainjob_runtime, namespace=trainjob_namespace,
+                     store_secret_name=store_secret_name, store_config_map_name=store_config_map_name,
+                     timeout_seconds=float(trainjob_timeout_hours) * 3600.0,
+                     start_timeout_seconds=float(trainjob_start_timeout_minutes) * 60.0)
+    except TrainingPreempted as exc:  # the pod exits 143 (preempted, checkpoint saved): the retry resumes
+        print(f"livo: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
     result = copy_value_encoder(output_uri, model.path)
     model.metadata.update({"value_encoder_uri": result["value_encoder"]["uri"], "files": result["value_encoder"]["files"],
                            "base_model": result["base_model"], "principle_set_hash": result["dataset"]["principle_set_hash"]})

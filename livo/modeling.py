@@ -68,13 +68,37 @@ class ValueEncoder(nn.Module):
     def from_pretrained(cls, path: str | Path, *, torch_dtype: torch.dtype | None = None) -> ValueEncoder:
         """Load from a directory in `save_pretrained` layout, or from a parent holding `value_encoder/` (the authors'
         released checkpoints). Only safetensors weights are accepted."""
+        from safetensors import SafetensorError
         from transformers import CLIPTextModel
 
         directory = resolve_value_encoder_dir(path)
+        check_safetensors_files(sorted(directory.glob("*.safetensors")))
         kwargs: dict[str, Any] = {"use_safetensors": True}
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
-        return cls(CLIPTextModel.from_pretrained(directory, **kwargs))
+        try:
+            return cls(CLIPTextModel.from_pretrained(directory, **kwargs))
+        except SafetensorError as exc:  # passed the header check but its data is bad
+            raise ConfigError(f"{directory}: value encoder weights are corrupt ({exc}); copy or export them "
+                              "again") from exc
+        except (OSError, ValueError) as exc:  # e.g. config.json is not JSON, or does not describe these weights
+            raise ConfigError(f"{directory}: cannot load the value encoder "
+                              f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+                              "it must be a CLIPTextModel save_pretrained folder") from exc
+
+
+def check_safetensors_files(paths: Sequence[str | Path]) -> None:
+    """Read the header of every safetensors file in `paths` (cheap: no tensor data is loaded); a truncated, empty or
+    garbled one raises `ConfigError` naming the file, before any model is built."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in paths:
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise ConfigError(f"{path}: not a readable safetensors file ({exc}); the file is truncated or corrupt "
+                              "— copy or export it again") from exc
 
 
 def resolve_value_encoder_dir(path: str | Path) -> Path:

