@@ -17,6 +17,7 @@ import atexit
 import contextlib
 import hashlib
 import io
+import ipaddress
 import json
 import os
 import secrets
@@ -768,7 +769,10 @@ copy_other = 1
 
 # Only the S3 gateway is meant to be reached (it checks the credentials). Master and filer HTTP APIs are switched off
 # (-disableHttp, -filer.disableHttp: the S3 gateway talks to the filer over gRPC), and the volume server, whose HTTP
-# port the filer needs, accepts reads and writes only with a JWT signed by these per-start keys.
+# port the filer needs, accepts reads and writes only with a JWT signed by these per-start keys. Every gRPC port
+# (master, volume, filer, S3) requires mutual TLS: a certificate signed by a CA generated at each start, whose
+# private key is never written; the weed processes dial each other with the one client certificate, the only common
+# name the servers accept.
 _SECURITY_TOML = """\
 [jwt.signing]
 key = "{write_key}"
@@ -781,6 +785,77 @@ expires_after_seconds = 60
 [access]
 ui = false
 """
+
+GRPC_TLS_DIR = "grpc-tls"
+GRPC_SERVERS = ("master", "volume", "filer", "s3")
+GRPC_CLIENT_NAME = "livo-weed-client"
+
+
+def _write_grpc_certificates(tls_dir: Path) -> dict[str, tuple[Path, Path]]:
+    """Write ``ca.crt`` and a (certificate, key) pair per gRPC server and for the client into `tls_dir` (mode 0700,
+    keys 0600); return the pairs by name ("client" included). A new CA each call: earlier certificates stop working."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    tls_dir.mkdir(mode=0o700, exist_ok=True)
+    tls_dir.chmod(0o700)
+    now = datetime.datetime.now(datetime.UTC)
+    not_before, not_after = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=3650)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"livo embedded store CA {secrets.token_hex(4)}")])
+    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(not_before).not_valid_after(not_after)
+               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                            data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                            crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+               .sign(ca_key, hashes.SHA256()))
+    (tls_dir / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    sans = x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    pairs: dict[str, tuple[Path, Path]] = {}
+    for name in (*GRPC_SERVERS, "client"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        usage = ExtendedKeyUsageOID.CLIENT_AUTH if name == "client" else ExtendedKeyUsageOID.SERVER_AUTH
+        common_name = GRPC_CLIENT_NAME if name == "client" else f"livo-weed-{name}"
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+                .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(not_before).not_valid_after(not_after)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                .add_extension(sans, critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                               critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        cert_path, key_path = tls_dir / f"{name}.crt", tls_dir / f"{name}.key"
+        _write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()).decode("ascii"))
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        pairs[name] = (cert_path, key_path)
+    return pairs
+
+
+def _grpc_security_toml(tls_dir: Path, pairs: dict[str, tuple[Path, Path]]) -> str:
+    """The ``[grpc]`` sections of security.toml: mutual TLS on every gRPC server, only the client name accepted."""
+    def quoted(path: Path) -> str:
+        return json.dumps(str(path))  # a TOML basic string
+
+    client_cert, client_key = pairs["client"]
+    sections = [f"[grpc]\nca = {quoted(tls_dir / 'ca.crt')}\n"]
+    for name in GRPC_SERVERS:
+        cert, key = pairs[name]
+        sections.append(f"[grpc.{name}]\ncert = {quoted(cert)}\nkey = {quoted(key)}\n"
+                        f"client_cert = {quoted(client_cert)}\nclient_key = {quoted(client_key)}\n"
+                        f'allowed_commonNames = "{GRPC_CLIENT_NAME}"\n')
+    sections.append(f"[grpc.client]\ncert = {quoted(client_cert)}\nkey = {quoted(client_key)}\n")
+    return "\n".join(sections)
+
 
 PID_FILE = "weed.pid"
 OWNER_LOCK_FILE = "owner.lock"
@@ -851,8 +926,10 @@ class EmbeddedSeaweedFS:
             raise
 
     def _start_owned(self, binary: Path, attempts: int) -> EmbeddedSeaweedFS:
+        tls_dir = self.data_dir / GRPC_TLS_DIR
         _write_private(self.data_dir / "security.toml", _SECURITY_TOML.format(
-            write_key=secrets.token_urlsafe(32), read_key=secrets.token_urlsafe(32)))
+            write_key=secrets.token_urlsafe(32), read_key=secrets.token_urlsafe(32)) + "\n"
+            + _grpc_security_toml(tls_dir, _write_grpc_certificates(tls_dir)))
         identities = self.data_dir / "s3-identities.json"
         _write_private(identities, json.dumps({"identities": [{
             "name": "livo",
@@ -1043,8 +1120,17 @@ class EmbeddedSeaweedFS:
                 process.wait(timeout=30)
                 if not isinstance(exc, subprocess.TimeoutExpired):
                     raise
+        self._remove_unix_sockets()
         if log:
             log_event(logger, "embedded SeaweedFS stopped", pid=process.pid, returncode=process.returncode)
+
+    def _remove_unix_sockets(self) -> None:
+        """weed also serves its gRPC, filer and s3 servers on /tmp/seaweedfs-<name>-<port>.sock and leaves the files
+        behind when it is killed; the ports were ours, so are the files."""
+        for port in set(self.ports.values()):
+            for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
     def __enter__(self) -> EmbeddedSeaweedFS:
         return self.start()
@@ -1063,6 +1149,7 @@ def _program_name() -> str:
 
 def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode applies only to a new file
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
 
