@@ -9,8 +9,10 @@ Every test also gets back the `print` and torch thread count it started with (se
 from __future__ import annotations
 
 import builtins
+import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +49,27 @@ def _isolate_process_state() -> Iterator[None]:
     builtins.print = original_print
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Callable[[str], Path | None]]:
+    """`tmpfs("size=1m")` mounts a real tmpfs with those options under tmp_path and returns its mount point, or None
+    where mounting is impossible (not root); every mount is undone after the test. For out-of-space and read-only
+    tests without touching a real disk."""
+    mounts: list[Path] = []
+
+    def mount(options: str) -> Path | None:
+        point = tmp_path / f"tmpfs-{len(mounts)}"
+        point.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)],
+                          capture_output=True).returncode != 0:
+            return None
+        mounts.append(point)
+        return point
+
+    try:
+        yield mount
+    finally:
+        for point in mounts:
+            subprocess.run(["umount", "-l", str(point)], check=False)
+

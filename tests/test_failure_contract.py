@@ -89,8 +89,7 @@ CASES: list[Case] = [
     case("generate-missing-prompts-file", "generate", "--out", "{cwd}/out", "--prompts", "{fx}/missing.txt",
          says="missing.txt"),
     case("generate-shard-count-not-int", "generate", "--shard-count", "many", says="--shard-count"),
-    # the hint names the key of generate's config (judging.options), not evaluate's (judges.options): needs
-    # `with judge_options_key("judging.options"):` around build_judge in livo/data/generate.py (lead)
+    # the hint names the key of generate's config (judging.options), not evaluate's (judges.options)
     case("generate-judge-weights-missing-hint", "generate", "--out", "{cwd}/out", "judging.attribute=clip-zero-shot",
          "judging.options.clip-zero-shot.model={fx}/no-such-model", says="judging.options.clip-zero-shot.model"),
     # --- data

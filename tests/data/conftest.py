@@ -18,29 +18,22 @@ def _one_torch_thread():
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
+def small_tmpfs(tmpfs):
     """A real filesystem of 1 MiB (tmpfs; needs root), for out-of-space tests without filling a real disk.
 
-    Yields (mount point, fill): `fill(free_bytes)` writes a filler file so that about `free_bytes` stay free."""
-    import subprocess
+    Returns (mount point, fill): `fill(free_bytes)` writes a filler file so that about `free_bytes` stay free."""
+    import os
+    import shutil
 
-    mount = tmp_path / "small-fs"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
+    mount = tmpfs("size=1m")
+    if mount is None:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
 
     def fill(free_bytes: int) -> None:
-        import os
-        import shutil
-
         room = shutil.disk_usage(mount).free - free_bytes
         with open(mount / "filler", "wb") as handle:
             handle.write(b"\0" * max(room, 0))
             handle.flush()
             os.fsync(handle.fileno())
 
-    try:
-        yield mount, fill
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    return mount, fill

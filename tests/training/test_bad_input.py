@@ -68,18 +68,9 @@ def string_seed_dataset(tmp_path_factory, image_dataset) -> str:
 
 
 @pytest.fixture
-def read_only_dir(tmp_path):
+def read_only_dir(tmpfs):
     """A read-only filesystem (a tmpfs mounted ro; needs root), or None where it cannot be mounted."""
-    mount = tmp_path / "read-only"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        yield None
-        return
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    return tmpfs("ro,size=64k")
 
 
 def test_bad_input_fails_before_any_model_is_loaded(tmp_path, image_dataset, empty_dataset, string_seed_dataset,

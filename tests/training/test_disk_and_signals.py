@@ -23,18 +23,13 @@ def _env() -> dict[str, str]:
 
 
 @pytest.fixture
-def full_disk(tmp_path):
-    mount = tmp_path / "small-fs"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
-    try:
-        with open(mount / "filler", "wb") as handle:  # leave 8 KiB: the probe fits, a checkpoint does not
-            handle.write(b"\0" * (shutil.disk_usage(mount).free - 8 * 1024))
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+def full_disk(tmpfs):
+    mount = tmpfs("size=1m")
+    if mount is None:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    with open(mount / "filler", "wb") as handle:  # leave 8 KiB: the probe fits, a checkpoint does not
+        handle.write(b"\0" * (shutil.disk_usage(mount).free - 8 * 1024))
+    return mount
 
 
 def test_a_full_disk_at_the_first_checkpoint_is_one_line(image_dataset, full_disk):
