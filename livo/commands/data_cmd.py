@@ -24,6 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           help="map one of their principle texts to our id (repeatable)")
     importer.add_argument("--name", default="authors", help="dataset name recorded in the manifest")
     importer.add_argument("--shards", type=int, help="number of shards (default: one per 2000 rows)")
+    importer.add_argument("--seed", type=int, default=0,
+                          help="seed of the uniform draw of each aligned image's violating image from its scene "
+                               "(the authors' loader draws anew at every step; the seed makes the import reproducible)")
     importer.add_argument("--json", action="store_true", help="print the report as JSON")
     importer.set_defaults(func=handle_import)
 
@@ -50,7 +53,7 @@ def handle_import(args: argparse.Namespace) -> int:
     from livo.data.importer import import_authors_dataset
 
     uri, report = import_authors_dataset(args.source, args.out, principles_file=args.principles, mappings=args.map,
-                                         name=args.name, num_shards=args.shards)
+                                         name=args.name, num_shards=args.shards, seed=args.seed)
     if args.json:
         print(json.dumps({"uri": uri, **report}, indent=2, sort_keys=True))
     else:
