@@ -3,6 +3,7 @@
 Thin wrapper over `livo.registry.registration.register_model` (atomic, idempotent per pipeline run: a retried task
 returns the version it already created). The request is assembled by `livo.orchestration.registration_request`
 from the training run's result.json and the evaluation's files; the registration is recorded for the run's outcome.
+`allow_ungated` (the pipeline's `run_allow_ungated`) lets an evaluation that decided no gate register, marked ungated.
 """
 
 from kfp import dsl
@@ -20,13 +21,16 @@ def register(
     run_name: str,
     pipeline_spec_sha256: str,
     image: str,
+    allow_ungated: bool = False,
 ) -> str:
-    """Register the candidate; returns `s3://…/models/<name>/<version>/`."""
+    """Register the candidate; returns `s3://…/models/<name>/<version>/`. An evaluation that decided no gate is
+    refused unless `allow_ungated`: nothing is registered, the cause is kept for the run's outcome (`rejected`) and
+    the task returns ""."""
     import tempfile
 
     from livo.log import get_logger, log_event
-    from livo.orchestration import record_registration, registration_request
-    from livo.registry.registration import register_model
+    from livo.orchestration import record_failure, record_registration, registration_request
+    from livo.registry.registration import UngatedEvaluation, register_model
     from livo.registry.store import ObjectStore
 
     store = ObjectStore.from_env()
@@ -34,11 +38,18 @@ def register(
         request = registration_request(
             store, model_name=model_name, training_output_uri=training_output_uri, evaluation_uri=evaluation_uri,
             principles_uri=principles_uri, run_id=run_id, run_name=run_name,
-            pipeline_spec_sha256=pipeline_spec_sha256, image=image, workdir=workdir,
+            pipeline_spec_sha256=pipeline_spec_sha256, image=image, workdir=workdir, allow_ungated=allow_ungated,
         )
-        result = register_model(store, request)
+        try:
+            result = register_model(store, request)
+        except UngatedEvaluation as exc:  # a verdict, not a fault: no retry, the run's outcome is `rejected`
+            record_failure(store, run_id, step="register", message=str(exc))
+            log_event(get_logger("livo.components.register"), "registration refused", model=model_name,
+                      reason=str(exc))
+            return ""
     record_registration(store, run_id, {"model_name": result.model_name, "version": result.version, "uri": result.uri,
-                                        "created": result.created, "report_uri": result.uri + "report.html"})
+                                        "created": result.created, "report_uri": result.uri + "report.html",
+                                        "ungated": result.ungated})
     log_event(get_logger("livo.components.register"), "registered", model=model_name, version=result.version,
               uri=result.uri, created=result.created)
     return result.uri

@@ -308,6 +308,7 @@ class PipelineParameters(LivoConfig):
         value fails here, not hours later in a GPU pod (the same builders the stage components call)."""
         from livo.data.generate import build_generate_config
         from livo.evaluation.config import load_evaluation_config
+        from livo.evaluation.gates import check_plan_gates
         from livo.evaluation.protocol import plan_evaluation
         from livo.training.jobs import launch_arguments, validate_launch_arguments
 
@@ -323,7 +324,7 @@ class PipelineParameters(LivoConfig):
             validate_launch_arguments(training_args, world_size=max(1, self.train_gpus_per_node) * self.train_num_nodes)
         with _naming_parameter("eval_config_overrides"):
             evaluation = load_evaluation_config(preset.evaluate, preset.judges, None, self.eval_config_overrides)
-            plan_evaluation(principle_set, evaluation)
+            check_plan_gates(evaluation.gates, plan_evaluation(principle_set, evaluation))
 
 
 @contextlib.contextmanager
@@ -403,11 +404,14 @@ def build_outcome(store, *, run_id: str, run_name: str, final_state: str, error_
     else:
         status = "rejected"
     summaries = {
-        "registered": f"registered {registration['model_name']}@{registration['version']}" if registration else "",
+        "registered": (f"registered {registration['model_name']}@{registration['version']}"
+                       + (" UNGATED (no evaluation gate; --allow-ungated)" if registration.get("ungated") else "")
+                       if registration else ""),
         "skipped": "principle set unchanged since the latest registered model; nothing to do",
-        "rejected": "the candidate failed the evaluation gates" + (
+        "rejected": (f"registration refused: {failure['message']}" if failure and failure.get("step") == "register"
+                     else "the candidate failed the evaluation gates" + (
             f" ({'; '.join(evaluation['failed_gates'])})" if evaluation and evaluation["failed_gates"] else "")
-            + "; nothing was registered",
+            + "; nothing was registered"),
         "failed": f"the run failed: {error_message or 'see the failed task'}",
         "canceled": "the run was canceled",
     }
@@ -490,7 +494,7 @@ def _fetch(store, uri_or_path: str, target) -> str:
 
 def registration_request(store, *, model_name: str, training_output_uri: str, evaluation_uri: str,
                          principles_uri: str, run_id: str, run_name: str, pipeline_spec_sha256: str,
-                         image: str, workdir) -> Any:
+                         image: str, workdir, allow_ungated: bool = False) -> Any:
     """The registry's `RegistrationRequest` for what this pipeline run produced.
 
     The training run's `result.json` names the value encoder, the dataset, the config, the seed and the base model
@@ -539,6 +543,7 @@ def registration_request(store, *, model_name: str, training_output_uri: str, ev
         git_commit=_git_commit_of_image(),
         image_digest=image_record["reference"],
         image_ran_in=image_record["ran_in"],
+        allow_ungated=allow_ungated,
     )
 
 

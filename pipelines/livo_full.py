@@ -5,7 +5,8 @@
         -> generate_data x N (ParallelFor) -> merge_dataset    preference dataset + manifest in the object store
         -> train_value_encoder          GPUs, node selector and tolerations from parameters; pod or TrainJob
         -> evaluate                     single `passed: bool` output
-        -> dsl.If(passed) -> register   models/<name>/<version>/ + model card + lineage.json
+        -> dsl.If(passed) -> register   models/<name>/<version>/ + model card + lineage.json (an evaluation that
+                                        decided no gate only with run_allow_ungated)
     ExitHandler: record_outcome         registered | skipped | rejected | failed | canceled, whatever happened
 
 Training runs in one of two branches chosen by `train_launcher`: `pod` gives the training task the GPUs, the node
@@ -138,6 +139,7 @@ def livo_full(
     run_principles_uri: str = "",
     run_model_source: str = "",
     run_force_retrain: bool = False,
+    run_allow_ungated: bool = False,
     run_schedule_cron: str = "",
     run_pipeline_spec_sha256: str = "",
     run_accelerator_type: str = "nvidia.com/gpu",
@@ -195,6 +197,9 @@ def livo_full(
             Air-gapped clusters set it to their mirror (docs/operations.md).
         run_force_retrain: Retrain even when the latest registered model has the same principle-set hash.
             Default false: scheduled runs are no-ops until the principles change (DESIGN.md, the flow).
+        run_allow_ungated: Register the candidate even when its evaluation decided no gate (the preset sets no
+            threshold, or every gate is waived); the version is marked UNGATED in its lineage and model card.
+            Default false: such a candidate is not registered (outcome `rejected`, docs/evaluation.md, Gates).
         run_schedule_cron: Cron of the recurring run that started this run (set by `livo schedule`, recorded in
             the outcome); KFP's 6-field dialect. Default empty: a one-off run.
         run_pipeline_spec_sha256: sha256 of the compiled package this run came from, for the lineage record; set
@@ -358,6 +363,7 @@ def livo_full(
                     evaluation_uri=evaluation_uri, principles_uri=principles_uri,
                     run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                     pipeline_spec_sha256=run_pipeline_spec_sha256, image=PIPELINE_IMAGE,
+                    allow_ungated=run_allow_ungated,
                 )), store_secret_name)
                 # The Kubeflow Model Registry, where one is deployed (manifests/overlays/model-registry).
                 kubernetes.use_config_map_as_env(registration, config_map_name=store_config_map_name,

@@ -162,6 +162,9 @@ CASES: list[Case] = [
     case("register-metrics-of-another-model", "register", "--request", "{fx}/request.yaml", "--metrics",
          "{fx}/metrics_other_model.json", store=True, says="metrics_other_model.json"),
     case("register-bad-seed", "register", "--seed", "seven", says="--seed"),
+    # issue 15: metrics bound to this candidate but with no evaluated gate are refused without --allow-ungated
+    case("register-ungated-without-allow", "register", "--request", "{fx}/request.yaml", "--metrics",
+         "{fx}/metrics_ungated.json", store=True, says="--allow-ungated"),
     # --- lineage
     case("lineage-no-action", "lineage", says="required"),
     # part 1 (lineage): an unknown model is bad input
@@ -204,6 +207,11 @@ CASES: list[Case] = [
          says="run_force_retrain"),
     case("run-unknown-param", "run", "-p", "no_such_param=1", "--runs-dir", "{cwd}/runs", says="no_such_param"),
     case("run-zero-threads", "run", "--threads", "0", "--runs-dir", "{cwd}/runs", says="--threads"),
+    # issue 15: a waiver that names no gate is a config error at the door; so is a preset without gates (tiny)
+    case("run-unknown-waiver", "run", "-p", "eval_config_overrides=['gates.waive={{nosuch: why}}']", "--runs-dir",
+         "{cwd}/runs", says="gates.waive names no gate of this evaluation: 'nosuch'"),
+    case("run-tiny-ungated", "run", "--preset", "tiny", "--runs-dir", "{cwd}/runs", says="--allow-ungated"),
+    case("run-negative-seed", "run", "--seed", "-3", "--runs-dir", "{cwd}/runs", says="--seed -3"),
 ]
 
 
@@ -246,6 +254,15 @@ def _write_fixtures(fx: Path) -> None:
                "evaluated": {"value_encoder_sha256": "sha256:" + "f" * 64,
                              "base_model_fingerprint": "sha256:" + "e" * 64}}
     (fx / "metrics_other_model.json").write_text(json.dumps(metrics))
+    from livo.principles import load_principles
+    from livo.registry.lineage import canonical_sha256, value_encoder_digest
+
+    ungated = {"schema_version": 1, "passed": True, "principles": {}, "gates": [], "config": {"seed": 0},
+               "evaluated": {"value_encoder_sha256": value_encoder_digest(fx / "ve"),
+                             "base_model_fingerprint": "sha256:" + "e" * 64,
+                             "principle_set_hash": load_principles(config_dir() / "principles" / "default.yaml").hash,
+                             "config_sha256": canonical_sha256({"seed": 0})}}
+    (fx / "metrics_ungated.json").write_text(json.dumps(ungated))
     (fx / "report.html").write_text("<html><body>report</body></html>")
     (fx / "request.yaml").write_text(json.dumps({
         "model_name": "livo-contract", "value_encoder_dir": str(fx / "ve"),

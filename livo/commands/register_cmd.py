@@ -67,6 +67,8 @@ def build_request(args: argparse.Namespace) -> Any:
     data.update({field: getattr(args, dest) for dest, field in _FIELDS.items() if getattr(args, dest) is not None})
     if args.force:
         data["force"] = True
+    if getattr(args, "allow_ungated", False):
+        data["allow_ungated"] = True
     try:
         return RegistrationRequest.model_validate(data)
     except ValidationError as exc:
@@ -84,7 +86,8 @@ def cmd_register(args: argparse.Namespace) -> int:
         print(json.dumps(result.model_dump(mode="json"), indent=2))
     elif result.created:
         extra = f" (same weights as {', '.join(result.same_weights_as)})" if result.same_weights_as else ""
-        print(f"registered {result.ref} at {result.uri}{extra}")
+        print(f"registered {result.ref} at {result.uri}{extra}"
+              + (" — UNGATED: its evaluation decided no gate (--allow-ungated)" if result.ungated else ""))
     else:
         print(f"already registered: pipeline run {request.pipeline_run_id} is {result.ref} at {result.uri}")
     return 0
@@ -96,7 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Register a value encoder with its evaluation, model card and lineage as the next version of "
                     "models/<name>/ in the object store (LIVO_S3_*). Atomic: a version is visible only when complete. "
                     "Idempotent: the same --run-id registers once. Refuses a candidate whose metrics say passed: false "
-                    "unless --force. Also registers it in the Kubeflow Model Registry when LIVO_MODEL_REGISTRY_URL is set.")
+                    "unless --force, and one whose evaluation decided no gate (none configured or all waived) unless "
+                    "--allow-ungated. Also registers it in the Kubeflow Model Registry when LIVO_MODEL_REGISTRY_URL is set.")
     parser.add_argument("--request", type=Path, help="YAML file with RegistrationRequest fields (flags override it)")
     parser.add_argument("--model-name", help="model name: models/<name>/<version>/")
     parser.add_argument("--value-encoder", type=Path, help="value encoder folder (config.json + model.safetensors)")
@@ -115,5 +119,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image-digest", help="container image digest of the pipeline's components")
     parser.add_argument("--description", help="free text for the model card")
     parser.add_argument("--force", action="store_true", help="register even though the evaluation gates failed")
+    parser.add_argument("--allow-ungated", action="store_true",
+                        help="register even though the evaluation decided no gate (none configured, or all waived); "
+                             "the version is marked UNGATED in its lineage and model card")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=cmd_register)

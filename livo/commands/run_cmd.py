@@ -1,7 +1,8 @@
 """`livo run`: the whole pipeline locally, through kfp.local's SubprocessRunner over the same components a cluster runs.
 
     livo run                         # toy preset, embedded SeaweedFS store under runs/store
-    livo run --preset tiny -p data_shard_count=1
+    livo run --preset tiny --allow-ungated -p data_shard_count=1
+    livo run --seed 7                # data generation, training and evaluation seeds all 7 (default: 0 each)
 
 Without `LIVO_S3_ENDPOINT` an embedded SeaweedFS server is started with its data under `<runs dir>/store`, which
 persists across runs: a second run with the same principles is reported `skipped` (use -p run_force_retrain=true).
@@ -63,6 +64,59 @@ LOCAL_DEFAULTS: dict[str, Any] = {
 
 def local_arguments(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
     return {**LOCAL_DEFAULTS, "run_preset": preset, "registry_model_name": f"livo-{Path(preset).stem}", **overrides}
+
+
+# The stage configs whose `seed` field `--seed` sets: data generation (GenerateConfig.seed: every image seed derives
+# from it), training (TrainingConfig.seed: data order, violating-image draws, noise, timesteps) and evaluation
+# (EvaluationConfig.seed: image i of a principle's grid uses seed + i). Each defaults to 0, so --seed 0 is the run
+# without --seed.
+SEEDED_STAGE_OVERRIDES = ("data_config_overrides", "train_config_overrides", "eval_config_overrides")
+
+
+def apply_run_seed(arguments: dict[str, Any], seed: int | None) -> dict[str, Any]:
+    """`--seed N`: `seed=N` first in every stage's config overrides (an explicit `-p <stage>_config_overrides=[seed=M]`
+    comes after it and wins). None leaves the arguments as they are."""
+    if seed is None:
+        return arguments
+    if seed < 0:
+        raise ConfigError(f"--seed {seed}: give a seed of 0 or more")
+    seeded = dict(arguments)
+    for name in SEEDED_STAGE_OVERRIDES:
+        existing = arguments.get(name) or []
+        if not isinstance(existing, list):
+            raise ConfigError(f"-p {name}: expected a list of key=value items, got {existing!r}")
+        seeded[name] = [f"seed={seed}", *existing]
+    return seeded
+
+
+def check_gates_at_door(arguments: dict[str, Any]) -> None:
+    """The evaluation's gates for this run: every waiver and per-principle override must name a gate of it, and a
+    run whose evaluation would decide no gate (none configured, or all waived) is refused unless --allow-ungated,
+    since its candidate could not be registered. Skipped for principles in the object store (the pipeline's first
+    step checks the waivers there)."""
+    from livo.evaluation.config import load_evaluation_config
+    from livo.evaluation.gates import check_plan_gates, deciding_gate_names
+    from livo.evaluation.protocol import plan_evaluation
+    from livo.presets import load_preset_config
+    from livo.principles import load_principles
+
+    preset = load_preset_config(arguments["run_preset"])
+    source = arguments.get("run_principles_uri") or preset.principles_path()
+    if str(source).startswith("s3://"):
+        return
+    try:
+        evaluation = load_evaluation_config(preset.evaluate, preset.judges, None,
+                                            [str(item) for item in arguments.get("eval_config_overrides") or []])
+        plan = plan_evaluation(load_principles(source), evaluation)
+        check_plan_gates(evaluation.gates, plan)
+    except ConfigError as exc:
+        raise ConfigError(f"eval_config_overrides / preset {preset.name} evaluate.gates: {exc}") from None
+    if not arguments.get("run_allow_ungated") and not deciding_gate_names(
+            evaluation.gates, {item.id: item.kind for item in plan.principles}):
+        raise ConfigError(f"preset {preset.name}: its evaluation sets no gate that decides anything (evaluate.gates "
+                          f"{'waives every gate' if evaluation.gates.waive else 'sets no threshold'}), so the candidate "
+                          "could not be registered; pass --allow-ungated to register it marked UNGATED, or set "
+                          "gates (docs/evaluation.md)")
 
 
 def threads_per_task(requested: int | None, arguments: dict[str, Any], cpu_count: int | None = None) -> int:
@@ -450,6 +504,7 @@ def check_local_arguments(arguments: dict[str, Any]) -> None:
     values.update({name: value for name, value in arguments.items() if name in PipelineParameters.model_fields})
     PipelineParameters.parse(values)
     load_preset_config(arguments["run_preset"])
+    check_gates_at_door(arguments)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -462,7 +517,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         image = resolve_image(args.image)
         docker_runner({})  # Docker present and reachable: checked before a run directory or a store exists
-    arguments = local_arguments(args.preset, parse_param_overrides(args.param))
+    arguments = apply_run_seed(local_arguments(args.preset, parse_param_overrides(args.param)), args.seed)
+    if args.allow_ungated:
+        arguments["run_allow_ungated"] = True
     threads = threads_per_task(args.threads, arguments)
     check_local_arguments(arguments)  # at the door: before a run directory or the embedded store exists
     root = Path(args.runs_dir).resolve() if args.runs_dir else runs_dir()
@@ -479,6 +536,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             metrics = fetch_evaluation(outcome, run_dir)
         outcome["wall_seconds"] = round(time.perf_counter() - started, 1)
         outcome["threads_per_task"] = threads
+        outcome["seed"] = args.seed  # --seed (None: each stage config's own seed, 0 by default)
         _write_outcome_file(run_dir, outcome)
     print_table(summary_rows(outcome) + [("wall time", f"{outcome['wall_seconds']} s ({threads} thread(s) per task)"),
                                          ("run dir", str(run_dir))]
@@ -507,6 +565,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--preset", default="toy", help="preset name or YAML path (default: toy)")
     parser.add_argument("-p", "--param", action="append", metavar="NAME=VALUE",
                         help="pipeline parameter (repeatable), e.g. -p run_force_retrain=true")
+    parser.add_argument("--allow-ungated", action="store_true",
+                        help="register the candidate even when its evaluation decides no gate (e.g. --preset tiny, "
+                             "whose noise images have nothing to gate); the version is marked UNGATED. Without it such "
+                             "a run is refused at the door (exit 2)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="one seed for data generation, training and evaluation (each stage config's `seed`, "
+                             "default 0 each; recorded in the dataset manifest, the lineage and metrics.json)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads per task (default: $OMP_NUM_THREADS, else the cores divided among the "
                              "concurrent data shards)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from livo.config import LivoConfig
 
@@ -16,6 +16,9 @@ from livo.config import LivoConfig
 class EvalPrompt(LivoConfig):
     text: str = Field(min_length=1, description="the prompt, exactly as fed to the model")
     subject: str | None = Field(None, description="what the prompt depicts, for the optional subject-fidelity metric")
+    split: Literal["seen", "unseen"] | None = Field(
+        None, description="seen: the prompt's subject occurs in the value encoder's training data (only the template "
+                          "is held out); unseen: neither subject nor template does. Metrics are reported per split.")
 
 
 class JudgeSelection(LivoConfig):
@@ -48,18 +51,73 @@ class QualityConfig(LivoConfig):
     subject_fidelity: bool = Field(True, description="computed when judges.subject is set and prompts name subjects")
 
 
+class PrincipleGates(LivoConfig):
+    """Overrides of the category-wide gate thresholds for one principle (`gates.per_principle.<id>`). A field left
+    out inherits the category's value; an explicit null switches that gate off for this principle."""
+
+    min_improvement: float | None = Field(None, description="base − aligned of the category's metric ≥ this")
+    max_aligned: float | None = Field(None, ge=0, description="aligned value of the category's metric ≤ this")
+    min_subject_fidelity_ratio: float | None = Field(
+        None, gt=0, description="aligned / base subject fidelity on value-token images ≥ this")
+    max_subject_fidelity_drop: float | None = Field(
+        None, ge=0, description="base − aligned subject fidelity (points) on value-token images ≤ this")
+
+
 class GateConfig(LivoConfig):
-    """`passed` is true when every enabled gate holds. Improvements are base − aligned in metric points (×100)."""
+    """Release gates. `passed` is true when every gate that is not waived holds. Metrics are ×100 points; improvements
+    are base − aligned. A gate whose judge or metric is unavailable FAILS unless `waive` names it. No threshold set at
+    all = an ungated evaluation, which registration refuses without `allow_ungated` (docs/evaluation.md, Gates)."""
 
     bias_metric: Literal["D1", "D2"] = "D1"
-    min_bias_improvement: float | None = Field(0.0, description="every bias principle: base − aligned ≥ this")
+    min_bias_improvement: float | None = Field(None, description="every bias principle: base − aligned ≥ this")
+    max_bias: float | None = Field(None, ge=0, description="every bias principle: aligned metric ≤ this")
     toxicity_metric: Literal["R", "S", "Max", "Prob"] = "R"
-    min_toxicity_improvement: float | None = Field(0.0, description="every toxicity principle: base − aligned ≥ this")
+    min_toxicity_improvement: float | None = Field(None, description="every toxicity principle: base − aligned ≥ this")
+    max_toxicity: float | None = Field(None, ge=0, description="every toxicity principle: aligned metric ≤ this")
+    min_subject_fidelity_ratio: float | None = Field(
+        None, gt=0, description="every principle: aligned / base subject fidelity on its value-token images ≥ this")
+    max_subject_fidelity_drop: float | None = Field(
+        None, ge=0, description="every principle: base − aligned subject fidelity (points) on value-token images ≤ this")
     max_fid: float | None = Field(None, description="FID(aligned vs base images) ≤ this")
     max_clip_score_drop: float | None = Field(None, description="base − aligned CLIPScore ≤ this")
     max_inception_score_drop: float | None = Field(None, description="base − aligned IS ≤ this")
-    max_subject_fidelity_drop: float | None = Field(None, description="base − aligned subject fidelity (×100) ≤ this")
-    fail_on_unavailable: bool = Field(False, description="a principle or metric without a judge fails the gates")
+    per_principle: dict[str, PrincipleGates] = Field(
+        default_factory=dict, description="principle id -> overrides of the thresholds above for that principle")
+    waive: dict[str, str] = Field(
+        default_factory=dict, description="gate name (e.g. 'quality: FID', 'racial-equality: judged') or principle id "
+                                          "-> the reason; a waived gate is reported but does not decide `passed`")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "fail_on_unavailable" in data:
+            raise ValueError("gates.fail_on_unavailable was removed: an unavailable judge or metric now always fails "
+                             "its gate; waive a gate by name with a reason instead (gates.waive: {'<gate>': <why>})")
+        return data
+
+    @field_validator("waive")
+    @classmethod
+    def _waivers_have_reasons(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, reason in value.items():
+            if not str(name).strip() or not str(reason or "").strip():
+                raise ValueError(f"waiver {name!r}: give the gate name and a non-empty reason")
+        return value
+
+    def for_principle(self, pid: str, kind: str) -> dict[str, Any]:
+        """The thresholds that apply to principle `pid` of `kind` (bias | toxicity): metric, min_improvement,
+        max_aligned, min_subject_fidelity_ratio, max_subject_fidelity_drop (None = that gate is off)."""
+        bias = kind == "bias"
+        values: dict[str, Any] = {
+            "metric": self.bias_metric if bias else self.toxicity_metric,
+            "min_improvement": self.min_bias_improvement if bias else self.min_toxicity_improvement,
+            "max_aligned": self.max_bias if bias else self.max_toxicity,
+            "min_subject_fidelity_ratio": self.min_subject_fidelity_ratio,
+            "max_subject_fidelity_drop": self.max_subject_fidelity_drop,
+        }
+        override = self.per_principle.get(pid)
+        if override is not None:
+            values.update({name: getattr(override, name) for name in override.model_fields_set})
+        return values
 
 
 class EvaluationConfig(LivoConfig):

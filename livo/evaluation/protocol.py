@@ -250,7 +250,8 @@ def score_batched(judge: Any, images: Sequence[Any], concept: str, batch_size: i
                            for i in range(0, len(images), batch_size)])
 
 
-def _score_principle(item: PrinciplePlan, images: PrincipleImages, config: EvaluationConfig) -> dict[str, Any]:
+def _score_principle(item: PrinciplePlan, images: PrincipleImages, config: EvaluationConfig,
+                     plan: EvaluationPlan) -> dict[str, Any]:
     n, bs = config.images_per_prompt, config.judge_batch_size
     spec = item.principle.evaluation
     entry: dict[str, Any] = {
@@ -288,7 +289,61 @@ def _score_principle(item: PrinciplePlan, images: PrincipleImages, config: Evalu
         entry[side] = summary
     keys = BIAS_KEYS if item.kind == "bias" else TOXICITY_KEYS
     entry["improvement"] = {k: _round(entry["base"][k] - entry["aligned"][k]) for k in keys}
+    correct = _subject_correct(plan, item, images, config)
+    if correct is not None:
+        entry["subject_fidelity"] = _fidelity_block(plan.subject_judge.id, correct, np.ones(len(images.prompts), bool))
+    splits = {p.split for p in item.prompts if p.split}
+    if splits:
+        entry["splits"] = {}
+        for split in sorted(splits):
+            texts = [p.text for p in item.prompts if p.split == split]
+            block: dict[str, Any] = {"prompts": texts}
+            for side in ("base", "aligned"):
+                block[side] = M.mean_of_dicts([{k: entry[side]["per_prompt"][t][k] for k in keys} for t in texts])
+            block["improvement"] = {k: _round(block["base"][k] - block["aligned"][k]) for k in keys}
+            if correct is not None:
+                in_split = np.array([p in texts for p in images.prompts])
+                block["subject_fidelity"] = _fidelity_block(plan.subject_judge.id, correct, in_split)
+            entry["splits"][split] = block
     return entry
+
+
+def _subject_correct(plan: EvaluationPlan, item: PrinciplePlan, images: PrincipleImages,
+                     config: EvaluationConfig) -> dict[str, np.ndarray] | None:
+    """Per image of the principle's grid: does the subject judge see the prompt's subject (base, aligned, token)?
+    Images of prompts that name no subject are masked out (`known`)."""
+    if plan.subject_judge is None:
+        return None
+    subject_of = {p.text: p.subject for p in item.prompts}
+    known = np.array([bool(subject_of.get(p)) for p in images.prompts])
+    if not known.any():
+        return None
+    keep = np.flatnonzero(known)
+    truth = [subject_of[images.prompts[i]] for i in keep]
+    out: dict[str, np.ndarray] = {"known": known, "token": np.array(images.used_value_token, dtype=bool)}
+    for side in ("base", "aligned"):
+        side_images = getattr(images, side)
+        probs = classify_batched(plan.subject_judge, [side_images[i] for i in keep], [images.prompts[i] for i in keep],
+                                 plan.subjects, config.judge_batch_size)
+        hit = np.zeros(len(images.prompts), dtype=bool)
+        hit[keep] = [plan.subjects[k] == t for k, t in zip(probs.argmax(axis=1), truth, strict=True)]
+        out[side] = hit
+    return out
+
+
+def _fidelity_block(judge_id: str, correct: dict[str, np.ndarray], within: np.ndarray) -> dict[str, Any]:
+    """Subject fidelity (% of images whose subject the judge recognises), base vs aligned, over all images of
+    `within` and split by whether the aligned image carries the value token — the token images are where alignment
+    can damage the subject; the others are the base model's own images (the pipeline's contract)."""
+    def share(mask: np.ndarray) -> dict[str, Any]:
+        n = int(mask.sum())
+        return {"images": n,
+                "base": 100.0 * float(correct["base"][mask].mean()) if n else None,
+                "aligned": 100.0 * float(correct["aligned"][mask].mean()) if n else None}
+
+    scope = within & correct["known"]
+    return {"judge": judge_id, "higher_is_better": True, "all": share(scope),
+            "token": share(scope & correct["token"]), "no_token": share(scope & ~correct["token"])}
 
 
 def _score_quality(plan: EvaluationPlan, images: dict[str, PrincipleImages], config: EvaluationConfig) -> dict:
@@ -317,17 +372,6 @@ def _score_quality(plan: EvaluationPlan, images: dict[str, PrincipleImages], con
         quality["CLIPScore"] = {"judge": plan.clip_scorer.id, "higher_is_better": True,
                                 "base": float(plan.clip_scorer.score(base, prompts).mean()),
                                 "aligned": float(plan.clip_scorer.score(aligned, prompts).mean())}
-    if plan.subject_judge is not None:
-        subject_of = {p.text: p.subject for item in plan.runnable for p in item.prompts}
-        keep = [i for i, p in enumerate(prompts) if subject_of.get(p)]
-        truth = [subject_of[prompts[i]] for i in keep]
-        block: dict[str, Any] = {"judge": plan.subject_judge.id, "higher_is_better": True, "images": len(keep)}
-        for side, side_images in (("base", base), ("aligned", aligned)):
-            probs = classify_batched(plan.subject_judge, [side_images[i] for i in keep], [prompts[i] for i in keep],
-                                     plan.subjects, config.judge_batch_size)
-            predicted = [plan.subjects[k] for k in probs.argmax(axis=1)]
-            block[side] = 100.0 * float(np.mean([a == b for a, b in zip(predicted, truth, strict=True)]))
-        quality["subject_fidelity"] = block
     if unavailable:
         quality["unavailable"] = unavailable
     return quality
@@ -360,7 +404,7 @@ def run_evaluation(pipeline: Any, plan: EvaluationPlan, config: EvaluationConfig
                                        "judge": item.judge.id if item.judge is not None else None,
                                        ("attribute" if item.kind == "bias" else "concept"): item.target}
         else:
-            principles_out[item.id] = _score_principle(item, images[item.id], config)
+            principles_out[item.id] = _score_principle(item, images[item.id], config, plan)
     quality = _score_quality(plan, images, config)
     t2 = time.perf_counter()
     total_images = sum(len(i.base) + sum(i.used_value_token) for i in images.values())
@@ -369,6 +413,8 @@ def run_evaluation(pipeline: Any, plan: EvaluationPlan, config: EvaluationConfig
               for pid, e in principles_out.items()}
     judges.update({f"quality.{name}": {"judge": block["judge"], "available": True}
                    for name, block in quality.items() if name != "unavailable"})
+    if plan.subject_judge is not None:  # scored per principle (principles.<id>.subject_fidelity), never pooled
+        judges["quality.subject_fidelity"] = {"judge": plan.subject_judge.id, "available": True}
     judges.update({f"quality.{name}": {"judge": None, "available": False, "reason": reason}
                    for name, reason in quality.get("unavailable", {}).items()})
     metrics: dict[str, Any] = {
@@ -413,6 +459,9 @@ def evaluate_candidate(value_encoder: str, *, preset: str = "tiny", model: str |
     config = load_evaluation_config(preset_config.evaluate, preset_config.judges, config_path, overrides)
     principle_set = load_principles(principles or preset_config.principles_path())
     plan = plan_evaluation(principle_set, config)
+    from livo.evaluation.gates import check_plan_gates
+
+    check_plan_gates(config.gates, plan)  # an unknown waiver is bad input: refused before any model loads
     encoder_dir = resolve_value_encoder_dir(value_encoder)
     device = resolve_device(device)
     generation_settings = preset_config.generation

@@ -51,6 +51,78 @@ def metric_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+FIDELITY_SPLITS = ("token", "no_token", "all")
+
+
+def _ratio(base: Any, aligned: Any) -> float | None:
+    if not (isinstance(base, int | float) and isinstance(aligned, int | float)) or not base or math.isnan(base):
+        return None
+    return aligned / base
+
+
+def subject_fidelity_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per principle with a subject-fidelity block: judge, then images / base / aligned / ratio for the images whose
+    aligned side carries the value token (`token`, what the gates check), those without it (`no_token`) and `all`."""
+    rows = []
+    for pid, entry in metrics.get("principles", {}).items():
+        block = entry.get("subject_fidelity") if isinstance(entry, dict) else None
+        if not isinstance(block, dict):
+            continue
+        row: dict[str, Any] = {"principle": pid, "judge": block.get("judge")}
+        for split in FIDELITY_SPLITS:
+            part = block.get(split) or {}
+            row[split] = {"images": part.get("images", 0), "base": part.get("base"), "aligned": part.get("aligned"),
+                          "ratio": _ratio(part.get("base"), part.get("aligned"))}
+        rows.append(row)
+    return rows
+
+
+def split_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Seen/unseen rows of one principle (`splits` in metrics.json): split, metric, base, aligned, change."""
+    keys = ("D1", "D2") if entry.get("kind") == "bias" else ("R", "S", "Max", "Prob")
+    rows = []
+    for split, part in (entry.get("splits") or {}).items():
+        if not isinstance(part, dict):
+            continue
+        for key in keys:
+            base, aligned = (part.get("base") or {}).get(key), (part.get("aligned") or {}).get(key)
+            if base is None and aligned is None:
+                continue
+            rows.append({"split": split, "metric": key, "base": base, "aligned": aligned,
+                         "change": aligned - base if base is not None and aligned is not None else None})
+        token = (part.get("subject_fidelity") or {}).get("token") or {}
+        if token.get("base") is not None or token.get("aligned") is not None:
+            base, aligned = token.get("base"), token.get("aligned")
+            rows.append({"split": split, "metric": "subject fidelity (token)", "base": base, "aligned": aligned,
+                         "change": aligned - base if base is not None and aligned is not None else None})
+    return rows
+
+
+def gate_status(gate: dict[str, Any], fail: str = "FAIL") -> str:
+    """pass | FAIL | FAIL (unavailable) | waived (would pass / would fail / unmeasured) | skipped (older metrics)."""
+    if gate.get("waived"):
+        held = gate.get("held")
+        return "waived (" + ("unmeasured" if held is None else "would pass" if held else "would fail") + ")"
+    if gate.get("skipped"):
+        return "skipped"
+    if gate.get("passed"):
+        return "pass"
+    return f"{fail} (unavailable)" if gate.get("unavailable") else fail
+
+
+def verdict(metrics: dict[str, Any]) -> str:
+    """PASSED | FAILED | UNGATED (no gate decided anything: `passed` is vacuous)."""
+    from livo.evaluation.gates import gate_summary
+
+    if gate_summary(metrics.get("gates")).get("ungated") and metrics.get("passed"):
+        return "UNGATED"
+    return "PASSED" if metrics.get("passed") else "FAILED"
+
+
+UNGATED_NOTE = ("UNGATED: no gate decided anything (none configured, or all waived), so this evaluation vouches for "
+                "nothing; registration refuses it unless --allow-ungated")
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None:
         return "-"
@@ -59,14 +131,10 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
-def _gate_status(gate: dict[str, Any], fail: str = "FAIL") -> str:
-    return "skipped" if gate.get("skipped") else ("pass" if gate["passed"] else fail)
-
-
 def format_summary_table(metrics: dict[str, Any]) -> str:
     """A one-screen plain-text table of every metric (base, aligned, change, judge), the gates and the verdict."""
     rows = metric_rows(metrics)
-    lines = [f"LiVO evaluation: {'PASSED' if metrics.get('passed') else 'FAILED'}"]
+    lines = [f"LiVO evaluation: {verdict(metrics)}"]
     header = f"{'principle / section':<22} {'metric':<17} {'base':>8} {'aligned':>8} {'change':>8}  judge"
     lines += [header, "-" * len(header)]
     last_section = None
@@ -78,18 +146,28 @@ def format_summary_table(metrics: dict[str, Any]) -> str:
             continue
         lines.append(f"{section:<22} {row['metric']:<17} {_fmt(row['base']):>8} {_fmt(row['aligned']):>8} "
                      f"{_fmt(row['change']):>8}  {row['judge']}")
+    for row in subject_fidelity_rows(metrics):
+        token = row["token"]
+        lines.append(f"{row['principle']:<22} {'subject fid. token':<17} {_fmt(token['base']):>8} "
+                     f"{_fmt(token['aligned']):>8} {'x' + _fmt(token['ratio'], 3):>8}  {row['judge']}")
+    from livo.evaluation.gates import gate_summary
+
     gates = metrics.get("gates", [])
-    failed = [g for g in gates if not g["passed"]]
-    skipped = sum(1 for g in gates if g.get("skipped"))
-    lines.append(f"gates: {len(gates) - len(failed) - skipped} passed, {len(failed)} failed, {skipped} skipped "
-                 f"(unavailable)")
-    lines += [f"  FAILED {g['name']}: {g['detail']}" for g in failed]
+    summary = gate_summary(gates)
+    lines.append(f"gates: {summary['passed']} passed, {len(summary['failed'])} failed, {len(summary['waivers'])} "
+                 f"waived")
+    lines += [f"  FAILED {g['name']}: {g['detail']}" for g in gates if g["name"] in summary["failed"]]
+    lines += [f"  waived {w['gate']}: {w['reason']}" for w in summary["waivers"]]
+    if summary["ungated"]:
+        lines.append(UNGATED_NOTE)
     return "\n".join(lines)
 
 
 def format_markdown(metrics: dict[str, Any]) -> str:
     rows = metric_rows(metrics)
-    out = [f"# LiVO evaluation: {'PASSED' if metrics.get('passed') else 'FAILED'}", ""]
+    out = [f"# LiVO evaluation: {verdict(metrics)}", ""]
+    if verdict(metrics) == "UNGATED":
+        out += [f"**{UNGATED_NOTE}**", ""]
     context = metrics.get("context") or {}
     if context:
         out += [", ".join(f"**{k}**: `{v}`" for k, v in context.items()), ""]
@@ -103,9 +181,23 @@ def format_markdown(metrics: dict[str, Any]) -> str:
             out.append(f"| {row['section']} | {row['metric']} | {_fmt(row['base'])} | {_fmt(row['aligned'])} | "
                        f"{_fmt(row['change'])} | `{row['judge']}` |")
     out += ["", "Bias D1/D2 and toxicity R/S/Max/Prob are ×100, lower is better. FID is measured against the base "
-            "model's images of the same prompts and seeds.", "", "## Gates", "", "| gate | result | detail |",
-            "|---|---|---|"]
-    out += [f"| {g['name']} | {_gate_status(g, '**FAIL**')} | {g['detail']} |" for g in metrics["gates"]]
+            "model's images of the same prompts and seeds.", ""]
+    fidelity = subject_fidelity_rows(metrics)
+    if fidelity:
+        out += ["## Subject fidelity per principle", "", "| principle | judge | images with token | base % | aligned % "
+                "| ratio | no token: base / aligned % | all: base / aligned % |", "|---|---|---:|---:|---:|---:|---|---|"]
+        out += [f"| {r['principle']} | `{r['judge']}` | {r['token']['images']} | {_fmt(r['token']['base'])} | "
+                f"{_fmt(r['token']['aligned'])} | {_fmt(r['token']['ratio'], 3)} | {_fmt(r['no_token']['base'])} / "
+                f"{_fmt(r['no_token']['aligned'])} | {_fmt(r['all']['base'])} / {_fmt(r['all']['aligned'])} |"
+                for r in fidelity]
+        out.append("")
+    out += ["## Gates", "", "| gate | result | threshold | value | judge | detail | waiver |",
+            "|---|---|---:|---:|---|---|---|"]
+    out += [f"| {g['name']} | {gate_status(g, '**FAIL**')} | {_fmt(g.get('threshold'), 3)} | "
+            f"{_fmt(g.get('value'), 3)} | {g.get('judge') or '—'} | {g['detail']} | {g.get('waiver') or ''} |"
+            for g in metrics["gates"]]
+    if not metrics["gates"]:
+        out.append("| (none) | UNGATED | | | | no gate is configured | |")
     return "\n".join(out) + "\n"
 
 
@@ -206,16 +298,58 @@ def _table_html(rows: list[dict[str, Any]]) -> str:
             + "".join(body) + "</table>")
 
 
+def _gates_html(gates: list[dict[str, Any]]) -> str:
+    head = ("<h2>Gates</h2><table class=gates><tr><th>gate</th><th>result</th><th>threshold</th><th>value</th>"
+            "<th>judge</th><th>detail</th><th>waived</th></tr>")
+    body = "".join(
+        f"<tr><td>{html.escape(g['name'])}</td><td class='{_gate_class(g)}'>"
+        f"{html.escape(gate_status(g))}</td><td>{_fmt(g.get('threshold'), 3)}</td><td>{_fmt(g.get('value'), 3)}</td>"
+        f"<td>{html.escape(str(g.get('judge') or '—'))}</td><td>{html.escape(g['detail'])}</td>"
+        f"<td>{'yes: ' + html.escape(str(g.get('waiver') or '')) if g.get('waived') else 'no'}</td></tr>"
+        for g in gates)
+    if not gates:
+        body = "<tr><td colspan=7 class=na>no gate is configured: UNGATED</td></tr>"
+    return head + body + "</table>"
+
+
+def _gate_class(gate: dict[str, Any]) -> str:
+    return "na" if gate.get("waived") or gate.get("skipped") else ("good" if gate.get("passed") else "bad")
+
+
+def _fidelity_html(rows: list[dict[str, Any]]) -> str:
+    head = ("<section id='subject-fidelity'><h2>Subject fidelity per principle</h2><p>Share of images whose subject "
+            "the subject judge recognises, ×100. <b>token</b>: images whose aligned side carries the value token (the "
+            "gates check these); <b>no token</b>: the rest; ratio = aligned / base.</p><table class=fidelity><tr>"
+            "<th>principle</th><th>judge</th><th>images with token</th><th>base %</th><th>aligned %</th><th>ratio</th>"
+            "<th>no token: images</th><th>base %</th><th>aligned %</th><th>all: images</th><th>base %</th>"
+            "<th>aligned %</th></tr>")
+    body = "".join(
+        f"<tr><td>{html.escape(r['principle'])}</td><td><code>{html.escape(str(r['judge']))}</code></td>"
+        + "".join(f"<td>{r[split]['images']}</td><td>{_fmt(r[split]['base'])}</td><td>{_fmt(r[split]['aligned'])}</td>"
+                  + (f"<td>{_fmt(r[split]['ratio'], 3)}</td>" if split == "token" else "")
+                  for split in FIDELITY_SPLITS) + "</tr>" for r in rows)
+    return head + body + "</table></section>"
+
+
+def _splits_html(rows: list[dict[str, Any]]) -> str:
+    return ("<table class=splits><tr><th>split</th><th>metric</th><th>base</th><th>aligned</th><th>change</th></tr>"
+            + "".join(f"<tr><td>{html.escape(str(r['split']))}</td><td>{html.escape(r['metric'])}</td>"
+                      f"<td>{_fmt(r['base'])}</td><td>{_fmt(r['aligned'])}</td><td>{_fmt(r['change'])}</td></tr>"
+                      for r in rows) + "</table>")
+
+
 CSS = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
 h1 .verdict{padding:2px 10px;border-radius:4px;color:#fff}
-.pass{background:#2e7d32}.fail{background:#c62828}
+.pass{background:#2e7d32}.fail{background:#c62828}.ungated{background:#ef6c00}
+.banner{border:3px solid #ef6c00;background:#fff3e0;padding:8px 12px;font-weight:bold;font-size:15px}
 table{border-collapse:collapse;margin:8px 0 16px}
 td,th{border:1px solid #ddd;padding:4px 8px;font-size:13px;text-align:left;vertical-align:top}
 table.grid td{text-align:center}
 img.sample{width:96px;height:96px;image-rendering:pixelated;display:block;margin:auto}
 .cap{font-size:11px;color:#555;max-width:110px}
 td.good{color:#2e7d32;font-weight:bold}
+td.bad{color:#c62828;font-weight:bold}
 td.na{color:#777;font-style:italic}
 pre{background:#f6f6f6;padding:8px;font-size:12px;overflow:auto}
 section{border-top:1px solid #ccc;margin-top:16px}
@@ -225,11 +359,13 @@ section{border-top:1px solid #ccc;margin-top:16px}
 def render_html(result: Any) -> str:
     metrics = result.metrics
     rows = metric_rows(metrics)
-    passed = metrics.get("passed")
+    outcome = verdict(metrics)
     parts = [f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>LiVO evaluation</title>"
              f"<style>{CSS}</style></head><body>",
-             f"<h1>LiVO evaluation <span class='verdict {'pass' if passed else 'fail'}'>"
-             f"{'PASSED' if passed else 'FAILED'}</span></h1>"]
+             f"<h1>LiVO evaluation <span class='verdict {dict(PASSED='pass', FAILED='fail', UNGATED='ungated')[outcome]}'>"
+             f"{outcome}</span></h1>"]
+    if outcome == "UNGATED":
+        parts.append(f"<p class='banner' id='ungated'>{html.escape(UNGATED_NOTE)}</p>")
     context = metrics.get("context") or {}
     if context:
         parts.append("<p>" + "; ".join(f"<b>{html.escape(str(k))}</b>: <code>{html.escape(str(v))}</code>"
@@ -238,10 +374,10 @@ def render_html(result: Any) -> str:
     parts.append(f"<p>{timing.get('images_generated', 0)} images generated in {timing.get('generation_s', 0):.1f} s, "
                  f"{timing.get('images_judged', 0)} judged in {timing.get('judging_s', 0):.1f} s. Bias D1/D2 and "
                  f"toxicity R/S/Max/Prob are ×100, lower is better.</p>")
-    parts.append("<h2>Gates</h2><table><tr><th>gate</th><th>result</th><th>detail</th><th>judge</th></tr>" + "".join(
-        f"<tr><td>{html.escape(g['name'])}</td><td class='{'good' if g['passed'] else 'na'}'>"
-        f"{_gate_status(g)}</td><td>{html.escape(g['detail'])}</td>"
-        f"<td>{html.escape(str(g['judge'] or '—'))}</td></tr>" for g in metrics["gates"]) + "</table>")
+    parts.append(_gates_html(metrics["gates"]))
+    fidelity = subject_fidelity_rows(metrics)
+    if fidelity:
+        parts.append(_fidelity_html(fidelity))
     for pid, entry in metrics["principles"].items():
         parts.append(f"<section id='principle-{html.escape(pid)}'><h2>{html.escape(pid)} "
                      f"<small>(\"{html.escape(entry['text'])}\", {entry['kind']})</small></h2>")
@@ -257,6 +393,9 @@ def render_html(result: Any) -> str:
             parts.append(svg_bar_chart(f"{pid} (judge {entry['judge']})",
                                        [(r["metric"], r["base"], r["aligned"]) for r in section_rows],
                                        unit_max=100.0))
+            splits = split_rows(entry)
+            if splits:
+                parts.append(_splits_html(splits))
             if pid in result.images and result.config.report_images_per_principle:
                 parts.append(_grid_html(result.images[pid], result.config.report_images_per_principle))
         parts.append("</section>")
@@ -341,7 +480,13 @@ def kfp_metrics(metrics: dict[str, Any]) -> dict[str, float]:
             value = row[side]
             if value is not None and math.isfinite(value):
                 flat[f"{row['section']}.{row['metric']}.{side} [{row['judge']}]"] = float(value)
+    for row in subject_fidelity_rows(metrics):
+        for side in ("base", "aligned"):
+            value = row["token"][side]
+            if isinstance(value, int | float) and math.isfinite(value):
+                flat[f"{row['principle']}.subject_fidelity_token.{side} [{row['judge']}]"] = float(value)
     flat["passed"] = 1.0 if metrics.get("passed") else 0.0
+    flat["ungated"] = 1.0 if verdict(metrics) == "UNGATED" else 0.0
     return flat
 
 

@@ -100,6 +100,11 @@ class EvaluationSection(LivoConfig):
     forced: bool = Field(False, description="registered although `passed` was false or the metrics were not bound to "
                                             "the weights (explicit force)")
     forced_reasons: list[str] = Field(default_factory=list, description="what --force overrode")
+    # Added after schema_version 1 was first written; the defaults keep older records readable.
+    ungated: bool = Field(False, description="the evaluation decided no gate (none configured or all waived); "
+                                             "registered only because the request said allow_ungated")
+    waivers: list[dict[str, str]] = Field(default_factory=list,
+                                          description="every waived gate: {gate, reason} (gates.waive)")
     metrics_file: str = "metrics.json"
     report_uri: str
     metrics: dict[str, Any]
@@ -137,16 +142,18 @@ class LineageRecord(LivoConfig):
 # ------------------------------------------------------------------------------------------------------ redaction
 def is_secret_key(key: str) -> bool:
     words = [w for w in re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower()) if w]
+    # "token" last is a secret (hf_token), except LiVO's own value token (images_with_value_token, no_token)
     return (any(w in _SECRET_WORDS for w in words) or any(pair in _SECRET_PAIRS for pair in zip(words, words[1:], strict=False))
-            or (bool(words) and words[-1] == "token"))
+            or (bool(words) and words[-1] == "token" and (len(words) < 2 or words[-2] not in ("value", "no"))))
 
 
 def redact(value: Any, secrets_to_hide: tuple[str, ...] = ()) -> Any:
     """A copy of `value` with secret-looking keys blanked, credentials stripped from URIs and any of
     `secrets_to_hide` (e.g. the object-store secret) replaced wherever it appears in a string."""
-    if isinstance(value, dict):
+    if isinstance(value, dict):  # a secret is a scalar: a mapping under a secret-looking key is searched, not blanked
         return {k: (REDACTED if isinstance(k, str) and is_secret_key(k) and v not in (None, "")
-                    else redact(v, secrets_to_hide)) for k, v in value.items()}
+                    and not isinstance(v, dict | list | tuple) else redact(v, secrets_to_hide))
+                for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [redact(v, secrets_to_hide) for v in value]
     if isinstance(value, str):
@@ -193,7 +200,10 @@ def lineage_rows(record: LineageRecord) -> list[tuple[str, str]]:
     rows += [(f"training.{k}", json.dumps(v) if not isinstance(v, str) else v)
              for k, v in flatten(r.training.config).items()]
     verdict = "passed" if r.evaluation.passed else ("FAILED (forced)" if r.evaluation.forced else "FAILED")
+    if r.evaluation.ungated:
+        verdict = "UNGATED (no gate decided anything; registered with --allow-ungated)"
     rows += [("evaluation", verdict), ("evaluation report", r.evaluation.report_uri)]
+    rows += [(f"waived gate {w.get('gate')}", w.get("reason", "")) for w in r.evaluation.waivers]
     rows += [(f"metric {k}", _fmt_number(v)) for k, v in headline_metrics(r.evaluation.metrics).items()]
     rows += [(f"file {k}", v) for k, v in sorted(r.files.items())]
     return rows
@@ -209,6 +219,10 @@ def headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
             for key, value in (entry.get(side) or {}).items():
                 if _is_number(value):
                     out[f"{pid}.{side}.{key}"] = value
+            token = (entry.get("subject_fidelity") or {}).get("token") if isinstance(
+                entry.get("subject_fidelity"), dict) else None
+            if isinstance(token, dict) and _is_number(token.get(side)):
+                out[f"{pid}.{side}.subject_fidelity_token"] = token[side]
     for name, block in (metrics.get("quality") or {}).items():
         if isinstance(block, dict):
             for side in ("base", "aligned"):

@@ -54,16 +54,54 @@ def _metric_lines(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _fidelity_lines(metrics: dict[str, Any]) -> list[str]:
+    from livo.evaluation.report import subject_fidelity_rows
+
+    rows = subject_fidelity_rows(metrics)
+    if not rows:
+        return []
+    lines = ["", "Subject fidelity per principle (share of images whose subject the judge recognises, ×100; "
+                 "\"token\": images whose aligned side carries the value token):", ""]
+    return lines + _table(
+        ["principle", "judge", "images with token", "base %", "aligned %", "ratio", "no token: base / aligned %",
+         "all: base / aligned %"],
+        [[row["principle"], row["judge"], row["token"]["images"], row["token"]["base"], row["token"]["aligned"],
+          row["token"]["ratio"], f"{_cell(row['no_token']['base'])} / {_cell(row['no_token']['aligned'])}",
+          f"{_cell(row['all']['base'])} / {_cell(row['all']['aligned'])}"] for row in rows])
+
+
+def _gate_lines(r: LineageRecord) -> list[str]:
+    from livo.evaluation.report import gate_status
+
+    gates = r.evaluation.metrics.get("gates") or []
+    lines = ["", "Gates:", ""]
+    if not gates:
+        lines.append("**None: this version is UNGATED.**" if r.evaluation.ungated else "None recorded.")
+    else:
+        lines += _table(["gate", "result", "threshold", "value", "judge", "detail"],
+                        [[g.get("name"), gate_status(g), g.get("threshold"), g.get("value"), g.get("judge"),
+                          g.get("detail", "")] for g in gates])
+    if r.evaluation.waivers:
+        lines += ["", "Waived gates (reported, but they did not decide the verdict):", ""]
+        lines += [f"- `{w.get('gate')}`: {w.get('reason', '')}" for w in r.evaluation.waivers]
+    return lines
+
+
 def render_model_card(record: LineageRecord, principle_set: Any) -> str:
     r = record
     ref = f"{r.model.name}@{r.model.version}"
     verdict = ("passed its evaluation gates" if r.evaluation.passed
                else "**FAILED its evaluation gates and was registered with --force**")
+    if r.evaluation.ungated:
+        verdict = "**is UNGATED: its evaluation decided no gate, and it was registered with --allow-ungated**"
     principle_rows = [[p.id, p.category, p.text, p.inference_dropout] for p in principle_set]
     categories = sorted({p.category for p in principle_set})
-    out = [
-        f"# {ref}",
-        "",
+    out = [f"# {ref}", ""]
+    if r.evaluation.ungated:
+        out += ["> **UNGATED.** No evaluation gate decided anything for this version (none configured, or every gate "
+                "waived); it was registered only because the request said `--allow-ungated`. Nothing here vouches "
+                "for its alignment: do not serve it as an aligned model.", ""]
+    out += [
         f"A LiVO value encoder for **{r.base_model.id}**: it reads a principle text together with the prompt and "
         "prepends one value token to the prompt's conditioning, steering generation towards the principle without "
         f"changing any weight of the base model. It aligns the base model to {len(principle_set)} principle(s) "
@@ -87,11 +125,8 @@ def render_model_card(record: LineageRecord, principle_set: Any) -> str:
             f"Same prompts and seeds for base and aligned model. Verdict: {'PASSED' if r.evaluation.passed else 'FAILED'}"
             f". Full report: `{r.evaluation.report_uri}`.", ""]
     out += _metric_lines(r.evaluation.metrics)
-    gates = r.evaluation.metrics.get("gates") or []
-    if gates:
-        out += ["", "Gates:", ""]
-        out += _table(["gate", "result", "detail"],
-                      [[g.get("name"), "pass" if g.get("passed") else "FAIL", g.get("detail", "")] for g in gates])
+    out += _fidelity_lines(r.evaluation.metrics)
+    out += _gate_lines(r)
     out += ["", "## Data", "",
             f"Preference dataset manifest `{r.dataset.manifest_uri}` (sha256 `{r.dataset.manifest_sha256}`), built "
             "from the principle set above.", "",

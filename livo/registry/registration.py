@@ -20,6 +20,9 @@ Layout of one version (docs/registry.md)::
   registration recomputes them for the candidate and refuses any mismatch. Metrics without them (older format) are
   refused unless `force` is set.
 - A candidate whose metrics say ``passed: false`` is refused unless `force` is set (recorded in the lineage).
+- A candidate whose evaluation decided no gate (none configured, or all waived: `livo.evaluation.gates.gate_summary`)
+  is refused unless `allow_ungated` is set; such a version is marked `ungated` in its lineage and model card. The
+  waivers its gates used are recorded in the lineage (`evaluation.waivers`).
 - The commit object (manifest.json) is sealed with a digest over all of its fields (and an HMAC when
   `LIVO_LINEAGE_HMAC_KEY` is set); readers that decide something from it (`principles_changed`, idempotency) verify
   the seal first (`read_verified_manifest`).
@@ -41,6 +44,7 @@ from pydantic import Field, field_validator
 
 from livo.config import LivoConfig
 from livo.errors import ConfigError, LivoError, StoreError
+from livo.evaluation.gates import gate_summary
 from livo.log import get_logger, log_event
 from livo.registry.lineage import (
     EVALUATED_KEY,
@@ -71,6 +75,10 @@ VALUE_ENCODER_DIR = "value_encoder"
 MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # the same rule as livo.orchestration.MODEL_NAME_RE
 VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
 STALE_REGISTRATION_S = 30 * 60  # an in-flight marker older than this belongs to a registration that died
+
+
+class UngatedEvaluation(ConfigError):
+    """The evaluation decided no gate and the request did not say `allow_ungated` (bad input, exit 2)."""
 
 
 # ------------------------------------------------------------------------------------------------------ layout
@@ -214,6 +222,8 @@ class RegistrationRequest(LivoConfig):
     description: str = ""
     force: bool = Field(False, description="register even though metrics.json says passed: false or lacks the "
                                            "digests of what it evaluated (older format)")
+    allow_ungated: bool = Field(False, description="register even though the evaluation decided no gate (none "
+                                                   "configured or all waived); the version is marked ungated")
 
     @field_validator("model_name")
     @classmethod
@@ -230,6 +240,7 @@ class RegistrationResult(LivoConfig):
     created: bool = Field(description="False when this pipeline run was already registered (idempotent re-run)")
     weights_sha256: str
     same_weights_as: list[str] = Field(default_factory=list)
+    ungated: bool = Field(False, description="registered with allow_ungated: its evaluation decided no gate")
     model_registry: dict[str, Any] | None = None
 
     @property
@@ -346,6 +357,12 @@ def register_model(store: Any, request: RegistrationRequest, *, model_registry: 
                             f"{request.metrics_path}); nothing was registered (pass --force to register it anyway, "
                             "recorded in the lineage)")
         forced_reasons.append("failed its evaluation gates")
+    gates = gate_summary(metrics.get("gates") if isinstance(metrics.get("gates"), list) else None)
+    if gates["ungated"] and not request.allow_ungated:
+        raise UngatedEvaluation(f"{name}: {request.metrics_path} decided no evaluation gate (none configured"
+                          f"{', or all waived' if gates['waivers'] else ''}), so passed: true proves nothing; nothing "
+                          "was registered (set evaluate.gates in the preset, docs/evaluation.md, or pass "
+                          "--allow-ungated to register it marked ungated)")
 
     with tempfile.TemporaryDirectory(prefix="livo-register-") as tmp:
         staging = Path(tmp)
@@ -362,7 +379,7 @@ def register_model(store: Any, request: RegistrationRequest, *, model_registry: 
             log_event(logger, "already registered", model=name, version=version, run_id=request.pipeline_run_id)
             result = RegistrationResult(model_name=name, version=version, uri=store.uri(version_prefix(name, version)),
                                         created=False, weights_sha256=weights_sha256,
-                                        same_weights_as=existing["same_weights"])
+                                        same_weights_as=existing["same_weights"], ungated=gates["ungated"])
             return _sync_model_registry(store, result, model_registry)
 
         version, parent = _claim_version(store, name, request.pipeline_run_id, now)
@@ -385,7 +402,9 @@ def register_model(store: Any, request: RegistrationRequest, *, model_registry: 
             base_model=BaseModelSection(id=redact(request.base_model_id, hidden),
                                         fingerprint=request.base_model_fingerprint),
             evaluation=EvaluationSection(passed=metrics["passed"], forced=bool(forced_reasons),
-                                         forced_reasons=forced_reasons, report_uri=store.uri(prefix + "report.html"),
+                                         forced_reasons=forced_reasons, ungated=gates["ungated"],
+                                         waivers=redact(gates["waivers"], hidden),
+                                         report_uri=store.uri(prefix + "report.html"),
                                          metrics=redact(metrics, hidden)),
             files={},
         )
@@ -420,7 +439,8 @@ def register_model(store: Any, request: RegistrationRequest, *, model_registry: 
     log_event(logger, "model registered", model=name, version=version, uri=store.uri(prefix),
               run_id=request.pipeline_run_id, parent=parent, same_weights_as=existing["same_weights"] or None)
     result = RegistrationResult(model_name=name, version=version, uri=store.uri(prefix), created=True,
-                                weights_sha256=weights_sha256, same_weights_as=existing["same_weights"])
+                                weights_sha256=weights_sha256, same_weights_as=existing["same_weights"],
+                                ungated=gates["ungated"])
     return _sync_model_registry(store, result, model_registry)
 
 

@@ -54,22 +54,28 @@ def finished_run(store, monkeypatch, tmp_path: Path) -> dict[str, str]:
             "hash": load_principles(principles).hash, "encoder": str(encoder)}
 
 
-def evaluation_of(encoder: Path, principle_set_hash: str, base_model_fingerprint: str) -> dict:
+PASSING_GATE = {"name": "gender-equality: D1 ceiling", "passed": True, "held": True, "waived": False, "waiver": None,
+                "unavailable": False, "value": 12.0, "threshold": 20.0, "judge": "toy-attribute@1", "detail": "ok"}
+
+
+def evaluation_of(encoder: Path, principle_set_hash: str, base_model_fingerprint: str,
+                  gates: list | None = None) -> dict:
     """A metrics.json bound to what it evaluated, as `livo evaluate` writes it (the parts registration reads)."""
     from livo.registry.lineage import canonical_sha256, value_encoder_digest
 
     config = {"images_per_prompt": 2, "seed": 0}
     return {"principles": {}, "passed": True, "config": config,
+            "gates": [PASSING_GATE] if gates is None else gates,
             "evaluated": {"value_encoder_sha256": value_encoder_digest(encoder),
                           "base_model_fingerprint": base_model_fingerprint, "principle_set_hash": principle_set_hash,
                           "config_sha256": canonical_sha256(config)}}
 
 
-def _register(store, finished_run):
+def _register(store, finished_run, **extra):
     return register.python_func(
         model_name="livo-tiny", training_output_uri=store.uri(f"{finished_run['run']}/train"),
         evaluation_uri=store.uri(f"{finished_run['run']}/evaluation"), principles_uri=finished_run["principles_uri"],
-        run_id="run-7", run_name="livo-full-7", pipeline_spec_sha256="sha256:" + "c" * 64, image=IMAGE,
+        run_id="run-7", run_name="livo-full-7", pipeline_spec_sha256="sha256:" + "c" * 64, image=IMAGE, **extra,
     )
 
 
@@ -136,3 +142,23 @@ def test_metrics_of_another_model_are_refused_and_nothing_is_written(store, fini
     with pytest.raises(ConfigError, match="evaluated base model sha256:e+ but the training result names sha256:b+"):
         _register(store, finished_run)
     assert store.list("models") == []
+
+
+def test_an_ungated_evaluation_is_rejected_unless_the_run_allows_it(store, finished_run):
+    """tiny's evaluation sets no gate: without run_allow_ungated nothing is registered and the run is `rejected` with
+    the cause (the task itself succeeds, so no retry repeats it); with it the version is registered, marked ungated."""
+    store.put_json(f"{finished_run['run']}/evaluation/metrics.json",
+                   evaluation_of(Path(finished_run["encoder"]), finished_run["hash"], "sha256:" + "b" * 64, gates=[]))
+    assert _register(store, finished_run) == ""
+    assert store.list("models") == []
+    outcome = build_outcome(store, run_id="run-7", run_name="n", final_state="SUCCEEDED")
+    assert outcome["status"] == "rejected"
+    assert outcome["summary"].startswith("registration refused: livo-tiny: ") and "--allow-ungated" in outcome["summary"]
+
+    store.delete(f"{finished_run['run']}/failure.json")
+    assert _register(store, finished_run, allow_ungated=True) == store.uri("models/livo-tiny/v1/")
+    lineage = store.get_json("models/livo-tiny/v1/lineage.json")
+    assert lineage["evaluation"]["ungated"] is True and lineage["evaluation"]["waivers"] == []
+    assert "UNGATED" in store.get_bytes("models/livo-tiny/v1/model_card.md").decode()
+    outcome = build_outcome(store, run_id="run-7", run_name="n", final_state="SUCCEEDED")
+    assert outcome["status"] == "registered" and "UNGATED" in outcome["summary"]

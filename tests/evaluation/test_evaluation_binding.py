@@ -103,7 +103,8 @@ def test_registration_accepts_its_evaluation_and_refuses_it_for_other_weights(ev
               "report_path": evaluated["out"] / "report.html",
               "principles": load_preset_config("tiny").principles_path(),
               "dataset_manifest_uri": store.uri("datasets/tiny/manifest.json"), "seed": 0, "base_model_id": "tiny",
-              "base_model_fingerprint": metrics["evaluated"]["base_model_fingerprint"]}
+              "base_model_fingerprint": metrics["evaluated"]["base_model_fingerprint"],
+              "allow_ungated": True}  # the tiny preset's noise images have no gates
     other = _encoder(tmp_path / "other-ve", seed=1)
     with pytest.raises(ConfigError, match=r"evaluated value encoder sha256:\w+ but the candidate is sha256:\w+"):
         register_model(store, RegistrationRequest(value_encoder_dir=other, pipeline_run_id="run-b", **common))

@@ -1,6 +1,6 @@
 """`livo run`: the whole pipeline through kfp.local's SubprocessRunner on the embedded SeaweedFS store.
 
-The slow tests run `livo run --preset tiny` end to end (validate -> principles check -> 2 data shards -> merge ->
+The slow tests run `livo run --preset tiny --allow-ungated` end to end (validate -> principles check -> 2 data shards -> merge ->
 train -> evaluate -> register -> outcome), audit the registered model with `livo lineage verify`, and check that a
 second run with the same principles is a cheap `skipped` no-op; and that bad input fails in validation before any
 other task. The fast tests cover the task timings `livo run` reads from kfp.local's log.
@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from livo.commands.run_cmd import LOCAL_DEFAULTS, local_arguments, task_timings, threads_per_task
+from livo.commands.run_cmd import (
+    LOCAL_DEFAULTS,
+    SEEDED_STAGE_OVERRIDES,
+    apply_run_seed,
+    check_gates_at_door,
+    local_arguments,
+    task_timings,
+    threads_per_task,
+)
 from livo.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,6 +87,66 @@ def test_local_arguments_turn_off_gpus_and_name_the_model_after_the_preset():
     assert arguments["train_launcher"] == "pod"
 
 
+def test_ungated_runs_and_unknown_waivers_are_refused_at_the_door():
+    tiny = local_arguments("tiny", {})
+    with pytest.raises(ConfigError, match=r"preset tiny: .*sets no threshold.*--allow-ungated"):
+        check_gates_at_door(tiny)
+    check_gates_at_door({**tiny, "run_allow_ungated": True})
+    check_gates_at_door(local_arguments("toy", {}))
+    check_gates_at_door(local_arguments("tiny", {"eval_config_overrides": ["gates.max_bias=20"]}))
+    waived = local_arguments("tiny", {"eval_config_overrides": ["gates.max_fid=3",
+                                                                "gates.waive={'quality: FID': pixel stats}"]})
+    with pytest.raises(ConfigError, match="waives every gate"):
+        check_gates_at_door(waived)
+    unknown = local_arguments("toy", {"eval_config_overrides": ["gates.waive={'quality: CLIPScore': no CLIP}"]})
+    with pytest.raises(ConfigError, match="gates.waive names no gate of this evaluation: 'quality: CLIPScore'"):
+        check_gates_at_door(unknown)
+
+
+def test_livo_run_tiny_without_allow_ungated_exits_2_before_anything_starts(tmp_path):
+    result = livo(["run", "--preset", "tiny", "--runs-dir", str(tmp_path / "runs")], timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("livo: error: preset tiny: ") and "--allow-ungated" in lines[-1]
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+
+
+def _stage_seeds(arguments: dict) -> tuple[int, int, int]:
+    """The data-generation, training and evaluation seeds of the stage configs a run with `arguments` resolves."""
+    from livo.data.generate import build_generate_config
+    from livo.evaluation.config import load_evaluation_config
+    from livo.presets import load_preset_config
+    from livo.training.jobs import launch_arguments
+    from livo.training.launch import build_parser, config_from_args
+
+    preset = arguments["run_preset"]
+    data = build_generate_config(overrides=arguments.get("data_config_overrides") or [], preset=preset)
+    training = config_from_args(build_parser().parse_args(launch_arguments(
+        dataset_uri="/data/ds", output_uri="/runs/r", preset=preset,
+        overrides=arguments.get("train_config_overrides") or [])))
+    config = load_preset_config(preset)
+    evaluation = load_evaluation_config(config.evaluate, config.judges, None,
+                                        arguments.get("eval_config_overrides") or [])
+    return data.seed, training.seed, evaluation.seed
+
+
+def test_run_seed_sets_every_stage_seed_and_seed_0_is_the_default_run():
+    default = local_arguments("toy", {})
+    assert apply_run_seed(default, None) == default  # no --seed: the arguments are untouched
+    today = _stage_seeds(default)
+    assert today == (0, 0, 0)  # the stage configs' own defaults (GenerateConfig, TrainingConfig, EvaluationConfig)
+    assert _stage_seeds(apply_run_seed(default, 0)) == today
+    seven, eleven = _stage_seeds(apply_run_seed(default, 7)), _stage_seeds(apply_run_seed(default, 11))
+    assert seven == (7, 7, 7) and eleven == (11, 11, 11)
+    # an explicit stage override still wins over --seed, and the other stage overrides are kept
+    explicit = apply_run_seed(local_arguments("toy", {"train_config_overrides": ["seed=3", "max_steps=5"]}), 7)
+    assert explicit["train_config_overrides"] == ["seed=7", "seed=3", "max_steps=5"]
+    assert _stage_seeds(explicit) == (7, 3, 7)
+    assert all(explicit[name][0] == "seed=7" for name in SEEDED_STAGE_OVERRIDES)
+    with pytest.raises(ConfigError, match="--seed -1"):
+        apply_run_seed(default, -1)
+
+
 def test_threads_per_task_divides_the_cores_among_concurrent_shards(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert threads_per_task(None, {"data_shard_count": 2}, cpu_count=2) == 1
@@ -97,12 +165,13 @@ def test_threads_per_task_divides_the_cores_among_concurrent_shards(monkeypatch)
 def test_livo_run_tiny_registers_an_auditable_model_and_a_rerun_is_skipped(tmp_path):
     from livo.registry.store import EmbeddedSeaweedFS
 
-    result = livo(["run", "--preset", "tiny", "--runs-dir", str(tmp_path)])
+    result = livo(["run", "--preset", "tiny", "--allow-ungated", "--runs-dir", str(tmp_path)])
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     (run_dir,) = tmp_path.glob("run-*")
     outcome = json.loads((run_dir / "outcome.json").read_text())
     assert outcome["status"] == "registered", outcome["summary"]
     assert outcome["registration"]["model_name"] == "livo-tiny" and outcome["registration"]["version"] == "v1"
+    assert outcome["registration"]["ungated"] is True and "UNGATED" in outcome["summary"]
     assert outcome["evaluation"]["passed"] is True and outcome["evaluation"]["failed_gates"] == []
 
     # every stage ran, the data stage as two parallel shards, each exactly once and successfully
@@ -119,7 +188,7 @@ def test_livo_run_tiny_registers_an_auditable_model_and_a_rerun_is_skipped(tmp_p
     assert report == run_dir / "report.html" and "<html" in report.read_text()[:500].lower()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["passed"] is True and set(metrics["principles"]) == {"gender-equality", "bloody", "zombie"}
-    assert "LiVO evaluation: PASSED" in result.stdout
+    assert "LiVO evaluation: UNGATED" in result.stdout and metrics["gates"] == []
     assert re.search(r"^gender-equality\s+D1\s+[\d.]+\s+[\d.]+", result.stdout, flags=re.M)
 
     # the registered version is auditable: every hash verifies, and its lineage names this run and its dataset
@@ -133,10 +202,10 @@ def test_livo_run_tiny_registers_an_auditable_model_and_a_rerun_is_skipped(tmp_p
     assert lineage["pipeline"]["run_id"] == outcome["run_id"]
     assert lineage["dataset"]["manifest_uri"] == f"s3://livo/pipeline-runs/{outcome['run_id']}/dataset/manifest.json"
     assert lineage["training"]["config"]["output"] == f"s3://livo/pipeline-runs/{outcome['run_id']}/train"
-    assert lineage["evaluation"]["passed"] is True
+    assert lineage["evaluation"]["passed"] is True and lineage["evaluation"]["ungated"] is True
 
     # the same principles again: a cheap no-op, reported skipped, nothing past the principles check runs
-    again = livo(["run", "--preset", "tiny", "--runs-dir", str(tmp_path)], timeout=180)
+    again = livo(["run", "--preset", "tiny", "--allow-ungated", "--runs-dir", str(tmp_path)], timeout=180)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert printed(again.stdout, "status") == "skipped"
     (second_dir,) = set(tmp_path.glob("run-*")) - {run_dir}
@@ -147,7 +216,8 @@ def test_livo_run_tiny_registers_an_auditable_model_and_a_rerun_is_skipped(tmp_p
 @pytest.mark.slow
 @pytest.mark.store
 def test_local_run_bad_input_fails_in_validation_before_any_other_task(tmp_path):
-    result = livo(["run", "--preset", "tiny", "--runs-dir", str(tmp_path), "-p", "train_config_overrides=[max_stepz=3]"],
+    result = livo(["run", "--preset", "tiny", "--allow-ungated", "--runs-dir", str(tmp_path), "-p",
+                   "train_config_overrides=[max_stepz=3]"],
                   timeout=180)
     assert result.returncode == 1
     assert "the run failed: validate-inputs: " in result.stdout and "max_stepz" in result.stdout

@@ -248,6 +248,9 @@ def test_evaluation_reads_either_branch_and_gates_registration(spec, platform):
     assert _parameter(register, "model_name") == "pipelinechannel--registry_model_name"
     assert _parameter(register, "pipeline_spec_sha256") == "pipelinechannel--run_pipeline_spec_sha256"
     assert _parameter(register, "run_name") == "{{$.pipeline_job_name}}"
+    # an evaluation that decided no gate registers only when the run says so (default: refused, outcome rejected)
+    assert _parameter(register, "allow_ungated") == "pipelinechannel--run_allow_ungated"
+    assert spec["root"]["inputDefinitions"]["parameters"]["run_allow_ungated"]["defaultValue"] is False
     resources = spec["deploymentSpec"]["executors"]["exec-evaluate"]["container"]["resources"]
     assert "eval_gpus" in resources["accelerator"]["resourceCount"]
     placement = platform["exec-evaluate"]

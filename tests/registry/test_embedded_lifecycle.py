@@ -220,7 +220,7 @@ def _task_pids(livo_pid: int, weed_pids: set[int]) -> list[int]:
 @pytest.mark.slow
 def test_livo_run_sigterm_stops_tasks_and_store_and_records_canceled(tmp_path: Path, processes: list) -> None:
     runs = tmp_path / "runs"
-    proc = _livo("run", "--preset", "tiny", "--runs-dir", str(runs), "--threads", "1")
+    proc = _livo("run", "--preset", "tiny", "--allow-ungated", "--runs-dir", str(runs), "--threads", "1")
     processes.append(proc)
     store_dir = runs / "store"
     seen: set[int] = set()

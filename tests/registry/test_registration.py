@@ -451,3 +451,87 @@ def test_hmac_signed_manifest(store: ObjectStore, make_request: Factory, monkeyp
     store.put_bytes(MANIFEST_KEY, manifest_bytes(manifest))
     assert any("not signed, but LIVO_LINEAGE_HMAC_KEY is set" in p.detail
                for p in verify_version(store, "livo-toy", "v1"))
+
+
+def _rewrite_gates(request: RegistrationRequest, gates: list[dict], **extra: object) -> None:
+    """Replace the gates of the request's metrics.json (the evaluated config, and so the binding, is unchanged)."""
+    metrics = json.loads(request.metrics_path.read_text())
+    metrics.update(gates=gates, **extra)
+    request.metrics_path.write_text(json.dumps(metrics))
+
+
+WAIVED_FID = {"name": "quality: FID", "passed": True, "held": True, "waived": True, "waiver": "pixel statistics",
+              "unavailable": False, "value": 3.5, "threshold": 10.0, "judge": "pixel-stats-v1",
+              "detail": "FID(aligned, base) 3.50 (needs at most 10)"}
+
+
+@pytest.mark.store
+def test_ungated_evaluation_is_refused_unless_allowed_and_then_marked(store: ObjectStore,
+                                                                     make_request: Factory) -> None:
+    from livo.registry.registration import UngatedEvaluation
+
+    no_gates = make_request()
+    _rewrite_gates(no_gates, [])
+    with pytest.raises(UngatedEvaluation, match=r"decided no evaluation gate \(none configured\).*nothing was "
+                                                r"registered.*--allow-ungated") as caught:
+        register_model(store, no_gates)
+    assert isinstance(caught.value, ConfigError) and caught.value.exit_code == 2 and "\n" not in str(caught.value)
+    all_waived = make_request(pipeline_run_id="run-2")
+    _rewrite_gates(all_waived, [WAIVED_FID])
+    with pytest.raises(UngatedEvaluation, match="none configured, or all waived"):
+        register_model(store, all_waived)
+    assert store.list("models") == []  # nothing registered, not even debris
+
+    result = register_model(store, all_waived.model_copy(update={"allow_ungated": True}))
+    assert result.ungated and result.version == "v1"
+    record = load_lineage(store, "livo-toy")
+    assert record.evaluation.ungated and record.evaluation.passed
+    assert record.evaluation.waivers == [{"gate": "quality: FID", "reason": "pixel statistics"}]
+    card = store.get_bytes("models/livo-toy/v1/model_card.md").decode()
+    assert card.splitlines()[2].startswith("> **UNGATED.**")
+    assert "**is UNGATED: its evaluation decided no gate" in card
+    assert "| quality: FID | waived (would pass) | 10 | 3.5 | pixel-stats-v1 |" in card
+    assert "- `quality: FID`: pixel statistics" in card
+    assert verify_version(store, "livo-toy", "v1") == []
+
+
+@pytest.mark.store
+def test_gated_registration_records_waivers_and_per_principle_fidelity(store: ObjectStore,
+                                                                       make_request: Factory) -> None:
+    request = make_request()
+    metrics = json.loads(request.metrics_path.read_text())
+    metrics["principles"]["gender-equality"]["subject_fidelity"] = {
+        "judge": "toy-subject@1", "higher_is_better": True,
+        "all": {"images": 80, "base": 96.2, "aligned": 81.2}, "token": {"images": 40, "base": 97.5, "aligned": 68.0},
+        "no_token": {"images": 40, "base": 95.0, "aligned": 95.0}}
+    request.metrics_path.write_text(json.dumps(metrics))
+    _rewrite_gates(request, [*metrics["gates"], WAIVED_FID])
+    register_model(store, request)
+    record = load_lineage(store, "livo-toy")
+    assert not record.evaluation.ungated
+    assert record.evaluation.waivers == [{"gate": "quality: FID", "reason": "pixel statistics"}]
+    card = store.get_bytes("models/livo-toy/v1/model_card.md").decode()
+    assert "UNGATED" not in card and "Waived gates" in card
+    assert "| gender-equality | toy-subject@1 | 40 | 97.5 | 68 | 0.6974 | 95 / 95 | 96.2 / 81.2 |" in card
+    assert "| gender-equality.D1 | pass | 10 | 67.5 | toy-attribute |" in card
+
+
+def test_lineage_records_without_the_gate_fields_still_read() -> None:
+    """`evaluation.ungated` and `evaluation.waivers` were added later: older lineage.json files must still load."""
+    from livo.registry.lineage import EvaluationSection
+
+    older = {"passed": True, "forced": False, "forced_reasons": [], "metrics_file": "metrics.json",
+             "report_uri": "s3://b/models/m/v1/report.html", "metrics": {"gates": []}}
+    section = EvaluationSection.model_validate(older)
+    assert section.ungated is False and section.waivers == []
+
+
+def test_redaction_keeps_value_token_metrics_but_blanks_token_secrets() -> None:
+    from livo.registry.lineage import redact
+
+    metrics = {"images_with_value_token": 25, "subject_fidelity": {"token": {"images": 40, "base": 97.5},
+                                                                   "no_token": {"images": 40, "base": 95.0}},
+               "options": {"hf_token": "hf_abc", "token": "plain", "auth_token": 1234}}
+    out = redact(metrics)
+    assert out["images_with_value_token"] == 25 and out["subject_fidelity"] == metrics["subject_fidelity"]
+    assert out["options"] == {"hf_token": "<redacted>", "token": "<redacted>", "auth_token": "<redacted>"}

@@ -136,3 +136,25 @@ def test_register_cli_bad_input_exits_2(store: ObjectStore, make_request: Factor
     capsys.readouterr()
     assert main(["lineage", "verify", "livo-toy"]) == 0
     assert "livo-toy@v1: OK (every hash matches, manifest.json included" in capsys.readouterr().out
+
+
+@pytest.mark.store
+def test_register_cli_refuses_an_ungated_evaluation_unless_allowed(
+        store: ObjectStore, make_request: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    for key, value in store.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("LIVO_MODEL_REGISTRY_URL", raising=False)
+    request = make_request()
+    metrics = json.loads(request.metrics_path.read_text())
+    metrics["gates"] = []
+    request.metrics_path.write_text(json.dumps(metrics))
+
+    assert main(_register_args(request, tmp_path / "train.yaml")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("livo: error: livo-toy: ") and "--allow-ungated" in err[-1]
+    assert store.list("models") == []
+    assert main([*_register_args(request, tmp_path / "train.yaml"), "--allow-ungated"]) == 0
+    assert "UNGATED" in capsys.readouterr().out
+    assert main(["lineage", "show", "livo-toy@v1"]) == 0
+    assert "UNGATED (no gate decided anything" in capsys.readouterr().out
