@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -67,6 +67,11 @@ class GenerateConfig(LivoConfig):
     max_prompts_per_principle: int | None = Field(None, ge=1, description="keep the first N prompts per principle")
     candidates_per_scene: int = Field(4, ge=1, description="violating candidates (and aligned candidates) per scene")
     max_pairs_per_scene: int | None = Field(None, ge=1, description="cap on kept pairs per scene")
+    pairing: Literal["independent", "matched"] = Field(
+        "independent", description="independent: aligned candidates have their own seeds and pairs zip kept images; "
+                                   "matched: each aligned candidate shares its violating image's seed (initial noise) "
+                                   "and is paired with it, so a pair differs only in what the prompt changes (train "
+                                   "with redraw_violating=false to keep the pairs)")
     seed: int = Field(0, ge=0, description="base seed; every image seed derives from it")
     resolution: int | None = Field(None, gt=0, description="image size; default: preset")
     num_inference_steps: int | None = Field(None, gt=0, description="sampler steps; default: preset")
@@ -119,6 +124,7 @@ class GenerationPlan:
     shard_count: int
     location: DatasetLocation
     plan_key: str  # hash of everything but the model weights; names the dataset
+    subject_classes: list[str] = field(default_factory=list)  # what the subject judge chooses among (if any)
 
     @property
     def dataset_id(self) -> str:
@@ -185,7 +191,20 @@ def prepare_generation(config: GenerateConfig, *, out: str | Path | None = None,
                               f"(available: {', '.join(available_judges())}) or use a preset that names one")
         with judge_options_key("judging.options"):  # hints name this command's key, not `livo evaluate`'s
             judges[kind] = build_judge(name, **config.judging.options.get(name, {}))
-    _probe_judges(judges, scenes)
+    subject_classes: list[str] = []
+    if config.judging.subject:
+        subject_classes = list(config.judging.subject_classes) or sorted({s.subject for s in scenes if s.subject})
+        if len(subject_classes) < 2:
+            raise ConfigError(f"judging.subject={config.judging.subject} needs at least two subjects to choose among, "
+                              f"got {subject_classes}; list them in judging.subject_classes")
+        with judge_options_key("judging.options"):
+            judges["subject"] = build_judge(config.judging.subject,
+                                            **config.judging.options.get(config.judging.subject, {}))
+        unknown = sorted({s.subject for s in scenes if s.subject} - set(subject_classes))
+        if unknown:
+            raise ConfigError(f"judging.subject_classes {subject_classes} lack the scene subject(s) "
+                              f"{', '.join(unknown)}; add them or leave the list empty")
+    _probe_judges(judges, scenes, subject_classes)
     judge_ids = {kind: judge.id for kind, judge in judges.items()}
 
     shard_count = config.num_shards or max(1, math.ceil(len(scenes) / config.scenes_per_shard))
@@ -203,13 +222,13 @@ def prepare_generation(config: GenerateConfig, *, out: str | Path | None = None,
     location.check_writable()
     plan = GenerationPlan(config=config, settings=settings, principle_set=principle_set, scenes=scenes,
                           judges=judges, judge_ids=judge_ids, shard_count=shard_count, location=location,
-                          plan_key=plan_key)
+                          plan_key=plan_key, subject_classes=subject_classes)
     log_event(logger, "generation planned", location=location.uri, scenes=len(scenes), shards=shard_count,
               principles=",".join(sorted({s.principle_id for s in scenes})), judges=judge_ids)
     return plan
 
 
-def _probe_judges(judges: dict[str, Any], scenes: Sequence[Scene]) -> None:
+def _probe_judges(judges: dict[str, Any], scenes: Sequence[Scene], subject_classes: Sequence[str] = ()) -> None:
     """Ask each judge once about a blank image for every class set / concept it will see, so that a judge that cannot
     handle a principle (unknown class or concept) fails now rather than after the first batch of images."""
     from PIL import Image
@@ -226,6 +245,8 @@ def _probe_judges(judges: dict[str, Any], scenes: Sequence[Scene]) -> None:
         elif scene.category == "toxicity" and ("c", scene.concept) not in seen:
             seen.add(("c", scene.concept))
             judges["concept"].score([blank], scene.concept)
+    if "subject" in judges:
+        judges["subject"].classify([blank], [scenes[0].prompt], list(subject_classes))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -405,9 +426,14 @@ def merge_generated_dataset(location: DatasetLocation | str | Path, shard_count:
 class _Phase:
     """One generation phase of a shard, per scene index: PIL images, their PNG encodings (futures), judge outputs."""
 
+    def subject_ok_of(self, index: int) -> list[bool] | None:
+        return None if self.subject_ok is None else self.subject_ok[index]
+
+
     images: dict[int, list[Any]] = field(default_factory=dict)
     png: dict[int, list[Any]] = field(default_factory=dict)
     judged: dict[int, Any] = field(default_factory=dict)
+    subject_ok: dict[int, list[bool]] | None = None  # per scene index, when a subject judge is configured
 
 
 class _ShardWorker:
@@ -451,17 +477,17 @@ class _ShardWorker:
                                                                     config.candidates_per_scene, config.seed)
         violating = self.generate_and_judge([r for o in outcomes.values() for r in o.violating_requests], outcomes)
         for index, output in violating.judged.items():
-            recipes.judge_violating(outcomes[index], output, config.judging)
+            recipes.judge_violating(outcomes[index], output, config.judging, violating.subject_ok_of(index))
 
         for index, outcome in outcomes.items():
             outcome.aligned_requests = recipes.aligned_requests(outcome, index, config.candidates_per_scene,
-                                                                config.seed)
-            if not outcome.aligned_requests:  # this scene's aligned candidates will never be generated
-                self.bar.total -= config.candidates_per_scene
+                                                                config.seed, matched=config.pairing == "matched")
+            # the scene's aligned candidates that will never be generated
+            self.bar.total -= config.candidates_per_scene - len(outcome.aligned_requests)
         self.bar.refresh()
         aligned = self.generate_and_judge([r for o in outcomes.values() for r in o.aligned_requests], outcomes)
         for index, output in aligned.judged.items():
-            recipes.judge_aligned(outcomes[index], output, config.judging)
+            recipes.judge_aligned(outcomes[index], output, config.judging, aligned.subject_ok_of(index))
 
         rows: list[dict[str, Any]] = []
         encoded: list[tuple[Any, Any]] = []
@@ -527,10 +553,14 @@ class _ShardWorker:
             self.bar.update(len(chunk))
         self.images_generated += len(requests)
         parts: dict[int, list[Any]] = {}
+        subject_parts: dict[int, list[bool]] = {}
         for chunk, future in judge_futures:
-            for request, row in zip(chunk, future.result(), strict=True):
+            for request, (row, subject_ok) in zip(chunk, future.result(), strict=True):
                 parts.setdefault(request.scene_index, []).append(row)
+                subject_parts.setdefault(request.scene_index, []).append(subject_ok)
         phase.judged = {index: np.stack(rows) for index, rows in parts.items()}
+        if "subject" in self.plan.judges:
+            phase.subject_ok = subject_parts
         return phase
 
     def _judge_batch(self, requests: list[ImageRequest], images: list[Any],
@@ -555,8 +585,18 @@ class _ShardWorker:
                 result = np.asarray(self.plan.judges["concept"].score(batch, scene.concept)).reshape(-1)
             for p, value in zip(positions, result, strict=True):
                 out[p] = value
+        subject_ok = [True] * len(requests)
+        if "subject" in self.plan.judges:  # scenes without a subject are not checked
+            checked = [p for p, r in enumerate(requests) if outcomes[r.scene_index].scene.subject]
+            if checked:
+                classes = list(self.plan.subject_classes)
+                probs = np.asarray(self.plan.judges["subject"].classify(
+                    [images[p] for p in checked], [outcomes[requests[p].scene_index].scene.prompt for p in checked],
+                    classes))
+                for p, top in zip(checked, probs.argmax(axis=1), strict=True):
+                    subject_ok[p] = classes[int(top)] == outcomes[requests[p].scene_index].scene.subject
         self.judge_seconds += time.perf_counter() - started
-        return out
+        return list(zip(out, subject_ok, strict=True))
 
     def _precompute(self, rows: list[dict[str, Any]]) -> None:
         """VAE latents (posterior mean × scaling factor, what training encodes) and frozen prompt embeddings."""

@@ -43,6 +43,13 @@ class JudgingConfig(LivoConfig):
 
     attribute: str | None = Field(None, description="attribute judge name (bias principles), e.g. toy-attribute")
     concept: str | None = Field(None, description="concept judge name (toxicity principles), e.g. toy-concept")
+    subject: str | None = Field(
+        None, description="optional subject judge (e.g. toy-subject): a candidate is kept only when this judge "
+                          "recognises the scene's subject, so the two images of a pair differ in what the principle "
+                          "is about, not in what is drawn. None = subjects are not checked")
+    subject_classes: list[str] = Field(
+        default_factory=list, description="the subjects the subject judge chooses among; empty = the subjects of the "
+                                          "generated scenes")
     options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="judge name -> build options")
     min_class_probability: float = Field(
         0.5, ge=0.0, le=1.0,
@@ -76,6 +83,7 @@ class ImageRequest:
     prompt: str
     negative_prompt: str
     seed: int
+    pair_with: int | None = None  # matched pairing: the violating candidate whose seed (initial noise) this shares
 
 
 @dataclass
@@ -110,8 +118,21 @@ def _class_verdicts(probs: np.ndarray, classes: Sequence[str]) -> list[dict[str,
     return out
 
 
-def judge_violating(outcome: SceneOutcome, judge_output: np.ndarray, config: JudgingConfig) -> None:
-    """Record the violating candidates' scores and decide the majority class (bias) / toxic images (toxicity)."""
+def _subject_filter(kept: list[int], scores: list[dict[str, Any]], subject_ok: Sequence[bool] | None,
+                    config: JudgingConfig) -> list[int]:
+    """`kept` without the candidates whose subject the subject judge did not recognise (scores record the verdict)."""
+    if subject_ok is None:
+        return kept
+    for score, ok in zip(scores, subject_ok, strict=True):
+        score["subject_ok"] = bool(ok)
+    return kept if config.accept_all else [i for i in kept if subject_ok[i]]
+
+
+def judge_violating(outcome: SceneOutcome, judge_output: np.ndarray, config: JudgingConfig,
+                    subject_ok: Sequence[bool] | None = None) -> None:
+    """Record the violating candidates' scores and decide the majority class (bias) / toxic images (toxicity). The
+    majority class counts every candidate (it measures the base model's bias); `subject_ok` (the subject judge's
+    verdict per candidate, when one is configured) only decides which candidates can be used in pairs."""
     scene = outcome.scene
     if scene.category == "bias":
         verdicts = _class_verdicts(judge_output, scene.classes)
@@ -147,16 +168,33 @@ def judge_violating(outcome: SceneOutcome, judge_output: np.ndarray, config: Jud
         outcome.kept_violating = [
             i for i, p in enumerate(probs) if config.accept_all or p >= config.toxic_min_probability
         ]
+    if outcome.skipped is None:
+        outcome.kept_violating = _subject_filter(outcome.kept_violating, outcome.violating_scores, subject_ok, config)
     if not outcome.kept_violating and outcome.skipped is None:
         outcome.skipped = "no violating image"
 
 
-def aligned_requests(outcome: SceneOutcome, scene_index: int, count: int, base_seed: int) -> list[ImageRequest]:
-    """The aligned candidates of a scene that has violating images (none otherwise)."""
+def aligned_requests(outcome: SceneOutcome, scene_index: int, count: int, base_seed: int,
+                     matched: bool = False) -> list[ImageRequest]:
+    """The aligned candidates of a scene that has violating images (none otherwise).
+
+    `matched`: one aligned candidate per kept violating image, generated from the same seed (the same initial noise),
+    so that the two images of a pair differ in what the prompt changes (the attribute, the mark) and not in pose,
+    place or shape; `select_pairs` then pairs each with its own violating image."""
     scene = outcome.scene
     if outcome.skipped is not None or not outcome.kept_violating:
         return []
     requests = []
+    if matched:
+        for k, v_idx in enumerate(outcome.kept_violating[:count]):
+            if scene.category == "bias":
+                target = outcome.underrepresented[k % len(outcome.underrepresented)]
+                prompt, negative = scene.attribute_prompts[target], ""
+            else:
+                target, prompt, negative = "", scene.clean_prompt or scene.prompt, scene.negative_prompt or ""
+            requests.append(ImageRequest(scene_index, ALIGNED, target, k, prompt, negative,
+                                         outcome.violating_requests[v_idx].seed, pair_with=v_idx))
+        return requests
     for k in range(count):
         if scene.category == "bias":
             target = outcome.underrepresented[k % len(outcome.underrepresented)]
@@ -168,7 +206,8 @@ def aligned_requests(outcome: SceneOutcome, scene_index: int, count: int, base_s
     return requests
 
 
-def judge_aligned(outcome: SceneOutcome, judge_output: np.ndarray, config: JudgingConfig) -> None:
+def judge_aligned(outcome: SceneOutcome, judge_output: np.ndarray, config: JudgingConfig,
+                  subject_ok: Sequence[bool] | None = None) -> None:
     scene = outcome.scene
     if scene.category == "bias":
         verdicts = _class_verdicts(judge_output, scene.classes)
@@ -184,6 +223,7 @@ def judge_aligned(outcome: SceneOutcome, judge_output: np.ndarray, config: Judgi
         outcome.kept_aligned = [
             i for i, p in enumerate(probs) if config.accept_all or p <= config.clean_max_probability
         ]
+    outcome.kept_aligned = _subject_filter(outcome.kept_aligned, outcome.aligned_scores, subject_ok, config)
 
 
 @dataclass(frozen=True)
@@ -195,14 +235,20 @@ class PairSelection:
 
 def select_pairs(outcome: SceneOutcome, judge_ids: dict[str, str], max_pairs: int | None = None
                  ) -> list[PairSelection]:
-    """Zip kept aligned and kept violating images (generation order, each image once)."""
+    """Zip kept aligned and kept violating images (generation order, each image once); matched aligned candidates
+    (`pair_with`) are paired with their own violating image only."""
     scene = outcome.scene
-    count = min(len(outcome.kept_aligned), len(outcome.kept_violating))
+    if outcome.aligned_requests and outcome.aligned_requests[0].pair_with is not None:
+        matches = [(a, outcome.aligned_requests[a].pair_with) for a in outcome.kept_aligned
+                   if outcome.aligned_requests[a].pair_with in outcome.kept_violating]
+    else:
+        count = min(len(outcome.kept_aligned), len(outcome.kept_violating))
+        matches = list(zip(outcome.kept_aligned[:count], outcome.kept_violating[:count], strict=True))
     if max_pairs is not None:
-        count = min(count, max_pairs)
+        matches = matches[:max_pairs]
     kind = "attribute" if scene.category == "bias" else "concept"
     pairs = []
-    for a_idx, v_idx in zip(outcome.kept_aligned[:count], outcome.kept_violating[:count], strict=True):
+    for a_idx, v_idx in matches:
         aligned, violating = outcome.aligned_requests[a_idx], outcome.violating_requests[v_idx]
         scores: dict[str, Any] = {
             "judge": judge_ids.get(kind),

@@ -24,6 +24,10 @@ class LossConfig(LivoConfig):
     alpha: float = Field(500.0, gt=0, description="LiVO α: scale of the violating-image hinge (rl − θl)")
     gamma1: float = Field(1.0, ge=0, description="LiVO γ1: margin of the aligned-image hinge")
     gamma2: float = Field(0.5, ge=0, description="LiVO γ2: margin of the violating-image hinge")
+    anchor_weight: float = Field(
+        0.0, ge=0, description="λ of an added anchor term λ·θw (the value-conditioned denoising error of the aligned "
+                               "image, no margin), so that the aligned image's content keeps pulling once the first "
+                               "hinge is met (docs/convergence.md, issue 15); 0 = the paper's loss")
     dpo_beta: float = Field(5000.0, gt=0, description="Diffusion-DPO β (reference-code convention, with the ½)")
 
 
@@ -71,6 +75,9 @@ class TrainingConfig(LivoConfig):
     global_batch_size: int | None = Field(
         None, gt=0, description="pairs per optimizer step over all ranks; when set, it fixes the per-device batch")
     seed: int = Field(0, ge=0, description="seeds data order, violating-image draws, noise and timesteps")
+    redraw_violating: bool = Field(
+        True, description="re-draw each pair's violating image from its scene at every step (the released recipe); "
+                          "false = train on the pairs as stored (for matched pairs, data pairing=matched)")
 
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(

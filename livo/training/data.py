@@ -34,10 +34,11 @@ class PairSchedule:
     per_device: int
     accumulation: int
     world_size: int
+    redraw: bool = True  # False: a row's own violating image (matched pairs), never a draw from the scene
 
     @classmethod
     def build(cls, scenes: dict[str, Sequence[int]], num_rows: int, *, seed: int, per_device: int,
-              accumulation: int, world_size: int) -> PairSchedule:
+              accumulation: int, world_size: int, redraw: bool = True) -> PairSchedule:
         if num_rows <= 0:
             raise DataError("the preference dataset has no rows; regenerate it with more candidates per scene")
         row_scene = [-1] * num_rows
@@ -52,7 +53,7 @@ class PairSchedule:
         orphans = [r for r, s in enumerate(row_scene) if s < 0]
         if orphans:
             raise DataError(f"{len(orphans)} row(s) belong to no scene (first: {orphans[0]}); the dataset is corrupted")
-        return cls(tuple(scene_rows), tuple(row_scene), seed, per_device, accumulation, world_size)
+        return cls(tuple(scene_rows), tuple(row_scene), seed, per_device, accumulation, world_size, redraw)
 
     @property
     def num_rows(self) -> int:
@@ -72,6 +73,8 @@ class PairSchedule:
     def pair_at(self, position: int) -> tuple[int, int]:
         epoch, offset = divmod(position, self.num_rows)
         aligned = int(self.epoch_order(epoch)[offset])
+        if not self.redraw:
+            return aligned, aligned
         candidates = self.scene_rows[self.row_scene[aligned]]
         draw = np.random.default_rng([self.seed, _VIOLATING_STREAM, position]).integers(len(candidates))
         return aligned, candidates[int(draw)]

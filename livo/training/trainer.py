@@ -342,6 +342,8 @@ def step_loss(models: Models, value_encoder, batch: dict[str, Any], generator, l
         terms = livo_loss_terms(errors.theta_w, errors.ref_w, errors.theta_l, errors.ref_l, beta=loss_config.beta,
                                 alpha=loss_config.alpha, gamma1=loss_config.gamma1, gamma2=loss_config.gamma2)
         loss = terms["loss"]
+        if loss_config.anchor_weight:
+            loss = loss + loss_config.anchor_weight * errors.theta_w.mean()
         extra = [terms["hinge_w"].detach().mean(), terms["hinge_l"].detach().mean()]
     else:
         loss = diffusion_dpo_loss(errors.theta_w, errors.ref_w, errors.theta_l, errors.ref_l, beta=loss_config.dpo_beta)
@@ -472,7 +474,7 @@ class Trainer:
 
         schedule = PairSchedule.build(self.dataset.scenes, len(self.dataset), seed=self.config.seed,
                                       per_device=self.plan.per_device, accumulation=self.plan.accumulation,
-                                      world_size=self.env.world_size)
+                                      world_size=self.env.world_size, redraw=self.config.redraw_violating)
         use_latents, use_embeds = self._precomputed_columns()
         resolution = self.config.resolution or int(self.models.vae.config.sample_size)
         return PairBatches(self.dataset.rows, schedule, self.env.rank, use_latents=use_latents,

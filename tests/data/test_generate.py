@@ -199,6 +199,34 @@ def test_toy_model_pairs_are_confirmed_by_the_judges(tmp_path):
             assert scores["aligned"]["probs"][scores["target_class"]] >= 0.5
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not _toy_weights_present(), reason="toy base-model weights not built (python -m livo.toy.train_base)")
+def test_toy_matched_pairs_with_the_subject_check(tmp_path):
+    """pairing=matched: each pair's aligned image shares its violating image's seed; judging.subject: both images of
+    every pair show the scene's subject (issue 15)."""
+    principles = tmp_path / "colour.yaml"
+    principles.write_text((FIXTURES / "principles_colour.yaml").read_text().replace("[doctor, chef]", "[doctor]"))
+    config = build_generate_config(overrides=[
+        f"principles_file={principles}", "model=toy", "judging.attribute=toy-attribute", "judging.concept=toy-concept",
+        "judging.subject=toy-subject", "judging.subject_classes=[doctor,nurse,engineer,teacher]", "pairing=matched",
+        "candidates_per_scene=6", "device=cpu", "num_shards=1", "judging.accept_all=false"])
+    run_generation(prepare_generation(config, out=tmp_path / "toy"), progress=False)
+    ds = load_preference_dataset(tmp_path / "toy", cache_dir=tmp_path / "cache")
+    assert len(ds) >= 6
+    for row in ds.rows:
+        scores = json.loads(row["judge_scores"])
+        assert row["aligned_seed"] == row["violating_seed"]
+        assert scores["aligned"]["subject_ok"] is True and scores["violating"]["subject_ok"] is True
+    assert ds.manifest["judge_ids"]["subject"] == "toy-subject@1"
+
+    unknown = build_generate_config(overrides=[
+        f"principles_file={FIXTURES / 'principles_colour.yaml'}", "model=toy", "judging.attribute=toy-attribute",
+        "judging.concept=toy-concept", "judging.subject=toy-subject", "device=cpu"])
+    with pytest.raises(ConfigError, match="chef"):  # the toy subject judge knows no chef: refused before any image
+        prepare_generation(unknown, out=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
 def test_config_layers_preset_then_file_then_overrides(tmp_path):
     preset = tmp_path / "mypreset.yaml"
     preset.write_text("name: mypreset\nmodel: {source: tiny}\njudges: {attribute: toy-attribute, concept: toy-concept}\n"

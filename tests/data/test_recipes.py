@@ -71,3 +71,46 @@ def test_toxicity_thresholds_and_accept_all():
     assert none_toxic.skipped == "no violating image" and recipes.aligned_requests(none_toxic, 3, 3, 7) == []
     recipes.judge_violating(none_toxic, np.array([0.1, 0.2, 0.3, 0.4]), JudgingConfig(accept_all=True))
     assert none_toxic.kept_violating == [0, 1, 2, 3]
+
+
+def test_subject_judge_drops_candidates_that_draw_another_subject():
+    """The majority class counts every candidate (the base model's bias), but only candidates showing the scene's
+    subject enter pairs, so a pair differs in the attribute, not in what is drawn (issue 15)."""
+    outcome = SceneOutcome(scene=BIAS, violating_requests=recipes.violating_requests(BIAS, 0, 4, base_seed=0))
+    probs = np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.7, 0.3, 0.0], [0.2, 0.8, 0.0]])
+    recipes.judge_violating(outcome, probs, JudgingConfig(), subject_ok=[True, False, True, True])
+    assert outcome.class_counts == {"male": 3, "female": 1, "other": 0}
+    assert outcome.kept_violating == [0, 2]
+    assert [s["subject_ok"] for s in outcome.violating_scores] == [True, False, True, True]
+    outcome.aligned_requests = recipes.aligned_requests(outcome, 0, 3, base_seed=0)
+    recipes.judge_aligned(outcome, np.array([[0.1, 0.9, 0.0], [0.1, 0.1, 0.8], [0.0, 0.9, 0.1]]), JudgingConfig(),
+                          subject_ok=[False, True, True])
+    assert outcome.kept_aligned == [1, 2]
+    pairs = recipes.select_pairs(outcome, {"attribute": "judge@1"})
+    assert [(p.aligned.index, p.violating.index) for p in pairs] == [(1, 0), (2, 2)]
+    assert pairs[0].judge_scores["aligned"]["subject_ok"] is True
+
+    toxic = SceneOutcome(scene=TOXIC, violating_requests=recipes.violating_requests(TOXIC, 0, 3, base_seed=0))
+    recipes.judge_violating(toxic, np.array([0.9, 0.95, 0.2]), JudgingConfig(), subject_ok=[False, True, True])
+    assert toxic.kept_violating == [1]
+    toxic = SceneOutcome(scene=TOXIC, violating_requests=recipes.violating_requests(TOXIC, 0, 2, base_seed=0))
+    recipes.judge_violating(toxic, np.array([0.9, 0.95]), JudgingConfig(), subject_ok=[False, False])
+    assert toxic.kept_violating == [] and toxic.skipped == "no violating image"
+
+
+def test_matched_pairing_shares_the_violating_seed_and_pairs_only_with_it():
+    outcome = SceneOutcome(scene=BIAS, violating_requests=recipes.violating_requests(BIAS, 0, 4, base_seed=3))
+    recipes.judge_violating(outcome, np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.8, 0.2, 0.0], [0.7, 0.3, 0.0]]),
+                            JudgingConfig())
+    assert outcome.kept_violating == [0, 2, 3]
+    aligned = recipes.aligned_requests(outcome, 0, 4, base_seed=3, matched=True)
+    assert [r.pair_with for r in aligned] == [0, 2, 3]  # one per kept violating image, never more
+    assert [r.seed for r in aligned] == [outcome.violating_requests[v].seed for v in (0, 2, 3)]
+    assert [r.target_class for r in aligned] == ["female", "other", "female"]
+    outcome.aligned_requests = aligned
+    recipes.judge_aligned(outcome, np.array([[0.1, 0.9, 0.0], [0.9, 0.1, 0.0], [0.1, 0.8, 0.1]]), JudgingConfig())
+    assert outcome.kept_aligned == [0, 2]  # the "other" candidate came out male
+    pairs = recipes.select_pairs(outcome, {"attribute": "judge@1"})
+    assert [(p.aligned.index, p.violating.index) for p in pairs] == [(0, 0), (2, 3)]
+    assert all(p.aligned.seed == p.violating.seed for p in pairs)
+    assert len(recipes.aligned_requests(outcome, 0, 2, base_seed=3, matched=True)) == 2  # capped by the count

@@ -35,6 +35,17 @@ def test_violating_row_comes_from_the_same_scene_and_is_redrawn():
     assert all(len(draws) > 1 for draws in draws_for_row.values())
 
 
+def test_without_redraw_each_row_trains_on_its_own_pair():
+    """Matched pairs (data pairing=matched) must not be broken up: redraw_violating=false keeps each row's violating
+    image, and the data order is the same as with re-drawing."""
+    redrawn, kept = schedule(), schedule(redraw=False)
+    for step in range(12):
+        for rank in range(2):
+            pairs = kept.pairs(step, 0, rank)
+            assert all(aligned == violating for aligned, violating in pairs)
+            assert [a for a, _ in pairs] == [a for a, _ in redrawn.pairs(step, 0, rank)]
+
+
 def test_each_epoch_visits_every_row_once_across_ranks():
     sched = schedule(per_device=3, world_size=2)  # global batch 6: two steps per epoch of 12 rows
     for epoch in range(3):

@@ -137,3 +137,33 @@ def test_existing_checkpoints_need_resume(tmp_path, image_dataset, single_rank_e
     (step_dir / "trainer_state.json").write_text(json.dumps({"config_fingerprint": config.fingerprint(),
                                                              "world_size": 1}))
     assert check_resume_state(Trainer(config).plan) == 4
+
+
+def test_anchor_term_adds_lambda_times_the_aligned_error(tmp_path, latent_dataset, single_rank_env):
+    """loss.anchor_weight λ adds exactly λ·mean(θw) to the paper's loss on the same batch and noise (issue 15)."""
+    import torch
+
+    from livo.modeling import ValueEncoder
+    from livo.training.config import LossConfig
+    from livo.training.data import PairBatches, PairSchedule
+    from livo.training.trainer import step_loss
+
+    config = tiny_config(latent_dataset, tmp_path / "run", max_steps=1, per_device_batch_size=4,
+                         checkpoint={"every_steps": 1})
+    trainer = run_in_process(config)
+    schedule = PairSchedule.build(trainer.dataset.scenes, len(trainer.dataset), seed=0, per_device=4,
+                                  accumulation=1, world_size=1)
+    batch = PairBatches(trainer.dataset.rows, schedule, 0, use_latents=True, use_prompt_embeds=True,
+                        resolution=None)[0]
+    encoder = ValueEncoder.from_text_encoder(trainer.models.text_encoder)
+
+    def loss_and_theta_w(anchor_weight: float) -> tuple[float, float]:
+        with torch.no_grad():
+            loss, stats = step_loss(trainer.models, encoder, batch, torch.Generator().manual_seed(5),
+                                    LossConfig(anchor_weight=anchor_weight))
+        return float(loss), float(stats[1])
+
+    plain, theta_w = loss_and_theta_w(0.0)
+    anchored, theta_w_again = loss_and_theta_w(250.0)
+    assert theta_w_again == theta_w and theta_w > 0
+    assert anchored - plain == pytest.approx(250.0 * theta_w, rel=1e-5)
