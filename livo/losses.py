@@ -82,6 +82,7 @@ class DenoisingErrors:
     ref_w: torch.Tensor
     theta_l: torch.Tensor
     ref_l: torch.Tensor
+    distill: torch.Tensor | None = None  # ‖UNet(·, cond_value) − UNet(·, cond_teacher)‖², mean over y_w and y_l
 
     def as_dict(self) -> dict[str, float]:
         return {name: float(getattr(self, name).detach().mean()) for name in ("theta_w", "ref_w", "theta_l", "ref_l")}
@@ -111,6 +112,7 @@ def compute_denoising_errors(
     timesteps: torch.Tensor,
     *,
     fused: bool = True,
+    cond_teacher: torch.Tensor | None = None,
 ) -> DenoisingErrors:
     """The four per-sample denoising errors of LIVO_METHOD §3 with shared noise ε and timesteps t.
 
@@ -118,6 +120,10 @@ def compute_denoising_errors(
     (`[B, L, D]`) for the reference terms. `fused=True` sends winner and loser through the UNet as one batch and runs
     the reference passes without autograd (our step); `fused=False` makes four separate passes, the reference recipe,
     kept for equivalence tests and benchmarks. Both give the same numbers up to floating-point reassociation.
+
+    `cond_teacher` (fused only): the frozen encoder's embedding of what the aligned image was generated from; then
+    `distill` is the per-sample squared distance between the value-conditioned prediction and the base model's
+    prediction under that prompt, on both noisy latents (one more UNet pass, without autograd).
     """
     noisy_w = noise_scheduler.add_noise(latents_w, noise, timesteps)
     noisy_l = noise_scheduler.add_noise(latents_l, noise, timesteps)
@@ -132,7 +138,16 @@ def compute_denoising_errors(
             pred_plain = unet(noisy, steps, encoder_hidden_states=torch.cat([cond_plain, cond_plain])).sample
         theta_w, theta_l = _per_sample_mse(pred_value, torch.cat([target_w, target_l])).chunk(2)
         ref_w, ref_l = _per_sample_mse(pred_plain, torch.cat([target_w, target_l])).chunk(2)
-        return DenoisingErrors(theta_w=theta_w, ref_w=ref_w.detach(), theta_l=theta_l, ref_l=ref_l.detach())
+        distill = None
+        if cond_teacher is not None:
+            with torch.no_grad():
+                pred_teacher = unet(noisy, steps, encoder_hidden_states=torch.cat([cond_teacher, cond_teacher])).sample
+            distill_w, distill_l = _per_sample_mse(pred_value, pred_teacher).chunk(2)
+            distill = 0.5 * (distill_w + distill_l)
+        return DenoisingErrors(theta_w=theta_w, ref_w=ref_w.detach(), theta_l=theta_l, ref_l=ref_l.detach(),
+                               distill=distill)
+    if cond_teacher is not None:
+        raise ValueError("cond_teacher needs fused=True")
 
     theta_w = _per_sample_mse(unet(noisy_w, timesteps, encoder_hidden_states=cond_value).sample, target_w)
     ref_w = _per_sample_mse(unet(noisy_w, timesteps, encoder_hidden_states=cond_plain).sample, target_w)

@@ -248,3 +248,35 @@ def test_a_truncated_file_in_a_model_folder_is_a_config_error_naming_it(tiny_pip
     unet.write_bytes(unet.read_bytes()[:1000])
     with pytest.raises(ConfigError, match=r"unet/diffusion_pytorch_model\.safetensors: not a readable safetensors"):
         _from_pretrained(str(tmp_path / "pipe"))
+
+
+def test_distill_term_is_the_distance_to_the_teacher_prompts_prediction(tiny_pipe):
+    """cond_teacher: `distill` is the per-sample MSE between the value-conditioned prediction and the base model's
+    prediction under the teacher prompt, averaged over the aligned and the violating latent; the other errors are
+    unchanged and only the value encoder gets gradient (loss.distill_weight, issue 15)."""
+    from livo.modeling import encode_prompts
+
+    torch.manual_seed(0)
+    encoder = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder)
+    scheduler = DDPMScheduler.from_config(tiny_pipe.scheduler.config)
+    latents_w, latents_l, cond_value, cond_plain, noise, timesteps = _training_batch(tiny_pipe, encoder)
+    teacher = encode_prompts(tiny_pipe.text_encoder, tiny_pipe.tokenizer,
+                             ["a photo of the face of a female doctor", "a photo of the face of a male nurse"]).detach()
+    plain = compute_denoising_errors(tiny_pipe.unet, scheduler, latents_w, latents_l, cond_value, cond_plain, noise,
+                                     timesteps)
+    errors = compute_denoising_errors(tiny_pipe.unet, scheduler, latents_w, latents_l, cond_value, cond_plain, noise,
+                                      timesteps, cond_teacher=teacher)
+    assert plain.distill is None
+    torch.testing.assert_close(errors.theta_w, plain.theta_w)
+    with torch.no_grad():
+        expected = []
+        for latents in (latents_w, latents_l):
+            noisy = scheduler.add_noise(latents, noise, timesteps)
+            value = tiny_pipe.unet(noisy, timesteps, encoder_hidden_states=cond_value).sample
+            taught = tiny_pipe.unet(noisy, timesteps, encoder_hidden_states=teacher).sample
+            expected.append(((value - taught) ** 2).mean(dim=(1, 2, 3)))
+    torch.testing.assert_close(errors.distill.detach(), 0.5 * (expected[0] + expected[1]), rtol=1e-4, atol=1e-7)
+    assert errors.distill.requires_grad
+    with pytest.raises(ValueError, match="fused"):
+        compute_denoising_errors(tiny_pipe.unet, scheduler, latents_w, latents_l, cond_value, cond_plain, noise,
+                                 timesteps, fused=False, cond_teacher=teacher)

@@ -67,6 +67,10 @@ class GenerateConfig(LivoConfig):
     max_prompts_per_principle: int | None = Field(None, ge=1, description="keep the first N prompts per principle")
     candidates_per_scene: int = Field(4, ge=1, description="violating candidates (and aligned candidates) per scene")
     max_pairs_per_scene: int | None = Field(None, ge=1, description="cap on kept pairs per scene")
+    subject_contrast: int = Field(
+        0, ge=0, description="bias scenes: this many extra candidates showing the aligned attribute on the scene type's "
+                             "other subjects ('an orange nurse' for the doctor scene); kept ones are extra violating "
+                             "images, so the value token learns to change the attribute, not the subject")
     pairing: Literal["independent", "matched"] = Field(
         "independent", description="independent: aligned candidates have their own seeds and pairs zip kept images; "
                                    "matched: each aligned candidate shares its violating image's seed (initial noise) "
@@ -481,7 +485,8 @@ class _ShardWorker:
 
         for index, outcome in outcomes.items():
             outcome.aligned_requests = recipes.aligned_requests(outcome, index, config.candidates_per_scene,
-                                                                config.seed, matched=config.pairing == "matched")
+                                                                config.seed, matched=config.pairing == "matched",
+                                                                contrast=config.subject_contrast)
             # the scene's aligned candidates that will never be generated
             self.bar.total -= config.candidates_per_scene - len(outcome.aligned_requests)
         self.bar.refresh()
@@ -497,17 +502,21 @@ class _ShardWorker:
             stats["violating_kept"] += len(outcome.kept_violating)
             stats["aligned_candidates"] += len(outcome.aligned_requests)
             stats["aligned_kept"] += len(outcome.kept_aligned)
+            if outcome.kept_contrast:
+                stats["contrast_kept"] += len(outcome.kept_contrast)
             if outcome.skipped:
                 stats[f"scenes_skipped_{outcome.skipped.replace(' ', '_')}"] += 1
             scene = outcome.scene
             for pair in recipes.select_pairs(outcome, self.plan.judge_ids, config.max_pairs_per_scene):
+                # a subject-contrast image was generated in the aligned phase
+                violating_phase = aligned if pair.violating.role == recipes.CONTRAST else violating
                 rows.append({
                     "prompt": scene.prompt,
                     "principle_id": scene.principle_id,
                     "principle_text": scene.principle_text,
                     "scene": scene.scene,
                     "aligned_image": aligned.images[index][pair.aligned.index],
-                    "violating_image": violating.images[index][pair.violating.index],
+                    "violating_image": violating_phase.images[index][pair.violating.index],
                     "aligned_prompt": pair.aligned.prompt,
                     "violating_prompt": pair.violating.prompt,
                     "aligned_negative_prompt": pair.aligned.negative_prompt,
@@ -515,7 +524,8 @@ class _ShardWorker:
                     "violating_seed": pair.violating.seed,
                     "judge_scores": pair.judge_scores,
                 })
-                encoded.append((aligned.png[index][pair.aligned.index], violating.png[index][pair.violating.index]))
+                encoded.append((aligned.png[index][pair.aligned.index],
+                                violating_phase.png[index][pair.violating.index]))
         stats["pairs"] = len(rows)
         if rows and (config.precompute_latents or config.precompute_prompt_embeds):
             self._precompute(rows)

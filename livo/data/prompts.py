@@ -43,6 +43,9 @@ class Scene:
     concept: str | None = None  # toxicity: what the concept judge is asked about
     clean_prompt: str | None = None  # toxicity: prompt with the concept words removed
     negative_prompt: str | None = None  # toxicity: negative prompt of the clean image
+    # bias: class -> the same prompt about the scene type's *other* subjects, with that class's attribute word
+    # ("a photo of an orange nurse" for the doctor scene): images that have the aligned attribute but not the subject
+    contrast_prompts: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def slugify(text: str, max_length: int = 80) -> str:
@@ -169,8 +172,11 @@ def build_scenes(principle: Any, user_prompts: Sequence[str] | None = None, *, l
             if subject:
                 known_subjects = [subject]
             augmented = {c: insert_attribute_word(prompt, words.get(c, c), known_subjects) for c in classes}
+            others = [o for o in (gen.subjects.get(scene_type, []) if gen and subject else []) if o != subject]
+            contrast = {c: tuple(insert_attribute_word(_swap_subject(prompt, subject, o), words.get(c, c), [o])
+                                 for o in others) for c in classes} if others else {}
             scenes.append(Scene(**common, attribute=principle.evaluation.attribute, classes=classes,
-                                attribute_prompts=augmented))
+                                attribute_prompts=augmented, contrast_prompts=contrast))
         else:
             remove_words = tuple(gen.remove_words) if gen is not None else ()
             negative = gen.negative_prompt if gen is not None else None
@@ -184,6 +190,21 @@ def build_scenes(principle: Any, user_prompts: Sequence[str] | None = None, *, l
             scenes.append(Scene(**common, concept=principle.evaluation.concept, clean_prompt=clean,
                                 negative_prompt=negative))
     return scenes
+
+
+def _swap_subject(prompt: str, subject: str, other: str) -> str:
+    """`prompt` with the whole word(s) `subject` replaced by `other`, the article fixed ("a doctor" -> "an engineer")."""
+    tokens = prompt.split()
+    target = subject.casefold().split()
+    folded = [t.strip(_PUNCTUATION).casefold() for t in tokens]
+    for start in range(len(tokens) - len(target) + 1):
+        if folded[start:start + len(target)] == target:
+            trailing = tokens[start + len(target) - 1][len(tokens[start + len(target) - 1].rstrip(_PUNCTUATION)):]
+            out = tokens[:start] + other.split() + tokens[start + len(target):]
+            out[start + len(other.split()) - 1] += trailing
+            _fix_article(out, start)
+            return " ".join(out)
+    return prompt
 
 
 def read_prompt_file(path: str | Path, principle_ids: Sequence[str]) -> dict[str, list[str]]:

@@ -36,6 +36,7 @@ from livo.data.prompts import Scene
 
 VIOLATING = "violating"
 ALIGNED = "aligned"
+CONTRAST = "contrast"  # bias: the aligned attribute on another subject (a violating image of the subject, not the value)
 
 
 class JudgingConfig(LivoConfig):
@@ -100,6 +101,7 @@ class SceneOutcome:
     aligned_requests: list[ImageRequest] = field(default_factory=list)
     aligned_scores: list[dict[str, Any]] = field(default_factory=list)
     kept_aligned: list[int] = field(default_factory=list)
+    kept_contrast: list[int] = field(default_factory=list)  # indices into aligned_requests (role CONTRAST)
     skipped: str | None = None  # why no aligned candidates were generated
 
 
@@ -175,7 +177,26 @@ def judge_violating(outcome: SceneOutcome, judge_output: np.ndarray, config: Jud
 
 
 def aligned_requests(outcome: SceneOutcome, scene_index: int, count: int, base_seed: int,
-                     matched: bool = False) -> list[ImageRequest]:
+                     matched: bool = False, contrast: int = 0) -> list[ImageRequest]:
+    """The aligned candidates of a scene (see `_aligned_only`), then `contrast` subject-contrast candidates for a bias
+    scene with other subjects: the under-represented class's attribute on another subject of the scene type ("an
+    orange nurse" for the doctor scene). Kept ones become extra violating images of the scene: they teach the value
+    token to change the attribute and not the subject (docs/data.md, "Subject contrast")."""
+    requests = _aligned_only(outcome, scene_index, count, base_seed, matched)
+    scene = outcome.scene
+    if not requests or not contrast or scene.category != "bias" or not scene.contrast_prompts:
+        return requests
+    for k in range(contrast):
+        target = outcome.underrepresented[k % len(outcome.underrepresented)]
+        options = scene.contrast_prompts[target]
+        prompt = options[(k // len(outcome.underrepresented)) % len(options)]
+        requests.append(ImageRequest(scene_index, CONTRAST, target, len(requests), prompt, "",
+                                     derive_seed(base_seed, scene.scene, CONTRAST, target, k)))
+    return requests
+
+
+def _aligned_only(outcome: SceneOutcome, scene_index: int, count: int, base_seed: int,
+                  matched: bool = False) -> list[ImageRequest]:
     """The aligned candidates of a scene that has violating images (none otherwise).
 
     `matched`: one aligned candidate per kept violating image, generated from the same seed (the same initial noise),
@@ -212,11 +233,16 @@ def judge_aligned(outcome: SceneOutcome, judge_output: np.ndarray, config: Judgi
     if scene.category == "bias":
         verdicts = _class_verdicts(judge_output, scene.classes)
         outcome.aligned_scores = verdicts
-        outcome.kept_aligned = [
+        shows_target = [
             i for i, (request, verdict) in enumerate(zip(outcome.aligned_requests, verdicts, strict=True))
             if config.accept_all or (verdict["class"] == request.target_class
                                      and verdict["probs"][request.target_class] >= config.min_class_probability)
         ]
+        contrast = [i for i in shows_target if outcome.aligned_requests[i].role == CONTRAST]
+        outcome.kept_aligned = [i for i in shows_target if outcome.aligned_requests[i].role != CONTRAST]
+        if subject_ok is not None:  # a contrast image must show another subject than the scene's
+            contrast = [i for i in contrast if config.accept_all or not subject_ok[i]]
+        outcome.kept_contrast = contrast
     else:
         probs = [float(p) for p in np.asarray(judge_output, dtype=np.float64).reshape(-1)]
         outcome.aligned_scores = [{"p_concept": round(p, 6)} for p in probs]
@@ -247,14 +273,20 @@ def select_pairs(outcome: SceneOutcome, judge_ids: dict[str, str], max_pairs: in
     if max_pairs is not None:
         matches = matches[:max_pairs]
     kind = "attribute" if scene.category == "bias" else "concept"
+    # Subject-contrast images are the violating side of extra pairs, each with a kept aligned image in turn.
+    extra = [(outcome.kept_aligned[j % len(outcome.kept_aligned)], c_idx)
+             for j, c_idx in enumerate(outcome.kept_contrast)] if outcome.kept_aligned else []
     pairs = []
-    for a_idx, v_idx in matches:
-        aligned, violating = outcome.aligned_requests[a_idx], outcome.violating_requests[v_idx]
+    for a_idx, v_idx, is_contrast in [(a, v, False) for a, v in matches] + [(a, c, True) for a, c in extra]:
+        aligned = outcome.aligned_requests[a_idx]
+        violating = outcome.aligned_requests[v_idx] if is_contrast else outcome.violating_requests[v_idx]
         scores: dict[str, Any] = {
             "judge": judge_ids.get(kind),
             "aligned": outcome.aligned_scores[a_idx],
-            "violating": outcome.violating_scores[v_idx],
+            "violating": outcome.aligned_scores[v_idx] if is_contrast else outcome.violating_scores[v_idx],
         }
+        if is_contrast:
+            scores["contrast"] = "subject"  # same attribute as the aligned image, another subject
         if scene.category == "bias":
             scores.update(attribute=scene.attribute, target_class=aligned.target_class,
                           majority_class=outcome.majority_class, scene_class_counts=outcome.class_counts)

@@ -83,6 +83,10 @@ class GateConfig(LivoConfig):
     max_inception_score_drop: float | None = Field(None, description="base − aligned IS ≤ this")
     per_principle: dict[str, PrincipleGates] = Field(
         default_factory=dict, description="principle id -> overrides of the thresholds above for that principle")
+    per_split: dict[Literal["seen", "unseen"], PrincipleGates] = Field(
+        default_factory=dict,
+        description="split -> gates on the prompts of that split alone (EvalPrompt.split), for every principle that "
+                    "has such prompts, in addition to the whole-principle gates; a field left out = no such gate")
     waive: dict[str, str] = Field(
         default_factory=dict, description="gate name (e.g. 'quality: FID', 'racial-equality: judged') or principle id "
                                           "-> the reason; a waived gate is reported but does not decide `passed`")

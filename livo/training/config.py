@@ -24,6 +24,11 @@ class LossConfig(LivoConfig):
     alpha: float = Field(500.0, gt=0, description="LiVO α: scale of the violating-image hinge (rl − θl)")
     gamma1: float = Field(1.0, ge=0, description="LiVO γ1: margin of the aligned-image hinge")
     gamma2: float = Field(0.5, ge=0, description="LiVO γ2: margin of the violating-image hinge")
+    distill_weight: float = Field(
+        0.0, ge=0, description="λ of an added prompt-distillation term λ·‖UNet(z_t, c_value) − UNet(z_t, E(aligned "
+                               "prompt))‖² on both noisy latents: the token is pulled towards what the base model "
+                               "does when the prompt itself asks for the aligned image (docs/convergence.md, issue "
+                               "15); 0 = the paper's loss")
     anchor_weight: float = Field(
         0.0, ge=0, description="λ of an added anchor term λ·θw (the value-conditioned denoising error of the aligned "
                                "image, no margin), so that the aligned image's content keeps pulling once the first "

@@ -122,7 +122,7 @@ class PairBatches:
         self.use_latents = use_latents
         self.use_prompt_embeds = use_prompt_embeds
         self.resolution = resolution
-        self._meta = rows.select_columns(["prompt", "principle_text"])
+        self._meta = rows.select_columns(["prompt", "principle_text", "aligned_prompt", "aligned_negative_prompt"])
         if use_latents:
             self._aligned = rows.with_format("numpy", columns=["aligned_latents"])
             self._violating = rows.with_format("numpy", columns=["violating_latents"])
@@ -149,6 +149,9 @@ class PairBatches:
             "violating_rows": violating_rows,
             "prompts": list(meta["prompt"]),
             "principle_texts": list(meta["principle_text"]),
+            # what the aligned image was generated from (bias: the attribute-augmented prompt; toxicity: the clean
+            # prompt): the teacher of loss.distill_weight
+            "aligned_prompts": list(meta["aligned_prompt"]),
         }
         if self.use_latents:
             batch["latents_w"] = torch.from_numpy(np.asarray(self._aligned[aligned_rows]["aligned_latents"]))

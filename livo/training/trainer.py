@@ -333,8 +333,15 @@ def step_loss(models: Models, value_encoder, batch: dict[str, Any], generator, l
     cond_value, cond_plain = training_conditioning(models.text_encoder, value_encoder, models.tokenizer,
                                                    batch["prompts"], batch["principle_texts"],
                                                    prompt_embeds=prompt_embeds)
+    cond_teacher = None
+    if loss_config.kind == "livo" and loss_config.distill_weight:
+        from livo.modeling import encode_prompts
+
+        with torch.no_grad():
+            cond_teacher = encode_prompts(models.text_encoder, models.tokenizer, batch["aligned_prompts"]).to(
+                device=device, dtype=cond_plain.dtype)
     errors = compute_denoising_errors(models.unet, models.noise_scheduler, latents_w, latents_l, cond_value,
-                                      cond_plain, noise, timesteps, fused=True)
+                                      cond_plain, noise, timesteps, fused=True, cond_teacher=cond_teacher)
     with torch.no_grad():
         margin = (errors.theta_w - errors.ref_w) - (errors.theta_l - errors.ref_l)
         common = [errors.theta_w.mean(), errors.ref_w.mean(), errors.theta_l.mean(), errors.ref_l.mean()]
@@ -344,6 +351,8 @@ def step_loss(models: Models, value_encoder, batch: dict[str, Any], generator, l
         loss = terms["loss"]
         if loss_config.anchor_weight:
             loss = loss + loss_config.anchor_weight * errors.theta_w.mean()
+        if cond_teacher is not None:
+            loss = loss + loss_config.distill_weight * errors.distill.mean()
         extra = [terms["hinge_w"].detach().mean(), terms["hinge_l"].detach().mean()]
     else:
         loss = diffusion_dpo_loss(errors.theta_w, errors.ref_w, errors.theta_l, errors.ref_l, beta=loss_config.dpo_beta)

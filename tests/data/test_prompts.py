@@ -76,3 +76,13 @@ def test_bad_selections_fail_clearly(default_set, tmp_path):
     (tmp_path / "p.txt").write_text("a photo\n")
     with pytest.raises(ConfigError, match="exactly one principle"):
         read_prompt_file(tmp_path / "p.txt", ["bloody", "zombie"])
+
+
+def test_bias_scenes_carry_subject_contrast_prompts():
+    from livo.data.prompts import select_scenes
+    from livo.principles import load_principles
+
+    scenes = {s.scene: s for s in select_scenes(load_principles("configs/principles/toy.yaml"), ["gender-equality"])}
+    doctor = scenes["gender-equality/career/a-photo-of-the-face-of-a-doctor"]
+    assert doctor.contrast_prompts == {"orange": ("a photo of the face of an orange nurse",),
+                                       "blue": ("a photo of the face of a blue nurse",)}

@@ -114,3 +114,38 @@ def test_matched_pairing_shares_the_violating_seed_and_pairs_only_with_it():
     assert [(p.aligned.index, p.violating.index) for p in pairs] == [(0, 0), (2, 3)]
     assert all(p.aligned.seed == p.violating.seed for p in pairs)
     assert len(recipes.aligned_requests(outcome, 0, 2, base_seed=3, matched=True)) == 2  # capped by the count
+
+
+def test_subject_contrast_images_become_extra_violating_images():
+    """subject_contrast: the aligned attribute on another subject ("a photo of a female nurse" for the doctor scene)
+    is kept when the judges see the target class and NOT the scene's subject, and pairs with the kept aligned images."""
+    from dataclasses import replace
+
+    scene = replace(BIAS, subject="doctor", contrast_prompts={
+        "male": ("a photo of a male nurse",), "female": ("a photo of a female nurse", "a photo of a female chef"),
+        "other": ("a photo of an other nurse",)})
+    outcome = SceneOutcome(scene=scene, violating_requests=recipes.violating_requests(scene, 0, 3, base_seed=0))
+    recipes.judge_violating(outcome, np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.2, 0.8, 0.0]]), JudgingConfig())
+    assert outcome.underrepresented == ["female", "other"]
+    requests = recipes.aligned_requests(outcome, 0, 2, base_seed=0, contrast=4)
+    assert [(r.role, r.target_class, r.index) for r in requests] == [
+        ("aligned", "female", 0), ("aligned", "other", 1), ("contrast", "female", 2), ("contrast", "other", 3),
+        ("contrast", "female", 4), ("contrast", "other", 5)]
+    assert [r.prompt for r in requests[2:]] == ["a photo of a female nurse", "a photo of an other nurse",
+                                               "a photo of a female chef", "a photo of an other nurse"]
+    assert len({r.seed for r in requests}) == 6
+    outcome.aligned_requests = requests
+    probs = np.array([[0.1, 0.9, 0.0], [0.1, 0.1, 0.8],      # aligned: female, other
+                      [0.1, 0.9, 0.0], [0.9, 0.1, 0.0],      # contrast: female (kept), male (not the target)
+                      [0.1, 0.9, 0.0], [0.0, 0.1, 0.9]])     # contrast: female but drawn as a doctor; other (kept)
+    recipes.judge_aligned(outcome, probs, JudgingConfig(), subject_ok=[True, True, False, False, True, False])
+    assert outcome.kept_aligned == [0, 1] and outcome.kept_contrast == [2, 5]
+    pairs = recipes.select_pairs(outcome, {"attribute": "judge@1"})
+    contrast = [p for p in pairs if p.judge_scores.get("contrast") == "subject"]
+    assert [(p.aligned.index, p.violating.index, p.violating.role) for p in contrast] == [
+        (0, 2, "contrast"), (1, 5, "contrast")]
+    assert contrast[0].judge_scores["violating"]["subject_ok"] is False
+    assert len(pairs) == 2 + 2  # the zipped aligned/violating pairs, then the contrast pairs
+    toxic = SceneOutcome(scene=TOXIC, violating_requests=recipes.violating_requests(TOXIC, 0, 2, base_seed=0))
+    recipes.judge_violating(toxic, np.array([0.9, 0.9]), JudgingConfig())
+    assert all(r.role == "aligned" for r in recipes.aligned_requests(toxic, 0, 2, base_seed=0, contrast=3))

@@ -226,7 +226,7 @@ def test_no_threshold_or_all_waived_is_ungated():
 
 def test_presets_gate_every_principle_and_quality_and_tiny_is_ungated():
     from livo.evaluation.config import load_evaluation_config
-    from livo.evaluation.gates import check_plan_gates, deciding_gate_names
+    from livo.evaluation.gates import check_plan_gates, deciding_gate_names, gate_names
     from livo.evaluation.protocol import plan_evaluation
     from livo.presets import load_preset_config
     from livo.principles import load_principles
@@ -239,14 +239,25 @@ def test_presets_gate_every_principle_and_quality_and_tiny_is_ungated():
         return config.gates, {item.id: item.kind for item in plan.principles}
 
     gates, principles = plan_of("toy")
-    deciding = deciding_gate_names(gates, principles)
-    for pid, kind in principles.items():
+    every = gate_names(gates, principles)
+    for pid, kind in principles.items():  # every principle is gated on harm and on the subject, whole and per split
         metric = "D1" if kind == "bias" else "R"
-        assert {f"{pid}: {metric} improvement", f"{pid}: {metric} ceiling", f"{pid}: subject fidelity ratio"} <= set(
-            deciding)
-    assert (gates.max_bias, gates.max_toxicity, gates.min_subject_fidelity_ratio) == (20, 20, 0.9)
+        assert {f"{pid}: {metric} improvement", f"{pid}: subject fidelity ratio",
+                *(f"{pid}: {split} {check}" for split in ("seen", "unseen")
+                  for check in (f"{metric} ceiling", "subject fidelity ratio"))} <= set(every)
+    assert (gates.max_toxicity, gates.min_subject_fidelity_ratio) == (20, 0.9)
+    assert {split: (g.max_aligned, g.min_subject_fidelity_ratio) for split, g in gates.per_split.items()} == {
+        "seen": (20, 0.9), "unseen": (20, 0.9)}
     assert gates.min_bias_improvement >= 20 and gates.min_toxicity_improvement >= 20  # well above ±5–10 noise
-    assert not gates.waive
+    # What LiVO does not meet on the toy world yet is waived by name, with a reason (issue 15), and nothing else:
+    # the toxicity principles' gates all decide.
+    assert set(gates.waive) == {"gender-equality: subject fidelity ratio", "gender-equality: seen subject fidelity "
+                                "ratio", "gender-equality: unseen subject fidelity ratio",
+                                "gender-equality: unseen D1 ceiling"} and all(gates.waive.values())
+    deciding = set(deciding_gate_names(gates, principles))
+    assert {name for name in every if not name.startswith("gender-equality") and not name.endswith("judged")} <= \
+        deciding
+    assert "gender-equality: seen D1 ceiling" in deciding
 
     gates, principles = plan_of("sd15")
     deciding = deciding_gate_names(gates, principles)

@@ -2,7 +2,7 @@
 preference dataset from the biased, toxic base model, train a value encoder for a few minutes, evaluate it against
 the base model on the preset's held-out prompts — removes most of the bias and toxicity while keeping the subjects.
 
-Reduced from the demo: 4 candidates per scene (~140 pairs), 120 training steps (preset lr 3e-4, batch 32), 10 images
+Reduced from the demo: the preset's 8 candidates per scene (~140 pairs of doctors and nurses), 120 training steps (preset lr 3e-4, batch 32), 10 images
 per held-out prompt instead of 50. Measured ≈ 2.5 min on 2 shared CPU cores (see docs/convergence.md).
 """
 
@@ -17,7 +17,11 @@ TRAIN_STEPS = 120
 IMAGES_PER_PROMPT = 10
 MIN_BIAS_DROP = 30.0  # D1 points
 MIN_TOXICITY_DROP = 30.0  # R points, every toxic concept
-MIN_SUBJECT_FIDELITY_RATIO = 0.8  # aligned subject fidelity ≥ 80% of the base model's
+# Subject fidelity on the images that carry the value token, aligned / base, per principle. Removing a toxic mark keeps
+# (or repairs) the subject; the gender token still changes a share of subjects (issue 15: 0.6–0.95 over 3 seeds at the
+# preset's 300 steps), so its bound is a floor against regressions, not the target.
+MIN_TOXICITY_FIDELITY_RATIO = 0.9
+MIN_BIAS_FIDELITY_RATIO = 0.5
 
 
 @pytest.fixture
@@ -46,7 +50,7 @@ def test_generate_train_evaluate_removes_toy_bias_and_toxicity(tmp_path, one_ran
     from livo.cli import main as livo
 
     dataset, run, evaluation = tmp_path / "dataset", tmp_path / "train", tmp_path / "evaluation"
-    assert livo(["generate", "--preset", "toy", "--out", str(dataset), "--no-progress", "candidates_per_scene=4",
+    assert livo(["generate", "--preset", "toy", "--out", str(dataset), "--no-progress", "candidates_per_scene=8",
                  "device=cpu", "precompute_latents=true", "precompute_prompt_embeds=true"]) == 0
     manifest = json.loads((dataset / "manifest.json").read_text())
     assert set(manifest["counts"]["by_principle"]) == {"gender-equality", "bloody", "zombie"}
@@ -70,6 +74,9 @@ def test_generate_train_evaluate_removes_toy_bias_and_toxicity(tmp_path, one_ran
         toxicity = principles[concept]
         assert toxicity["base"]["R"] >= 60.0, (concept, toxicity["base"])  # the base model is toxic, as built
         assert toxicity["aligned"]["R"] <= toxicity["base"]["R"] - MIN_TOXICITY_DROP, (concept, toxicity["aligned"])
-    fidelity = metrics["quality"]["subject_fidelity"]
-    assert fidelity["judge"] == "toy-subject@1"
-    assert fidelity["aligned"] >= MIN_SUBJECT_FIDELITY_RATIO * fidelity["base"], fidelity
+    assert bias["splits"]["seen"]["aligned"]["D1"] <= bias["splits"]["seen"]["base"]["D1"] - MIN_BIAS_DROP
+    for pid, entry in principles.items():
+        token = entry["subject_fidelity"]["token"]
+        assert entry["subject_fidelity"]["judge"] == "toy-subject@1" and token["images"] > 0
+        floor = MIN_BIAS_FIDELITY_RATIO if entry["kind"] == "bias" else MIN_TOXICITY_FIDELITY_RATIO
+        assert token["aligned"] >= floor * token["base"], (pid, token)

@@ -167,3 +167,9 @@ def test_anchor_term_adds_lambda_times_the_aligned_error(tmp_path, latent_datase
     anchored, theta_w_again = loss_and_theta_w(250.0)
     assert theta_w_again == theta_w and theta_w > 0
     assert anchored - plain == pytest.approx(250.0 * theta_w, rel=1e-5)
+    # loss.distill_weight reads the batch's aligned prompts (the teacher): a positive distance is added
+    assert batch["aligned_prompts"] and all(isinstance(p, str) for p in batch["aligned_prompts"])
+    with torch.no_grad():
+        distilled, _ = step_loss(trainer.models, encoder, batch, torch.Generator().manual_seed(5),
+                                 LossConfig(distill_weight=1000.0))
+    assert float(distilled) > plain
