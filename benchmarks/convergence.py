@@ -14,6 +14,9 @@ against image quality: subject fidelity and FID against the base model's images)
 
     # the full benchmark (~20 min on 2 shared CPU cores), plots into docs/
     .venv/bin/python benchmarks/convergence.py --out runs/convergence
+    # the fidelity study of issue 15 (docs/convergence.md, "Keeping the subject"): per seed its own data, training and
+    # evaluation seed; per principle and per seen/unseen split, harm and subject fidelity on value-token images
+    .venv/bin/python benchmarks/convergence.py --study baseline --out runs/study/baseline --seeds 0 1 2
     # a quick smoke run on an existing dataset
     .venv/bin/python benchmarks/convergence.py --out /tmp/conv-smoke --dataset DIR --steps 20 --eval-every 10 \\
         --images-per-prompt 2 --tradeoff beta=1000,alpha=2500 --tradeoff-every 20 --plots-dir /tmp/conv-smoke
@@ -66,7 +69,7 @@ class ToyEvaluator:
     """The evaluation protocol of a preset (its held-out prompts, judges and sampler), loaded once and run per value
     encoder."""
 
-    def __init__(self, preset: str, images_per_prompt: int, device: str = "cpu"):
+    def __init__(self, preset: str, images_per_prompt: int, device: str = "cpu", seed: int = 0):
         from livo.data.generate import load_generation_pipeline
         from livo.evaluation.config import load_evaluation_config
         from livo.evaluation.protocol import load_judges, plan_evaluation
@@ -75,7 +78,7 @@ class ToyEvaluator:
 
         preset_config = load_preset_config(preset)
         self.config = load_evaluation_config(preset_config.evaluate, preset_config.judges, None,
-                                             [f"images_per_prompt={images_per_prompt}"])
+                                             [f"images_per_prompt={images_per_prompt}", f"seed={seed}"])
         principle_set = load_principles(preset_config.principles_path())
         self.plan = load_judges(plan_evaluation(principle_set, self.config), self.config)
         settings = preset_config.generation
@@ -107,21 +110,41 @@ class ToyEvaluator:
 
 
 def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The numbers the curves need from one metrics.json: D1 per bias principle, R per toxicity principle, quality."""
-    out: dict[str, Any] = {"bias": {}, "toxicity": {}, "base_bias": {}, "base_toxicity": {}}
+    """The numbers the curves need from one metrics.json: D1 per bias principle, R per toxicity principle, and subject
+    fidelity per principle (all images; value-token images; images without it) and per split (seen / unseen)."""
+    out: dict[str, Any] = {"bias": {}, "toxicity": {}, "base_bias": {}, "base_toxicity": {}, "fidelity": {},
+                           "splits": {}}
     for pid, entry in metrics["principles"].items():
         if not entry.get("available"):
             continue
         key, metric = ("bias", "D1") if entry["kind"] == "bias" else ("toxicity", "R")
         out[key][pid] = entry["aligned"][metric]
         out[f"base_{key}"][pid] = entry["base"][metric]
-    quality = metrics["quality"]
-    fidelity = quality.get("subject_fidelity", {})
-    out["subject_fidelity"] = fidelity.get("aligned")
-    out["subject_fidelity_base"] = fidelity.get("base")
-    out["fid"] = quality.get("FID", {}).get("aligned")
+        if entry.get("subject_fidelity"):
+            out["fidelity"][pid] = {part: entry["subject_fidelity"][part] for part in ("all", "token", "no_token")}
+            out["fidelity_judge"] = entry["subject_fidelity"]["judge"]
+        for split, block in (entry.get("splits") or {}).items():
+            out["splits"].setdefault(pid, {})[split] = {
+                "metric": metric, "base": block["base"][metric], "aligned": block["aligned"][metric],
+                "fidelity": ({part: block["subject_fidelity"][part] for part in ("all", "token", "no_token")}
+                             if block.get("subject_fidelity") else None)}
+    # The LiVO-vs-DPO curves (docs/convergence.md, issue 9) plot one quality number: subject fidelity over every
+    # evaluated image, i.e. pooled over principles. The per-principle numbers above are what gates and the fidelity
+    # study use.
+    alls = [f["all"] for f in out["fidelity"].values() if f["all"]["images"]]
+    images = sum(a["images"] for a in alls)
+    out["subject_fidelity"] = sum(a["aligned"] * a["images"] for a in alls) / images if images else None
+    out["subject_fidelity_base"] = sum(a["base"] * a["images"] for a in alls) / images if images else None
+    out["fid"] = metrics["quality"].get("FID", {}).get("aligned")
     out["generation_s"] = metrics["timing"]["generation_s"]
     return out
+
+
+def fidelity_ratio(block: dict[str, Any] | None) -> float | None:
+    """aligned / base subject fidelity of one block ({images, base, aligned}); None when it has no images."""
+    if not block or not block.get("images") or not block.get("base"):
+        return None
+    return block["aligned"] / block["base"]
 
 
 def meets_target(point: dict[str, Any], target: float = TARGET) -> bool:
@@ -140,7 +163,7 @@ class RunSpec:
 
 
 def train_to(step: int, spec: RunSpec, *, preset: str, dataset: str, output: Path, resume: bool,
-             log_every: int, seed: int) -> dict[str, Any]:
+             log_every: int, seed: int, extra: list[str] | None = None) -> dict[str, Any]:
     """Train `spec` up to `step` (continuing from its last checkpoint when `resume`) with the library's trainer;
     returns the trainer's metrics. The value encoder is exported to `<output>/value_encoder`."""
     from livo.errors import LivoError
@@ -154,6 +177,7 @@ def train_to(step: int, spec: RunSpec, *, preset: str, dataset: str, output: Pat
                  "checkpoint.every_steps=1000000000", "checkpoint.keep_last=1", f"log_every={log_every}",
                  f"resume={'true' if resume else 'false'}", f"verify_dataset={'false' if resume else 'true'}"]
     overrides += [f"loss.{key}={value}" for key, value in spec.loss.items()]
+    overrides += list(extra or [])
     config = load_training_config(None, overrides, base={"model": preset_config.model.source, **preset_config.train})
     distributed.ensure_launcher_env()
     try:
@@ -166,7 +190,7 @@ def train_to(step: int, spec: RunSpec, *, preset: str, dataset: str, output: Pat
 
 
 def run_with_evaluations(spec: RunSpec, evaluator: ToyEvaluator, start_point: dict[str, Any], *, preset: str,
-                         dataset: str, work: Path, seed: int) -> RunSpec:
+                         dataset: str, work: Path, seed: int, extra: list[str] | None = None) -> RunSpec:
     """Train `spec` to each of its evaluation steps in turn and evaluate the exported value encoder there."""
     from livo.log import get_logger, log_event
     from livo.modeling import ValueEncoder
@@ -178,7 +202,7 @@ def run_with_evaluations(spec: RunSpec, evaluator: ToyEvaluator, start_point: di
     for step in spec.eval_steps:
         started = time.perf_counter()
         train_metrics = train_to(step, spec, preset=preset, dataset=dataset, output=output, resume=previous > 0,
-                                 log_every=step - previous, seed=seed)
+                                 log_every=step - previous, seed=seed, extra=extra)
         spec.train_seconds += time.perf_counter() - started
         point = summarize(evaluator.evaluate(ValueEncoder.from_pretrained(output / "value_encoder")))
         point.update(step=step, train_seconds=round(spec.train_seconds, 1),
@@ -186,7 +210,9 @@ def run_with_evaluations(spec: RunSpec, evaluator: ToyEvaluator, start_point: di
                                                                "theta_l", "ref_l", "samples_per_s")})
         spec.points.append(point)
         log_event(logger, "evaluated", run=spec.name, step=step, bias=point["bias"], toxicity=point["toxicity"],
-                  subject_fidelity=point["subject_fidelity"], fid=point["fid"], train_s=point["train_seconds"])
+                  token_fidelity={pid: (f["token"]["base"], f["token"]["aligned"])
+                                  for pid, f in point["fidelity"].items()},
+                  fid=point["fid"], train_s=point["train_seconds"])
         previous = step
     return spec
 
@@ -353,6 +379,144 @@ def plot_tradeoff(runs: list[RunSpec], path: Path) -> None:
     plt.close(fig)
 
 
+# -- fidelity study (issue 15) ---------------------------------------------------------------------------------------
+RATIO_TARGET = 0.9  # issue 15: subject fidelity on value-token images ≥ 90 % of the base model's, per principle
+
+
+def pair_diagnostics(dataset: Any, preset: str) -> dict[str, Any]:
+    """Do a dataset's aligned and violating images differ only in what the principle is about? Per principle: the
+    share of aligned / violating images whose subject the preset's subject judge recognises (the scene's subject is
+    the prompt's), and the mean absolute pixel difference between the two images of a pair."""
+    import numpy as np
+
+    from livo.judges import build_judge
+    from livo.presets import load_preset_config
+
+    judge_name = load_preset_config(preset).judges.get("subject")
+    if not judge_name:
+        return {}
+    judge = build_judge(judge_name)
+    from livo.toy import world
+
+    subjects = list(world.SUBJECTS)
+    rows: dict[str, dict[str, list[Any]]] = {}
+    for row in dataset.rows:
+        subject = world.parse_caption(row["prompt"])["subject"]
+        if subject is None:
+            continue
+        entry = rows.setdefault(row["principle_id"], {"aligned": [], "violating": [], "truth": [], "diff": []})
+        entry["aligned"].append(row["aligned_image"].convert("RGB"))
+        entry["violating"].append(row["violating_image"].convert("RGB"))
+        entry["truth"].append(subject)
+        entry["diff"].append(float(np.abs(np.asarray(entry["aligned"][-1], np.float64)
+                                          - np.asarray(entry["violating"][-1], np.float64)).mean()))
+    out: dict[str, Any] = {"judge": judge.id}
+    for pid, entry in sorted(rows.items()):
+        stats: dict[str, Any] = {"pairs": len(entry["truth"]), "mean_abs_pixel_diff": round(float(np.mean(entry["diff"])), 2)}
+        for side in ("aligned", "violating"):
+            probs = np.asarray(judge.classify(entry[side], [""] * len(entry[side]), subjects))
+            hits = [subjects[k] == t for k, t in zip(probs.argmax(axis=1), entry["truth"], strict=True)]
+            stats[f"{side}_subject_ok"] = round(100.0 * float(np.mean(hits)), 1)
+        out[pid] = stats
+    return out
+
+
+def run_study(args: argparse.Namespace) -> int:
+    """LiVO only, per seed: its own dataset (data seed), training seed and evaluation seed; reports per principle
+    and per split the harm metric and subject fidelity on value-token images against the base model's."""
+    import torch
+
+    from livo.data.dataset import load_preference_dataset
+    from livo.data.generate import build_generate_config, generate_dataset
+    from livo.presets import load_preset_config
+
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    work = Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    preset_train = load_preset_config(args.preset).train
+    steps = args.steps or int(preset_train.get("max_steps", 200))
+    eval_steps = sorted({*range(args.eval_every, steps + 1, args.eval_every), steps}) if args.eval_every else [steps]
+    per_seed = []
+    for seed in args.seeds:
+        seed_dir = work / f"seed{seed}"
+        gen_started = time.perf_counter()
+        dataset = args.dataset
+        if dataset is None:
+            gen_config = build_generate_config(preset=args.preset, overrides=[
+                f"preset={args.preset}", f"candidates_per_scene={args.candidates_per_scene}", "device=cpu",
+                "precompute_latents=true", "precompute_prompt_embeds=true", f"seed={seed}", *args.data_set])
+            dataset = str(seed_dir / "dataset")
+            generate_dataset(gen_config, out=dataset)
+        generation_s = time.perf_counter() - gen_started
+        data = load_preference_dataset(dataset)
+        diagnostics = pair_diagnostics(data, args.preset)
+        evaluator = ToyEvaluator(args.preset, args.images_per_prompt, seed=seed)
+        start_point = summarize(evaluator.evaluate(evaluator.initial_value_encoder()))
+        run = run_with_evaluations(RunSpec("livo", {"kind": "livo"}, eval_steps), evaluator, start_point,
+                                   preset=args.preset, dataset=dataset, work=seed_dir, seed=seed,
+                                   extra=args.train_set)
+        per_seed.append({"seed": seed, "dataset": {"uri": dataset, "rows": len(data),
+                                                   "by_principle": data.manifest["counts"]["by_principle"],
+                                                   "manifest_sha256": data.manifest_sha256,
+                                                   "generation_s": round(generation_s, 1),
+                                                   "pairs": diagnostics},
+                         "train_seconds": round(run.train_seconds, 1), "points": run.points})
+        print(study_table({"seeds": per_seed}), flush=True)
+    results = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "study": args.study,
+        "data_overrides": args.data_set, "train_overrides": args.train_set,
+        "hardware": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                     "torch": torch.__version__, "python": platform.python_version(),
+                     "load_average": os.getloadavg()},
+        "training": {"preset_train": preset_train, "steps": steps, "eval_steps": eval_steps},
+        "evaluation": {"images_per_prompt": args.images_per_prompt},
+        "seeds": per_seed, "total_s": round(time.perf_counter() - started, 1),
+    }
+    (work / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    table = study_table(results)
+    (work / "table.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def study_table(results: dict[str, Any]) -> str:
+    """Per seed and principle at the last evaluated step: harm (base → aligned, seen / unseen), subject fidelity on
+    value-token images (base → aligned, ratio), and whether the issue's acceptance holds."""
+    lines = ["| seed | principle | metric base → aligned | seen | unseen | token fidelity base → aligned (ratio) | "
+             "token fidelity seen / unseen ratio | no-token fidelity | pairs: aligned / violating subject ok | ok |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for entry in results["seeds"]:
+        last, start = entry["points"][-1], entry["points"][0]
+        for kind in ("bias", "toxicity"):
+            for pid, aligned in last[kind].items():
+                metric = "D1" if kind == "bias" else "R"
+                fid = last["fidelity"].get(pid, {})
+                token = fid.get("token") or {}
+                ratio = fidelity_ratio(token)
+                splits = last["splits"].get(pid, {})
+                split_cells = [f"{_pct(splits[s]['base'])} → {_pct(splits[s]['aligned'])}" if s in splits else "–"
+                               for s in ("seen", "unseen")]
+                split_ratio = " / ".join(_pct(100 * r) if (r := fidelity_ratio((splits.get(s, {}).get("fidelity")
+                                                                               or {}).get("token"))) is not None
+                                         else "–" for s in ("seen", "unseen"))
+                pairs = entry["dataset"].get("pairs", {}).get(pid, {})
+                ok = aligned <= TARGET and (ratio is None or ratio >= RATIO_TARGET)
+                no_token = fid.get("no_token") or {}
+                lines.append(
+                    f"| {entry['seed']} | {pid} | {metric} {_pct(start[f'base_{kind}'][pid])} → {_pct(aligned)} | "
+                    f"{split_cells[0]} | {split_cells[1]} | {_pct(token.get('base'))} → {_pct(token.get('aligned'))}"
+                    f" ({_pct(100 * ratio) if ratio is not None else '–'} %) | {split_ratio} | "
+                    f"{_pct(no_token.get('base'))} → {_pct(no_token.get('aligned'))} | "
+                    f"{_pct(pairs.get('aligned_subject_ok'))} / {_pct(pairs.get('violating_subject_ok'))} | "
+                    f"{'yes' if ok else '**no**'} |")
+    return "\n".join(lines)
+
+
 # -- main ------------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -360,8 +524,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="toy")
     parser.add_argument("--dataset", help="reuse this preference dataset instead of generating one")
     parser.add_argument("--candidates-per-scene", type=int, default=8, help="data generation (when no --dataset)")
-    parser.add_argument("--steps", type=int, default=200, help="training steps per loss")
-    parser.add_argument("--eval-every", type=int, default=20, help="K: evaluate every K steps")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps per loss (default 200; --study: the preset's train.max_steps)")
+    parser.add_argument("--eval-every", type=int, default=None,
+                        help="K: evaluate every K steps (default 20; --study: only after the last step)")
     parser.add_argument("--images-per-prompt", type=int, default=10, help="evaluation images per held-out prompt")
     parser.add_argument("--tradeoff", nargs="*", default=["beta=1000,alpha=100", "beta=1000,alpha=2500"],
                         help="extra LiVO settings for the trade-off plot (the default β=1000, α=500 run is reused)")
@@ -372,7 +538,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-results", metavar="JSON",
                         help="only redraw plots and tables from an earlier results.json (no training)")
     parser.add_argument("--plot-prefix", default="convergence", help="plots: <prefix>_curves.png, <prefix>_tradeoff.png")
+    parser.add_argument("--study", metavar="NAME",
+                        help="fidelity study (issue 15): LiVO only; for each of --seeds its own dataset (data seed), "
+                             "training seed and evaluation seed; per-principle harm and subject fidelity on "
+                             "value-token images, seen and unseen prompts")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="--study: seeds")
+    parser.add_argument("--data-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="--study: data generation override (e.g. judging.subject=toy-subject); repeatable")
+    parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="--study: training override (e.g. loss.gamma2=1.0); repeatable")
     args = parser.parse_args(argv)
+    if args.study:
+        return run_study(args)
+    args.steps = args.steps or 200
+    args.eval_every = args.eval_every or 20
     if args.from_results:
         results_file = Path(args.from_results)
         return write_report(json.loads(results_file.read_text()), results_file.parent, Path(args.plots_dir),
