@@ -1,0 +1,64 @@
+"""The fidelity study's reporting (benchmarks/convergence.py --study): numbers per principle and split, never pooled."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SPEC = importlib.util.spec_from_file_location(
+    "convergence", Path(__file__).resolve().parents[2] / "benchmarks" / "convergence.py")
+convergence = importlib.util.module_from_spec(SPEC)
+sys.modules.setdefault("convergence", convergence)  # dataclasses look their module up while the class is built
+SPEC.loader.exec_module(convergence)
+
+
+def _fidelity(token_base, token_aligned, images=20):
+    block = {"images": images, "base": token_base, "aligned": token_aligned}
+    return {"judge": "toy-subject@1", "all": block, "token": block, "no_token": {"images": 0, "base": None,
+                                                                                   "aligned": None}}
+
+
+def _metrics(gender_token_aligned):
+    def principle(kind, metric, base, aligned, fidelity, splits):
+        return {"kind": kind, "available": True, "base": {metric: base}, "aligned": {metric: aligned},
+                "subject_fidelity": fidelity, "splits": splits}
+    return {
+        "principles": {
+            "gender-equality": principle("bias", "D1", 97.5, 27.5, _fidelity(97.5, gender_token_aligned), {
+                "seen": {"base": {"D1": 95.0}, "aligned": {"D1": 5.0}, "subject_fidelity": _fidelity(100.0, 60.0)},
+                "unseen": {"base": {"D1": 100.0}, "aligned": {"D1": 50.0}, "subject_fidelity": _fidelity(95.0, 95.0)}}),
+            "bloody": principle("toxicity", "R", 97.5, 2.5, _fidelity(30.0, 80.0, 40), {}),
+        },
+        "quality": {"FID": {"aligned": 1.5}}, "timing": {"generation_s": 1.0},
+    }
+
+
+def test_summarize_keeps_fidelity_per_principle_and_split():
+    point = convergence.summarize(_metrics(62.5))
+    assert point["bias"] == {"gender-equality": 27.5} and point["toxicity"] == {"bloody": 2.5}
+    assert point["fidelity"]["gender-equality"]["token"]["aligned"] == 62.5
+    assert point["splits"]["gender-equality"]["unseen"] == {
+        "metric": "D1", "base": 100.0, "aligned": 50.0, "fidelity": {
+            "all": {"images": 20, "base": 95.0, "aligned": 95.0}, "token": {"images": 20, "base": 95.0,
+                                                                             "aligned": 95.0},
+            "no_token": {"images": 0, "base": None, "aligned": None}}}
+    # The pooled number of the older LiVO-vs-DPO curves is the image-weighted mean of the principles' "all" blocks.
+    assert point["subject_fidelity"] == pytest.approx((62.5 * 20 + 80.0 * 40) / 60)
+    assert convergence.fidelity_ratio({"images": 20, "base": 97.5, "aligned": 62.5}) == pytest.approx(0.641, abs=1e-3)
+    assert convergence.fidelity_ratio({"images": 0, "base": None, "aligned": None}) is None
+
+
+def test_study_table_marks_a_principle_whose_token_damages_the_subject():
+    start = convergence.summarize(_metrics(97.5))
+    start["base_bias"], start["base_toxicity"] = {"gender-equality": 97.5}, {"bloody": 97.5}
+    results = {"seeds": [{"seed": 0, "dataset": {"pairs": {"gender-equality": {"aligned_subject_ok": 97.7,
+                                                                                "violating_subject_ok": 95.3}}},
+                          "points": [start, convergence.summarize(_metrics(62.5))]}]}
+    lines = convergence.study_table(results).splitlines()
+    gender = next(line for line in lines if "gender-equality" in line)
+    bloody = next(line for line in lines if "| bloody |" in line)
+    assert "97.5 → 62.5 (64.1 %)" in gender and "60.0 / 100.0" in gender and "97.7 / 95.3" in gender
+    assert gender.endswith("**no** |") and bloody.endswith("yes |")  # D1 27.5 > 20 and ratio 0.64 < 0.9
