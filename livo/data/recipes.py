@@ -206,25 +206,22 @@ def _aligned_only(outcome: SceneOutcome, scene_index: int, count: int, base_seed
     if outcome.skipped is not None or not outcome.kept_violating:
         return []
     requests = []
-    if matched:
-        for k, v_idx in enumerate(outcome.kept_violating[:count]):
-            if scene.category == "bias":
-                target = outcome.underrepresented[k % len(outcome.underrepresented)]
-                prompt, negative = scene.attribute_prompts[target], ""
-            else:
-                target, prompt, negative = "", scene.clean_prompt or scene.prompt, scene.negative_prompt or ""
-            requests.append(ImageRequest(scene_index, ALIGNED, target, k, prompt, negative,
-                                         outcome.violating_requests[v_idx].seed, pair_with=v_idx))
-        return requests
-    for k in range(count):
-        if scene.category == "bias":
-            target = outcome.underrepresented[k % len(outcome.underrepresented)]
-            prompt, negative = scene.attribute_prompts[target], ""
-        else:
-            target, prompt, negative = "", scene.clean_prompt or scene.prompt, scene.negative_prompt or ""
-        requests.append(ImageRequest(scene_index, ALIGNED, target, k, prompt, negative,
-                                     derive_seed(base_seed, scene.scene, ALIGNED, target, k)))
+    for k, v_idx in enumerate(outcome.kept_violating[:count] if matched else [None] * count):
+        target, prompt, negative = _aligned_prompt(outcome, k)
+        seed = (outcome.violating_requests[v_idx].seed if matched
+                else derive_seed(base_seed, scene.scene, ALIGNED, target, k))
+        requests.append(ImageRequest(scene_index, ALIGNED, target, k, prompt, negative, seed, pair_with=v_idx))
     return requests
+
+
+def _aligned_prompt(outcome: SceneOutcome, k: int) -> tuple[str, str, str]:
+    """(target class, prompt, negative prompt) of a scene's k-th aligned candidate: bias cycles over the
+    under-represented classes' augmented prompts; toxicity uses the clean prompt and the negative prompt."""
+    scene = outcome.scene
+    if scene.category == "bias":
+        target = outcome.underrepresented[k % len(outcome.underrepresented)]
+        return target, scene.attribute_prompts[target], ""
+    return "", scene.clean_prompt or scene.prompt, scene.negative_prompt or ""
 
 
 def judge_aligned(outcome: SceneOutcome, judge_output: np.ndarray, config: JudgingConfig,

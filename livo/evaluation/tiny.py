@@ -5,6 +5,7 @@ judges, used by tests and benchmarks to run the real judge code paths. Their ver
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 JUDGE_WORDS = ("yes", "no", "does", "image", "contain", "content", "which", "generally", "answer", "user",
                "assistant", "<image>")
@@ -42,22 +43,30 @@ def build_tiny_clip(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
+def tiny_llava_config(tokenizer: Any, *, vision_layers: int = 2, vision_feature_layer: int = -2) -> Any:
+    """A `LlavaConfig` of a few thousand parameters (32×32 images, 8×8 patches, a 2-layer Llama) for `tokenizer`,
+    whose `<image>` token must exist."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    return LlavaConfig(
+        vision_config=CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,
+                                       num_hidden_layers=vision_layers, num_attention_heads=4, projection_dim=16),
+        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                                pad_token_id=tokenizer.pad_token_id),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=vision_feature_layer,
+        vision_feature_select_strategy="default",
+    )
+
+
 def build_tiny_llava(directory: Path, seed: int = 0) -> Path:
     import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
     tokenizer = _tokenizer()
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     tokenizer.padding_side = "left"
-    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,
-                                       num_hidden_layers=2, num_attention_heads=4, projection_dim=16),
-        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                                pad_token_id=tokenizer.pad_token_id),
-        image_token_index=image_token_id, vision_feature_layer=-2, vision_feature_select_strategy="default",
-    )
+    config = tiny_llava_config(tokenizer)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
     model.save_pretrained(directory, safe_serialization=True)

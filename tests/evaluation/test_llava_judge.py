@@ -55,19 +55,13 @@ def _save_processor(directory: Path, tokenizer) -> None:
 @pytest.fixture(scope="module")
 def llama_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
+
+    from livo.evaluation.tiny import tiny_llava_config
 
     directory = tmp_path_factory.mktemp("tiny-llava-llama")
     tokenizer = _tokenizer(VOCAB)
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37,
-                                       num_hidden_layers=1, num_attention_heads=4, projection_dim=16),
-        text_config=LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-                                pad_token_id=tokenizer.pad_token_id),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"), vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-    )
+    config = tiny_llava_config(tokenizer, vision_layers=1, vision_feature_layer=-1)
     torch.manual_seed(0)
     LlavaForConditionalGeneration(config).eval().save_pretrained(directory, safe_serialization=True)
     _save_processor(directory, tokenizer)
