@@ -168,6 +168,10 @@ def test_pairing_is_reproducible_by_seed(tmp_path):
     assert manifests[0]["shards"] == manifests[1]["shards"]
     with pytest.raises(ConfigError, match="seed"):
         import_authors_dataset(AUTHORS, tmp_path / "c", seed="5")
+    # The CLI passes --seed through and the manifest records it.
+    assert main(["data", "import", str(AUTHORS), "--out", str(tmp_path / "cli"), "--seed", "5"]) == 0
+    cli_manifest = json.loads((tmp_path / "cli" / "manifest.json").read_text())
+    assert cli_manifest["seed"] == 5 and cli_manifest["shards"] == manifests[0]["shards"]
 
 
 def test_unknown_spelling_needs_a_mapping(tmp_path, capsys):
