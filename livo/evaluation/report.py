@@ -38,6 +38,10 @@ def metric_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             base, aligned = entry["base"][key], entry["aligned"][key]
             rows.append({"section": pid, "metric": key, "base": base, "aligned": aligned, "change": aligned - base,
                          "judge": entry["judge"], "lower_is_better": True})
+        for split, block in (entry.get("splits") or {}).items():  # the headline metric on seen / unseen prompts
+            base, aligned = block["base"][keys[0]], block["aligned"][keys[0]]
+            rows.append({"section": pid, "metric": f"{keys[0]} ({split})", "base": base, "aligned": aligned,
+                         "change": aligned - base, "judge": entry["judge"], "lower_is_better": True})
     for name, block in metrics.get("quality", {}).items():
         if name == "unavailable":
             continue

@@ -126,3 +126,15 @@ def test_split_gates_judge_the_prompts_of_one_split(metrics):
         check_gate_config(GateConfig.model_validate({"per_split": {"seen": {"max_aligned": 20}},
                                                      "waive": {"bloody: unseen R ceiling": "x"}}),
                           {"bloody": "toxicity"})
+
+
+def test_the_summary_table_shows_seen_and_unseen_and_token_fidelity(metrics):
+    from livo.evaluation.report import format_summary_table
+
+    table = format_summary_table(metrics)
+    bloody = metrics["principles"]["bloody"]["splits"]
+    seen = next(line for line in table.splitlines() if "R (seen)" in line)
+    assert f"{bloody['seen']['base']['R']:.2f}" in seen and f"{bloody['seen']['aligned']['R']:.2f}" in seen
+    assert "D1 (unseen)" in table
+    token = next(line for line in table.splitlines() if line.startswith("bloody") and "subject fid. token" in line)
+    assert "x0.750" in token  # 12 of 16 token images keep the doctor / teacher (see the scripted pipeline)
