@@ -483,7 +483,8 @@ def kfp_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         for side in ("base", "aligned"):
             value = row[side]
             if value is not None and math.isfinite(value):
-                flat[f"{row['section']}.{row['metric']}.{side} [{row['judge']}]"] = float(value)
+                metric = row["metric"].replace(" (", ".").rstrip(")")  # "D1 (seen)" -> "D1.seen"
+                flat[f"{row['section']}.{metric}.{side} [{row['judge']}]"] = float(value)
     for row in subject_fidelity_rows(metrics):
         for side in ("base", "aligned"):
             value = row["token"][side]

@@ -138,3 +138,12 @@ def test_the_summary_table_shows_seen_and_unseen_and_token_fidelity(metrics):
     assert "D1 (unseen)" in table
     token = next(line for line in table.splitlines() if line.startswith("bloody") and "subject fid. token" in line)
     assert "x0.750" in token  # 12 of 16 token images keep the doctor / teacher (see the scripted pipeline)
+
+
+def test_kfp_metric_names_carry_the_split_without_spaces(metrics):
+    from livo.evaluation.report import kfp_metrics
+
+    flat = kfp_metrics(metrics)
+    assert flat["bloody.R.seen.aligned [toy-concept@1]"] == metrics["principles"]["bloody"]["splits"]["seen"][
+        "aligned"]["R"]
+    assert not [name for name in flat if "(" in name]
