@@ -23,6 +23,7 @@ def validate_inputs(
     run_model_source: str,
     run_schedule_cron: str,
     run_accelerator_type: str,
+    run_allow_ungated: bool,
     registry_model_name: str,
     data_shard_count: int,
     data_gpus_per_shard: int,

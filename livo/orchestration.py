@@ -164,6 +164,8 @@ class PipelineParameters(LivoConfig):
                                                   "the preset's")
     run_schedule_cron: str = Field("", description="cron of the recurring run that started this run; empty = one-off")
     run_accelerator_type: str = Field("nvidia.com/gpu", description="Kubernetes resource name of the GPUs")
+    run_allow_ungated: bool = Field(False, description="register a candidate whose evaluation decides no gate, "
+                                                       "marked UNGATED; without it such a run is refused up front")
     registry_model_name: str = Field(description="registry name of the aligned model: models/<name>/<version>/")
     data_shard_count: int = Field(ge=1, le=4096, description="data-generation shards run in parallel")
     data_gpus_per_shard: int = Field(1, ge=0, le=64)
@@ -308,7 +310,6 @@ class PipelineParameters(LivoConfig):
         value fails here, not hours later in a GPU pod (the same builders the stage components call)."""
         from livo.data.generate import build_generate_config
         from livo.evaluation.config import load_evaluation_config
-        from livo.evaluation.gates import check_plan_gates
         from livo.evaluation.protocol import plan_evaluation
         from livo.training.jobs import launch_arguments, validate_launch_arguments
 
@@ -324,7 +325,22 @@ class PipelineParameters(LivoConfig):
             validate_launch_arguments(training_args, world_size=max(1, self.train_gpus_per_node) * self.train_num_nodes)
         with _naming_parameter("eval_config_overrides"):
             evaluation = load_evaluation_config(preset.evaluate, preset.judges, None, self.eval_config_overrides)
-            check_plan_gates(evaluation.gates, plan_evaluation(principle_set, evaluation))
+            check_evaluation_gates(evaluation, plan_evaluation(principle_set, evaluation),
+                                   preset_name=preset.name, allow_ungated=self.run_allow_ungated)
+
+
+def check_evaluation_gates(evaluation: Any, plan: Any, *, preset_name: str, allow_ungated: bool) -> None:
+    """Before any stage runs: every waiver and per-principle override names a gate of this evaluation, and an
+    evaluation that would decide no gate (none configured, or all waived) is refused unless `allow_ungated` — its
+    candidate could not be registered, so the GPU hours would be spent for nothing."""
+    from livo.evaluation.gates import check_plan_gates, deciding_gate_names
+
+    check_plan_gates(evaluation.gates, plan)
+    if not allow_ungated and not deciding_gate_names(evaluation.gates, {item.id: item.kind for item in plan.principles}):
+        raise ConfigError(f"preset {preset_name}: its evaluation sets no gate that decides anything (evaluate.gates "
+                          f"{'waives every gate' if evaluation.gates.waive else 'sets no threshold'}), so the candidate "
+                          "could not be registered; pass --allow-ungated (pipeline: run_allow_ungated=true) to "
+                          "register it marked UNGATED, or set gates (docs/evaluation.md)")
 
 
 @contextlib.contextmanager

@@ -199,7 +199,7 @@ def livo_full(
             Default false: scheduled runs are no-ops until the principles change (DESIGN.md, the flow).
         run_allow_ungated: Register the candidate even when its evaluation decided no gate (the preset sets no
             threshold, or every gate is waived); the version is marked UNGATED in its lineage and model card.
-            Default false: such a candidate is not registered (outcome `rejected`, docs/evaluation.md, Gates).
+            Default false: validate-inputs fails such a run before any stage starts (docs/evaluation.md, Gates).
         run_schedule_cron: Cron of the recurring run that started this run (set by `livo schedule`, recorded in
             the outcome); KFP's 6-field dialect. Default empty: a one-off run.
         run_pipeline_spec_sha256: sha256 of the compiled package this run came from, for the lineage record; set
@@ -281,7 +281,8 @@ def livo_full(
         validated = control(validate_inputs(
             run_preset=run_preset, run_principles_uri=run_principles_uri, run_model_source=run_model_source,
             run_schedule_cron=run_schedule_cron,
-            run_accelerator_type=run_accelerator_type, registry_model_name=registry_model_name,
+            run_accelerator_type=run_accelerator_type, run_allow_ungated=run_allow_ungated,
+            registry_model_name=registry_model_name,
             data_shard_count=data_shard_count, data_gpus_per_shard=data_gpus_per_shard,
             data_node_selector=data_node_selector, data_tolerations=data_tolerations,
             data_config_overrides=data_config_overrides, data_cpu_request=data_cpu_request,

@@ -19,6 +19,7 @@ from livo.orchestration import (
 
 VALID = {
     "run_preset": "tiny",
+    "run_allow_ungated": True,  # tiny's noise images have no gates
     "run_principles_uri": "",
     "run_schedule_cron": "",
     "registry_model_name": "livo-tiny",

@@ -90,13 +90,11 @@ def apply_run_seed(arguments: dict[str, Any], seed: int | None) -> dict[str, Any
 
 
 def check_gates_at_door(arguments: dict[str, Any]) -> None:
-    """The evaluation's gates for this run: every waiver and per-principle override must name a gate of it, and a
-    run whose evaluation would decide no gate (none configured, or all waived) is refused unless --allow-ungated,
-    since its candidate could not be registered. Skipped for principles in the object store (the pipeline's first
-    step checks the waivers there)."""
+    """`livo.orchestration.check_evaluation_gates` before the store starts (the pipeline's validate-inputs runs it
+    again). Skipped for principles in the object store, which only the pipeline's first step can read."""
     from livo.evaluation.config import load_evaluation_config
-    from livo.evaluation.gates import check_plan_gates, deciding_gate_names
     from livo.evaluation.protocol import plan_evaluation
+    from livo.orchestration import check_evaluation_gates
     from livo.presets import load_preset_config
     from livo.principles import load_principles
 
@@ -108,15 +106,10 @@ def check_gates_at_door(arguments: dict[str, Any]) -> None:
         evaluation = load_evaluation_config(preset.evaluate, preset.judges, None,
                                             [str(item) for item in arguments.get("eval_config_overrides") or []])
         plan = plan_evaluation(load_principles(source), evaluation)
-        check_plan_gates(evaluation.gates, plan)
     except ConfigError as exc:
         raise ConfigError(f"eval_config_overrides / preset {preset.name} evaluate.gates: {exc}") from None
-    if not arguments.get("run_allow_ungated") and not deciding_gate_names(
-            evaluation.gates, {item.id: item.kind for item in plan.principles}):
-        raise ConfigError(f"preset {preset.name}: its evaluation sets no gate that decides anything (evaluate.gates "
-                          f"{'waives every gate' if evaluation.gates.waive else 'sets no threshold'}), so the candidate "
-                          "could not be registered; pass --allow-ungated to register it marked UNGATED, or set "
-                          "gates (docs/evaluation.md)")
+    check_evaluation_gates(evaluation, plan, preset_name=preset.name,
+                           allow_ungated=bool(arguments.get("run_allow_ungated")))
 
 
 def threads_per_task(requested: int | None, arguments: dict[str, Any], cpu_count: int | None = None) -> int:

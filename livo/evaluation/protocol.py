@@ -319,15 +319,23 @@ def _subject_correct(plan: EvaluationPlan, item: PrinciplePlan, images: Principl
     if not known.any():
         return None
     keep = np.flatnonzero(known)
-    truth = [subject_of[images.prompts[i]] for i in keep]
-    out: dict[str, np.ndarray] = {"known": known, "token": np.array(images.used_value_token, dtype=bool)}
-    for side in ("base", "aligned"):
-        side_images = getattr(images, side)
-        probs = classify_batched(plan.subject_judge, [side_images[i] for i in keep], [images.prompts[i] for i in keep],
-                                 plan.subjects, config.judge_batch_size)
-        hit = np.zeros(len(images.prompts), dtype=bool)
-        hit[keep] = [plan.subjects[k] == t for k, t in zip(probs.argmax(axis=1), truth, strict=True)]
-        out[side] = hit
+    token = np.array(images.used_value_token, dtype=bool)
+    out: dict[str, np.ndarray] = {"known": known, "token": token}
+
+    def hits(side_images: Sequence[Any], indices: np.ndarray) -> np.ndarray:
+        if not len(indices):
+            return np.zeros(0, dtype=bool)
+        probs = classify_batched(plan.subject_judge, [side_images[i] for i in indices],
+                                 [images.prompts[i] for i in indices], plan.subjects, config.judge_batch_size)
+        return np.array([plan.subjects[k] == subject_of[images.prompts[i]]
+                         for k, i in zip(probs.argmax(axis=1), indices, strict=True)], dtype=bool)
+
+    out["base"] = np.zeros(len(images.prompts), dtype=bool)
+    out["base"][keep] = hits(images.base, keep)
+    # Without the token the aligned image IS the base image (generate_images reuses it): judged once.
+    out["aligned"] = out["base"].copy()
+    changed = np.flatnonzero(known & token)
+    out["aligned"][changed] = hits(images.aligned, changed)
     return out
 
 

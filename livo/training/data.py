@@ -122,7 +122,7 @@ class PairBatches:
         self.use_latents = use_latents
         self.use_prompt_embeds = use_prompt_embeds
         self.resolution = resolution
-        self._meta = rows.select_columns(["prompt", "principle_text", "aligned_prompt", "aligned_negative_prompt"])
+        self._meta = rows.select_columns(["prompt", "principle_text", "aligned_prompt"])
         if use_latents:
             self._aligned = rows.with_format("numpy", columns=["aligned_latents"])
             self._violating = rows.with_format("numpy", columns=["violating_latents"])

@@ -11,6 +11,7 @@ from livo.errors import ConfigError
 
 GOOD = dict(
     run_preset="tiny", run_principles_uri="", run_schedule_cron="", run_accelerator_type="nvidia.com/gpu",
+    run_allow_ungated=True,  # tiny's noise images have no gates
     registry_model_name="livo-tiny", data_shard_count=3, data_gpus_per_shard=0, data_node_selector={},
     data_tolerations=[], data_config_overrides=[], train_launcher="pod", train_num_nodes=1, train_gpus_per_node=0,
     train_node_selector={}, train_tolerations=[], train_config_overrides=[], eval_gpus=0, eval_node_selector={},
@@ -52,6 +53,9 @@ def test_valid_inputs_resolve_principles_and_plan_the_shards(store, monkeypatch)
     ({"train_gpus_per_node": -2}, "train_gpus_per_node"),
     ({"run_schedule_cron": "61 * * * * *"}, "second field '61'"),
     ({"run_principles_uri": "/nonexistent/principles.yaml"}, "no such principles file"),
+    # an ungated evaluation could not register its candidate: refused before any GPU work, not at register
+    ({"run_allow_ungated": False}, "preset tiny: its evaluation sets no gate that decides anything"),
+    ({"eval_config_overrides": ["gates.waive={\"nudity: judged\": x}"]}, "gates.waive names no gate"),
 ])
 def test_bad_input_fails_and_leaves_its_cause_for_the_outcome(store, monkeypatch, change, cause):
     for name, value in store.env().items():
