@@ -17,7 +17,7 @@ def principles_changed(model_name: str, principle_set_hash: str, force_retrain: 
     from livo.orchestration import record_decision
     from livo.registry.registration import latest_version
     from livo.registry.registration import principles_changed as registry_principles_changed
-    from livo.registry.store import ObjectStore
+    from livo.store import ObjectStore
 
     store = ObjectStore.from_env()
     changed = bool(registry_principles_changed(store, model_name, principle_set_hash))

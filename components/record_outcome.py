@@ -15,7 +15,7 @@ def record_outcome(status: dsl.PipelineTaskFinalStatus, run_id: str, run_name: s
     """Write the run's outcome record; returns its URI (`livo run` reads the outcome from there)."""
     from livo.log import get_logger, log_event
     from livo.orchestration import build_outcome, write_outcome
-    from livo.registry.store import ObjectStore
+    from livo.store import ObjectStore
 
     store = ObjectStore.from_env()
     outcome = build_outcome(store, run_id=run_id, run_name=run_name, final_state=status.state,

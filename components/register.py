@@ -31,7 +31,7 @@ def register(
     from livo.log import get_logger, log_event
     from livo.orchestration import record_failure, record_registration, registration_request
     from livo.registry.registration import UngatedEvaluation, register_model
-    from livo.registry.store import ObjectStore
+    from livo.store import ObjectStore
 
     store = ObjectStore.from_env()
     with tempfile.TemporaryDirectory(prefix="livo-register-") as workdir:

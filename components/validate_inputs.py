@@ -70,7 +70,7 @@ def validate_inputs(
     from livo.errors import LivoError
     from livo.log import get_logger, log_event
     from livo.orchestration import PipelineParameters, record_failure, run_records_prefix
-    from livo.registry.store import ObjectStore
+    from livo.store import ObjectStore
 
     try:
         params = PipelineParameters.parse(values)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from livo.errors import ConfigError
+from livo.weights import check_safetensors_files  # noqa: F401  (also part of this module's API)
 
 VALUE_ENCODER_DIR = "value_encoder"  # the authors' released layout: <checkpoint>/value_encoder/
 WEIGHTS_NAME = "model.safetensors"
@@ -85,20 +86,6 @@ class ValueEncoder(nn.Module):
             raise ConfigError(f"{directory}: cannot load the value encoder "
                               f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
                               "it must be a CLIPTextModel save_pretrained folder") from exc
-
-
-def check_safetensors_files(paths: Sequence[str | Path]) -> None:
-    """Read the header of every safetensors file in `paths` (cheap: no tensor data is loaded); a truncated, empty or
-    garbled one raises `ConfigError` naming the file, before any model is built."""
-    from safetensors import SafetensorError, safe_open
-
-    for path in paths:
-        try:
-            with safe_open(str(path), framework="pt"):
-                pass
-        except (SafetensorError, OSError) as exc:
-            raise ConfigError(f"{path}: not a readable safetensors file ({exc}); the file is truncated or corrupt "
-                              "— copy or export it again") from exc
 
 
 def resolve_value_encoder_dir(path: str | Path) -> Path:

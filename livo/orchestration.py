@@ -484,7 +484,7 @@ def _read_json_at(store, uri_or_path: str) -> dict[str, Any]:
     from livo.errors import LivoError
 
     if uri_or_path.startswith("s3://"):
-        from livo.registry.store import ObjectStore, parse_s3_uri
+        from livo.store import ObjectStore, parse_s3_uri
 
         located = store.for_uri(uri_or_path) if store is not None else ObjectStore.for_uri(uri_or_path)
         return located.get_json(parse_s3_uri(uri_or_path)[1])
@@ -500,7 +500,7 @@ def _fetch(store, uri_or_path: str, target) -> str:
     from pathlib import Path
 
     if uri_or_path.startswith("s3://"):
-        from livo.registry.store import parse_s3_uri
+        from livo.store import parse_s3_uri
 
         store.for_uri(uri_or_path).download_file(parse_s3_uri(uri_or_path)[1], target)
     else:
@@ -536,7 +536,7 @@ def registration_request(store, *, model_name: str, training_output_uri: str, ev
     workdir = Path(workdir)
     encoder_dir = workdir / "value_encoder"
     if encoder_uri.startswith("s3://"):
-        from livo.registry.store import parse_s3_uri
+        from livo.store import parse_s3_uri
 
         store.for_uri(encoder_uri).download_dir(parse_s3_uri(encoder_uri)[1], encoder_dir)
     else:

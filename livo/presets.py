@@ -24,6 +24,7 @@ from pydantic import Field
 from livo.config import LivoConfig, load_config
 from livo.errors import ConfigError, LivoError
 from livo.log import get_logger
+from livo.tokenization import bytes_to_unicode, learn_bpe_merges
 
 log = get_logger(__name__)
 
@@ -89,50 +90,6 @@ def load_preset_config(name_or_path: str, overrides: list[str] | None = None) ->
 
 # --------------------------------------------------------------------------------------------------------------------
 # Tokenizer without a hub
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable-unicode table."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    n = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    return dict(zip(printable, (chr(c) for c in chars), strict=True))
-
-
-def learn_bpe_merges(words) -> list[tuple[str, str]]:
-    """Byte-pair merges learned on `words` (each counted once) until every word is one token. Ties break on the
-    smallest pair, so the result is deterministic; applying the merges in rank order rebuilds each word."""
-    from collections import Counter
-
-    encoder = bytes_to_unicode()
-    segmented = []
-    for word in dict.fromkeys(words):
-        if word:
-            chars = [encoder[b] for b in word.encode("utf-8")]
-            segmented.append(chars[:-1] + [chars[-1] + "</w>"])
-    merges: list[tuple[str, str]] = []
-    while True:
-        pairs = Counter(p for symbols in segmented for p in zip(symbols, symbols[1:], strict=False))
-        if not pairs:
-            return merges
-        best = min(pairs, key=lambda p: (-pairs[p], p))
-        merges.append(best)
-        for i, symbols in enumerate(segmented):
-            merged, j = [], 0
-            while j < len(symbols):
-                if j + 1 < len(symbols) and (symbols[j], symbols[j + 1]) == best:
-                    merged.append(symbols[j] + symbols[j + 1])
-                    j += 2
-                else:
-                    merged.append(symbols[j])
-                    j += 1
-            segmented[i] = merged
 
 
 def build_tiny_tokenizer(words: tuple[str, ...] | list[str] = TINY_WORDS, model_max_length: int = 77):
@@ -297,7 +254,7 @@ def _from_pretrained(source: str):
             raise ConfigError(f"{local}: not a diffusers pipeline folder (model_index.json missing)")
         from safetensors import SafetensorError
 
-        from livo.modeling import check_safetensors_files
+        from livo.weights import check_safetensors_files
 
         check_safetensors_files(sorted(local.glob("*/*.safetensors")))  # names a truncated file before loading
         try:

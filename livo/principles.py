@@ -298,10 +298,10 @@ def load_principles(path_or_uri: str | Path | None = None) -> PrincipleSet:
 
 def _read_object_text(uri: str) -> str:
     try:
-        from livo.registry.store import ObjectStore, parse_s3_uri
+        from livo.store import ObjectStore, parse_s3_uri
     except ImportError:
         raise PrincipleError(
-            f"{uri}: reading principles from the object store needs livo.registry.store, which this installation "
+            f"{uri}: reading principles from the object store needs livo.store, which this installation "
             "lacks; download the file and pass its local path"
         ) from None
     _, key = parse_s3_uri(uri)

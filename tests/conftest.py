@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from livo.registry.store import EmbeddedSeaweedFS, ObjectStore
+from livo.store import EmbeddedSeaweedFS, ObjectStore
 
 
 @pytest.fixture(scope="session")

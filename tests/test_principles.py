@@ -232,6 +232,6 @@ def test_load_from_object_store_uri(store, monkeypatch):
 
 
 def test_object_store_uri_without_store_module(monkeypatch):
-    monkeypatch.setitem(sys.modules, "livo.registry.store", None)  # import fails
-    with pytest.raises(PrincipleError, match="livo.registry.store"):
+    monkeypatch.setitem(sys.modules, "livo.store", None)  # import fails
+    with pytest.raises(PrincipleError, match="livo.store"):
         load_principles("s3://livo/p.yaml")

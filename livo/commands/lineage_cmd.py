@@ -13,7 +13,7 @@ import sys
 
 
 def _store():
-    from livo.registry.store import ObjectStore
+    from livo.store import ObjectStore
 
     return ObjectStore.from_env()
 

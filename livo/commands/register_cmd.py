@@ -77,7 +77,7 @@ def build_request(args: argparse.Namespace) -> Any:
 
 def cmd_register(args: argparse.Namespace) -> int:
     from livo.registry.registration import register_model
-    from livo.registry.store import ObjectStore
+    from livo.store import ObjectStore
 
     request = build_request(args)
     store = ObjectStore.from_env()

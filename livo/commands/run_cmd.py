@@ -130,7 +130,7 @@ def threads_per_task(requested: int | None, arguments: dict[str, Any], cpu_count
 @contextlib.contextmanager
 def object_store_env(store_dir: Path) -> Iterator[dict[str, str]]:
     """The configured store (`LIVO_S3_*` already set), else an embedded SeaweedFS for the duration of the run."""
-    from livo.registry.store import ENV_ENDPOINT, EmbeddedSeaweedFS
+    from livo.store import ENV_ENDPOINT, EmbeddedSeaweedFS
 
     if os.environ.get(ENV_ENDPOINT):
         yield {}
@@ -240,7 +240,7 @@ def stop_task_processes(grace_s: float = TASK_STOP_GRACE_S) -> list[int]:
     and whatever they started (torchrun workers, ...). SIGTERM, `grace_s`, SIGKILL; the tree is walked again until
     no new process appears (a task thread may be launching one just now). Returns the PIDs signalled. Does not log
     (it runs inside a signal handler)."""
-    from livo.registry.store import descendant_pids, embedded_server_pids, terminate_pids
+    from livo.store import descendant_pids, embedded_server_pids, terminate_pids
 
     signalled: list[int] = []
     for _ in range(5):
@@ -278,7 +278,7 @@ _PR_SET_CHILD_SUBREAPER = 36
 def known_run_ids() -> set[str] | None:
     """Run ids that have records in the configured store (`LIVO_S3_*`), or None when the store cannot be listed."""
     from livo.orchestration import RUN_RECORDS_PREFIX
-    from livo.registry.store import ObjectStore
+    from livo.store import ObjectStore
 
     try:
         keys = ObjectStore.from_env().list(RUN_RECORDS_PREFIX, recursive=False)
@@ -292,7 +292,7 @@ def canceled_outcome(run_dir: Path, known: set[str] | None, reason: str) -> dict
     since the run began, the record is also written there (`pipeline-runs/<id>/outcome.json`, as the exit handler
     would have); otherwise it lives only in the run directory. Store calls are bounded by a short timeout."""
     from livo.orchestration import build_outcome, write_outcome
-    from livo.registry.store import ENV_TIMEOUT, ObjectStore
+    from livo.store import ENV_TIMEOUT, ObjectStore
 
     outcome: dict[str, Any] = {"run_id": None, "status": "canceled", "kfp_state": "CANCELED",
                                "summary": f"the run was canceled ({reason})", "error": reason, "outcome_uri": None}
@@ -323,7 +323,7 @@ def run_pipeline_locally(arguments: dict[str, Any], run_dir: Path, image: str | 
     from kfp import local
 
     from livo.commands.pipeline_cmd import git_commit, load_pipeline_module, pipeline_image
-    from livo.registry.store import ObjectStore, parse_s3_uri
+    from livo.store import ObjectStore, parse_s3_uri
 
     module = load_pipeline_module()
     pipeline_root = run_dir / "kfp"
@@ -359,7 +359,7 @@ def run_pipeline_locally(arguments: dict[str, Any], run_dir: Path, image: str | 
 def fetch_evaluation(outcome: dict[str, Any], run_dir: Path) -> dict[str, Any] | None:
     """Copy the run's evaluation (metrics.json, report.html) into `run_dir`; returns the metrics, or None when the
     run did not get as far as an evaluation. Needs the run's store to be reachable (call inside its context)."""
-    from livo.registry.store import ObjectStore, parse_s3_uri
+    from livo.store import ObjectStore, parse_s3_uri
 
     evaluation = outcome.get("evaluation")
     if not evaluation:
@@ -459,7 +459,7 @@ class RunCancellation:
         with _step(problems, "writing outcome.json"):
             _write_outcome_file(self.run_dir, outcome)
         with _step(problems, "stopping the embedded store"):
-            from livo.registry.store import stop_embedded_servers
+            from livo.store import stop_embedded_servers
 
             stop_embedded_servers()
         where = outcome.get("outcome_uri") or "not in the store"

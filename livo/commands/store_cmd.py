@@ -12,7 +12,7 @@ from pathlib import Path
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C (exit 0), SIGTERM or SIGHUP (exit 128 + signal: 143, 129); the server is stopped in every
     case. Exit 1 when weed itself dies."""
-    from livo.registry.store import EmbeddedSeaweedFS, Terminated, stop_on_signals
+    from livo.store import EmbeddedSeaweedFS, Terminated, stop_on_signals
 
     try:
         with stop_on_signals(), EmbeddedSeaweedFS(Path(args.data_dir), bucket=args.bucket) as server:

@@ -314,7 +314,7 @@ class StoreLocation(DatasetLocation):
 
 def store_for_bucket(bucket: str | None = None) -> Any:
     """The object store configured by `LIVO_S3_*`, pointed at `bucket` (default: `LIVO_S3_BUCKET`)."""
-    from livo.registry.store import ObjectStore
+    from livo.store import ObjectStore
 
     store = ObjectStore.from_env()
     return store.for_bucket(bucket) if bucket else store
@@ -326,7 +326,7 @@ def open_location(uri_or_path: str | Path | DatasetLocation, *, store: Any = Non
         return uri_or_path
     text = str(uri_or_path)
     if text.startswith("s3://"):
-        from livo.registry.store import parse_s3_uri
+        from livo.store import parse_s3_uri
 
         bucket, prefix = parse_s3_uri(text)
         if store is None:

@@ -160,7 +160,7 @@ def resolve_settings(config: GenerateConfig) -> dict[str, Any]:
 def default_output(name: str, dataset_id: str) -> str:
     """`s3://$LIVO_S3_BUCKET/datasets/<name>/<id>` when a store is configured, else `runs/datasets/<name>/<id>`."""
     if os.environ.get("LIVO_S3_ENDPOINT"):
-        from livo.registry.store import ObjectStore
+        from livo.store import ObjectStore
 
         return ObjectStore.from_env().uri(f"datasets/{name}/{dataset_id}")
     from livo.paths import runs_dir

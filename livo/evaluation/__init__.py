@@ -9,15 +9,6 @@
 - `livo.evaluation.report`: metrics.json, HTML report, Markdown summary, `format_summary_table`.
 - `livo/evaluation/metric_modules/`: the same metrics as `evaluate` modules, loadable offline from a local path.
 
-This package imports nothing heavy at import time.
+Import the submodules; this package's `__init__` imports nothing (so no submodule import can loop through it).
 """
 
-
-def format_summary_table(metrics: dict) -> str:
-    """One-screen text table of an evaluation's metrics.json content (see `livo.evaluation.report`)."""
-    from livo.evaluation.report import format_summary_table as _format
-
-    return _format(metrics)
-
-
-__all__ = ["format_summary_table"]

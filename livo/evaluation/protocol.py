@@ -520,7 +520,7 @@ def local_value_encoder(uri: str, workdir: str) -> str:
         return uri
     from pathlib import Path
 
-    from livo.registry.store import ObjectStore, parse_s3_uri
+    from livo.store import ObjectStore, parse_s3_uri
 
     _, prefix = parse_s3_uri(uri)
     target = Path(workdir) / "value_encoder"

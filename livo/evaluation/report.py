@@ -497,7 +497,7 @@ def kfp_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 
 def invalidate_uploaded_outputs(uri: str) -> None:
     """Delete an earlier evaluation's metrics.json under `s3://bucket/prefix/` (a retried task starts clean)."""
-    from livo.registry.store import ObjectStore, parse_s3_uri
+    from livo.store import ObjectStore, parse_s3_uri
 
     _, prefix = parse_s3_uri(uri)
     ObjectStore.for_uri(uri).delete(f"{prefix.strip('/')}/metrics.json".lstrip("/"))
@@ -505,7 +505,7 @@ def invalidate_uploaded_outputs(uri: str) -> None:
 
 def upload_outputs(output_dir: str | Path, uri: str) -> dict[str, str]:
     """Copy metrics.json, report.html and summary.md to `s3://bucket/prefix/`; metrics.json last (commit marker)."""
-    from livo.registry.store import ObjectStore, parse_s3_uri
+    from livo.store import ObjectStore, parse_s3_uri
 
     _, prefix = parse_s3_uri(uri)
     store = ObjectStore.for_uri(uri)

@@ -231,7 +231,7 @@ def _manifest_key(prefix: str) -> str:
 
 
 def _split(uri: str, store: Any = None) -> tuple[Any, str]:
-    from livo.registry.store import ObjectStore, parse_s3_uri
+    from livo.store import ObjectStore, parse_s3_uri
 
     _, key = parse_s3_uri(uri)
     store = store.for_uri(uri) if store is not None else ObjectStore.for_uri(uri)

@@ -28,10 +28,10 @@ from pydantic import Field
 
 from livo.config import LivoConfig
 from livo.errors import ConfigError, LivoError, StoreError
+from livo.registry.versions import MANIFEST_FILE, resolve_version, version_prefix
 
 LINEAGE_SCHEMA_VERSION = 1
 LINEAGE_FILE = "lineage.json"
-MANIFEST_FILE = "manifest.json"  # the commit object of a version: written last, lists every file's digest
 MANIFEST_SCHEMA_VERSION = 2  # 2: the manifest carries `manifest_sha256` over its own fields (1: it did not)
 MANIFEST_DIGEST_KEY = "manifest_sha256"
 MANIFEST_SIGNATURE_KEY = "hmac_sha256"
@@ -261,8 +261,6 @@ def verify_version(store: Any, name: str, version: str) -> list[Mismatch]:
     When manifest.json itself does not verify, its recorded digests are not trusted: the damage is blamed on
     manifest.json, and the other files are checked against the digests lineage.json records instead.
     """
-    from livo.registry.registration import resolve_version, version_prefix
-
     resolve_version(store, name, version)  # raises for an unknown/uncommitted version
     prefix = version_prefix(name, version)
     manifest, manifest_issues = check_manifest(store.get_bytes(prefix + MANIFEST_FILE))
@@ -423,7 +421,7 @@ def weights_digest(files: dict[str, str], value_encoder_path: str = "value_encod
 
 def value_encoder_digest(directory: str | Path) -> str:
     """`weights_digest` of a local value-encoder folder: the digest evaluation records and registration compares."""
-    from livo.registry.store import sha256_file
+    from livo.store import sha256_file
 
     directory = Path(directory)
     files = {f"{VALUE_ENCODER_PATH}/{p.relative_to(directory).as_posix()}": sha256_file(p)
@@ -510,7 +508,7 @@ def _first_line(exc: BaseException) -> str:
 def read_bytes_at(store: Any, uri_or_path: str) -> bytes:
     """Bytes of an ``s3://`` object (through `store`'s endpoint and credentials) or of a local file."""
     if uri_or_path.startswith("s3://"):
-        from livo.registry.store import parse_s3_uri
+        from livo.store import parse_s3_uri
 
         _, key = parse_s3_uri(uri_or_path)
         return store.for_uri(uri_or_path).get_bytes(key)
@@ -529,11 +527,11 @@ def read_text_at(store: Any, uri_or_path: str) -> str:
 
 def digest_at(store: Any, uri_or_path: str) -> str:
     if uri_or_path.startswith("s3://"):
-        from livo.registry.store import parse_s3_uri
+        from livo.store import parse_s3_uri
 
         _, key = parse_s3_uri(uri_or_path)
         return store.for_uri(uri_or_path).sha256(key)
-    from livo.registry.store import sha256_file
+    from livo.store import sha256_file
 
     if not Path(uri_or_path).is_file():
         raise StoreError(f"{uri_or_path}: no such file")

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -49,7 +48,6 @@ from livo.log import get_logger, log_event
 from livo.registry.lineage import (
     EVALUATED_KEY,
     LINEAGE_FILE,
-    MANIFEST_FILE,
     BaseModelSection,
     DatasetSection,
     EvaluationSection,
@@ -67,13 +65,25 @@ from livo.registry.lineage import (
     value_encoder_digest,
     weights_digest,
 )
+from livo.registry.versions import (  # noqa: F401  (re-exported: the registry's public layout API)
+    MANIFEST_FILE,
+    MODEL_NAME_RE,
+    MODELS_PREFIX,
+    VALUE_ENCODER_DIR,
+    VERSION_RE,
+    _check_name,
+    _version_dirs,
+    _version_number,
+    latest_version,
+    list_models,
+    list_versions,
+    model_prefix,
+    resolve_version,
+    version_prefix,
+)
 
 logger = get_logger("livo.registry.registration")
 
-MODELS_PREFIX = "models"
-VALUE_ENCODER_DIR = "value_encoder"
-MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # the same rule as livo.orchestration.MODEL_NAME_RE
-VERSION_RE = re.compile(r"^v([1-9][0-9]*)$")
 STALE_REGISTRATION_S = 30 * 60  # an in-flight marker older than this belongs to a registration that died
 
 
@@ -82,68 +92,8 @@ class UngatedEvaluation(ConfigError):
 
 
 # ------------------------------------------------------------------------------------------------------ layout
-def model_prefix(name: str) -> str:
-    _check_name(name)
-    return f"{MODELS_PREFIX}/{name}/"
-
-
-def version_prefix(name: str, version: str) -> str:
-    if not VERSION_RE.match(version):
-        raise ConfigError(f"version {version!r}: versions are v1, v2, …")
-    return f"{model_prefix(name)}{version}/"
-
-
 def _marker_key(name: str, version: str) -> str:
     return f"{model_prefix(name)}.registrations/{version}.json"
-
-
-def _check_name(name: str) -> None:
-    if not MODEL_NAME_RE.match(name or ""):
-        raise ConfigError(f"model name {name!r}: use 1-63 lowercase letters, digits and '-', starting with a letter or "
-                          "digit")
-
-
-def _version_number(version: str) -> int:
-    match = VERSION_RE.match(version)
-    assert match, version
-    return int(match.group(1))
-
-
-def _version_dirs(store: Any, name: str) -> list[str]:
-    """Every v<N> directory under the model, committed or not, in numeric order."""
-    prefix = model_prefix(name)
-    names = [entry[len(prefix):].rstrip("/") for entry in store.list(prefix, recursive=False) if entry.endswith("/")]
-    return sorted((n for n in names if VERSION_RE.match(n)), key=_version_number)
-
-
-def list_versions(store: Any, name: str) -> list[str]:
-    """Committed versions of `name` (those whose manifest.json exists), oldest first."""
-    return [v for v in _version_dirs(store, name) if store.exists(version_prefix(name, v) + MANIFEST_FILE)]
-
-
-def list_models(store: Any) -> list[str]:
-    names = [entry[len(MODELS_PREFIX) + 1:].rstrip("/") for entry in store.list(MODELS_PREFIX, recursive=False)
-             if entry.endswith("/")]
-    return sorted(n for n in names if MODEL_NAME_RE.match(n))
-
-
-def latest_version(store: Any, name: str) -> str | None:
-    versions = list_versions(store, name)
-    return versions[-1] if versions else None
-
-
-def resolve_version(store: Any, name: str, version: str | None) -> str:
-    """`version`, or the latest when None; a clear error for an unknown model or version."""
-    versions = list_versions(store, name)
-    if not versions:
-        known = list_models(store)
-        raise ConfigError(f"unknown model {name!r} in {store.uri(MODELS_PREFIX)}: no registered version"
-                          + (f"; registered models: {', '.join(known)}" if known else "; nothing is registered yet"))
-    if version is None:
-        return versions[-1]
-    if version not in versions:
-        raise ConfigError(f"unknown version {name}@{version}; registered versions: {', '.join(versions)}")
-    return version
 
 
 def load_manifest(store: Any, name: str, version: str) -> dict[str, Any]:
@@ -299,7 +249,7 @@ def check_evaluation_binding(metrics: dict[str, Any], metrics_path: Path, *, val
 def _check_input_exists(store: Any, what: str, location: str) -> None:
     """A missing input is bad input (exit 2), named before anything is written."""
     if location.startswith("s3://"):
-        from livo.registry.store import parse_s3_uri
+        from livo.store import parse_s3_uri
 
         if not store.for_uri(location).exists(parse_s3_uri(location)[1]):
             raise ConfigError(f"{location}: no such {what} in the object store; pass the URI of an existing object")
@@ -445,7 +395,7 @@ def register_model(store: Any, request: RegistrationRequest, *, model_registry: 
 
 
 def _digests(directory: Path) -> dict[str, str]:
-    from livo.registry.store import sha256_file
+    from livo.store import sha256_file
 
     return {p.relative_to(directory).as_posix(): sha256_file(p) for p in sorted(directory.rglob("*")) if p.is_file()}
 

@@ -71,7 +71,7 @@ def build_bpe_vocab(words: list[str]) -> tuple[dict[str, int], list[tuple[str, s
     tokenises, letter by letter); merges are learnt greedily (most frequent pair first, ties broken alphabetically)
     until each word is a single symbol — standard BPE training, so encoding replays exactly these merges.
     """
-    from livo.presets import bytes_to_unicode, learn_bpe_merges
+    from livo.tokenization import bytes_to_unicode, learn_bpe_merges
 
     byte_chars = list(bytes_to_unicode().values())
     vocab_list = [BOS_TOKEN, EOS_TOKEN] + byte_chars + [c + "</w>" for c in byte_chars]

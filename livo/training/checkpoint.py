@@ -379,7 +379,7 @@ def probe_local_dir(directory: Path, what: str) -> None:
 def open_run_output(output: str, staging_dir: str | None = None) -> RunOutput:
     """`s3://bucket/prefix` -> the object store configured by `LIVO_S3_*`; anything else -> a local directory."""
     if output.startswith("s3://"):
-        from livo.registry.store import ObjectStore, parse_s3_uri
+        from livo.store import ObjectStore, parse_s3_uri
 
         store, prefix = ObjectStore.for_uri(output), parse_s3_uri(output)[1]
         if not prefix:

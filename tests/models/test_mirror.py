@@ -13,7 +13,7 @@ import pytest
 from livo.cli import main
 from livo.errors import ConfigError, JudgeUnavailable, LivoError
 from livo.models.mirror import MANIFEST_NAME, LocalModel, mirror_model, model_cache_dir, plan_files
-from livo.registry.store import ObjectStore, sha256_file
+from livo.store import ObjectStore, sha256_file
 
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 

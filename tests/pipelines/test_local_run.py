@@ -163,7 +163,7 @@ def test_threads_per_task_divides_the_cores_among_concurrent_shards(monkeypatch)
 @pytest.mark.slow
 @pytest.mark.store
 def test_livo_run_tiny_registers_an_auditable_model_and_a_rerun_is_skipped(tmp_path):
-    from livo.registry.store import EmbeddedSeaweedFS
+    from livo.store import EmbeddedSeaweedFS
 
     result = livo(["run", "--preset", "tiny", "--allow-ungated", "--runs-dir", str(tmp_path)])
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]

@@ -13,7 +13,7 @@ from registration_inputs import BASE_FINGERPRINT, bound_metrics, write_value_enc
 
 from livo.paths import config_dir
 from livo.registry.registration import RegistrationRequest
-from livo.registry.store import ObjectStore
+from livo.store import ObjectStore
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from livo.errors import StoreError
-from livo.registry.store import EmbeddedSeaweedFS, descendant_pids, process_alive, process_cmdline
+from livo.store import EmbeddedSeaweedFS, descendant_pids, process_alive, process_cmdline
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.store
@@ -86,7 +86,7 @@ def _serve(data_dir: Path, processes: list[subprocess.Popen]) -> tuple[subproces
 
 
 def _store(exports: dict[str, str]):
-    from livo.registry.store import ObjectStore
+    from livo.store import ObjectStore
 
     return ObjectStore.from_env(exports)
 
@@ -202,7 +202,7 @@ def test_server_orphaned_by_a_killed_owner_is_replaced_with_a_note(tmp_path: Pat
     proc.wait(timeout=30)
     assert process_alive(weed_pid), "the server should outlive a SIGKILLed owner (that is the case under test)"
 
-    with caplog.at_level("WARNING", logger="livo.registry.store"), \
+    with caplog.at_level("WARNING", logger="livo.store"), \
             EmbeddedSeaweedFS(data_dir, stop_grace_s=2.0) as server:
         assert not process_alive(weed_pid) and _weed_pids_on(data_dir) == [server.pid]
         assert server.store().get_bytes("kept.txt") == b"kept"
@@ -258,7 +258,7 @@ def test_livo_run_sigterm_stops_tasks_and_store_and_records_canceled(tmp_path: P
     with EmbeddedSeaweedFS(store_dir, stop_grace_s=2.0) as server:
         assert server.store().bucket_exists()
         if outcome.get("outcome_uri"):  # the run id was known: the store holds the same record
-            from livo.registry.store import parse_s3_uri
+            from livo.store import parse_s3_uri
 
             stored = server.store().get_json(parse_s3_uri(outcome["outcome_uri"])[1])
             assert (stored["status"], stored["run_id"]) == ("canceled", outcome["run_id"])

@@ -11,7 +11,7 @@ from fake_model_registry import FakeModelRegistry
 from livo.errors import ConfigError, LivoError
 from livo.registry.model_registry import KubeflowModelRegistry
 from livo.registry.registration import RegistrationRequest, list_versions, load_lineage, register_model
-from livo.registry.store import ObjectStore
+from livo.store import ObjectStore
 
 Factory = Callable[..., RegistrationRequest]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from livo.errors import ConfigError, LivoError, StoreError
-from livo.registry import principles_changed
+from livo.registry.registration import principles_changed
 from livo.registry.lineage import LineageRecord, diff_records, format_diff, parse_model_ref, verify_version
 from livo.registry.registration import (
     RegistrationRequest,
@@ -20,7 +20,7 @@ from livo.registry.registration import (
     register_model,
     resolve_version,
 )
-from livo.registry.store import ObjectStore, sha256_file
+from livo.store import ObjectStore, sha256_file
 
 Factory = Callable[..., RegistrationRequest]
 

@@ -11,7 +11,7 @@ import yaml
 
 from livo.cli import main
 from livo.registry.registration import RegistrationRequest
-from livo.registry.store import ObjectStore
+from livo.store import ObjectStore
 
 Factory = Callable[..., RegistrationRequest]
 

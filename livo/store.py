@@ -47,7 +47,7 @@ from urllib3.exceptions import HTTPError as Urllib3HTTPError
 from livo.errors import ConfigError, StoreError
 from livo.log import get_logger, log_event
 
-logger = get_logger("livo.registry.store")
+logger = get_logger("livo.store")
 
 ENV_ENDPOINT = "LIVO_S3_ENDPOINT"
 ENV_ACCESS_KEY = "LIVO_S3_ACCESS_KEY"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from livo.errors import ConfigError, StoreError
-from livo.registry.store import (
+from livo.store import (
     EmbeddedSeaweedFS,
     ObjectStore,
     parse_s3_uri,

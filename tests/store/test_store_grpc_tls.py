@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from livo.registry.store import GRPC_CLIENT_NAME, GRPC_SERVERS, GRPC_TLS_DIR, EmbeddedSeaweedFS
+from livo.store import GRPC_CLIENT_NAME, GRPC_SERVERS, GRPC_TLS_DIR, EmbeddedSeaweedFS
 
 pytestmark = pytest.mark.store
 
@@ -181,7 +181,7 @@ def test_grpc_ports_require_the_generated_client_certificate(tmp_path: Path) -> 
 
 def test_stopping_the_server_removes_its_unix_sockets(tmp_path):
     """weed listens on /tmp/seaweedfs-*-<port>.sock too and leaves the files behind when killed: stop removes them."""
-    from livo.registry.store import EmbeddedSeaweedFS
+    from livo.store import EmbeddedSeaweedFS
 
     server = EmbeddedSeaweedFS(tmp_path / "store").start()
     try:

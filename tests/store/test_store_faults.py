@@ -15,7 +15,7 @@ import pytest
 
 from livo.cli import main
 from livo.errors import ConfigError, StoreError
-from livo.registry.store import DEFAULT_TIMEOUT_S, MAX_ATTEMPTS, ObjectStore, timeout_from_env
+from livo.store import DEFAULT_TIMEOUT_S, MAX_ATTEMPTS, ObjectStore, timeout_from_env
 
 ENV = {"LIVO_S3_ACCESS_KEY": "AK", "LIVO_S3_SECRET_KEY": "SK", "LIVO_S3_BUCKET": "livo"}
 
