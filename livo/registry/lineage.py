@@ -71,6 +71,9 @@ class PipelineSection(LivoConfig):
     git_commit: str = ""
     image_digest: str = Field("", description="the digest-pinned image the pipeline's tasks ran in; empty when none")
     image_ran_in: str = Field("", description="container (image_digest names it) or a local process (no image)")
+    mlflow_run_id: str = Field("", description="the pipeline run's MLflow run (its stages are nested runs); empty when "
+                                               "tracking was off")
+    tracking_uri: str = Field("", description="the MLflow tracking URI the run logged to (credentials redacted)")
 
 
 class PrinciplesSection(LivoConfig):

@@ -169,6 +169,12 @@ class RegistrationRequest(LivoConfig):
     git_commit: str = ""
     image_digest: str = ""
     image_ran_in: str = ""
+    mlflow_run_id: str = Field("", description="the pipeline run's MLflow run id (empty: tracking off)")
+    tracking_uri: str = Field("", description="the MLflow tracking URI of that run")
+    artifact_digests: dict[str, str] = Field(
+        default_factory=dict, description="sha256 digests the KFP artifacts carried (value_encoder, metrics, report, "
+                                          "dataset_manifest): each must equal what registration computes, else it "
+                                          "refuses naming both")
     description: str = ""
     force: bool = Field(False, description="register even though metrics.json says passed: false or lacks the "
                                            "digests of what it evaluated (older format)")
@@ -343,7 +349,9 @@ def register_model(store: Any, request: RegistrationRequest, *, model_registry: 
                                value_encoder_path=VALUE_ENCODER_DIR),
             pipeline=PipelineSection(run_id=request.pipeline_run_id, run_name=request.pipeline_run_name,
                                      spec_hash=request.pipeline_spec_hash, git_commit=request.git_commit,
-                                     image_digest=request.image_digest, image_ran_in=request.image_ran_in),
+                                     image_digest=request.image_digest, image_ran_in=request.image_ran_in,
+                                     mlflow_run_id=request.mlflow_run_id,
+                                     tracking_uri=redact(request.tracking_uri, hidden)),
             principles=PrinciplesSection(hash=principle_set.hash, uri=redact(request.principles, hidden),
                                          ids=list(principle_set.ids)),
             dataset=DatasetSection(manifest_uri=redact(request.dataset_manifest_uri, hidden),

@@ -46,7 +46,7 @@ def test_register_writes_complete_verifiable_version(store: ObjectStore, make_re
                                             "spec_hash": "sha256:" + "b" * 64,
                                             "git_commit": "0123456789abcdef0123456789abcdef01234567",
                                             "image_digest": "registry.example/livo@sha256:" + "c" * 64,
-                                            "image_ran_in": ""}
+                                            "image_ran_in": "", "mlflow_run_id": "", "tracking_uri": ""}
     from livo.principles import load_principles
 
     principle_set = load_principles(request.principles)
