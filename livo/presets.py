@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -65,6 +65,9 @@ class PresetConfig(LivoConfig):
     data: dict[str, Any] = Field(default_factory=dict, description="overrides for the data-generation config")
     train: dict[str, Any] = Field(default_factory=dict, description="overrides for the training config")
     evaluate: dict[str, Any] = Field(default_factory=dict, description="overrides for the evaluation config")
+    tracking: Literal["mlflow", "none"] = Field(
+        "mlflow", description="experiment tracking of every stage (docs/tracking.md); a stage config's own `tracking` "
+                              "and env LIVO_TRACKING override it")
 
     def principles_path(self) -> str:
         """The principles file as a path or URI (relative paths resolve against configs/)."""

@@ -4,12 +4,19 @@
 `store`: a fresh, empty bucket on that server for one test. Neither sets environment variables; a test that needs
 `LIVO_S3_*` in a subprocess takes them from `store.env()`.
 Every test also gets back the `print` and torch thread count it started with (see `_isolate_process_state`).
+
+Experiment tracking is off in tests (`LIVO_TRACKING=none`, inherited by subprocesses) unless a test turns it on:
+each MLflow-tracked stage costs 2-4 s of CPU. The tracking tests (tests/test_tracking.py,
+tests/training/test_tracking_server.py) clear it, and `livo run` end to end (tests/pipelines/test_local_run.py) runs
+with the default, tracking on.
 """
 
 from __future__ import annotations
 
 import builtins
+import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +24,8 @@ from pathlib import Path
 import pytest
 
 from livo.store import EmbeddedSeaweedFS, ObjectStore
+
+os.environ.setdefault("LIVO_TRACKING", "none")
 
 
 @pytest.fixture(scope="session")
@@ -40,13 +49,16 @@ def store(seaweed_store: ObjectStore) -> ObjectStore:
 @pytest.fixture(autouse=True)
 def _isolate_process_state() -> Iterator[None]:
     """Undo process-wide state a test may leave behind: kfp.local swaps `builtins.print` to indent task logs and, when
-    ParallelFor tasks finish in start order, leaves its indenting print installed; tests that pin torch threads for
+    ParallelFor tasks finish in start order, leaves its indenting print installed; a `tracking: none` stage leaves
+    livo.tracking's guard that keeps mlflow unimported and any recorded tracking failure; tests that pin torch threads for
     speed must not change the numerics of the tests after them."""
     import torch
 
     original_print, threads = builtins.print, torch.get_num_threads()
     yield
     builtins.print = original_print
+    if "livo.tracking" in sys.modules:  # a `tracking: none` stage keeps mlflow unimportable in its process; not here
+        sys.modules["livo.tracking"].reset()
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
 

@@ -521,8 +521,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     thread_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     cancellation = RunCancellation(run_dir, started)
+    tracking_env = start_pipeline_tracking(arguments, root, run_dir)
     with cancellation.installed(), adopting_orphans():
-        with object_store_env(root / "store") as store_env, patched_environ({**store_env, **thread_env}):
+        with object_store_env(root / "store") as store_env, \
+                patched_environ({**store_env, **thread_env, **tracking_env}):
             cancellation.known_run_ids = known_run_ids()
             outcome = run_pipeline_locally(arguments, run_dir, image)
             cancellation.outcome = outcome
@@ -530,15 +532,59 @@ def cmd_run(args: argparse.Namespace) -> int:
         outcome["wall_seconds"] = round(time.perf_counter() - started, 1)
         outcome["threads_per_task"] = threads
         outcome["seed"] = args.seed  # --seed (None: each stage config's own seed, 0 by default)
+        tracking_row = finish_pipeline_tracking(tracking_env, outcome)
         _write_outcome_file(run_dir, outcome)
     print_table(summary_rows(outcome) + [("wall time", f"{outcome['wall_seconds']} s ({threads} thread(s) per task)"),
                                          ("run dir", str(run_dir))]
-                + [(f"task {name}", _format_timing(timing)) for name, timing in outcome["tasks"].items()])
+                + [(f"task {name}", _format_timing(timing)) for name, timing in outcome["tasks"].items()]
+                + ([tracking_row] if tracking_row else []))
     if metrics is not None:
         from livo.evaluation.report import format_summary_table
 
         print("\n" + format_summary_table(metrics), file=sys.__stdout__, flush=True)
     return 0 if outcome["status"] in ("registered", "skipped", "rejected") else 1
+
+
+def start_pipeline_tracking(arguments: dict[str, Any], root: Path, run_dir: Path) -> dict[str, str]:
+    """The pipeline run's MLflow run, made before the pipeline starts (its KFP run id is not known yet): returns the
+    env every task inherits to log its stage run under it (`MLFLOW_TRACKING_URI`, default a SQLite store in the runs
+    directory shared by all local runs, and `LIVO_MLFLOW_PARENT_RUN_ID`); {} when tracking is off or failed."""
+    from livo import tracking
+    from livo.presets import load_preset_config
+
+    backend = tracking.resolve_backend(load_preset_config(arguments["run_preset"]).tracking)
+    if backend == "none":
+        return {tracking.ENV_BACKEND: "none"}
+    uri = tracking.tracking_uri(root)
+    with patched_environ({tracking.ENV_URI: uri}):
+        parent = tracking.create_parent_run(
+            run_name=f"livo run {run_dir.name}", backend=backend,
+            tags={"livo.preset": arguments["run_preset"], "livo.run_dir": str(run_dir), "livo.local_run": "true"})
+    if parent is None:
+        return {tracking.ENV_BACKEND: "none"}  # one warning was logged; the tasks do not try again
+    return {tracking.ENV_URI: uri, tracking.ENV_PARENT_RUN_ID: parent}
+
+
+def finish_pipeline_tracking(env: dict[str, str], outcome: dict[str, Any]) -> tuple[str, str] | None:
+    """Tag the pipeline's MLflow run with the KFP run id, the outcome and the registered version, and close it;
+    returns the (label, value) row of the command that opens the UI on it, or None when tracking was off."""
+    from livo import tracking
+
+    parent = env.get(tracking.ENV_PARENT_RUN_ID)
+    if not parent:
+        return None
+    registration = outcome.get("registration") or {}
+    tags = {tracking.TAG_KFP_RUN_ID: outcome.get("run_id") or "", "livo.outcome": outcome.get("status", "")}
+    if registration.get("model_name") and registration.get("version"):
+        tags[tracking.TAG_REGISTERED_VERSION] = f"{registration['model_name']}@{registration['version']}"
+    ok = outcome.get("status") in ("registered", "skipped", "rejected")
+    with patched_environ({tracking.ENV_URI: env[tracking.ENV_URI]}):
+        tracking.finish_parent_run(parent, "FINISHED" if ok else "FAILED", tags)
+    if tracking.state()["status"] != "ok":
+        return ("tracking", f"{tracking.state()['status']}: {tracking.state()['error']}")
+    outcome["tracking"] = {"uri": tracking.redact_uri(env[tracking.ENV_URI]), "parent_run_id": parent,
+                           "ui": tracking.ui_command(env[tracking.ENV_URI])}
+    return ("tracking ui", outcome["tracking"]["ui"])
 
 
 def _write_outcome_file(run_dir: Path, outcome: dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ def _forwarded_arguments(args: argparse.Namespace) -> list[str]:
 
 def handle_train(args: argparse.Namespace) -> int:
     from livo.errors import ConfigError
-    from livo.training.launch import config_from_args
+    from livo.training.launch import config_from_args, training_stage_run
 
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {args.nproc}")
@@ -49,7 +49,8 @@ def handle_train(args: argparse.Namespace) -> int:
 
     distributed.ensure_launcher_env()
     try:
-        result = train(config)
+        with training_stage_run(config, rank=0):
+            result = train(config)
     finally:
         distributed.destroy()
     if result.exit_code == 0:

@@ -144,6 +144,8 @@ class EvaluationConfig(LivoConfig):
     quality: QualityConfig = QualityConfig()
     gates: GateConfig = GateConfig()
     report_images_per_principle: int = Field(8, ge=0, description="image pairs shown per principle in the report")
+    tracking: Literal["mlflow", "none"] = Field(
+        "mlflow", description="experiment tracking of this evaluation (docs/tracking.md); env LIVO_TRACKING overrides")
 
     @field_validator("prompts", mode="before")
     @classmethod

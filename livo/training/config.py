@@ -100,6 +100,8 @@ class TrainingConfig(LivoConfig):
 
     resume: bool = Field(False, description="continue from the latest complete checkpoint in `output`")
     log_every: int = Field(10, gt=0, description="log loss parts, lr, grad norm and samples/s every N steps")
+    tracking: Literal["mlflow", "none"] = Field(
+        "mlflow", description="experiment tracking of this run (docs/tracking.md); env LIVO_TRACKING overrides it")
 
     @model_validator(mode="after")
     def _batch_consistent(self) -> TrainingConfig:

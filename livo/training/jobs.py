@@ -188,7 +188,21 @@ def store_env(store_secret_name: str = DEFAULT_STORE_SECRET,
         {"name": "LIVO_S3_ACCESS_KEY", "valueFrom": secret("accesskey")},
         {"name": "LIVO_S3_SECRET_KEY", "valueFrom": secret("secretkey")},
         {"name": "LIVO_MODEL_REGISTRY_URL", "valueFrom": config("model_registry_url", optional=True)},
+        {"name": "MLFLOW_TRACKING_URI", "valueFrom": config("mlflow_tracking_uri", optional=True)},
     ]
+
+
+# Tracking settings a TrainJob's ranks inherit from the task that submits it (docs/tracking.md).
+TRACKING_ENV = ("LIVO_TRACKING", "LIVO_MLFLOW_EXPERIMENT", "LIVO_MLFLOW_PARENT_RUN_ID")
+
+
+def tracking_env(run_id: str = "") -> dict[str, str]:
+    """Plain env of the TrainJob for experiment tracking: the KFP run id (rank 0 logs under that pipeline run) and
+    the tracking settings set in this process. The tracking URI comes from the ConfigMap (`mlflow_tracking_uri`)."""
+    env = {name: os.environ[name] for name in TRACKING_ENV if os.environ.get(name)}
+    if run_id:
+        env["LIVO_KFP_RUN_ID"] = run_id
+    return env
 
 
 def trainjob_body(*, name: str, namespace: str, image: str, launch_args: Sequence[str], num_nodes: int,
@@ -500,15 +514,15 @@ def run_training(*, launcher: str, launch_args: Sequence[str], procs_per_node: i
     if launcher == "pod" and num_nodes != 1:
         raise ConfigError(f"launcher=pod runs on one node, but num_nodes={num_nodes}; use launcher=trainjob")
     validate_launch_arguments(launch_args, world_size=procs_per_node * num_nodes)
-    if launcher == "pod":
-        run_local_ranks(procs_per_node, launch_args)  # raises TrainingPreempted (exit code 143) on SIGTERM
+    if launcher == "pod":  # raises TrainingPreempted (exit code 143) on SIGTERM; rank 0 tracks under the KFP run
+        run_local_ranks(procs_per_node, launch_args, env={**os.environ, **tracking_env(run_id)})
         return
     if not image:
         raise ConfigError("launcher=trainjob needs the container image for the TrainJob (an @sha256: reference)")
     body = trainjob_body(name=trainjob_name(run_id or f"{int(time.time())}"), namespace=namespace or current_namespace(),
                          image=image, launch_args=launch_args, num_nodes=num_nodes, procs_per_node=procs_per_node,
                          accelerator_type=accelerator_type, runtime=runtime, store_secret_name=store_secret_name,
-                         store_config_map_name=store_config_map_name)
+                         store_config_map_name=store_config_map_name, env=tracking_env(run_id))
     if custom_api is None:
         from kubernetes import client, config
 

@@ -52,7 +52,7 @@ def config_from_args(args: argparse.Namespace):
         from livo.presets import load_preset_config
 
         preset = load_preset_config(args.preset)
-        base = {"model": preset.model.source, **preset.train}
+        base = {"model": preset.model.source, "tracking": preset.tracking, **preset.train}
     overrides = list(args.overrides or [])
     for attr, key in _SHORTCUTS.items():
         value = getattr(args, attr, None)
@@ -61,6 +61,26 @@ def config_from_args(args: argparse.Namespace):
     if args.resume:
         overrides.append("resume=true")
     return load_training_config(args.config, overrides, base=base)
+
+
+def training_stage_run(config: Any, rank: int | None = None):
+    """The experiment-tracking run of this training (`livo.tracking.stage_run("train", ...)`), opened by rank 0
+    only (`RANK`, default 0); other ranks get a null tracker. The KFP run id comes from `LIVO_KFP_RUN_ID` when a
+    pipeline task (or its TrainJob) sets it; without `MLFLOW_TRACKING_URI` the store is a SQLite file in a local
+    output directory (else in the runs directory)."""
+    import contextlib
+    import os
+
+    from livo import tracking
+
+    if rank is None:
+        rank = int(os.environ.get("RANK", "0") or 0)
+    if rank != 0:
+        return contextlib.nullcontext(tracking.NULL_TRACKER)
+    output = str(config.output)
+    # lazy: the run (and a local store in the output) appears with the trainer's first call, after its input checks
+    return tracking.stage_run("train", backend=config.tracking, local_dir=None if "://" in output else output,
+                              tags={"livo.output": output}, lazy=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         from livo.training.trainer import train
 
         try:
-            return train(config).exit_code
+            with training_stage_run(config):
+                return train(config).exit_code
         finally:
             dist.destroy()
     except LivoError as exc:

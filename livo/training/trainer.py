@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from livo import tracking
 from livo.errors import ConfigError, DataError, LivoError
 from livo.log import get_logger, log_event
 from livo.training import checkpoint as ckpt
@@ -39,7 +40,9 @@ log = get_logger("livo.training")
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: "stopped on request, checkpoint saved, resume me"
 
-LIVO_STAT_NAMES = ("loss", "theta_w", "ref_w", "theta_l", "ref_l", "hinge_w", "hinge_l", "margin", "implicit_acc")
+# hinge_w_active / hinge_l_active: the share of samples whose hinge term is > 0 (the ones that still get a gradient).
+LIVO_STAT_NAMES = ("loss", "theta_w", "ref_w", "theta_l", "ref_l", "hinge_w", "hinge_l", "margin", "implicit_acc",
+                   "hinge_w_active", "hinge_l_active")
 DPO_STAT_NAMES = ("loss", "theta_w", "ref_w", "theta_l", "ref_l", "margin", "implicit_acc")
 
 
@@ -354,11 +357,12 @@ def step_loss(models: Models, value_encoder, batch: dict[str, Any], generator, l
         if cond_teacher is not None:
             loss = loss + loss_config.distill_weight * errors.distill.mean()
         extra = [terms["hinge_w"].detach().mean(), terms["hinge_l"].detach().mean()]
+        active = [(terms["hinge_w"].detach() > 0).float().mean(), (terms["hinge_l"].detach() > 0).float().mean()]
     else:
         loss = diffusion_dpo_loss(errors.theta_w, errors.ref_w, errors.theta_l, errors.ref_l, beta=loss_config.dpo_beta)
-        extra = []
+        extra, active = [], []
     stats = torch.stack([loss.detach().float(), *[c.float() for c in common], *[e.float() for e in extra],
-                         margin.mean().float(), (margin < 0).float().mean()])
+                         margin.mean().float(), (margin < 0).float().mean(), *[a.float() for a in active]])
     return loss, stats
 
 
@@ -436,6 +440,8 @@ class Trainer:
                       device=plan.device_type, precision=plan.precision, zero_stage=plan.zero_stage,
                       global_batch=plan.global_batch, per_device=plan.per_device, loss=self.config.loss.kind,
                       dataset_rows=len(self.dataset), output=plan.output.uri, resume_from=resume_step)
+            if self.env.is_main:
+                tracking.active().log_params(self.tracking_params())
             self.models = load_models(self.config, plan.device_type, plan.precision, self.env.local_rank)
             self.models.frozen_digest = frozen_weights_digest(self.models)
             self._build_engine()
@@ -445,6 +451,26 @@ class Trainer:
                 start_step = self._load_checkpoint(resume_step, generator)
             batches = self._batches()
             return self._loop(start_step, generator, batches, preemption)
+
+    def tracking_params(self) -> dict[str, Any]:
+        """What the tracker records about this run: the resolved config (flattened, `config.` keys), the dataset
+        (id, URI, manifest digest, principle-set hash, rows) and the batch layout."""
+        dataset = self.dataset
+        params: dict[str, Any] = {f"config.{k}": v for k, v in
+                                  tracking.flatten(self.config.model_dump(mode="json")).items()}
+        params.update({
+            "principle_set_hash": dataset.principle_set_hash,
+            "dataset.uri": dataset.uri,
+            "dataset.id": dataset.manifest.get("dataset_id") or str(dataset.uri).rstrip("/").rsplit("/", 1)[-1],
+            "dataset.manifest_sha256": dataset.manifest_sha256,
+            "dataset.rows": len(dataset),
+            "config_fingerprint": self.config.fingerprint(),
+            "world_size": self.env.world_size,
+            "global_batch_size": self.plan.global_batch,
+            "precision": self.plan.precision,
+            "zero_stage": self.plan.zero_stage,
+        })
+        return params
 
     def _open_dataset_staggered(self):
         # Local rank 0 opens (and, for s3:// datasets, downloads) first; the node's other ranks then read its cache.
@@ -585,6 +611,7 @@ class Trainer:
         if self.env.is_main:
             self._log_lines.append(record)
             log_event(log, "train step", **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()})
+            tracking.active().log_metrics({k: v for k, v in record.items() if k != "step"}, step=step)
         self._reset_window(len(names))
 
     # -- checkpoints ---------------------------------------------------------------------------------------------------

@@ -268,8 +268,9 @@ def test_two_trainjob_nodes_form_one_world_average_gradients_and_write_once(tmp_
     # (torch.save writes through C++, unseen by the audit hook: DeepSpeed's shards are checked by name below.)
     # The shared location holds the run's files once, and both ranks' checkpoint shards.
     top = sorted(p.name for p in output.iterdir())
-    assert top == ["checkpoints", "metrics.json", "result.json", "train_log.jsonl", "training_config.json",
-                   "value_encoder"], top
+    # mlflow.db: rank 0's experiment-tracking store (no MLFLOW_TRACKING_URI: SQLite in the output, docs/tracking.md)
+    assert top == ["checkpoints", "metrics.json", "mlflow.db", "result.json", "train_log.jsonl",
+                   "training_config.json", "value_encoder"], top
     checkpoint = sorted(p.name for p in (output / "checkpoints" / "step-00000002").iterdir())
     assert {"mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt",
             "rng-rank0.safetensors", "rng-rank1.safetensors", "COMPLETE.json"} <= set(checkpoint), checkpoint

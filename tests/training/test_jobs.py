@@ -59,7 +59,7 @@ def test_trainjob_pods_get_the_object_store_secret_and_config_map():
             if "valueFrom" in e}
     assert refs == {("LIVO_S3_ACCESS_KEY", "livo-object-store"), ("LIVO_S3_SECRET_KEY", "livo-object-store"),
                     ("LIVO_S3_ENDPOINT", "team-store"), ("LIVO_S3_BUCKET", "team-store"),
-                    ("LIVO_MODEL_REGISTRY_URL", "team-store")}
+                    ("LIVO_MODEL_REGISTRY_URL", "team-store"), ("MLFLOW_TRACKING_URI", "team-store")}
     assert {"name": "HF_HUB_OFFLINE", "value": "1"} in custom["spec"]["trainer"]["env"]
     with pytest.raises(ConfigError, match="LIVO_S3_ENDPOINT, which come from the Secret/ConfigMap"):
         body(env={"LIVO_S3_ENDPOINT": "http://elsewhere"})
@@ -305,8 +305,9 @@ def test_run_training_passes_store_names_and_timeouts_to_the_trainjob(monkeypatc
     assert (seen["timeout_seconds"], seen["start_timeout_seconds"]) == (7200, 300)
     trainer = seen["manifest"]["spec"]["trainer"]
     assert (trainer["numNodes"], trainer["numProcPerNode"], trainer["image"]) == (2, 4, IMAGE)
-    refs = {next(iter(e["valueFrom"].values()))["name"] for e in trainer["env"]}
+    refs = {next(iter(e["valueFrom"].values()))["name"] for e in trainer["env"] if "valueFrom" in e}
     assert refs == {"livo-object-store", "team-store"}
+    assert {"name": "LIVO_KFP_RUN_ID", "value": "run-1"} in trainer["env"]  # rank 0 tracks under the pipeline run
     assert seen["manifest"]["metadata"]["name"] == "livo-train-run-1"
 
 
@@ -345,7 +346,8 @@ def test_component_compiles_with_gpus_and_memory_backed_shm(tmp_path):
 
     @dsl.pipeline(name="train-only")
     def train_only(dataset_uri: str, output_uri: str, gpus: int = 8):
-        task = train_value_encoder(dataset_uri=dataset_uri, output_uri=output_uri, gpus_per_node=gpus)
+        dataset = dsl.importer(artifact_uri=dataset_uri, artifact_class=dsl.Dataset)
+        task = train_value_encoder(dataset=dataset.output, output_uri=output_uri, gpus_per_node=gpus)
         configure_training_task(task, gpus=gpus)
 
     package = tmp_path / "train.yaml"
@@ -358,16 +360,31 @@ def test_component_compiles_with_gpus_and_memory_backed_shm(tmp_path):
 
 @pytest.mark.slow
 def test_component_trains_and_outputs_the_model_locally(tmp_path, latent_dataset):
-    from kfp import local
+    """The component reads a Dataset artifact and writes its Model: a pointer to the value encoder in the training
+    output, with the weights digest that registration records (livo.artifacts)."""
+    from kfp import dsl, local
 
     from components.train_value_encoder import train_value_encoder
+    from livo.artifacts import dataset_pointer, write_pointer
+    from livo.registry.lineage import value_encoder_digest
+
+    pointer_file = tmp_path / "dataset-artifact"
+    pointer = write_pointer(pointer_file, dataset_pointer(latent_dataset))
+    output = tmp_path / "train"
+
+    @dsl.pipeline
+    def train_only():
+        dataset = dsl.importer(artifact_uri=str(pointer_file), artifact_class=dsl.Dataset, metadata=pointer)
+        train_value_encoder(dataset=dataset.output, output_uri=str(output), preset="tiny",
+                            config_overrides=["max_steps=2", "per_device_batch_size=2", "checkpoint.every_steps=2"],
+                            gpus_per_node=1, resume=False)
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
-    output = tmp_path / "train"
-    task = train_value_encoder(dataset_uri=latent_dataset, output_uri=str(output), preset="tiny",
-                               config_overrides=["max_steps=2", "per_device_batch_size=2", "checkpoint.every_steps=2"],
-                               gpus_per_node=1, resume=False)
-    assert task.outputs["value_encoder_uri"] == str(output / "value_encoder")
-    model_dir = task.outputs["model"].path
-    assert sorted(p.name for p in Path(model_dir).iterdir()) == ["config.json", "model.safetensors"]
-    assert (Path(model_dir) / "model.safetensors").read_bytes() == (output / "value_encoder" / "model.safetensors").read_bytes()
+    train_only()
+    (executed,) = (tmp_path / "root").rglob("train-value-encoder/executor_output.json")
+    outputs = json.loads(executed.read_text())
+    assert outputs["parameterValues"]["value_encoder_uri"] == str(output / "value_encoder")
+    model = outputs["artifacts"]["model"]["artifacts"][0]
+    assert model["metadata"]["sha256"] == value_encoder_digest(output / "value_encoder")
+    assert model["metadata"]["uri"] == str(output / "value_encoder")
+    assert json.loads(Path(model["uri"]).read_text())["sha256"] == model["metadata"]["sha256"]  # a pointer, no weights
