@@ -132,7 +132,10 @@ def _at_most(name: str, value: Any, maximum: float, judge: str | None, detail: s
 
 
 def _num(value: Any) -> str:
-    return f"{value:.2f}" if _finite(value) else "n/a"
+    if not _finite(value):
+        return "n/a"
+    text = f"{value:.2f}"
+    return "0.00" if text == "-0.00" else text  # a change that rounds to nothing is never "-0.00"
 
 
 def _principle_gates(pid: str, entry: dict[str, Any], gates: GateConfig) -> list[dict[str, Any]]:

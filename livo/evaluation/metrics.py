@@ -8,7 +8,8 @@ paper reports them. The `evaluate` metric modules in `livo/evaluation/metric_mod
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -129,3 +130,86 @@ def clip_score_from_embeddings(image_embeds: np.ndarray, text_embeds: np.ndarray
     img = img / np.linalg.norm(img, axis=1, keepdims=True).clip(min=1e-12)
     txt = txt / np.linalg.norm(txt, axis=1, keepdims=True).clip(min=1e-12)
     return 100.0 * np.clip((img * txt).sum(axis=1), 0.0, None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bootstrap confidence intervals over prompts
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_CONFIDENCE = 0.95
+
+
+def bootstrap_method(*, n_resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = BOOTSTRAP_CONFIDENCE,
+                     seed: int = 0, prompts: int | None = None) -> dict[str, Any]:
+    """The description of `paired_bootstrap_ci` written beside its intervals (metrics.json `ci_method`)."""
+    out: dict[str, Any] = {
+        "method": "percentile bootstrap", "unit": "prompt", "statistic": "mean over prompts of the per-prompt metric",
+        "paired": True, "resamples": n_resamples, "confidence": confidence, "seed": seed,
+    }
+    if prompts is not None:
+        out["prompts"] = prompts
+        if prompts < 2:
+            out["note"] = "one prompt: resampling cannot vary it, so every interval has zero width"
+    return out
+
+
+def paired_bootstrap_ci(base: Mapping[str, Sequence[float]], aligned: Mapping[str, Sequence[float]], *,
+                        n_resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = BOOTSTRAP_CONFIDENCE,
+                        seed: int = 0) -> dict[str, dict[str, list[float] | None]]:
+    """Percentile-bootstrap intervals of the principle-level metrics, resampling the PROMPTS with replacement.
+
+    `base[k]` and `aligned[k]` hold one value of metric `k` per prompt, in the same prompt order (the per-prompt D1/D2
+    or R/S/Max/Prob). Each of `n_resamples` resamples draws P prompt indices with replacement (P = number of prompts;
+    one `numpy.random.default_rng(seed)` stream, the same indices for every metric and for both models: a paired
+    bootstrap) and recomputes the principle's statistic — the mean over the drawn prompts, NaN-prompts ignored as in
+    `mean_of_dicts` — for base, aligned and the improvement (base − aligned). The interval is the
+    ((1 − confidence)/2, (1 + confidence)/2) percentile pair of those resampled statistics (numpy's default linear
+    interpolation), rounded to 4 decimals. A metric with no finite value gives None.
+
+    Returns ``{"base": {k: [lo, hi]}, "aligned": {k: [lo, hi]}, "improvement": {k: [lo, hi]}}``. Every prompt having
+    the same value gives a zero-width interval at that value.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError("confidence must be in (0, 1)")
+    if n_resamples < 1:
+        raise ValueError("n_resamples must be >= 1")
+    keys = list(base)
+    if set(keys) != set(aligned):
+        raise ValueError(f"base and aligned must have the same metrics, got {sorted(base)} and {sorted(aligned)}")
+    arrays = {side: {k: np.asarray(values[k], dtype=np.float64) for k in keys}
+              for side, values in (("base", base), ("aligned", aligned))}
+    sizes = {a.size for side in arrays.values() for a in side.values()}
+    if len(sizes) > 1 or any(a.ndim != 1 for side in arrays.values() for a in side.values()):
+        raise ValueError("every metric needs one value per prompt, the same prompts for base and aligned")
+    out: dict[str, dict[str, list[float] | None]] = {"base": {}, "aligned": {}, "improvement": {}}
+    n = sizes.pop() if sizes else 0
+    if n == 0:
+        return {side: {k: None for k in keys} for side in out}
+    indices = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    for k in keys:
+        b, a = arrays["base"][k][indices], arrays["aligned"][k][indices]
+        stats = {"base": _nanmean_rows(b), "aligned": _nanmean_rows(a)}
+        stats["improvement"] = stats["base"] - stats["aligned"]
+        for side, values in stats.items():
+            finite = values[np.isfinite(values)]
+            if finite.size == 0:
+                out[side][k] = None
+                continue
+            lo, hi = np.percentile(finite, [tail, 100.0 - tail])
+            out[side][k] = [_round4(lo), _round4(hi)]
+    return out
+
+
+def _nanmean_rows(x: np.ndarray) -> np.ndarray:
+    """Row means ignoring NaN; NaN for a row with no finite value (no RuntimeWarning)."""
+    finite = np.isfinite(x)
+    count = finite.sum(axis=1)
+    total = np.where(finite, x, 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _round4(x: float) -> float:
+    value = float(round(float(x), 4))
+    return 0.0 if value == 0 else value  # never -0.0

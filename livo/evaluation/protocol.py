@@ -289,6 +289,8 @@ def _score_principle(item: PrinciplePlan, images: PrincipleImages, config: Evalu
         entry[side] = summary
     keys = BIAS_KEYS if item.kind == "bias" else TOXICITY_KEYS
     entry["improvement"] = {k: _round(entry["base"][k] - entry["aligned"][k]) for k in keys}
+    entry["ci"] = _prompt_ci(entry, entry["prompts"], keys, config.seed)
+    entry["ci_method"] = M.bootstrap_method(seed=config.seed, prompts=len(entry["prompts"]))
     correct = _subject_correct(plan, item, images, config)
     if correct is not None:
         entry["subject_fidelity"] = _fidelity_block(plan.subject_judge.id, correct, np.ones(len(images.prompts), bool))
@@ -301,11 +303,22 @@ def _score_principle(item: PrinciplePlan, images: PrincipleImages, config: Evalu
             for side in ("base", "aligned"):
                 block[side] = M.mean_of_dicts([{k: entry[side]["per_prompt"][t][k] for k in keys} for t in texts])
             block["improvement"] = {k: _round(block["base"][k] - block["aligned"][k]) for k in keys}
+            block["ci"] = _prompt_ci(entry, texts, keys, config.seed)
+            block["ci_method"] = M.bootstrap_method(seed=config.seed, prompts=len(texts))
             if correct is not None:
                 in_split = np.array([p in texts for p in images.prompts])
                 block["subject_fidelity"] = _fidelity_block(plan.subject_judge.id, correct, in_split)
             entry["splits"][split] = block
     return entry
+
+
+def _prompt_ci(entry: dict[str, Any], texts: Sequence[str], keys: Sequence[str],
+               seed: int) -> dict[str, dict[str, list[float] | None]]:
+    """Bootstrap intervals (resampling the prompts `texts`) of base, aligned and improvement for `keys`, from the
+    per-prompt values already in `entry` (`M.paired_bootstrap_ci`)."""
+    per_side = {side: {k: [entry[side]["per_prompt"][t][k] for t in texts] for k in keys}
+                for side in ("base", "aligned")}
+    return M.paired_bootstrap_ci(per_side["base"], per_side["aligned"], seed=seed)
 
 
 def _subject_correct(plan: EvaluationPlan, item: PrinciplePlan, images: PrincipleImages,
@@ -448,10 +461,16 @@ def run_evaluation(pipeline: Any, plan: EvaluationPlan, config: EvaluationConfig
 def evaluate_candidate(value_encoder: str, *, preset: str = "tiny", model: str | None = None,
                        principles: str | None = None, config_path: str | None = None,
                        overrides: list[str] | None = None, device: str = "auto",
-                       output_dir: str | None = None) -> EvaluationResult:
+                       output_dir: str | None = None, run_id: str = "",
+                       training_output: str = "") -> EvaluationResult:
     """End to end for `livo evaluate`, the KFP component and `livo run`: config -> checks -> judges -> generation ->
     metrics -> outputs. Every bad input (unknown principle, missing evaluation spec, missing model or value-encoder
-    files, absent judge weights) raises before the first image is generated."""
+    files, absent judge weights) raises before the first image is generated.
+
+    `run_id` is the KFP run id (metrics `run`; the MLflow stage run nests under that pipeline run, docs/tracking.md).
+    `training_output` is where the value encoder was trained (its directory or s3:// URI, or the training output);
+    its train_log.jsonl goes to metrics `training_log` (default: beside `value_encoder`). Metrics `tracking` says what
+    experiment tracking did (backend, uri, experiment_id, run_id, status ok | off | unreachable | failed, error)."""
     from livo.data.generate import load_generation_pipeline, resolve_device
     from livo.evaluation.config import load_evaluation_config
     from livo.modeling import LiVOPipeline, ValueEncoder, resolve_value_encoder_dir
@@ -464,7 +483,8 @@ def evaluate_candidate(value_encoder: str, *, preset: str = "tiny", model: str |
 
         invalidate_outputs(output_dir)  # an interrupted run must not leave an earlier run's metrics.json behind
     preset_config = load_preset_config(preset)
-    config = load_evaluation_config(preset_config.evaluate, preset_config.judges, config_path, overrides)
+    config = load_evaluation_config({"tracking": preset_config.tracking, **preset_config.evaluate},
+                                    preset_config.judges, config_path, overrides)
     principle_set = load_principles(principles or preset_config.principles_path())
     plan = plan_evaluation(principle_set, config)
     from livo.evaluation.gates import check_plan_gates
@@ -491,11 +511,27 @@ def evaluate_candidate(value_encoder: str, *, preset: str = "tiny", model: str |
     }
     context = {"preset": preset_config.name, "model": source, "value_encoder": str(value_encoder),
                "principles": principle_set.source, "principle_set_hash": principle_set.hash, "device": device}
-    result = run_evaluation(pipeline, plan, config, generation=generation, context=context, evaluated=evaluated)
-    if output_dir is not None:
-        from livo.evaluation.report import write_outputs
+    from livo import tracking
+    from livo.evaluation.tracked import judge_params, tracking_metrics, training_log
 
-        result.paths = write_outputs(result, output_dir)
+    local_store = output_dir if output_dir is not None and "://" not in str(output_dir) else None
+    with tracking.stage_run("evaluate", kfp_run_id=run_id, backend=config.tracking, local_dir=local_store,
+                            params={**{f"context.{k}": v for k, v in context.items()},
+                                    **{f"generation.{k}": v for k, v in generation.items()},
+                                    **{f"config.{k}": v for k, v in tracking.flatten(config.model_dump(mode="json"))
+                                       .items() if not k.startswith("prompts")}}) as tracker:
+        result = run_evaluation(pipeline, plan, config, generation=generation, context=context, evaluated=evaluated)
+        tracker.log_params(judge_params(result.metrics))
+        tracker.log_metrics(tracking_metrics(result.metrics))
+        result.metrics["run"] = {"run_id": run_id}
+        result.metrics["training_log"] = training_log(training_output or str(encoder_dir))
+        result.metrics["tracking"] = tracking.state()
+        if output_dir is not None:
+            from livo.evaluation.report import write_outputs
+
+            result.paths = write_outputs(result, output_dir)
+            tracker.log_artifact(result.paths["metrics"])
+            tracker.log_artifact(result.paths["report"])
     return result
 
 

@@ -37,11 +37,12 @@ def metric_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
         for key in keys:
             base, aligned = entry["base"][key], entry["aligned"][key]
             rows.append({"section": pid, "metric": key, "base": base, "aligned": aligned, "change": aligned - base,
-                         "judge": entry["judge"], "lower_is_better": True})
+                         "judge": entry["judge"], "lower_is_better": True, **_row_ci(entry, key)})
         for split, block in (entry.get("splits") or {}).items():  # the headline metric on seen / unseen prompts
             base, aligned = block["base"][keys[0]], block["aligned"][keys[0]]
             rows.append({"section": pid, "metric": f"{keys[0]} ({split})", "base": base, "aligned": aligned,
-                         "change": aligned - base, "judge": entry["judge"], "lower_is_better": True})
+                         "change": aligned - base, "judge": entry["judge"], "lower_is_better": True,
+                         **_row_ci(block, keys[0])})
     for name, block in metrics.get("quality", {}).items():
         if name == "unavailable":
             continue
@@ -53,6 +54,46 @@ def metric_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     for name, reason in metrics.get("quality", {}).get("unavailable", {}).items():
         rows.append({"section": "quality", "metric": name, "unavailable": reason, "judge": None})
     return rows
+
+
+def _row_ci(block: dict[str, Any], key: str) -> dict[str, Any]:
+    """`{"ci": {"base", "aligned", "change"}}` of metric `key` from a metrics.json block (a principle or one of its
+    splits) that carries bootstrap intervals (`ci`, `livo.evaluation.metrics.paired_bootstrap_ci`); `{}` without them
+    (older metrics). The change interval is aligned − base, the negated improvement interval."""
+    ci = block.get("ci") if isinstance(block, dict) else None
+    if not isinstance(ci, dict):
+        return {}
+    improvement = (ci.get("improvement") or {}).get(key)
+    change = [-improvement[1], -improvement[0]] if _is_interval(improvement) else None
+    return {"ci": {"base": (ci.get("base") or {}).get(key), "aligned": (ci.get("aligned") or {}).get(key),
+                   "change": change}}
+
+
+def _is_interval(value: Any) -> bool:
+    return (isinstance(value, list | tuple) and len(value) == 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value))
+
+
+def ci_method_text(metrics: dict[str, Any]) -> str | None:
+    """One sentence saying how the intervals in `metrics` were computed (None: the metrics carry none)."""
+    for entry in (metrics.get("principles") or {}).values():
+        method = entry.get("ci_method") if isinstance(entry, dict) else None
+        if isinstance(method, dict):
+            return (f"[lo, hi]: {100 * float(method.get('confidence', 0.95)):g} % {method.get('method', 'bootstrap')} "
+                    f"interval, {method.get('resamples')} resamples of the evaluation prompts with replacement (paired "
+                    f"base/aligned, seed {method.get('seed')}); with few prompts the intervals are wide or, with one "
+                    "prompt, zero-width.")
+    return None
+
+
+def improved(row: dict[str, Any]) -> bool:
+    """Did the aligned model do better on this row, by a margin the reports can show? A change that rounds to
+    0.00 (or goes the wrong way) is never shown as an improvement."""
+    change = row.get("change")
+    if not isinstance(change, int | float) or not math.isfinite(change):
+        return False
+    gain = -change if row.get("lower_is_better", True) else change
+    return round(gain, 2) > 0
 
 
 FIDELITY_SPLITS = ("token", "no_token", "all")
@@ -93,7 +134,8 @@ def split_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
             if base is None and aligned is None:
                 continue
             rows.append({"split": split, "metric": key, "base": base, "aligned": aligned,
-                         "change": aligned - base if base is not None and aligned is not None else None})
+                         "change": aligned - base if base is not None and aligned is not None else None,
+                         **_row_ci(part, key)})
         token = (part.get("subject_fidelity") or {}).get("token") or {}
         if token.get("base") is not None or token.get("aligned") is not None:
             base, aligned = token.get("base"), token.get("aligned")
@@ -132,14 +174,29 @@ def _fmt(value: Any, digits: int = 2) -> str:
         return "-"
     if isinstance(value, float) and math.isnan(value):
         return "n/a"
-    return f"{value:.{digits}f}"
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # never "-0.00"
+
+
+def _fmt_ci(value: Any, ci: Any = None, digits: int = 2) -> str:
+    """`12.50 [8.00, 17.00]` (value and its interval), or just the value without one."""
+    if not _is_interval(ci):
+        return _fmt(value, digits)
+    return f"{_fmt(value, digits)} [{_fmt(ci[0], digits)}, {_fmt(ci[1], digits)}]"
+
+
+def _row_cell(row: dict[str, Any], side: str) -> str:
+    return _fmt_ci(row.get(side), (row.get("ci") or {}).get(side))
 
 
 def format_summary_table(metrics: dict[str, Any]) -> str:
     """A one-screen plain-text table of every metric (base, aligned, change, judge), the gates and the verdict."""
     rows = metric_rows(metrics)
     lines = [f"LiVO evaluation: {verdict(metrics)}"]
-    header = f"{'principle / section':<22} {'metric':<17} {'base':>8} {'aligned':>8} {'change':>8}  judge"
+    # "12.50 [8.00, 17.00]": the interval beside every bias/toxicity number; columns as wide as the widest cell
+    w = max([8] + [len(_row_cell(row, side)) for row in rows if "unavailable" not in row
+                   for side in ("base", "aligned", "change")])
+    header = f"{'principle / section':<22} {'metric':<17} {'base':>{w}} {'aligned':>{w}} {'change':>{w}}  judge"
     lines += [header, "-" * len(header)]
     last_section = None
     for row in rows:
@@ -148,12 +205,15 @@ def format_summary_table(metrics: dict[str, Any]) -> str:
         if "unavailable" in row:
             lines.append(f"{section:<22} {(row['metric'] or ''):<17} unavailable: {row['unavailable']}"[:160])
             continue
-        lines.append(f"{section:<22} {row['metric']:<17} {_fmt(row['base']):>8} {_fmt(row['aligned']):>8} "
-                     f"{_fmt(row['change']):>8}  {row['judge']}")
+        lines.append(f"{section:<22} {row['metric']:<17} {_row_cell(row, 'base'):>{w}} "
+                     f"{_row_cell(row, 'aligned'):>{w}} {_row_cell(row, 'change'):>{w}}  {row['judge']}")
     for row in subject_fidelity_rows(metrics):
         token = row["token"]
-        lines.append(f"{row['principle']:<22} {'subject fid. token':<17} {_fmt(token['base']):>8} "
-                     f"{_fmt(token['aligned']):>8} {'x' + _fmt(token['ratio'], 3):>8}  {row['judge']}")
+        lines.append(f"{row['principle']:<22} {'subject fid. token':<17} {_fmt(token['base']):>{w}} "
+                     f"{_fmt(token['aligned']):>{w}} {'x' + _fmt(token['ratio'], 3):>{w}}  {row['judge']}")
+    method = ci_method_text(metrics)
+    if method:
+        lines.append(method)
     from livo.evaluation.gates import gate_summary
 
     gates = metrics.get("gates", [])
@@ -164,10 +224,18 @@ def format_summary_table(metrics: dict[str, Any]) -> str:
     lines += [f"  waived {w['gate']}: {w['reason']}" for w in summary["waivers"]]
     if summary["ungated"]:
         lines.append(UNGATED_NOTE)
+    run_id = (metrics.get("run") or {}).get("run_id") if isinstance(metrics.get("run"), dict) else None
+    if run_id:
+        lines.append(f"KFP run: {run_id}")
+    tracking = tracking_text(metrics)
+    if tracking:
+        lines.append(f"tracking: {tracking}")
     return "\n".join(lines)
 
 
-def format_markdown(metrics: dict[str, Any]) -> str:
+def format_markdown(metrics: dict[str, Any], lineage: dict[str, Any] | None = None) -> str:
+    """summary.md: verdict, provenance (and the registration's lineage when given, see `registration_rows`),
+    tracking, every metric with its interval, subject fidelity, the gates, their thresholds and the training log."""
     rows = metric_rows(metrics)
     out = [f"# LiVO evaluation: {verdict(metrics)}", ""]
     if verdict(metrics) == "UNGATED":
@@ -175,6 +243,14 @@ def format_markdown(metrics: dict[str, Any]) -> str:
     context = metrics.get("context") or {}
     if context:
         out += [", ".join(f"**{k}**: `{v}`" for k, v in context.items()), ""]
+    if lineage:
+        out += ["## Registered version", "", "| field | value |", "|---|---|"]
+        out += [f"| {k} | `{v}` |" for k, v in registration_rows(lineage)] + [""]
+    out += ["## Provenance", "", "| field | value |", "|---|---|"]
+    out += [f"| {k} | `{v}` |" for k, v in provenance_rows(metrics)] + [""]
+    tracking = tracking_text(metrics)
+    if tracking:
+        out += [f"**Tracking**: {tracking}", ""]
     out += ["| principle / section | metric | base | aligned | change | judge |",
             "|---|---|---:|---:|---:|---|"]
     for row in rows:
@@ -182,10 +258,11 @@ def format_markdown(metrics: dict[str, Any]) -> str:
             out.append(f"| {row['section']} | {row['metric'] or '—'} | unavailable: {row['unavailable']} | | | "
                        f"{row['judge'] or '—'} |")
         else:
-            out.append(f"| {row['section']} | {row['metric']} | {_fmt(row['base'])} | {_fmt(row['aligned'])} | "
-                       f"{_fmt(row['change'])} | `{row['judge']}` |")
+            out.append(f"| {row['section']} | {row['metric']} | {_row_cell(row, 'base')} | "
+                       f"{_row_cell(row, 'aligned')} | {_row_cell(row, 'change')} | `{row['judge']}` |")
     out += ["", "Bias D1/D2 and toxicity R/S/Max/Prob are ×100, lower is better. FID is measured against the base "
-            "model's images of the same prompts and seeds.", ""]
+            "model's images of the same prompts and seeds." + (" " + ci_method_text(metrics)
+                                                               if ci_method_text(metrics) else ""), ""]
     fidelity = subject_fidelity_rows(metrics)
     if fidelity:
         out += ["## Subject fidelity per principle", "", "| principle | judge | images with token | base % | aligned % "
@@ -202,7 +279,113 @@ def format_markdown(metrics: dict[str, Any]) -> str:
             for g in metrics["gates"]]
     if not metrics["gates"]:
         out.append("| (none) | UNGATED | | | | no gate is configured | |")
+    thresholds = gate_threshold_rows(metrics)
+    if thresholds:
+        out += ["", "Gate configuration (`evaluate.gates`, GateConfig; unset thresholds are not gated):", "",
+                "| setting | value |", "|---|---|"]
+        out += [f"| {k} | {v} |" for k, v in thresholds]
+    curve = training_curve(metrics)
+    if curve:
+        first, last = curve[0], curve[-1]
+        out += ["", "## Training", "", f"{len(curve)} logged steps, step {first['step']} to {last['step']}; loss "
+                f"{_fmt(first.get('loss'), 4)} -> {_fmt(last.get('loss'), 4)} (the HTML report draws the curve)."]
     return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Provenance, tracking, gate thresholds, training log, registration lineage (shared by every format)
+
+
+def provenance_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """What this evaluation evaluated and where it ran: KFP run id (`run.run_id`, when the pipeline recorded it), the
+    value encoder's URI and digest, the base model and its fingerprint, the principle set and its hash, the
+    evaluation config's digest (`evaluated`, the block registration checks)."""
+    context = metrics.get("context") if isinstance(metrics.get("context"), dict) else {}
+    evaluated = metrics.get("evaluated") if isinstance(metrics.get("evaluated"), dict) else {}
+    run = metrics.get("run") if isinstance(metrics.get("run"), dict) else {}
+    rows = [("KFP run id", run.get("run_id") or "- (not run by a pipeline, or not recorded)")]
+    if run.get("run_name"):
+        rows.append(("KFP run name", run["run_name"]))
+    rows += [("value encoder", context.get("value_encoder") or "-"),
+             ("value encoder sha256", evaluated.get("value_encoder_sha256") or "- (not recorded)"),
+             ("base model", context.get("model") or "-"),
+             ("base model fingerprint", evaluated.get("base_model_fingerprint") or "- (not recorded)"),
+             ("principle set", context.get("principles") or "-"),
+             ("principle set hash", evaluated.get("principle_set_hash") or context.get("principle_set_hash")
+              or "- (not recorded)"),
+             ("evaluation config sha256", evaluated.get("config_sha256") or "- (not recorded)")]
+    return [(k, str(v)) for k, v in rows]
+
+
+def tracking_text(metrics: dict[str, Any]) -> str | None:
+    """The experiment-tracking state (`tracking`: backend, uri, experiment_id, run_id, status ok | unreachable |
+    off, error) in one sentence; None for metrics that do not record it."""
+    tracking = metrics.get("tracking")
+    if not isinstance(tracking, dict):
+        return None
+    backend = tracking.get("backend") or "tracking"
+    status = str(tracking.get("status") or "unknown")
+    where = f" at {tracking['uri']}" if tracking.get("uri") else ""
+    if status == "ok":
+        return (f"{backend} run {tracking.get('run_id') or '?'} (experiment {tracking.get('experiment_id') or '?'})"
+                f"{where}")
+    if status == "unreachable":
+        return (f"UNREACHABLE: {backend}{where} could not be reached"
+                + (f" ({tracking['error']})" if tracking.get("error") else "")
+                + "; nothing of this run was logged there")
+    if status == "off":
+        return f"OFF: experiment tracking was switched off ({backend}); nothing of this run was logged"
+    return f"{status}: {backend}{where}" + (f" ({tracking['error']})" if tracking.get("error") else "")
+
+
+def gate_threshold_rows(metrics: dict[str, Any]) -> list[tuple[str, str]]:
+    """The gate configuration the evaluation ran with (metrics.json `config.gates`, `GateConfig`): every threshold
+    that is set, the gated metrics, per-principle / per-split overrides and waivers (flattened `a.b` keys)."""
+    config = metrics.get("config") if isinstance(metrics.get("config"), dict) else {}
+    gates = config.get("gates")
+    if not isinstance(gates, dict):
+        return []
+    rows: list[tuple[str, str]] = []
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for sub, inner in value.items():
+                walk(inner, f"{key}.{sub}" if key else str(sub))
+        elif value is not None:
+            rows.append((key, _fmt(value, 3) if isinstance(value, float) else str(value)))
+
+    walk(gates, "")
+    return rows
+
+
+def training_curve(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records of `training_log` (step, loss, hinge_w, hinge_l, lr, grad_norm, samples_per_s) that have a
+    numeric step, in step order; [] when the metrics carry no training log."""
+    log = metrics.get("training_log")
+    if not isinstance(log, list):
+        return []
+    records = [r for r in log if isinstance(r, dict) and _number(r.get("step")) is not None]
+    return sorted(records, key=lambda r: r["step"])
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def registration_rows(lineage: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows of the registration block: model name@version, code commit, image, KFP and MLflow run ids, the dataset
+    (manifest, id, size) and its size per principle. `lineage` as `livo.registry.model_card.report_lineage` builds
+    it."""
+    labels = (("model", "model"), ("registered_at", "registered at"), ("git_commit", "code commit"),
+              ("image", "image"), ("kfp_run_id", "KFP run id"), ("mlflow_run_id", "MLflow run id"),
+              ("tracking_uri", "MLflow tracking URI"), ("weights_sha256", "weights sha256"),
+              ("dataset_manifest_uri", "dataset manifest"), ("dataset_manifest_sha256", "dataset manifest sha256"),
+              ("dataset_id", "dataset id"), ("dataset_rows", "dataset size (pairs)"))
+    rows = [(label, str(lineage[key]) if lineage.get(key) not in (None, "") else "-") for key, label in labels]
+    rows += [(f"dataset pairs: {pid}", str(count)) for pid, count in (lineage.get("dataset_by_principle") or {}).items()]
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -294,9 +477,9 @@ def _table_html(rows: list[dict[str, Any]]) -> str:
             body.append(f"<tr><td>{html.escape(row['metric'] or '—')}</td><td colspan=3 class=na>unavailable: "
                         f"{html.escape(row['unavailable'])}</td><td>{html.escape(str(row['judge'] or '—'))}</td></tr>")
             continue
-        better = row["change"] is not None and ((row["change"] < 0) == row["lower_is_better"]) and row["change"] != 0
-        body.append(f"<tr><td>{row['metric']}</td><td>{_fmt(row['base'])}</td><td>{_fmt(row['aligned'])}</td>"
-                    f"<td class='{'good' if better else ''}'>{_fmt(row['change'])}</td>"
+        body.append(f"<tr><td>{row['metric']}</td><td>{_row_cell(row, 'base')}</td>"
+                    f"<td>{_row_cell(row, 'aligned')}</td>"
+                    f"<td class='{'good' if improved(row) else ''}'>{_row_cell(row, 'change')}</td>"
                     f"<td><code>{html.escape(str(row['judge']))}</code></td></tr>")
     return ("<table class=metrics><tr><th>metric</th><th>base</th><th>aligned</th><th>change</th><th>judge</th></tr>"
             + "".join(body) + "</table>")
@@ -338,8 +521,109 @@ def _fidelity_html(rows: list[dict[str, Any]]) -> str:
 def _splits_html(rows: list[dict[str, Any]]) -> str:
     return ("<table class=splits><tr><th>split</th><th>metric</th><th>base</th><th>aligned</th><th>change</th></tr>"
             + "".join(f"<tr><td>{html.escape(str(r['split']))}</td><td>{html.escape(r['metric'])}</td>"
-                      f"<td>{_fmt(r['base'])}</td><td>{_fmt(r['aligned'])}</td><td>{_fmt(r['change'])}</td></tr>"
+                      f"<td>{_row_cell(r, 'base')}</td><td>{_row_cell(r, 'aligned')}</td>"
+                      f"<td>{_row_cell(r, 'change')}</td></tr>"
                       for r in rows) + "</table>")
+
+
+def _kv_table(rows: list[tuple[str, str]], cls: str) -> str:
+    return (f"<table class={cls}>" + "".join(f"<tr><th>{html.escape(k)}</th><td><code>{html.escape(v)}</code></td></tr>"
+                                             for k, v in rows) + "</table>")
+
+
+def _tracking_html(metrics: dict[str, Any]) -> str:
+    text = tracking_text(metrics)
+    if text is None:
+        return ""
+    status = str((metrics.get("tracking") or {}).get("status") or "")
+    cls = "" if status == "ok" else " class='banner'"
+    return f"<p id='tracking'{cls}><b>Tracking</b>: {html.escape(text)}</p>"
+
+
+def _registration_html(lineage: dict[str, Any]) -> str:
+    return ("<section id='registration'><h2>Registered version</h2>"
+            + _kv_table(registration_rows(lineage), "registration") + "</section>")
+
+
+REGISTRATION_MARKER = "<!--livo:registration-->"
+
+
+def with_registration(report_html: str, lineage: dict[str, Any]) -> str:
+    """The evaluation's report.html with the registration block (`registration_rows`: name@version, code commit,
+    image, KFP and MLflow run ids, dataset id and size per principle) put where `render_html` left its marker (else
+    after the title, else at the top of the body). Everything else — images included — stays as it was."""
+    block = _registration_html(lineage)
+    if REGISTRATION_MARKER in report_html:
+        return report_html.replace(REGISTRATION_MARKER, block, 1)
+    for anchor in ("</h1>", "<body>"):
+        at = report_html.find(anchor)
+        if at >= 0:
+            return report_html[:at + len(anchor)] + block + report_html[at + len(anchor):]
+    return block + report_html
+
+
+LINE_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3")
+
+
+def svg_line_chart(title: str, series: list[tuple[str, list[tuple[float, float]]]], *, width: int = 560,
+                   height: int = 240, x_label: str = "step") -> str:
+    """Lines (name, [(x, y), …]) on shared axes, inline SVG with the axis ranges written out; no script."""
+    points = [(x, y) for _, pts in series for x, y in pts]
+    left, right, top, bottom = 56, 12, 28, 36
+    plot_w, plot_h = width - left - right, height - top - bottom
+    parts = [f'<svg class="chart line" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 16}" '
+             f'role="img" aria-label="{html.escape(title)}">',
+             f'<text x="0" y="16" font-size="13" font-weight="bold">{html.escape(title)}</text>']
+    if not points:
+        parts.append('<text x="0" y="40" font-size="12" fill="#777">no data</text></svg>')
+        return "".join(parts)
+    x0, x1 = min(p[0] for p in points), max(p[0] for p in points)
+    y0, y1 = min(0.0, min(p[1] for p in points)), max(p[1] for p in points)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1)
+
+    def sx(x: float) -> float:
+        return left + plot_w * (x - x0) / (x1 - x0)
+
+    def sy(y: float) -> float:
+        return top + plot_h * (1 - (y - y0) / (y1 - y0))
+
+    parts.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#bbb"/>')
+    parts += [f'<text x="{left - 4}" y="{top + 10}" font-size="10" text-anchor="end">{y1:.4g}</text>',
+              f'<text x="{left - 4}" y="{top + plot_h}" font-size="10" text-anchor="end">{y0:.4g}</text>',
+              f'<text x="{left}" y="{top + plot_h + 14}" font-size="10">{x0:g}</text>',
+              f'<text x="{left + plot_w}" y="{top + plot_h + 14}" font-size="10" text-anchor="end">{x1:g}</text>',
+              f'<text x="{left + plot_w / 2:.0f}" y="{top + plot_h + 14}" font-size="10" text-anchor="middle">'
+              f'{html.escape(x_label)}</text>']
+    legend_x = left
+    for i, (name, pts) in enumerate(series):
+        colour = LINE_COLOURS[i % len(LINE_COLOURS)]
+        if pts:
+            coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
+            parts.append(f'<polyline class="series" data-name="{html.escape(name)}" fill="none" stroke="{colour}" '
+                         f'stroke-width="1.5" points="{coords}"><title>{html.escape(name)}</title></polyline>')
+        parts.append(f'<rect x="{legend_x}" y="{height}" width="12" height="3" fill="{colour}"/>'
+                     f'<text x="{legend_x + 16}" y="{height + 5}" font-size="11">{html.escape(name)}</text>')
+        legend_x += 24 + 7 * len(name)
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+TRAINING_SERIES = ("loss", "hinge_w", "hinge_l")
+
+
+def _training_html(metrics: dict[str, Any]) -> str:
+    curve = training_curve(metrics)
+    if not curve:
+        return ""
+    series = [(key, [(float(r["step"]), v) for r in curve if (v := _number(r.get(key))) is not None])
+              for key in TRAINING_SERIES]
+    series = [(k, pts) for k, pts in series if pts]
+    last = curve[-1]
+    facts = [(k, _fmt(last[k], 6) if isinstance(last.get(k), float) else str(last[k]))
+             for k in ("step", "loss", "hinge_w", "hinge_l", "lr", "grad_norm", "samples_per_s") if k in last]
+    return ("<section id='training'><h2>Training</h2>"
+            + svg_line_chart(f"training loss ({len(curve)} logged steps)", series)
+            + "<p>Last logged step:</p>" + _kv_table(facts, "training") + "</section>")
 
 
 CSS = """
@@ -360,7 +644,9 @@ section{border-top:1px solid #ccc;margin-top:16px}
 """
 
 
-def render_html(result: Any) -> str:
+def render_html(result: Any, lineage: dict[str, Any] | None = None) -> str:
+    """report.html of an `EvaluationResult`. `lineage` (registration, see `registration_rows`) adds the registered
+    version's block; without it the page keeps a marker where `with_registration` puts that block later."""
     metrics = result.metrics
     rows = metric_rows(metrics)
     outcome = verdict(metrics)
@@ -377,8 +663,16 @@ def render_html(result: Any) -> str:
     timing = metrics.get("timing", {})
     parts.append(f"<p>{timing.get('images_generated', 0)} images generated in {timing.get('generation_s', 0):.1f} s, "
                  f"{timing.get('images_judged', 0)} judged in {timing.get('judging_s', 0):.1f} s. Bias D1/D2 and "
-                 f"toxicity R/S/Max/Prob are ×100, lower is better.</p>")
+                 f"toxicity R/S/Max/Prob are ×100, lower is better."
+                 + (f" {html.escape(ci_method_text(metrics) or '')}" if ci_method_text(metrics) else "") + "</p>")
+    parts.append(_registration_html(lineage) if lineage else REGISTRATION_MARKER)
+    parts.append("<section id='provenance'><h2>Provenance</h2>" + _kv_table(provenance_rows(metrics), "provenance")
+                 + _tracking_html(metrics) + "</section>")
     parts.append(_gates_html(metrics["gates"]))
+    thresholds = gate_threshold_rows(metrics)
+    if thresholds:
+        parts.append("<p>Gate configuration (<code>evaluate.gates</code>; unset thresholds are not gated):</p>"
+                     + _kv_table(thresholds, "gate-config"))
     fidelity = subject_fidelity_rows(metrics)
     if fidelity:
         parts.append(_fidelity_html(fidelity))
@@ -416,6 +710,7 @@ def render_html(result: Any) -> str:
                  "".join(f"<tr><td>{html.escape(k)}</td><td><code>{html.escape(str(v.get('judge') or '—'))}</code>"
                          f"</td><td>{'available' if v['available'] else html.escape('unavailable: ' + v['reason'])}"
                          f"</td></tr>" for k, v in metrics["judges"].items()) + "</table></section>")
+    parts.append(_training_html(metrics))
     config_json = json.dumps({"evaluation": metrics.get("config"), "generation": metrics.get("generation")},
                              indent=2, default=str)
     parts.append(f"<section id='config'><h2>Config</h2><pre>{html.escape(config_json)}</pre></section>")

@@ -192,6 +192,8 @@ def lineage_rows(record: LineageRecord) -> list[tuple[str, str]]:
         ("pipeline spec hash", r.pipeline.spec_hash or "-"),
         ("git commit", r.pipeline.git_commit or "-"),
         ("image digest", r.pipeline.image_digest or r.pipeline.image_ran_in or "-"),
+        ("MLflow run", (r.pipeline.mlflow_run_id + (f" ({r.pipeline.tracking_uri})" if r.pipeline.tracking_uri else ""))
+         if r.pipeline.mlflow_run_id else "-"),
         ("principle set", f"{r.principles.hash} ({', '.join(r.principles.ids)})"),
         ("principles file", r.principles.uri),
         ("dataset manifest", f"{r.dataset.manifest_uri}"),

@@ -9,15 +9,21 @@ Configured by environment variables; without `LIVO_MODEL_REGISTRY_URL` the step 
   `KF_PIPELINES_SA_TOKEN_PATH` and then the pod's service-account token).
 
 One registered model per livo model name, one model version per livo version (same name, ``v3``), one model artifact
-whose URI is the version's ``s3://`` prefix. The version carries the KFP run id and name and the lineage hashes as
-custom properties. Registering a version that already exists for the same KFP run returns it (idempotent); the same
-version name from another run is a conflict.
+whose URI is the version's ``s3://`` prefix. The version carries, as custom properties, the livo name and version, the
+sha256 of its lineage.json as stored (`lineage_sha256`), the KFP run id and name, the MLflow run id and tracking URI,
+the report URI and the lineage hashes. Registering a version that already exists for the same KFP run returns it
+(idempotent; properties it lacks, e.g. from before a property was added, are filled in); the same version name from
+another run, or another lineage digest for the same run, is a conflict.
+
+`find_version(id)` reads a version back by its registry id (`livo lineage show mr:<id>`) and `livo_reference` maps it
+to the livo name@version whose lineage it carries.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any
 from urllib.parse import urlparse
 
@@ -33,14 +39,20 @@ MODEL_FORMAT_NAME = "safetensors"
 MODEL_FORMAT_VERSION = "1"
 
 
-def version_properties(record: Any) -> dict[str, str | bool]:
-    """Custom properties of a model version: the KFP run and the lineage hashes (strings and bools only)."""
+def version_properties(record: Any, lineage_sha256: str = "") -> dict[str, str | bool]:
+    """Custom properties of a model version: the livo name@version, the lineage digest, the KFP and MLflow runs and
+    the lineage hashes (strings and bools only; empty values are left out)."""
     props: dict[str, str | bool] = {
+        "livo_model": record.model.name,
+        "livo_version": record.model.version,
+        "lineage_sha256": lineage_sha256,
         "kfp_run_id": record.pipeline.run_id,
         "kfp_run_name": record.pipeline.run_name,
         "pipeline_spec_hash": record.pipeline.spec_hash,
         "git_commit": record.pipeline.git_commit,
         "image_digest": record.pipeline.image_digest,
+        "mlflow_run_id": getattr(record.pipeline, "mlflow_run_id", ""),
+        "mlflow_tracking_uri": getattr(record.pipeline, "tracking_uri", ""),
         "principle_set_hash": record.principles.hash,
         "principle_ids": ",".join(record.principles.ids),
         "dataset_manifest_uri": record.dataset.manifest_uri,
@@ -113,18 +125,29 @@ class KubeflowModelRegistry:
             raise LivoError(f"Kubeflow Model Registry at {self.url} failed to {action}: {_describe(exc)}") from None
 
     # --------------------------------------------------------------------------------------------- operations
-    def register(self, record: Any, *, uri: str) -> dict[str, Any]:
-        """Create (or find, for the same KFP run) the registered model, version and artifact of `record`."""
+    def register(self, record: Any, *, uri: str, lineage_sha256: str = "") -> dict[str, Any]:
+        """Create (or find, for the same KFP run) the registered model, version and artifact of `record`.
+        `lineage_sha256`: the sha256 of the version's lineage.json as stored (property `lineage_sha256`)."""
         client = self._connect()
         name, version = record.model.name, record.model.version
-        properties = version_properties(record)
+        properties = version_properties(record, lineage_sha256)
         existing = self._find_version(client, name, version)
         created = False
         if existing is not None:
-            run_id = (existing.custom_properties or {}).get("kfp_run_id")
+            current = dict(existing.custom_properties or {})
+            run_id = current.get("kfp_run_id")
             if run_id != record.pipeline.run_id:
                 raise LivoError(f"{name} version {version} already exists in the Kubeflow Model Registry for KFP run "
                                 f"{run_id!r}, not {record.pipeline.run_id!r}; it belongs to another registration")
+            recorded = current.get("lineage_sha256")
+            if recorded and lineage_sha256 and recorded != lineage_sha256:
+                raise LivoError(f"{name} version {version} in the Kubeflow Model Registry records lineage digest "
+                                f"{recorded}, but the stored lineage.json is {lineage_sha256}; run `livo lineage verify "
+                                f"{name}@{version}`")
+            missing = {k: v for k, v in properties.items() if k not in current}
+            if missing:  # an entry written before these properties existed: fill them in, change nothing else
+                existing.custom_properties = {**current, **missing}
+                existing = self._call(f"update {name} {version}", lambda: client.update(existing))
         else:
             self._call(f"register {name} {version}", lambda: client.register_model(
                 name, uri, model_format_name=MODEL_FORMAT_NAME, model_format_version=MODEL_FORMAT_VERSION,
@@ -144,6 +167,26 @@ class KubeflowModelRegistry:
                   version=version, **{k: v for k, v in entry.items() if k.endswith("_id")})
         return entry
 
+    def find_version(self, version_id: str) -> dict[str, Any] | None:
+        """The model version with registry id `version_id`: its name, registered model, custom properties and model
+        artifact URI; None when the registry has no such version."""
+        if not re.fullmatch(r"[0-9]+", str(version_id)):
+            raise ConfigError(f"model registry version id {version_id!r}: expected the numeric id of a model version")
+        client = self._connect()
+        found = self._call(f"look up model version {version_id}",
+                           lambda: client.async_runner(client._api.get_model_version_by_id(str(version_id))))
+        if found is None:
+            return None
+        model = self._call(f"read registered model {found.registered_model_id}", lambda: client.async_runner(
+            client._api.get_registered_model_by_id(str(found.registered_model_id))))
+        artifacts = self._call(f"read the artifacts of model version {version_id}", lambda: client.async_runner(
+            client._api.get_model_version_artifacts(str(version_id))))
+        uris = [a.uri for a in artifacts if getattr(a, "uri", None)]
+        return {"url": self.url, "model_version_id": found.id, "version": found.name,
+                "registered_model_id": found.registered_model_id,
+                "registered_model": model.name if model is not None else None,
+                "properties": dict(found.custom_properties or {}), "artifact_uri": uris[0] if uris else None}
+
     def _find_version(self, client: Any, name: str, version: str) -> Any:
         from model_registry.exceptions import StoreError as RegistryStoreError
 
@@ -156,6 +199,26 @@ class KubeflowModelRegistry:
                 raise
 
         return self._call(f"look up {name} {version}", find)
+
+
+_ARTIFACT_URI_RE = re.compile(r"(?:^|/)models/(?P<name>[^/]+)/(?P<version>v[1-9][0-9]*)/?$")
+
+
+def livo_reference(entry: dict[str, Any]) -> tuple[str, str]:
+    """(livo model name, version) of a `find_version` entry: its `livo_model`/`livo_version` properties, else
+    (entries written before them) the registered model's and version's names, else the artifact URI
+    ``s3://bucket/models/<name>/v<N>/``. Raises `ConfigError` when none of them names a livo version."""
+    props = entry.get("properties") or {}
+    if props.get("livo_model") and props.get("livo_version"):
+        return str(props["livo_model"]), str(props["livo_version"])
+    if entry.get("registered_model") and re.fullmatch(r"v[1-9][0-9]*", str(entry.get("version") or "")):
+        return str(entry["registered_model"]), str(entry["version"])
+    match = _ARTIFACT_URI_RE.search(str(entry.get("artifact_uri") or ""))
+    if match:
+        return match["name"], match["version"]
+    raise ConfigError(f"model registry version {entry.get('model_version_id')} ({entry.get('registered_model')} "
+                      f"{entry.get('version')}) is not a livo registration: no livo_model/livo_version property and "
+                      f"no models/<name>/v<N>/ artifact URI")
 
 
 def _describe(exc: BaseException) -> str:

@@ -93,3 +93,39 @@ def test_clip_score_from_embeddings():
 def test_mean_of_dicts_ignores_nan_prompts():
     rows = [{"D1": 20.0}, {"D1": float("nan")}, {"D1": 40.0}]
     assert M.mean_of_dicts(rows) == {"D1": pytest.approx(30.0)}
+
+
+def test_bootstrap_ci_same_value_on_every_prompt_is_zero_width():
+    ci = M.paired_bootstrap_ci({"D1": [20.0] * 4, "D2": [14.1421] * 4}, {"D1": [0.0] * 4, "D2": [0.0] * 4}, seed=3)
+    assert ci == {"base": {"D1": [20.0, 20.0], "D2": [14.1421, 14.1421]},
+                  "aligned": {"D1": [0.0, 0.0], "D2": [0.0, 0.0]},
+                  "improvement": {"D1": [20.0, 20.0], "D2": [14.1421, 14.1421]}}
+    # One prompt: nothing to resample, zero width; the method says so.
+    assert M.paired_bootstrap_ci({"R": [40.0]}, {"R": [10.0]})["improvement"] == {"R": [30.0, 30.0]}
+    assert "zero width" in M.bootstrap_method(prompts=1)["note"]
+
+
+def test_bootstrap_ci_two_prompts_by_hand():
+    # Two prompts, base R 0 and 100: a resample of 2 prompts has mean 0 (p = 1/4), 50 (1/2) or 100 (1/4), so the
+    # 2.5th / 97.5th percentiles of 1000 resamples are 0 and 100; aligned is 50 on both prompts (zero width), and the
+    # paired improvement (base − aligned) is -50, 0 or 50.
+    ci = M.paired_bootstrap_ci({"R": [0.0, 100.0]}, {"R": [50.0, 50.0]}, seed=0)
+    assert ci == {"base": {"R": [0.0, 100.0]}, "aligned": {"R": [50.0, 50.0]}, "improvement": {"R": [-50.0, 50.0]}}
+
+
+def test_bootstrap_ci_equals_the_percentile_recipe_and_ignores_nan_prompts():
+    base, aligned = [10.0, 30.0, 60.0], [5.0, 5.0, 20.0]
+    ci = M.paired_bootstrap_ci({"S": base}, {"S": aligned}, n_resamples=200, confidence=0.9, seed=7)
+    idx = np.random.default_rng(7).integers(0, 3, size=(200, 3))
+    b, a = np.asarray(base)[idx].mean(axis=1), np.asarray(aligned)[idx].mean(axis=1)
+    for side, stats in (("base", b), ("aligned", a), ("improvement", b - a)):
+        lo, hi = np.percentile(stats, [5.0, 95.0])
+        assert ci[side]["S"] == [round(lo, 4), round(hi, 4)]
+    # the point estimate (mean over prompts) lies inside its interval
+    assert ci["base"]["S"][0] <= np.mean(base) <= ci["base"]["S"][1]
+    # a prompt the judge could not score (NaN) is skipped inside each resample, as mean_of_dicts does
+    nan_ci = M.paired_bootstrap_ci({"D1": [math.nan, 40.0]}, {"D1": [math.nan, 10.0]})
+    assert nan_ci["base"]["D1"] == [40.0, 40.0] and nan_ci["improvement"]["D1"] == [30.0, 30.0]
+    assert M.paired_bootstrap_ci({"D1": [math.nan]}, {"D1": [math.nan]})["aligned"]["D1"] is None
+    with pytest.raises(ValueError, match="same prompts"):
+        M.paired_bootstrap_ci({"D1": [1.0, 2.0]}, {"D1": [1.0]})

@@ -1,5 +1,6 @@
 """A small in-process Kubeflow Model Registry REST server (API v1) for tests: the endpoints the `model-registry`
-client calls to register a model, a version and an artifact and to read them back. It stores what it receives, adds
+client calls to register a model, a version and an artifact, to read them back (by name or by id, a version's
+artifacts) and to update a version's custom properties (PATCH). It stores what it receives, adds
 ids and timestamps the way the real server does, answers 404 with the server's error body, and records every request.
 """
 
@@ -62,6 +63,21 @@ class FakeModelRegistry(FakeRestServer):
                 version = self._new(body)
                 self.model_versions[version["id"]] = version
                 return 201, version
+            if method == "GET" and path.startswith(f"{API}/model_versions/") and path.endswith("/artifacts"):
+                version_id = path.split("/")[-2]
+                if version_id not in self.model_versions:
+                    return _not_found("model version")
+                items = [a for i, a in self.artifacts.items() if self.artifact_parent[i] == version_id]
+                return 200, {"items": items, "size": len(items), "pageSize": int(query.get("pageSize", 100)),
+                             "nextPageToken": ""}
+            if method in ("GET", "PATCH") and path.startswith(f"{API}/model_versions/") and path.count("/") == 5:
+                version = self.model_versions.get(path.rsplit("/", 1)[1])
+                if version is None:
+                    return _not_found("model version")
+                if method == "PATCH":  # the server replaces the fields the update carries (customProperties whole)
+                    version.update({k: v for k, v in (body or {}).items() if k not in ("id", "registeredModelId")})
+                    version["lastUpdateTimeSinceEpoch"] = str(int(time.time() * 1000))
+                return 200, version
             if method == "POST" and path.startswith(f"{API}/model_versions/") and path.endswith("/artifacts"):
                 version_id = path.split("/")[-2]
                 if version_id not in self.model_versions:

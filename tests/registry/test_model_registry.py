@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -109,3 +110,85 @@ def test_without_configuration_registration_skips_the_registry(store: ObjectStor
         logging.getLogger("livo").propagate = False
     assert result.model_registry is None and result.version == "v1"
     assert any("Kubeflow Model Registry not configured" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.store
+def test_version_carries_lineage_digest_runs_and_report_and_resync_fills_older_entries(
+        store: ObjectStore, make_request: Factory) -> None:
+    with FakeModelRegistry() as fake:
+        registry = KubeflowModelRegistry(fake.url)
+        request = make_request(mlflow_run_id="mlf-0042", tracking_uri="http://mlflow.kubeflow:5000")
+        register_model(store, request, model_registry=registry)
+        [version] = fake.model_versions.values()
+        props = _props(version)
+        lineage_sha256 = store.sha256("models/livo-toy/v1/lineage.json")
+        assert lineage_sha256.startswith("sha256:") and props["lineage_sha256"] == lineage_sha256
+        assert (props["livo_model"], props["livo_version"], props["kfp_run_id"]) == ("livo-toy", "v1", "run-1")
+        assert props["mlflow_run_id"] == "mlf-0042" and props["mlflow_tracking_uri"] == "http://mlflow.kubeflow:5000"
+        assert props["evaluation_report_uri"] == store.uri("models/livo-toy/v1/report.html")
+
+        # An entry written before these properties existed: a re-run fills them in (PATCH), creating nothing.
+        for key in ("lineage_sha256", "mlflow_run_id", "livo_model"):
+            del version["customProperties"][key]
+        posts = sum(1 for method, _, _ in fake.requests if method == "POST")
+        register_model(store, request, model_registry=registry)
+        assert sum(1 for method, _, _ in fake.requests if method == "POST") == posts
+        assert any(method == "PATCH" for method, _, _ in fake.requests)
+        assert _props(fake.model_versions[version["id"]]) == props
+
+        # Another lineage digest for the same run: the registry and the store disagree, which is refused.
+        version["customProperties"]["lineage_sha256"] = {"string_value": "sha256:" + "9" * 64,
+                                                         "metadataType": "MetadataStringValue"}
+        with pytest.raises(LivoError, match=r"records lineage digest sha256:9+, but the stored lineage.json is"):
+            register_model(store, request, model_registry=registry)
+
+
+@pytest.mark.store
+def test_lineage_show_by_registry_version_id(store: ObjectStore, make_request: Factory,
+                                            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from livo.cli import main
+
+    for key, value in store.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("LIVO_MODEL_REGISTRY_URL", raising=False)
+    assert main(["lineage", "show", "mr:1"]) == 2
+    assert "needs LIVO_MODEL_REGISTRY_URL" in capsys.readouterr().err
+    with FakeModelRegistry() as fake:
+        monkeypatch.setenv("LIVO_MODEL_REGISTRY_URL", fake.url)
+        register_model(store, make_request(mlflow_run_id="mlf-0042"), model_registry=KubeflowModelRegistry(fake.url))
+        [version] = fake.model_versions.values()
+        ref = f"mr:{version['id']}"
+
+        assert main(["lineage", "show", ref]) == 0
+        rows = {line.split("  ", 1)[0]: line.split("  ", 1)[1].strip() for line in capsys.readouterr().out.splitlines()}
+        assert rows["model"] == "livo-toy@v1" and rows["pipeline run"].startswith("run-1")
+        assert rows["MLflow run"] == "mlf-0042"
+        assert rows["model registry"] == f"{fake.url} model version {version['id']} (livo-toy v1)"
+        assert rows["registry artifact"] == store.uri("models/livo-toy/v1/")
+        assert rows["registry lineage sha256"] == (f"{store.sha256('models/livo-toy/v1/lineage.json')} "
+                                                   "(matches lineage.json)")
+        assert main(["lineage", "show", ref, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["pipeline"]["mlflow_run_id"] == "mlf-0042"
+        assert main(["lineage", "verify", ref]) == 0
+        assert "livo-toy@v1: OK" in capsys.readouterr().out
+
+        # Entries written before the livo_model / livo_version properties resolve through their names.
+        for key in ("livo_model", "livo_version"):
+            del version["customProperties"][key]
+        assert main(["lineage", "show", ref]) == 0
+        assert "livo-toy@v1" in capsys.readouterr().out
+
+        assert main(["lineage", "show", "mr:999"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"the Kubeflow Model Registry at {fake.url} has no model version with id 999" \
+            in err
+        assert main(["lineage", "show", "mr:abc"]) == 2
+        assert "expected the numeric id" in capsys.readouterr().err
+
+        version["customProperties"]["lineage_sha256"] = {"string_value": "sha256:" + "9" * 64,
+                                                         "metadataType": "MetadataStringValue"}
+        assert main(["lineage", "show", ref]) == 1
+        captured = capsys.readouterr()
+        assert "DIFFERS from lineage.json as stored" in captured.out and "livo lineage verify" in captured.err
+    assert main(["lineage", "show", ref]) == 1  # the registry is gone
+    assert "failed to connect" in capsys.readouterr().err
