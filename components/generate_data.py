@@ -3,7 +3,8 @@
 Thin wrappers over `livo.data.generate` (docs/data.md). Every shard task plans the same generation from the same
 inputs, generates only its shard (skipped when already committed, so a retried or re-run pipeline resumes), and
 writes the shard's parquet and commit object. The merge task checks every shard's commit and hash and writes
-`manifest.json` last; its output is the dataset URI the training step reads.
+`manifest.json` last; its `Dataset` artifact (a pointer: the dataset's URI and its manifest's sha256, the digest
+lineage records; livo.artifacts) is what the training step consumes, and its string output is the dataset URI.
 
 Usage in a pipeline:
 
@@ -13,7 +14,7 @@ Usage in a pipeline:
 """
 
 from kfp import dsl
-from kfp.dsl import Metrics, Output
+from kfp.dsl import Dataset, Metrics, Output
 
 from components._image import LIVO_IMAGE
 
@@ -50,12 +51,15 @@ def merge_data_shards(
     dataset_uri: str,
     shard_count: int,
     metrics: Output[Metrics],
+    dataset: Output[Dataset],
     shard_uris: list = [],  # noqa: B006 - the shard tasks' outputs (dsl.Collected): makes this task wait for them
 ) -> str:
-    """Check every shard's commit and sha256, write `manifest.json` last, and log the counts; returns the URI.
+    """Check every shard's commit and sha256, write `manifest.json` last, log the counts and write the `Dataset`
+    pointer; returns the URI.
 
     An empty `dataset_uri` means: where the shard tasks wrote (their default location, the same for all).
     """
+    from livo.artifacts import dataset_pointer, write_pointer
     from livo.data.generate import merge_generated_dataset
     from livo.errors import DataError
 
@@ -68,6 +72,7 @@ def merge_data_shards(
     elif written and written != [dataset_uri.rstrip("/")]:
         raise DataError(f"shard tasks wrote to {written}, not {dataset_uri}; pass the same dataset_uri to every task")
     manifest = merge_generated_dataset(dataset_uri, int(shard_count))
+    dataset.metadata.update(write_pointer(dataset.path, dataset_pointer(dataset_uri, manifest)))
     metrics.log_metric("pairs", manifest["num_rows"])
     for principle_id, count in manifest["counts"]["by_principle"].items():
         metrics.log_metric(f"pairs.{principle_id}", count)

@@ -4,29 +4,31 @@ launcher=pod (default): this pod holds `gpus_per_node` GPUs and torchrun starts 
 task the GPUs and a memory-backed /dev/shm with `configure_training_task`. launcher=trainjob: this pod (no GPU)
 creates a Kubeflow Trainer v2 TrainJob on the `livo-torch-distributed` runtime with our image, waits for it while
 streaming the first node's log, then copies the model. Either way rank 0 writes the value encoder, metrics and
-`result.json` (last) under `output_uri`; this task copies the value encoder into its `model` output and logs the
-metrics. A retried task resumes from the latest complete checkpoint (`resume=True`). For launcher=trainjob pass
+`result.json` (last) under `output_uri`; this task writes its `model` output (a pointer: the value encoder's URI and
+its weights digest, the `weights_sha256` lineage records; the weights stay in the object store, livo.artifacts) and
+logs the metrics. The input is the merge task's `Dataset` artifact. A retried task resumes from the latest complete checkpoint (`resume=True`). For launcher=trainjob pass
 the pipeline's image (`image=PIPELINE_IMAGE`) and its store Secret/ConfigMap names: the TrainJob's nodes run the same
 image with the same object store as the pipeline, and the launcher gives up after the timeouts, reporting the job's
 conditions.
 
 Usage in a pipeline:
 
-    task = train_value_encoder(dataset_uri=..., output_uri=f"{run_uri}/train", gpus_per_node=8, run_id=...)
+    task = train_value_encoder(dataset=merged.outputs["dataset"], output_uri=f"{run_uri}/train", gpus_per_node=8,
+                               run_id=...)
     configure_training_task(task, gpus=8)
 """
 
 from typing import NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Metrics, Model, Output
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 from components._image import LIVO_IMAGE
 
 
 @dsl.component(base_image=LIVO_IMAGE, install_kfp_package=False)
 def train_value_encoder(
-    dataset_uri: str,
+    dataset: Input[Dataset],
     output_uri: str,
     metrics: Output[Metrics],
     model: Output[Model],
@@ -48,13 +50,16 @@ def train_value_encoder(
     trainjob_timeout_hours: float = 48.0,
     trainjob_start_timeout_minutes: float = 20.0,
 ) -> NamedTuple("TrainOutputs", [("output_uri", str), ("value_encoder_uri", str)]):
-    """Train on `dataset_uri`, write the run under `output_uri` (s3://bucket/prefix), return where the model is."""
+    """Train on the `dataset` artifact's data, write the run under `output_uri` (s3://bucket/prefix), return where
+    the model is."""
     import os
     import sys
     from collections import namedtuple
 
-    from livo.training.jobs import TrainingPreempted, copy_value_encoder, launch_arguments, run_training
+    from livo.artifacts import dataset_uri_of, model_pointer, write_pointer
+    from livo.training.jobs import TrainingPreempted, launch_arguments, run_training
 
+    dataset_uri = dataset_uri_of(dataset.path, dataset.metadata)
     args = launch_arguments(dataset_uri=dataset_uri, output_uri=output_uri, preset=preset, model_source=model_source,
                             principle_set_hash=principle_set_hash, overrides=[str(o) for o in config_overrides],
                             resume=resume)
@@ -68,14 +73,13 @@ def train_value_encoder(
     except TrainingPreempted as exc:  # the pod exits 143 (preempted, checkpoint saved): the retry resumes
         print(f"livo: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)
-    result = copy_value_encoder(output_uri, model.path)
-    model.metadata.update({"value_encoder_uri": result["value_encoder"]["uri"], "files": result["value_encoder"]["files"],
-                           "base_model": result["base_model"], "principle_set_hash": result["dataset"]["principle_set_hash"]})
+    pointer, result = model_pointer(output_uri)
+    model.metadata.update(write_pointer(model.path, {**pointer, "dataset_artifact_uri": dataset.uri}))
     for name, value in result["metrics"].items():
         if isinstance(value, int | float) and not isinstance(value, bool):
             metrics.log_metric(name, float(value))
     outputs = namedtuple("TrainOutputs", ["output_uri", "value_encoder_uri"])
-    return outputs(output_uri, result["value_encoder"]["uri"])
+    return outputs(output_uri, pointer["uri"])
 
 
 def configure_training_task(task: dsl.PipelineTask, gpus, accelerator_type="nvidia.com/gpu",

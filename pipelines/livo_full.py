@@ -3,17 +3,24 @@
     validate_inputs                     every parameter, the preset and the principles file; before any GPU
       -> principles_changed             False: the run is a cheap no-op, reported `skipped` (scheduled retraining)
         -> generate_data x N (ParallelFor) -> merge_dataset    preference dataset + manifest in the object store
+                                        -> Dataset
         -> train_value_encoder          GPUs, node selector and tolerations from parameters; pod or TrainJob
-        -> evaluate                     single `passed: bool` output
-        -> dsl.If(passed) -> register   models/<name>/<version>/ + model card + lineage.json (an evaluation that
-                                        decided no gate only with run_allow_ungated)
+                                        Dataset -> Model
+        -> evaluate                     Model -> Metrics + HTML; single `passed: bool` output
+        -> dsl.If(passed) -> register   Dataset + Model + Metrics + HTML -> models/<name>/<version>/ + model card +
+                                        lineage.json (an evaluation that decided no gate only with run_allow_ungated)
     ExitHandler: record_outcome         registered | skipped | rejected | failed | canceled, whatever happened
 
 Training runs in one of two branches chosen by `train_launcher`: `pod` gives the training task the GPUs, the node
 selector and the tolerations; `trainjob` runs the task as a GPU-less launcher that creates a Kubeflow Trainer
-TrainJob (whose nodes request the GPUs), so no GPU sits idle under a pod that only waits. `dsl.OneOf` joins them.
+TrainJob (whose nodes request the GPUs), so no GPU sits idle under a pod that only waits. `dsl.OneOf` joins them
+(their `Model` artifact and their output URI; kfp.local needs `kfp_local_compat` for the artifact).
 Everything a run writes lies under its prefix `s3://<bucket>/pipeline-runs/<run id>/`: dataset/, train/,
 evaluation/ and the run records (decision, registration, outcome).
+
+The stages are chained through typed KFP artifacts, so KFP's lineage graph shows data -> model -> evaluation ->
+registration: the Dataset and Model artifacts are small pointers (object-store URI + the sha256 lineage.json records),
+Metrics and HTML are the evaluation's files themselves (livo.artifacts; docs/operations.md, "Artifacts").
 
 Entry points (the same as `livo compile|run|submit|schedule`):
 
@@ -23,8 +30,8 @@ Entry points (the same as `livo compile|run|submit|schedule`):
     python pipelines/livo_full.py schedule [ARGS of `livo schedule`]
 
 Object-store credentials reach the pods only through kfp-kubernetes mappings: the Secret `store_secret_name`
-(keys accesskey, secretkey) and the ConfigMap `store_config_map_name` (keys endpoint, bucket, and the optional
-model_registry_url that the register task reads); none is a parameter and none appears in the compiled YAML.
+(keys accesskey, secretkey) and the ConfigMap `store_config_map_name` (keys endpoint, bucket, the optional
+mlflow_tracking_uri every task logs to, and the optional model_registry_url that the register task reads); none is a parameter and none appears in the compiled YAML.
 kfp.local ignores those mappings, so local runs put `LIVO_S3_*` in the environment (`livo run` does).
 
 Every task runs in one image, `PIPELINE_IMAGE` (`livo compile|submit|schedule|run --image REF` sets it for one
@@ -56,8 +63,10 @@ from livo.orchestration import (  # noqa: E402
     RUN_EVALUATION_DIR,
     RUN_TRAINING_DIR,
 )
+from pipelines.kfp_local_compat import allow_artifact_oneof  # noqa: E402
 
 PIPELINE_NAME = "livo-full"
+allow_artifact_oneof()  # `livo run`: kfp.local resolves the training branches' Model as the cluster does
 COMPILED_PACKAGE = Path(__file__).with_suffix(".yaml")
 
 # Where the default of every GPU toleration comes from: NVIDIA's GPU operator and the managed Kubernetes services
@@ -86,6 +95,9 @@ def with_object_store(task: dsl.PipelineTask, secret_name, config_map_name) -> d
                                                     "secretkey": "LIVO_S3_SECRET_KEY"})
     kubernetes.use_config_map_as_env(task, config_map_name=config_map_name,
                                      config_map_key_to_env={"endpoint": "LIVO_S3_ENDPOINT", "bucket": "LIVO_S3_BUCKET"})
+    # MLflow, where the ConfigMap names a tracking server (docs/tracking.md); absent = each pod's local store.
+    kubernetes.use_config_map_as_env(task, config_map_name=config_map_name,
+                                     config_map_key_to_env={"mlflow_tracking_uri": "MLFLOW_TRACKING_URI"}, optional=True)
     return task
 
 
@@ -326,7 +338,7 @@ def livo_full(
             ))
 
             training_inputs = dict(
-                dataset_uri=merged.outputs["Output"], output_uri=f"{run_uri}/{RUN_TRAINING_DIR}", preset=run_preset,
+                dataset=merged.outputs["dataset"], output_uri=f"{run_uri}/{RUN_TRAINING_DIR}", preset=run_preset,
                 model_source=run_model_source, principle_set_hash=validated.outputs["principle_set_hash"],
                 config_overrides=train_config_overrides, gpus_per_node=train_gpus_per_node,
                 num_nodes=train_num_nodes, accelerator_type=run_accelerator_type,
@@ -345,14 +357,13 @@ def livo_full(
                 # The launcher pod only creates the TrainJob and waits: no GPU, no GPU-node placement, control size.
                 trainjob_training = control(
                     train_value_encoder(launcher="trainjob", **training_inputs).set_display_name("train-as-trainjob"))
-            value_encoder_uri = dsl.OneOf(pod_training.outputs["value_encoder_uri"],
-                                          trainjob_training.outputs["value_encoder_uri"])
+            model = dsl.OneOf(pod_training.outputs["model"], trainjob_training.outputs["model"])
             training_output_uri = dsl.OneOf(pod_training.outputs["output_uri"],
                                             trainjob_training.outputs["output_uri"])
 
             evaluation_uri = f"{run_uri}/{RUN_EVALUATION_DIR}"
             evaluation = with_model_cache(cluster_task(on_gpus(evaluate(
-                value_encoder_uri=value_encoder_uri, preset=run_preset, principles_uri=principles_uri,
+                model=model, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, preset=run_preset, principles_uri=principles_uri,
                 model_source=run_model_source, config_overrides=eval_config_overrides, report_uri=evaluation_uri,
             ), eval_gpus, run_accelerator_type, eval_node_selector, eval_tolerations),
                 store_secret_name, store_config_map_name, eval_cpu_request, eval_cpu_limit, eval_memory_request,
@@ -360,7 +371,8 @@ def livo_full(
 
             with dsl.If(evaluation.outputs["Output"] == True, name="evaluation-passed"):  # noqa: E712 - kfp condition
                 registration = with_lineage_key(control(register(
-                    model_name=registry_model_name, training_output_uri=training_output_uri,
+                    dataset=merged.outputs["dataset"], model=model, metrics=evaluation.outputs["metrics"],
+                    report=evaluation.outputs["report"], model_name=registry_model_name, training_output_uri=training_output_uri,
                     evaluation_uri=evaluation_uri, principles_uri=principles_uri,
                     run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                     pipeline_spec_sha256=run_pipeline_spec_sha256, image=PIPELINE_IMAGE,

@@ -91,6 +91,10 @@ class UngatedEvaluation(ConfigError):
     """The evaluation decided no gate and the request did not say `allow_ungated` (bad input, exit 2)."""
 
 
+class ArtifactDigestMismatch(ConfigError):
+    """A digest a KFP artifact carried differs from what registration computes (bad input, exit 2)."""
+
+
 # ------------------------------------------------------------------------------------------------------ layout
 def _marker_key(name: str, version: str) -> str:
     return f"{model_prefix(name)}.registrations/{version}.json"
@@ -252,6 +256,25 @@ def check_evaluation_binding(metrics: dict[str, Any], metrics_path: Path, *, val
     return missing
 
 
+ARTIFACT_DIGEST_KEYS = ("value_encoder", "metrics", "report", "dataset_manifest")
+
+
+def check_artifact_digests(given: dict[str, str], computed: dict[str, tuple[str, str]]) -> None:
+    """Each digest the KFP artifacts carried (`RegistrationRequest.artifact_digests`) must equal what registration
+    computed (`computed`: key -> (digest, where it was computed from)); raises `ArtifactDigestMismatch` naming the
+    artifact and both hashes on the first difference."""
+    unknown = sorted(set(given) - set(ARTIFACT_DIGEST_KEYS))
+    if unknown:
+        raise ConfigError(f"artifact_digests names unknown artifact(s) {', '.join(unknown)}; use "
+                          f"{', '.join(ARTIFACT_DIGEST_KEYS)}")
+    for key in ARTIFACT_DIGEST_KEYS:
+        if key in given and given[key] != computed[key][0]:
+            raise ArtifactDigestMismatch(
+                f"the {key} artifact carries sha256 {given[key]} but registration computed {computed[key][0]} from "
+                f"{computed[key][1]}; nothing was registered (the pipeline's artifacts and the object store disagree: "
+                "re-run the step that wrote it)")
+
+
 def _check_input_exists(store: Any, what: str, location: str) -> None:
     """A missing input is bad input (exit 2), named before anything is written."""
     if location.startswith("s3://"):
@@ -295,10 +318,18 @@ def register_model(store: Any, request: RegistrationRequest, *, model_registry: 
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{request.principles}: not UTF-8 text ({exc})") from None
     dataset_sha256 = digest_at(store, request.dataset_manifest_uri)
+    dataset_manifest = _dataset_manifest(store, request.dataset_manifest_uri)  # id and size per principle, if any
+    value_encoder_sha256 = value_encoder_digest(encoder_dir)
+    check_artifact_digests(request.artifact_digests, {
+        "value_encoder": (value_encoder_sha256, str(request.value_encoder_dir)),
+        "metrics": (digest_at(store, str(request.metrics_path)), str(request.metrics_path)),
+        "report": (digest_at(store, str(request.report_path)), str(request.report_path)),
+        "dataset_manifest": (dataset_sha256, request.dataset_manifest_uri),
+    })
 
     forced_reasons = []
     unbound = check_evaluation_binding(metrics, request.metrics_path,
-                                       value_encoder_sha256=value_encoder_digest(encoder_dir),
+                                       value_encoder_sha256=value_encoder_sha256,
                                        base_model_fingerprint=request.base_model_fingerprint,
                                        principle_set_hash=principle_set.hash)
     if unbound:
@@ -368,11 +399,12 @@ def register_model(store: Any, request: RegistrationRequest, *, model_registry: 
         )
         if record.evaluation.metrics != metrics:  # redacted: the stored copy must equal the record's (verify)
             (staging / "metrics.json").write_text(json.dumps(record.evaluation.metrics, indent=2), encoding="utf-8")
-        from livo.registry.model_card import render_model_card
+        from livo.registry.model_card import render_model_card, report_lineage
 
+        _add_registration_to_report(staging / "report.html", report_lineage(record, dataset_manifest))
         record.files = _digests(staging)  # the card lists every file but itself
         card = staging / "model_card.md"
-        card.write_text(render_model_card(record, principle_set), encoding="utf-8")
+        card.write_text(render_model_card(record, principle_set, dataset_manifest), encoding="utf-8")
         record.files = _digests(staging)
         (staging / LINEAGE_FILE).write_text(record.to_json(), encoding="utf-8")
 
@@ -470,10 +502,36 @@ def _sync_model_registry(store: Any, result: RegistrationResult, model_registry:
                   model=result.model_name, version=result.version)
         return result
     record = load_lineage(store, result.model_name, result.version)
+    lineage_sha256 = store.sha256(version_prefix(result.model_name, result.version) + LINEAGE_FILE)  # as stored
     try:
-        entry = registry.register(record, uri=result.uri)
+        entry = registry.register(record, uri=result.uri, lineage_sha256=lineage_sha256)
     except LivoError as exc:
         raise LivoError(f"{result.ref} is registered in the object store ({result.uri}) but the Kubeflow Model "
                         f"Registry entry failed: {exc}; re-run the same registration to retry (it is idempotent)"
                         ) from exc
     return result.model_copy(update={"model_registry": entry})
+
+
+def _dataset_manifest(store: Any, location: str) -> dict[str, Any] | None:
+    """The dataset manifest as JSON (for its dataset id and pairs per principle in the report and card); None when it
+    is not a JSON object (registration records its digest either way)."""
+    try:
+        manifest = json.loads(read_bytes_at(store, location))
+    except (ValueError, UnicodeDecodeError, LivoError, OSError) as exc:
+        log_event(logger, "dataset manifest not readable as JSON; report and card show no dataset id",
+                  manifest=location, error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _add_registration_to_report(path: Path, lineage: dict[str, Any]) -> None:
+    """Put the registered version's block (name@version, code commit, image, KFP and MLflow run ids, dataset id and
+    size per principle) into the staged report.html; metrics.json is not touched (it is hash-bound)."""
+    from livo.evaluation.report import with_registration
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        log_event(logger, "report.html is not UTF-8; stored as given, without the registration block")
+        return
+    path.write_text(with_registration(text, lineage), encoding="utf-8")

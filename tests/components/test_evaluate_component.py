@@ -1,4 +1,5 @@
-"""The evaluate component under kfp.local: its single bool output gates a downstream task; Metrics and HTML written.
+"""The evaluate component under kfp.local: it reads a Model artifact (a pointer), its single bool output gates a
+downstream task; Metrics and HTML written, the files themselves with their sha256 in the metadata.
 
 No `from __future__ import annotations` here: kfp reads the real annotations of the component defined below.
 """
@@ -36,9 +37,14 @@ def test_component_output_gates_the_next_task(inputs, monkeypatch):
     from kfp import dsl, local
 
     from components.evaluate import evaluate
+    from livo.artifacts import write_pointer
+    from livo.registry.lineage import value_encoder_digest
+    from livo.store import sha256_file
 
     root, encoder, clip_dir = inputs
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pointer_file = root / "model-artifact"
+    pointer = write_pointer(pointer_file, {"uri": str(encoder), "sha256": value_encoder_digest(encoder)})
 
     @dsl.component(base_image="python:3.11", install_kfp_package=False)
     def register_marker(path: str):
@@ -46,7 +52,8 @@ def test_component_output_gates_the_next_task(inputs, monkeypatch):
 
     @dsl.pipeline
     def gated(overrides: list, marker: str):
-        task = evaluate(value_encoder_uri=str(encoder), preset="tiny", config_overrides=overrides, device="cpu")
+        model = dsl.importer(artifact_uri=str(pointer_file), artifact_class=dsl.Model, metadata=pointer)
+        task = evaluate(model=model.output, preset="tiny", config_overrides=overrides, device="cpu")
         with dsl.If(task.outputs["Output"] == True):  # noqa: E712 - a kfp condition
             register_marker(path=marker)
 
@@ -65,3 +72,10 @@ def test_component_output_gates_the_next_task(inputs, monkeypatch):
     logged = [o["artifacts"]["metrics"]["artifacts"][0]["metadata"] for o in outputs]
     assert {m["passed"] for m in logged} == {0.0, 1.0}
     assert all(any(k.startswith("gender-equality.D1.base [clip-zero-shot:") for k in m) for m in logged)
+    for output in outputs:  # the files themselves, with their digests (no report_uri: nothing uploaded)
+        for name in ("metrics", "report"):
+            artifact = output["artifacts"][name]["artifacts"][0]
+            assert artifact["metadata"]["sha256"] == sha256_file(artifact["uri"]) and artifact["metadata"]["uri"] == ""
+            assert artifact["metadata"]["model_artifact_uri"] == str(pointer_file)
+        assert json.loads(Path(output["artifacts"]["metrics"]["artifacts"][0]["uri"]).read_text())["passed"] in (
+            True, False)

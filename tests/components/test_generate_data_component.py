@@ -49,14 +49,23 @@ def test_shards_then_merge_through_the_component_functions(tmp_path):
         torch.set_num_threads(threads)
     assert set(uris) == {str(Path(out).resolve())}
     assert not (tmp_path / "ds" / "manifest.json").exists()  # shard tasks never write the manifest
-    metrics = _Metrics()
-    assert merge_data_shards.python_func(dataset_uri="", shard_count=2, metrics=metrics, shard_uris=uris) == uris[0]
+    from kfp import dsl
+
+    from livo.store import sha256_file
+
+    metrics, dataset = _Metrics(), dsl.Dataset(uri=str(tmp_path / "kfp" / "dataset"))
+    assert merge_data_shards.python_func(dataset_uri="", shard_count=2, metrics=metrics, dataset=dataset,
+                                         shard_uris=uris) == uris[0]
+    # the Dataset artifact: a pointer to the dataset with its manifest's digest (what lineage records)
+    assert json.loads(Path(dataset.path).read_text()) == dataset.metadata
+    assert dataset.metadata["uri"] == uris[0] and dataset.metadata["num_rows"] == 5
+    assert dataset.metadata["sha256"] == sha256_file(tmp_path / "ds" / "manifest.json")
     assert metrics.logged["pairs"] == 5 and metrics.logged["pairs.bloody"] == 2
     assert metrics.logged["generation.violating_candidates"] == 5
     assert len(load_preference_dataset(out, cache_dir=tmp_path / "cache")) == 5
     with pytest.raises(DataError, match="shard tasks wrote to"):
         merge_data_shards.python_func(dataset_uri=str(tmp_path / "elsewhere"), shard_count=2, metrics=metrics,
-                                      shard_uris=uris)
+                                      dataset=dataset, shard_uris=uris)
 
 
 @pytest.mark.slow

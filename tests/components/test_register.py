@@ -1,6 +1,7 @@
 """components/register.py end to end against the real store: what a finished training run and an evaluation left
 becomes a registered version with its lineage; the run's registration record makes the outcome `registered`; the
-next principles check with the same hash says unchanged (the scheduled no-op); a retried task registers nothing new."""
+next principles check with the same hash says unchanged (the scheduled no-op); a retried task registers nothing new;
+the run's artifacts (Dataset, Model, Metrics, HTML) must carry the digests of what is registered."""
 
 from __future__ import annotations
 
@@ -41,8 +42,11 @@ def finished_run(store, monkeypatch, tmp_path: Path) -> dict[str, str]:
     (encoder / "config.json").write_text(json.dumps({"architectures": ["CLIPTextModel"], "hidden_size": 8}))
     for path in encoder.iterdir():
         store.put_file(f"{run}/train/value_encoder/{path.name}", path)
+    from livo.store import sha256_file
+
     store.put_json(f"{run}/train/result.json", {
-        "value_encoder": {"uri": store.uri(f"{run}/train/value_encoder")},
+        "value_encoder": {"uri": store.uri(f"{run}/train/value_encoder"),
+                          "files": {p.name: sha256_file(p) for p in sorted(encoder.iterdir())}},
         "dataset": {"uri": store.uri(f"{run}/dataset")},
         "config": {"seed": 1234, "model": "tiny", "loss": {"kind": "livo"}},
         "base_model": {"source": "tiny", "fingerprint": "sha256:" + "b" * 64},
@@ -51,7 +55,7 @@ def finished_run(store, monkeypatch, tmp_path: Path) -> dict[str, str]:
                                                                    "sha256:" + "b" * 64))
     store.put_bytes(f"{run}/evaluation/report.html", b"<html>report</html>")
     return {"run": run, "principles_uri": store.uri(f"{run}/principles.yaml"),
-            "hash": load_principles(principles).hash, "encoder": str(encoder)}
+            "hash": load_principles(principles).hash, "encoder": str(encoder), "artifacts": str(tmp_path / "kfp")}
 
 
 PASSING_GATE = {"name": "gender-equality: D1 ceiling", "passed": True, "held": True, "waived": False, "waiver": None,
@@ -71,8 +75,33 @@ def evaluation_of(encoder: Path, principle_set_hash: str, base_model_fingerprint
                           "config_sha256": canonical_sha256(config)}}
 
 
+def run_artifacts(store, finished_run) -> dict:
+    """The run's KFP artifacts as the merge, training and evaluation tasks write them (livo.artifacts)."""
+    from kfp import dsl
+
+    from livo.artifacts import dataset_pointer, file_artifact, model_pointer, write_pointer
+
+    root, run = Path(finished_run["artifacts"]), finished_run["run"]
+    root.mkdir(exist_ok=True)
+    dataset = dsl.Dataset(uri=str(root / "dataset"))
+    dataset.metadata.update(write_pointer(dataset.path, dataset_pointer(store.uri(f"{run}/dataset"), store=store)))
+    model = dsl.Model(uri=str(root / "model"))
+    model.metadata.update(write_pointer(model.path, model_pointer(store.uri(f"{run}/train"))[0]))
+    files = {}
+    for name, cls in (("metrics.json", dsl.Metrics), ("report.html", dsl.HTML)):
+        local = root / f"evaluated-{name}"
+        local.write_bytes(store.get_bytes(f"{run}/evaluation/{name}"))
+        files[name] = cls(uri=str(root / name.split(".")[0]))
+        files[name].metadata.update(file_artifact(local, files[name].path, store.uri(f"{run}/evaluation/{name}")))
+    return {"dataset": dataset, "model": model, "metrics": files["metrics.json"], "report": files["report.html"]}
+
+
 def _register(store, finished_run, **extra):
+    artifacts = extra.pop("artifacts", {})
+    if set(artifacts) != {"dataset", "model", "metrics", "report"}:
+        artifacts = {**run_artifacts(store, finished_run), **artifacts}
     return register.python_func(
+        **artifacts,
         model_name="livo-tiny", training_output_uri=store.uri(f"{finished_run['run']}/train"),
         evaluation_uri=store.uri(f"{finished_run['run']}/evaluation"), principles_uri=finished_run["principles_uri"],
         run_id="run-7", run_name="livo-full-7", pipeline_spec_sha256="sha256:" + "c" * 64, image=IMAGE, **extra,
@@ -90,6 +119,13 @@ def test_register_records_lineage_outcome_and_makes_the_next_check_a_no_op(store
     assert lineage["training"]["seed"] == 1234
     assert lineage["base_model"]["fingerprint"] == "sha256:" + "b" * 64
     assert lineage["dataset"]["manifest_uri"] == store.uri(f"{finished_run['run']}/dataset/manifest.json")
+    # the artifacts the task consumed carry what lineage records; the run's registration record names them
+    consumed = store.get_json("pipeline-runs/run-7/registration.json")["artifacts"]
+    assert consumed["model"] == {"uri": str(Path(finished_run["artifacts"]) / "model"),
+                                 "sha256": lineage["model"]["weights_sha256"]}
+    assert consumed["dataset"]["sha256"] == lineage["dataset"]["manifest_sha256"]
+    assert consumed["metrics"]["sha256"] == lineage["files"]["metrics.json"]
+    assert set(consumed) == {"dataset", "model", "metrics", "report"}
 
     outcome = build_outcome(store, run_id="run-7", run_name="n", final_state="SUCCEEDED")
     assert outcome["status"] == "registered" and outcome["summary"] == "registered livo-tiny@v1"
@@ -111,9 +147,10 @@ def test_retried_registration_creates_no_second_version(store, finished_run):
 def test_training_result_without_its_fields_is_a_clear_error(store, finished_run):
     from livo.errors import LivoError
 
+    artifacts = run_artifacts(store, finished_run)  # written while the training result was whole
     store.put_json(f"{finished_run['run']}/train/result.json", {"metrics": {}})
     with pytest.raises(LivoError, match="lacks 'value_encoder'"):
-        _register(store, finished_run)
+        _register(store, finished_run, artifacts=artifacts)
 
 
 def test_a_task_outside_any_image_records_that_instead_of_the_declared_digest(store, finished_run, monkeypatch):
@@ -162,3 +199,32 @@ def test_an_ungated_evaluation_is_rejected_unless_the_run_allows_it(store, finis
     assert "UNGATED" in store.get_bytes("models/livo-tiny/v1/model_card.md").decode()
     outcome = build_outcome(store, run_id="run-7", run_name="n", final_state="SUCCEEDED")
     assert outcome["status"] == "registered" and "UNGATED" in outcome["summary"]
+
+
+def test_artifacts_that_disagree_with_the_store_fail_the_run_naming_both_hashes(store, finished_run, tmp_path):
+    """A Model artifact of other weights than the training result names (or an evaluation file the artifact does not
+    match): nothing is registered, the task fails with an exit-2 class error, and the run's outcome says why."""
+    from kfp import dsl
+
+    from livo.artifacts import write_pointer
+    from livo.errors import ConfigError
+    from livo.registry.registration import ArtifactDigestMismatch
+
+    artifacts = run_artifacts(store, finished_run)
+    other = dsl.Model(uri=str(tmp_path / "other-model"))
+    carried = "sha256:" + "f" * 64
+    other.metadata.update(write_pointer(other.path, {**artifacts["model"].metadata, "sha256": carried}))
+    with pytest.raises(ArtifactDigestMismatch, match=rf"the value_encoder artifact carries sha256 {carried} but "
+                                                     r"registration computed sha256:[0-9a-f]{64} from ") as caught:
+        _register(store, finished_run, artifacts={"model": other})
+    assert isinstance(caught.value, ConfigError)
+    assert store.list("models") == []
+    outcome = build_outcome(store, run_id="run-7", run_name="n", final_state="FAILED")
+    assert outcome["status"] == "failed" and "register: the value_encoder artifact carries" in outcome["summary"]
+
+    report = dsl.HTML(uri=str(tmp_path / "other-report"))
+    Path(report.path).write_text("<html>another evaluation</html>")
+    with pytest.raises(ConfigError, match="the HTML report artifact's metadata says sha256 .* but its file"):
+        _register(store, finished_run, artifacts={"report": dsl.HTML(uri=report.uri,
+                                                                     metadata=artifacts["report"].metadata)})
+    assert store.list("models") == []

@@ -2,8 +2,9 @@
 
 The slow tests run `livo run --preset tiny --allow-ungated` end to end (validate -> principles check -> 2 data shards -> merge ->
 train -> evaluate -> register -> outcome), audit the registered model with `livo lineage verify`, and check that a
-second run with the same principles is a cheap `skipped` no-op; and that bad input fails in validation before any
-other task. The fast tests cover the task timings `livo run` reads from kfp.local's log.
+second run with the same principles is a cheap `skipped` no-op, and that KFP's artifacts chain the stages (each task's
+input artifact is the previous task's output) carrying the digests lineage.json records; and that bad input fails in
+validation before any other task. The fast tests cover the task timings `livo run` reads from kfp.local's log.
 """
 
 from __future__ import annotations
@@ -44,6 +45,15 @@ def livo(args: list[str], timeout: float = 420, **env: str) -> subprocess.Comple
 def executed_tasks(run_dir: Path) -> list[str]:
     """Names of the tasks that finished (kfp.local writes executor_output.json on success), one per execution."""
     return sorted(p.parent.name for p in run_dir.glob("kfp/*/**/executor_output.json"))
+
+
+def task_artifacts(run_dir: Path) -> dict[str, dict[str, dict]]:
+    """task name -> output name -> the artifact (name, uri, metadata) kfp.local recorded in executor_output.json."""
+    produced: dict[str, dict[str, dict]] = {}
+    for path in run_dir.glob("kfp/*/**/executor_output.json"):
+        outputs = json.loads(path.read_text()).get("artifacts", {})
+        produced[path.parent.name] = {name: value["artifacts"][0] for name, value in outputs.items()}
+    return produced
 
 
 def printed(stdout: str, row: str) -> str:
@@ -189,7 +199,7 @@ def test_livo_run_tiny_registers_an_auditable_model_and_a_rerun_is_skipped(tmp_p
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["passed"] is True and set(metrics["principles"]) == {"gender-equality", "bloody", "zombie"}
     assert "LiVO evaluation: UNGATED" in result.stdout and metrics["gates"] == []
-    assert re.search(r"^gender-equality\s+D1\s+[\d.]+\s+[\d.]+", result.stdout, flags=re.M)
+    assert re.search(r"^gender-equality\s+D1\s+[\d.]+\s+(\[[\d., ]+\]\s+)?[\d.]+", result.stdout, flags=re.M)
 
     # the registered version is auditable: every hash verifies, and its lineage names this run and its dataset
     with EmbeddedSeaweedFS(tmp_path / "store") as server:
@@ -203,6 +213,29 @@ def test_livo_run_tiny_registers_an_auditable_model_and_a_rerun_is_skipped(tmp_p
     assert lineage["dataset"]["manifest_uri"] == f"s3://livo/pipeline-runs/{outcome['run_id']}/dataset/manifest.json"
     assert lineage["training"]["config"]["output"] == f"s3://livo/pipeline-runs/{outcome['run_id']}/train"
     assert lineage["evaluation"]["passed"] is True and lineage["evaluation"]["ungated"] is True
+
+    # KFP's lineage: each task's input artifact is the previous task's output (the consumer records the URI of what
+    # it read), and the Dataset / Model / Metrics carry the digests lineage.json records for the registered version
+    from livo.store import sha256_file
+
+    produced = task_artifacts(run_dir)
+    dataset, model = produced["merge-data-shards"]["dataset"], produced["train-value-encoder"]["model"]
+    metrics, report = produced["evaluate"]["metrics"], produced["evaluate"]["report"]
+    assert model["metadata"]["dataset_artifact_uri"] == dataset["uri"]
+    assert metrics["metadata"]["model_artifact_uri"] == report["metadata"]["model_artifact_uri"] == model["uri"]
+    consumed = outcome["registration"]["artifacts"]
+    assert {name: artifact["uri"] for name, artifact in consumed.items()} == {
+        "dataset": dataset["uri"], "model": model["uri"], "metrics": metrics["uri"], "report": report["uri"]}
+    assert model["metadata"]["sha256"] == lineage["model"]["weights_sha256"] == consumed["model"]["sha256"]
+    assert dataset["metadata"]["sha256"] == lineage["dataset"]["manifest_sha256"] == consumed["dataset"]["sha256"]
+    assert dataset["metadata"]["manifest_uri"] == lineage["dataset"]["manifest_uri"]
+    assert model["metadata"]["uri"] == f"s3://livo/pipeline-runs/{outcome['run_id']}/train/value_encoder"
+    assert metrics["metadata"]["sha256"] == lineage["files"]["metrics.json"] == sha256_file(metrics["uri"])
+    assert metrics["metadata"]["uri"] == outcome["evaluation"]["metrics_uri"]
+    assert report["metadata"]["sha256"] == sha256_file(report["uri"]) == consumed["report"]["sha256"]
+    assert Path(report["uri"]).read_bytes() == (run_dir / "report.html").read_bytes()
+    for pointer in (dataset, model):  # small pointer files into the object store, equal to their metadata
+        assert json.loads(Path(pointer["uri"]).read_text()).items() <= pointer["metadata"].items()
 
     # the same principles again: a cheap no-op, reported skipped, nothing past the principles check runs
     again = livo(["run", "--preset", "tiny", "--allow-ungated", "--runs-dir", str(tmp_path)], timeout=180)

@@ -150,6 +150,63 @@ def _parameter(task: dict, name: str) -> str:
     return str(value["runtimeValue"]["constant"])
 
 
+def _artifact_sources(spec, task_name: str, input_name: str) -> list[tuple[str, str]]:
+    """The (task, output) pairs an input artifact of `task_name` comes from: followed up through the enclosing DAGs'
+    inputs and down through DAG outputs (a `dsl.OneOf` lists one source per branch)."""
+    owner, runner = {}, {}  # task name -> component whose DAG holds it; component -> task that runs it
+    for component_name, component in [("root", spec["root"]), *spec["components"].items()]:
+        for name, task in component.get("dag", {}).get("tasks", {}).items():
+            owner[name] = component_name
+            runner[task["componentRef"]["name"]] = name
+    tasks = _dag_tasks(spec)
+
+    def produced(component_name: str, task: str, key: str) -> list[tuple[str, str]]:
+        component = spec["components"][tasks[task]["componentRef"]["name"]]
+        if "dag" not in component:
+            return [(task, key)]
+        selectors = component["dag"]["outputs"]["artifacts"][key]["artifactSelectors"]
+        return [pair for s in selectors for pair in produced(component_name, s["producerSubtask"], s["outputArtifactKey"])]
+
+    reference, current = tasks[task_name]["inputs"]["artifacts"][input_name], owner[task_name]
+    while "componentInputArtifact" in reference:
+        parent = runner[current]
+        reference, current = tasks[parent]["inputs"]["artifacts"][reference["componentInputArtifact"]], owner[parent]
+    source = reference["taskOutputArtifact"]
+    return sorted(produced(current, source["producerTask"], source["outputArtifactKey"]))
+
+
+def test_the_stages_are_chained_through_typed_artifacts(spec):
+    """KFP's lineage graph: merge -> Dataset -> training (either branch) -> Model -> evaluate -> Metrics + HTML ->
+    register (which also reads the Dataset and the Model)."""
+    trained = [("train-value-encoder", "model"), ("train-value-encoder-2", "model")]
+    merged = [("merge-data-shards", "dataset")]
+    for name in ("train-value-encoder", "train-value-encoder-2"):
+        assert _artifact_sources(spec, name, "dataset") == merged, name
+    assert _artifact_sources(spec, "evaluate", "model") == trained
+    assert _artifact_sources(spec, "register", "model") == trained
+    assert _artifact_sources(spec, "register", "dataset") == merged
+    assert _artifact_sources(spec, "register", "metrics") == [("evaluate", "metrics")]
+    assert _artifact_sources(spec, "register", "report") == [("evaluate", "report")]
+    schema = {(component, kind, name): definition["artifactType"]["schemaTitle"]
+              for component in ("comp-merge-data-shards", "comp-train-value-encoder", "comp-evaluate", "comp-register")
+              for kind in ("inputDefinitions", "outputDefinitions")
+              for name, definition in spec["components"][component].get(kind, {}).get("artifacts", {}).items()}
+    assert schema == {
+        ("comp-merge-data-shards", "outputDefinitions", "dataset"): "system.Dataset",
+        ("comp-merge-data-shards", "outputDefinitions", "metrics"): "system.Metrics",
+        ("comp-train-value-encoder", "inputDefinitions", "dataset"): "system.Dataset",
+        ("comp-train-value-encoder", "outputDefinitions", "model"): "system.Model",
+        ("comp-train-value-encoder", "outputDefinitions", "metrics"): "system.Metrics",
+        ("comp-evaluate", "inputDefinitions", "model"): "system.Model",
+        ("comp-evaluate", "outputDefinitions", "metrics"): "system.Metrics",
+        ("comp-evaluate", "outputDefinitions", "report"): "system.HTML",
+        ("comp-register", "inputDefinitions", "dataset"): "system.Dataset",
+        ("comp-register", "inputDefinitions", "model"): "system.Model",
+        ("comp-register", "inputDefinitions", "metrics"): "system.Metrics",
+        ("comp-register", "inputDefinitions", "report"): "system.HTML",
+    }
+
+
 def test_validation_runs_first_and_gates_everything(spec):
     tasks = _dag_tasks(spec)
     validate = tasks["validate-inputs"]
@@ -191,7 +248,7 @@ def test_training_follows_the_merge_and_branches_on_the_launcher(spec, platform)
     pod, trainjob = tasks["train-value-encoder"], tasks["train-value-encoder-2"]
     for task, launcher in ((pod, "pod"), (trainjob, "trainjob")):
         assert _parameter(task, "launcher") == launcher
-        assert _parameter(task, "dataset_uri") == "pipelinechannel--merge-data-shards-Output"
+        assert "dataset_uri" not in task["inputs"]["parameters"]  # the Dataset artifact (above) says where
         assert _parameter(task, "output_uri").endswith("validate-inputs-run_uri']}}/train")
         assert _parameter(task, "principle_set_hash") == "pipelinechannel--validate-inputs-principle_set_hash"
         assert _parameter(task, "config_overrides") == "pipelinechannel--train_config_overrides"
@@ -234,9 +291,8 @@ def test_evaluation_reads_either_branch_and_gates_registration(spec, platform):
     selected = {key: [s["outputParameterKey"] for s in value["valueFromOneof"]["parameterSelectors"]]
                 for key, value in oneofs.items()}
     assert evaluate["dependentTasks"] == ["condition-branches-4"] and branches["dependentTasks"] == ["merge-data-shards"]
-    encoder_key = _parameter(evaluate, "value_encoder_uri").split(".")[1]
-    assert selected[encoder_key] == ["pipelinechannel--train-value-encoder-value_encoder_uri",
-                                     "pipelinechannel--train-value-encoder-2-value_encoder_uri"]
+    assert "value_encoder_uri" not in evaluate["inputs"]["parameters"]  # the Model artifact (above) says which
+    assert _parameter(evaluate, "run_id") == "{{$.pipeline_job_uuid}}"
     output_key = _parameter(register, "training_output_uri").removeprefix("pipelinechannel--condition-branches-4-")
     assert selected[output_key] == ["pipelinechannel--train-value-encoder-output_uri",
                                     "pipelinechannel--train-value-encoder-2-output_uri"]

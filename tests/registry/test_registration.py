@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from livo.errors import ConfigError, LivoError, StoreError
-from livo.registry.registration import principles_changed
 from livo.registry.lineage import LineageRecord, diff_records, format_diff, parse_model_ref, verify_version
 from livo.registry.registration import (
     RegistrationRequest,
     list_versions,
     load_lineage,
     load_stored_principles,
+    principles_changed,
     register_model,
     resolve_version,
 )
@@ -488,7 +488,8 @@ def test_ungated_evaluation_is_refused_unless_allowed_and_then_marked(store: Obj
     assert record.evaluation.ungated and record.evaluation.passed
     assert record.evaluation.waivers == [{"gate": "quality: FID", "reason": "pixel statistics"}]
     card = store.get_bytes("models/livo-toy/v1/model_card.md").decode()
-    assert card.splitlines()[2].startswith("> **UNGATED.**")
+    assert card.startswith("---\n")  # Hugging Face front matter, then the card
+    assert card.split("\n---\n", 1)[1].splitlines()[2].startswith("> **UNGATED.**")
     assert "**is UNGATED: its evaluation decided no gate" in card
     assert "| quality: FID | waived (would pass) | 10 | 3.5 | pixel-stats-v1 |" in card
     assert "- `quality: FID`: pixel statistics" in card
@@ -535,3 +536,42 @@ def test_redaction_keeps_value_token_metrics_but_blanks_token_secrets() -> None:
     out = redact(metrics)
     assert out["images_with_value_token"] == 25 and out["subject_fidelity"] == metrics["subject_fidelity"]
     assert out["options"] == {"hf_token": "<redacted>", "token": "<redacted>", "auth_token": "<redacted>"}
+
+
+def _computed_digests(store: ObjectStore, request: RegistrationRequest) -> dict[str, str]:
+    """What registration computes for each artifact a pipeline run hands it (RegistrationRequest.artifact_digests)."""
+    from livo.registry.lineage import value_encoder_digest
+
+    return {"value_encoder": value_encoder_digest(request.value_encoder_dir),
+            "metrics": sha256_file(request.metrics_path), "report": sha256_file(request.report_path),
+            "dataset_manifest": store.sha256("datasets/toy/ds-1/manifest.json")}
+
+
+@pytest.mark.store
+@pytest.mark.parametrize("artifact", ["value_encoder", "metrics", "report", "dataset_manifest"])
+def test_an_artifact_digest_that_differs_from_what_registration_computes_is_refused_before_any_write(
+        store: ObjectStore, make_request: Factory, artifact: str) -> None:
+    from livo.registry.registration import ArtifactDigestMismatch
+
+    request = make_request()
+    computed = _computed_digests(store, request)
+    carried = "sha256:" + "f" * 64
+    with pytest.raises(ArtifactDigestMismatch, match=rf"^the {artifact} artifact carries sha256 {carried} but "
+                                                     rf"registration computed {computed[artifact]} from ") as caught:
+        register_model(store, request.model_copy(update={"artifact_digests": {**computed, artifact: carried}}))
+    assert isinstance(caught.value, ConfigError) and caught.value.exit_code == 2
+    assert store.list("models") == []  # not even the in-flight marker
+
+
+@pytest.mark.store
+def test_the_digests_the_artifacts_carry_are_the_ones_lineage_records(store: ObjectStore,
+                                                                        make_request: Factory) -> None:
+    request = make_request()
+    computed = _computed_digests(store, request)
+    with pytest.raises(ConfigError, match="artifact_digests names unknown artifact.s. weights; use value_encoder, "):
+        register_model(store, request.model_copy(update={"artifact_digests": {"weights": computed["value_encoder"]}}))
+    result = register_model(store, request.model_copy(update={"artifact_digests": computed}))
+    record = load_lineage(store, "livo-toy")
+    assert record.model.weights_sha256 == result.weights_sha256 == computed["value_encoder"]
+    assert record.dataset.manifest_sha256 == computed["dataset_manifest"]
+    assert record.files["metrics.json"] == computed["metrics"]  # (the stored report gains the registration block)
