@@ -118,7 +118,9 @@ def runtime_container_env(workspace: Path) -> dict[str, str]:
 
 def node_environment(body: dict, node_rank: int, port: int, audit_dir: Path, audit_root: Path,
                      secrets: dict = SECRETS, config_maps: dict = CONFIG_MAPS) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS and not k.startswith(("PET_", "LIVO_S3_"))}
+    # Not the test session's LIVO_TRACKING=none: a node runs with the default, tracking on (rank 0 only logs)
+    env = {k: v for k, v in os.environ.items()
+           if k not in LAUNCHER_VARS and k != "LIVO_TRACKING" and not k.startswith(("PET_", "LIVO_S3_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the image: /opt/venv/bin on PATH
     env.update(OMP_NUM_THREADS="1", LIVO_LOG_FORMAT="json")
     env.update(runtime_container_env(audit_dir.parent / f"workspace-node-{node_rank}"))
@@ -268,7 +270,8 @@ def test_two_trainjob_nodes_form_one_world_average_gradients_and_write_once(tmp_
     # (torch.save writes through C++, unseen by the audit hook: DeepSpeed's shards are checked by name below.)
     # The shared location holds the run's files once, and both ranks' checkpoint shards.
     top = sorted(p.name for p in output.iterdir())
-    # mlflow.db: rank 0's experiment-tracking store (no MLFLOW_TRACKING_URI: SQLite in the output, docs/tracking.md)
+    # mlflow.db: rank 0's experiment-tracking store, written once (no MLFLOW_TRACKING_URI: SQLite in the output,
+    # docs/tracking.md)
     assert top == ["checkpoints", "metrics.json", "mlflow.db", "result.json", "train_log.jsonl",
                    "training_config.json", "value_encoder"], top
     checkpoint = sorted(p.name for p in (output / "checkpoints" / "step-00000002").iterdir())
