@@ -32,3 +32,38 @@ class JudgeUnavailable(LivoError):
     """A judge cannot run here (usually: its weights are absent). The message says how to supply them."""
 
     exit_code = 2
+
+
+class ModelNotFound(ConfigError):
+    """A model name or version that is not registered in the object store (bad input, exit 2; HTTP 404)."""
+
+    http_status = 404
+
+
+class UnknownPrinciple(ConfigError):
+    """A principle id that the loaded version's principle set does not define (bad input, exit 2; HTTP 400)."""
+
+    http_status = 400
+
+
+class VersionNotVerified(LivoError):
+    """A registered version failed lineage verification, so it is not loaded (exit 1; HTTP 409).
+
+    `mismatches` holds `(subject, detail)` pairs as `livo lineage verify` reports them."""
+
+    http_status = 409
+
+    def __init__(self, message: str, mismatches: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.mismatches = list(mismatches or [])
+
+
+class BaseModelMismatch(ConfigError):
+    """The base model loaded for a version is not the one it was trained and evaluated on: its fingerprint differs
+    from the lineage's (exit 2; HTTP 409). `expected` is the recorded fingerprint, `actual` the computed one."""
+
+    http_status = 409
+
+    def __init__(self, message: str, *, expected: str = "", actual: str = ""):
+        super().__init__(message)
+        self.expected, self.actual = expected, actual

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from livo.errors import ConfigError
+from livo.errors import ConfigError, LivoError
 from livo.weights import check_safetensors_files  # noqa: F401  (also part of this module's API)
 
 VALUE_ENCODER_DIR = "value_encoder"  # the authors' released layout: <checkpoint>/value_encoder/
@@ -68,11 +69,14 @@ class ValueEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, *, torch_dtype: torch.dtype | None = None) -> ValueEncoder:
         """Load from a directory in `save_pretrained` layout, or from a parent holding `value_encoder/` (the authors'
-        released checkpoints). Only safetensors weights are accepted."""
+        released checkpoints), or from a Hugging Face hub id (`org/name`, resolved with `huggingface_hub`'s
+        `snapshot_download`, from the local HF cache when `HF_HUB_OFFLINE` is set). An existing local path always
+        wins over a hub id of the same spelling. Only safetensors weights are accepted."""
         from safetensors import SafetensorError
         from transformers import CLIPTextModel
 
-        directory = resolve_value_encoder_dir(path)
+        directory = resolve_value_encoder_dir(path if Path(path).expanduser().exists() or not looks_like_hub_id(path)
+                                              else download_value_encoder(str(path)))
         check_safetensors_files(sorted(directory.glob("*.safetensors")))
         kwargs: dict[str, Any] = {"use_safetensors": True}
         if torch_dtype is not None:
@@ -86,6 +90,49 @@ class ValueEncoder(nn.Module):
             raise ConfigError(f"{directory}: cannot load the value encoder "
                               f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
                               "it must be a CLIPTextModel save_pretrained folder") from exc
+
+
+HUB_ALLOW_PATTERNS = ["config.json", "*.safetensors", f"{VALUE_ENCODER_DIR}/*"]
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def looks_like_hub_id(path: str | Path) -> bool:
+    """`org/name` spelled as a string (a `Path`, or anything starting with `.`, `/` or `~`, is a local path)."""
+    return isinstance(path, str) and not path.startswith((".", "/", "~")) and bool(_HUB_ID_RE.match(path))
+
+
+def download_value_encoder(repo_id: str, *, revision: str | None = None) -> Path:
+    """The local snapshot of a hub repository holding a value encoder (its top-level config + safetensors, or its
+    `value_encoder/` folder), downloaded with `snapshot_download` or, with `HF_HUB_OFFLINE` set, taken from the local
+    HF cache (`HF_HUB_CACHE`, else `HF_HOME/hub`; read now, not at import)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    from livo.models.mirror import _hub_settings
+
+    cache_dir, offline = _hub_settings()
+    where = f"the local HF cache ({cache_dir or 'default location'}; HF_HUB_OFFLINE is set)" if offline else "the hub"
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=offline,
+                                      allow_patterns=HUB_ALLOW_PATTERNS))
+    except (RepositoryNotFoundError, RevisionNotFoundError, LocalEntryNotFoundError) as exc:
+        hint = ("download it where a hub is reachable (or unset HF_HUB_OFFLINE), or pass a local folder"
+                if offline else "check the id, or pass a local folder")
+        raise ConfigError(f"value encoder {repo_id!r}: no such path, and no such hub repository in {where} "
+                          f"({_first_line(exc)}); {hint}") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise LivoError(f"value encoder {repo_id!r}: cannot download it from {where} ({_first_line(exc)}); "
+                        "retry, or fill the HF cache on a machine with hub access and set HF_HUB_OFFLINE=1") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def resolve_value_encoder_dir(path: str | Path) -> Path:

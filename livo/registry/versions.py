@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from livo.errors import ConfigError
+from livo.errors import ConfigError, ModelNotFound
 
 MANIFEST_FILE = "manifest.json"  # the commit object of a version (sealed by registration, checked by lineage verify)
 MODELS_PREFIX = "models"
@@ -69,10 +69,10 @@ def resolve_version(store: Any, name: str, version: str | None) -> str:
     versions = list_versions(store, name)
     if not versions:
         known = list_models(store)
-        raise ConfigError(f"unknown model {name!r} in {store.uri(MODELS_PREFIX)}: no registered version"
+        raise ModelNotFound(f"unknown model {name!r} in {store.uri(MODELS_PREFIX)}: no registered version"
                           + (f"; registered models: {', '.join(known)}" if known else "; nothing is registered yet"))
     if version is None:
         return versions[-1]
     if version not in versions:
-        raise ConfigError(f"unknown version {name}@{version}; registered versions: {', '.join(versions)}")
+        raise ModelNotFound(f"unknown version {name}@{version}; registered versions: {', '.join(versions)}")
     return version
