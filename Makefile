@@ -20,14 +20,16 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-# Debian packages some tests use (headless Chromium renders the HTML report). Installed when we are root with apt;
-# elsewhere the tests that need them are skipped with a reason that says what to install.
+# Debian packages some tests use (headless Chromium renders the HTML report; chromedriver drives the serving page).
+# Installed when we are root with apt; elsewhere the tests that need them are skipped with a reason that says what to
+# install.
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-	      || echo "could not install chromium: the report rendering test will be skipped"; \
-	  else echo "chromium missing (apt-get install chromium): the report rendering test will be skipped"; fi; }
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	      || echo "could not install chromium/chromium-driver: the report rendering and page tests will be skipped"; \
+	  else echo "chromium or chromedriver missing (apt-get install chromium chromium-driver): the report rendering" \
+	    "and serving page tests will be skipped"; fi; }
 
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q

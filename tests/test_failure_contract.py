@@ -166,6 +166,14 @@ CASES: list[Case] = [
     case("register-ungated-without-allow", "register", "--request", "{fx}/request.yaml", "--metrics",
          "{fx}/metrics_ungated.json", store=True, says="--allow-ungated"),
     # --- lineage
+    # --- livo serve: settings and the version are checked before the server starts (a version that fails never serves)
+    case("serve-no-model", "serve", says="required"),
+    case("serve-unknown-setting", "serve", "m@v1", "--set", "no_such_knob=1", says="no_such_knob"),
+    case("serve-bad-port", "serve", "m@v1", "--port", "70000", says="port"),
+    case("serve-queue-not-a-number", "serve", "m@v1", "--set", "queue_size=many", says="queue_size"),
+    case("serve-malformed-model-ref", "serve", "model@seven", store=True, says="seven"),
+    case("serve-unknown-model", "serve", "nosuchmodel@latest", store=True, says="nosuchmodel"),
+    case("serve-missing-config", "serve", "m@v1", "--config", "{fx}/missing.yaml", says="missing.yaml"),
     case("lineage-no-action", "lineage", says="required"),
     # part 1 (lineage): an unknown model is bad input
     case("lineage-show-unknown-model", "lineage", "show", "nosuchmodel", store=True, says="nosuchmodel"),
