@@ -5,6 +5,13 @@ Trainer API and of the Kubernetes core types it embeds (PodSpec, EnvVar, Resourc
 `from_dict` checks types but silently drops keys it does not know, so a misspelt field (`spec.trainer.commands`) would
 pass and then be ignored by the API server's pruning. `validate_strict` walks the model tree and rejects every key the
 models do not declare, naming its path; then `from_dict` checks the types.
+
+Other custom resources (KServe's InferenceService) are checked against the OpenAPI v3 schema of their CRD, vendored
+as a file (tests/manifests/schemas/). A CRD schema is "structural": the API server prunes fields it does not declare
+instead of rejecting them, so `strict_json_schema` closes every object that does not opt into unknown fields
+(`x-kubernetes-preserve-unknown-fields`) and `custom_resource_problems` reports each unknown field, missing required
+field and wrong type with its path; `metadata` is checked against the Kubernetes ObjectMeta schema of
+kubernetes-validate.
 """
 
 from __future__ import annotations
@@ -107,3 +114,88 @@ def validate_training_runtime(doc: dict[str, Any]) -> None:
     if kind not in kinds:
         raise ConfigError(f"kind {kind!r} is not a Trainer runtime; expected TrainingRuntime or ClusterTrainingRuntime")
     validate_strict(kinds[kind], doc, f"{kind} {(doc.get('metadata') or {}).get('name', '?')}")
+
+
+# The Kubernetes ObjectMeta schema inside kubernetes-validate's definitions (strict variant: unknown keys rejected).
+OBJECT_META_REF = "https://kubernetes.io/api/_definitions.json#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
+TRIMMED_MARKER = "x-livo-trimmed"  # a subtree removed from a vendored schema (see tests/manifests/schemas/)
+
+
+def strict_json_schema(node: Any) -> Any:
+    """A CRD's structural OpenAPI v3 schema as a JSON Schema that rejects what the API server would prune: every
+    object without `x-kubernetes-preserve-unknown-fields` or `additionalProperties` gets `additionalProperties:
+    false`; `nullable` admits null; int-or-string without alternatives gets them; a trimmed subtree rejects any value.
+    """
+    if isinstance(node, list):
+        return [strict_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if TRIMMED_MARKER in node:
+        return {"not": {}, TRIMMED_MARKER: node[TRIMMED_MARKER]}
+    out = {key: strict_json_schema(value) if key in ("items", "additionalProperties", "anyOf", "oneOf", "allOf", "not")
+           else value for key, value in node.items() if key != "properties"}
+    if "properties" in node:
+        out["properties"] = {name: strict_json_schema(sub) for name, sub in node["properties"].items()}
+    if node.get("x-kubernetes-int-or-string") and "type" not in node and "anyOf" not in node:
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if node.get("nullable") and isinstance(node.get("type"), str):
+        out["type"] = [node["type"], "null"]
+    is_object = node.get("type") == "object" or "properties" in node
+    if is_object and "additionalProperties" not in node and not node.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+def _path(parts: Any) -> str:
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "<root>"
+
+
+def _describe(error: Any) -> list[str]:
+    """One line per problem in a jsonschema error, naming the field's path."""
+    where = _path(error.absolute_path)
+    if error.validator == "additionalProperties" and error.validator_value is False:
+        declared = set(error.schema.get("properties", {}))
+        unknown = sorted(key for key in error.instance if key not in declared)
+        return [f"unknown field {_path([*error.absolute_path, key])}" for key in unknown]
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if error.message.count("'") >= 2 else error.message
+        return [f"missing required field {_path([*error.absolute_path, missing])}"]
+    if error.validator == "not" and TRIMMED_MARKER in error.schema:
+        return [f"{where}: not in the vendored schema (trimmed there: {error.schema[TRIMMED_MARKER]}); re-vendor the "
+                "full schema to use it"]
+    return [f"{where}: {error.message}"]
+
+
+def custom_resource_problems(doc: dict[str, Any], crd_schema: dict[str, Any]) -> list[str]:
+    """Every problem of `doc` against a CRD's openAPIV3Schema (strictly, see `strict_json_schema`), with its path."""
+    import jsonschema
+    import kubernetes_validate
+    from referencing import Registry, Resource
+
+    schema = strict_json_schema(crd_schema)
+    schema.setdefault("properties", {})["metadata"] = {"$ref": OBJECT_META_REF}
+    schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata"})
+    schema["allOf"] = [*schema.get("allOf", []), {"properties": {"metadata": {"required": ["name"]}}}]
+    definitions = kubernetes_validate.utils.schema_contents(
+        f"kubernetes-json-schema/v{kubernetes_validate.latest_version()}-local-strict/_definitions.json",
+        kubernetes_validate.latest_version())
+    registry = Resource.from_contents(definitions) @ Registry()
+    validator = jsonschema.Draft202012Validator(schema, registry=registry)
+    problems: list[str] = []
+    for error in sorted(validator.iter_errors(doc), key=lambda e: [str(p) for p in e.absolute_path]):
+        for line in _describe(error):
+            if line not in problems:
+                problems.append(line)
+    return problems
+
+
+def validate_custom_resource(doc: dict[str, Any], crd_schema: dict[str, Any], api: str) -> None:
+    """Raise ConfigError listing every problem of `doc` against the CRD schema of `api` (e.g. "KServe v0.15")."""
+    problems = custom_resource_problems(doc, crd_schema)
+    if problems:
+        what = f"{doc.get('kind', '?')} {(doc.get('metadata') or {}).get('name', '?')}"
+        shown = "; ".join(problems[:8]) + (f" (+{len(problems) - 8} more)" if len(problems) > 8 else "")
+        raise ConfigError(f"{what} does not validate against the {api} API: {shown}")

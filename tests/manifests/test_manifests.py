@@ -1,6 +1,7 @@
 """manifests/: every overlay renders with `kubectl kustomize`, validates strictly against the Kubernetes schemas (the
-Trainer's TrainingRuntime against the kubeflow_trainer_api models), and meets our policies: resources set, images
-pinned by digest (never `:latest`), non-root, no plaintext secrets."""
+Trainer's TrainingRuntime against the kubeflow_trainer_api models, KServe's InferenceService against the vendored CRD
+schema in schemas/), and meets our policies: resources set, images pinned by digest (never `:latest`), non-root, no
+plaintext secrets. The serving overlays' own checks are in test_serving.py."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ KUBECTL = shutil.which("kubectl") or ("/usr/bin/kubectl" if Path("/usr/bin/kubec
 DIGEST_RE = re.compile(r"@sha256:[0-9a-f]{64}$")
 SECRET_NAME_RE = re.compile(r"(SECRET|PASSWORD|TOKEN|ACCESS_?KEY|API_?KEY|CREDENTIAL)", re.I)
 CRD_KINDS = {"TrainingRuntime", "ClusterTrainingRuntime"}
+SERVING_OVERLAYS = {"serving", "serving-cpu"}  # the InferenceService alone, deployed beside a pipeline overlay
+KSERVE_SCHEMA = Path(__file__).parent / "schemas" / "kserve_inferenceservice_v1beta1.yaml"
 
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with built-in kustomize) is not installed")
 
@@ -41,6 +44,9 @@ def pod_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
         return [spec]
     if kind in CRD_KINDS:
         return [job["template"]["spec"]["template"]["spec"] for job in spec["template"]["spec"]["replicatedJobs"]]
+    if kind == "InferenceService":  # each component holds its pod spec's fields inline
+        return [component for component in (spec.get(name) for name in ("predictor", "transformer", "explainer"))
+                if component and "containers" in component]
     return []
 
 
@@ -89,7 +95,7 @@ def validate_training_runtime(doc: dict[str, Any]) -> None:
 
 
 def test_every_overlay_is_found():
-    assert {p.name for p in OVERLAYS} >= {"seaweedfs", "minio"}
+    assert {p.name for p in OVERLAYS} >= {"seaweedfs", "minio"} | SERVING_OVERLAYS
 
 
 @needs_kubectl
@@ -97,13 +103,20 @@ def test_every_overlay_is_found():
 def test_overlay_renders_validates_and_meets_policy(overlay):
     import kubernetes_validate
 
+    from livo.k8s_schema import validate_custom_resource
+
     docs = render(overlay)
     kinds = {doc["kind"] for doc in docs}
-    assert {"ConfigMap", "Role", "RoleBinding", "TrainingRuntime"} <= kinds
+    if overlay.name in SERVING_OVERLAYS:
+        assert kinds == {"InferenceService"}
+    else:
+        assert {"ConfigMap", "Role", "RoleBinding", "TrainingRuntime"} <= kinds
     assert "livo-workspace" not in {d["metadata"]["name"] for d in docs}  # no RWX claim unless the component asks
     for doc in docs:
         if doc["kind"] in CRD_KINDS:
             validate_training_runtime(doc)
+        elif doc["kind"] == "InferenceService":
+            validate_custom_resource(doc, yaml.safe_load(KSERVE_SCHEMA.read_text()), "KServe v0.15")
         else:
             kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
     assert policy_violations(docs) == []

@@ -14,7 +14,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "operations.md"
-CLUSTER_ONLY = ("kubectl apply ", "kubectl create ", "kubectl -n livo create ")  # need a cluster; their offline part is `kubectl kustomize`
+# Need a cluster (or a served model: `curl` against an InferenceService); their offline part is `kubectl kustomize`.
+CLUSTER_ONLY = ("kubectl apply ", "kubectl create ", "kubectl -n livo create ", "kubectl wait ", "kubectl get ",
+                "curl ")
 
 
 def doc_commands() -> list[str]:
