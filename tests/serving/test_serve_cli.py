@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving_client import REPO, call, decode_png, free_port, running_server  # noqa: E402
-from test_serving_load import MODEL, register_tiny  # noqa: E402  (the loader's tests register the same version)
+from test_serving_load import MODEL, flip_a_weight_byte, register_tiny  # noqa: E402  (the loader's tests register the same version)
 
 LIVO = [sys.executable, "-m", "livo.cli"]
 
@@ -84,10 +84,7 @@ def test_an_unknown_version_is_never_served(registered) -> None:
 @pytest.mark.store
 def test_a_tampered_version_is_never_served(store: Any, tmp_path: Path) -> None:
     result = register_tiny(store, tmp_path)
-    key = f"models/{MODEL}/{result.version}/value_encoder/model.safetensors"
-    data = bytearray(store.get_bytes(key))
-    data[len(data) // 2] ^= 0x01
-    store.put_bytes(key, bytes(data))
+    flip_a_weight_byte(store, result.version)
     _refused([f"{MODEL}@latest"], _store_env(store), 1, "verification",
              "value_encoder/model.safetensors")
 

@@ -120,12 +120,17 @@ def test_an_unknown_model_or_version_is_not_found(registered: tuple[Any, Registr
     assert ModelNotFound("x").exit_code == 2
 
 
-def test_a_tampered_version_is_refused(store: Any, tmp_path: Path) -> None:
-    result = register_tiny(store, tmp_path)
-    key = f"models/{MODEL}/{result.version}/value_encoder/model.safetensors"
+def flip_a_weight_byte(store: Any, version: str) -> None:
+    """Damage the stored value encoder of `version` by one bit, as bit rot or an edit would."""
+    key = f"models/{MODEL}/{version}/value_encoder/model.safetensors"
     data = bytearray(store.get_bytes(key))
     data[len(data) // 2] ^= 0x01
     store.put_bytes(key, bytes(data))
+
+
+def test_a_tampered_version_is_refused(store: Any, tmp_path: Path) -> None:
+    result = register_tiny(store, tmp_path)
+    flip_a_weight_byte(store, result.version)
     with pytest.raises(VersionNotVerified) as info:
         load_registered(f"{MODEL}@latest", store=store, semantic=False)
     assert "value_encoder/model.safetensors" in str(info.value) and "livo lineage verify" in str(info.value)
