@@ -43,6 +43,7 @@ def evaluate(
         local_model(candidate, workdir), preset=preset, model=model_source or None,
         principles=principles_uri or None, overrides=[str(item) for item in config_overrides], device=device,
         output_dir=f"{workdir}/out", run_id=run_id, training_output=candidate.get("training_output_uri") or "",
+        value_encoder_uri=candidate["uri"],  # the report names the stored encoder, not this task's temporary copy
     )
     uploaded = upload_outputs(f"{workdir}/out", report_uri) if report_uri else {}
     for name, value in kfp_metrics(result.metrics).items():

@@ -13,7 +13,8 @@ process's environment, which every component subprocess inherits.
 the tasks reach the store on loopback): the way to try a freshly built image before pushing it. It needs a Docker
 engine and the `docker` Python package, checked before anything starts.
 
-At the end it prints the outcome (registered | skipped | rejected | failed), copies the evaluation's report.html and
+At the end it prints the outcome (registered | skipped | rejected | failed), copies the report.html (the registered
+version's when there is one, else the evaluation's) and
 metrics.json into the run directory, prints the report's path and the base-vs-aligned summary table. To audit the
 registered model afterwards, serve the same store (`livo store serve --data-dir runs/store`) and use `livo lineage`.
 
@@ -365,7 +366,9 @@ def fetch_evaluation(outcome: dict[str, Any], run_dir: Path) -> dict[str, Any] |
     if not evaluation:
         return None
     metrics_path, report_path = run_dir / "metrics.json", run_dir / "report.html"
-    for uri, target in ((evaluation["metrics_uri"], metrics_path), (evaluation["report_uri"], report_path)):
+    # A registered run's report is the version's copy: the evaluation's plus name@version, commit, image, MLflow run
+    report_uri = (outcome.get("registration") or {}).get("report_uri") or evaluation["report_uri"]
+    for uri, target in ((evaluation["metrics_uri"], metrics_path), (report_uri, report_path)):
         ObjectStore.for_uri(uri).download_file(parse_s3_uri(uri)[1], target)
     evaluation["report_path"] = str(report_path)
     return json.loads(metrics_path.read_text(encoding="utf-8"))

@@ -462,14 +462,16 @@ def evaluate_candidate(value_encoder: str, *, preset: str = "tiny", model: str |
                        principles: str | None = None, config_path: str | None = None,
                        overrides: list[str] | None = None, device: str = "auto",
                        output_dir: str | None = None, run_id: str = "",
-                       training_output: str = "") -> EvaluationResult:
+                       training_output: str = "", value_encoder_uri: str = "") -> EvaluationResult:
     """End to end for `livo evaluate`, the KFP component and `livo run`: config -> checks -> judges -> generation ->
     metrics -> outputs. Every bad input (unknown principle, missing evaluation spec, missing model or value-encoder
     files, absent judge weights) raises before the first image is generated.
 
     `run_id` is the KFP run id (metrics `run`; the MLflow stage run nests under that pipeline run, docs/tracking.md).
     `training_output` is where the value encoder was trained (its directory or s3:// URI, or the training output);
-    its train_log.jsonl goes to metrics `training_log` (default: beside `value_encoder`). Metrics `tracking` says what
+    its train_log.jsonl goes to metrics `training_log` (default: beside `value_encoder`). `value_encoder_uri`: where
+    `value_encoder` (a local copy) came from, which the report and metrics `context` name instead of the copy's
+    temporary path. Metrics `tracking` says what
     experiment tracking did (backend, uri, experiment_id, run_id, status ok | off | unreachable | failed, error)."""
     from livo.data.generate import load_generation_pipeline, resolve_device
     from livo.evaluation.config import load_evaluation_config
@@ -509,7 +511,7 @@ def evaluate_candidate(value_encoder: str, *, preset: str = "tiny", model: str |
         "height": resolution, "width": resolution,
         "batch_size": config.batch_size or generation_settings.batch_size,
     }
-    context = {"preset": preset_config.name, "model": source, "value_encoder": str(value_encoder),
+    context = {"preset": preset_config.name, "model": source, "value_encoder": value_encoder_uri or str(value_encoder),
                "principles": principle_set.source, "principle_set_hash": principle_set.hash, "device": device}
     from livo import tracking
     from livo.evaluation.tracked import judge_params, tracking_metrics, training_log

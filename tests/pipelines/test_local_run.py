@@ -233,9 +233,38 @@ def test_livo_run_tiny_registers_an_auditable_model_and_a_rerun_is_skipped(tmp_p
     assert metrics["metadata"]["sha256"] == lineage["files"]["metrics.json"] == sha256_file(metrics["uri"])
     assert metrics["metadata"]["uri"] == outcome["evaluation"]["metrics_uri"]
     assert report["metadata"]["sha256"] == sha256_file(report["uri"]) == consumed["report"]["sha256"]
-    assert Path(report["uri"]).read_bytes() == (run_dir / "report.html").read_bytes()
+    # the evaluation's report names the stored value encoder (not the task's temporary copy) and the KFP run
+    evaluation_report = Path(report["uri"]).read_text()
+    assert model["metadata"]["uri"] in evaluation_report and "/tmp/livo-evaluate-" not in evaluation_report
+    # the run directory gets the registered version's report: the evaluation's plus name@version, commit, MLflow run
+    registered_report = (run_dir / "report.html").read_text()
+    assert sha256_file(run_dir / "report.html") == lineage["files"]["report.html"]
+    for fragment in ("livo-tiny@v1", outcome["run_id"], lineage["pipeline"]["git_commit"],
+                     lineage["pipeline"]["mlflow_run_id"], "bootstrap"):
+        assert fragment and fragment in registered_report, fragment
     for pointer in (dataset, model):  # small pointer files into the object store, equal to their metadata
         assert json.loads(Path(pointer["uri"]).read_text()).items() <= pointer["metadata"].items()
+
+    # MLflow (on by default): one run for the pipeline run, tagged with the registered version, the stages nested
+    # under it; the training curve has every log window of train_log.jsonl, the evaluation its per-principle metrics
+    from mlflow.tracking import MlflowClient
+
+    evaluation_metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert printed(result.stdout, "tracking ui") == f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = {r.data.tags.get("mlflow.runName"): r for e in client.search_experiments()
+            for r in client.search_runs([e.experiment_id])}
+    parent = next(r for r in runs.values() if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.info.run_id == lineage["pipeline"]["mlflow_run_id"]
+    assert parent.data.tags["livo.registered_version"] == "livo-tiny@v1"
+    assert parent.data.tags["livo.kfp_run_id"] == outcome["run_id"]
+    stages = {name: r for name, r in runs.items() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    train_run = next(r for name, r in stages.items() if name.startswith("train"))
+    evaluate_run = next(r for name, r in stages.items() if name.startswith("evaluate"))
+    losses = [m.value for m in client.get_metric_history(train_run.info.run_id, "loss")]
+    assert losses == pytest.approx([line["loss"] for line in evaluation_metrics["training_log"]]) and len(losses) >= 1
+    assert evaluate_run.data.metrics["gender-equality.D1"] == pytest.approx(
+        evaluation_metrics["principles"]["gender-equality"]["aligned"]["D1"])
 
     # the same principles again: a cheap no-op, reported skipped, nothing past the principles check runs
     again = livo(["run", "--preset", "tiny", "--allow-ungated", "--runs-dir", str(tmp_path)], timeout=180)
