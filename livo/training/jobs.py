@@ -447,28 +447,6 @@ def current_namespace() -> str:
     return path.read_text().strip() if path.is_file() else "default"
 
 
-def copy_value_encoder(output_uri: str, target_dir: str | Path) -> dict[str, Any]:
-    """Copy the finished run's value encoder into `target_dir`; returns the run's result record.
-
-    Reads `result.json` (written last by rank 0), so an unfinished run is refused rather than half-copied.
-    """
-    from livo.training.checkpoint import RESULT_FILE, VALUE_ENCODER_DIR, open_run_output, sha256_file
-
-    output = open_run_output(output_uri)
-    result = output.get_json(RESULT_FILE)
-    if not result:
-        raise LivoError(f"{output.uri} has no {RESULT_FILE}: the training run did not finish")
-    target = Path(target_dir)
-    target.mkdir(parents=True, exist_ok=True)
-    expected = result["value_encoder"]["files"]
-    for relpath, digest in expected.items():
-        destination = target / relpath
-        output.fetch_file(f"{VALUE_ENCODER_DIR}/{relpath}", destination)
-        if sha256_file(destination) != digest:
-            raise LivoError(f"{output.uri}/{VALUE_ENCODER_DIR}/{relpath} does not match the digest in {RESULT_FILE}")
-    return result
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # What the KFP component runs
 
