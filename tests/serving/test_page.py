@@ -1,10 +1,9 @@
 """The page `livo serve` shows at `/`, driven in headless Chromium by a real WebDriver (selenium + chromedriver):
-type a prompt, submit, see the principle and the aligned and base images. Saves docs/serving_page.png (when absent,
-or with LIVO_UPDATE_SCREENSHOTS=1)."""
+type a prompt, submit, see the principle and the aligned and base images. The screenshot in docs/serving_page.png
+shows the toy model after `make demo` (tests/serving/demo_screenshot.py); this test's goes to a temporary folder."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -82,10 +81,7 @@ def test_the_page_generates_and_shows_the_principle_and_both_images(server: str,
     base = browser.find_element(By.ID, "base-image").get_attribute("src")
     assert aligned.startswith("data:image/png;base64,") and base.startswith("data:image/png;base64,")
     assert aligned != base  # the value token changed the image; the base one is the base model's
-    # docs/serving_page.png is written when absent or with LIVO_UPDATE_SCREENSHOTS=1 (it shows a timing, so every
-    # run would change it); otherwise the screenshot goes to a temporary folder
-    target = SCREENSHOT if (not SCREENSHOT.exists() or os.environ.get("LIVO_UPDATE_SCREENSHOTS") == "1") \
-        else tmp_path / SCREENSHOT.name
+    target = tmp_path / SCREENSHOT.name
     assert browser.save_screenshot(str(target)) and target.stat().st_size > 1000
 
 
