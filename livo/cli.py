@@ -19,7 +19,7 @@ import sys
 from typing import NoReturn
 
 from livo import __version__
-from livo.errors import LivoError
+from livo.errors import LivoError, one_line
 
 BROKEN_PIPE_EXIT_CODE = 141  # 128 + SIGPIPE: what the shell reports for `yes | head -1`
 INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT
@@ -126,8 +126,7 @@ def _stdout_reader_gone() -> bool:
 
 def _report(message: str, code: int) -> int:
     """Print the one stderr line of a failure (a multi-line cause is joined into one line) and return `code`."""
-    text = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
-    print(f"livo: error: {text or 'failed'}", file=sys.stderr)
+    print(f"livo: error: {one_line(str(message))}", file=sys.stderr)
     return code
 
 

@@ -6,6 +6,7 @@ as YAML scalars, so `train.lr=1e-4`, `evaluate.enabled=false` and `judges=[toy]`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -96,3 +97,14 @@ def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}, "c": [2]} -> {"a.b": 1, "c": [2]}: nested mappings as dotted keys, sorted (lists and scalars
+    stay leaves). Lineage rows, lineage diffs, model cards and MLflow params all flatten configs this way."""
+    if isinstance(value, Mapping) and value:
+        out: dict[str, Any] = {}
+        for key in sorted(value, key=str):
+            out.update(flatten(value[key], f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def one_line(message: BaseException | str) -> str:
+    """A cause as one line: its non-empty lines joined with "; " (the CLI's stderr line, the server's JSON error)."""
+    text = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    return text or (type(message).__name__ if isinstance(message, BaseException) else "failed")
+
+
 class LivoError(Exception):
     """A failure with a message meant for the user (exit code 1)."""
 

@@ -113,9 +113,9 @@ def download_value_encoder(repo_id: str, *, revision: str | None = None) -> Path
         RevisionNotFoundError,
     )
 
-    from livo.models.mirror import _hub_settings
+    from livo.models.mirror import hub_settings
 
-    cache_dir, offline = _hub_settings()
+    cache_dir, offline = hub_settings()
     where = f"the local HF cache ({cache_dir or 'default location'}; HF_HUB_OFFLINE is set)" if offline else "the hub"
     try:
         return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=offline,

@@ -210,7 +210,7 @@ def build_sd15_random_pipeline(seed: int = 0):
     return _assemble(unet.eval(), vae.eval(), text_encoder.eval(), tokenizer)
 
 
-def _dtype(name: str | None):
+def torch_dtype_named(name: str | None):
     import torch
 
     if name is None:
@@ -224,7 +224,7 @@ def _dtype(name: str | None):
 def load_pipeline(source: str, *, device: str | None = None, dtype: Any = None, seed: int = 0):
     """The base `StableDiffusionPipeline` for `source` (see the module docstring), moved to `device`/`dtype`."""
     if isinstance(dtype, str):
-        dtype = _dtype(dtype)
+        dtype = torch_dtype_named(dtype)
     if source == "tiny":
         pipe = build_tiny_pipeline(seed)
     elif source == "toy":

@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set queue_size=32 (repeatable)")
     parser.add_argument("--device", help="torch device for the model (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", help="float32 | float16 | bfloat16 (default: float16 on cuda, else float32)")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+                        help="weights' dtype (default: float16 on cuda, else float32)")
     parser.add_argument("--verify", choices=["full", "contents", "off"], default="full",
                         help="lineage verification before serving: full (default), contents (ignore changes of the "
                              "principles file and dataset the version was trained from), off")
@@ -103,7 +104,7 @@ def load_generator(ref: str, config, *, device: str | None = None, dtype: str | 
 
 
 @contextlib.contextmanager
-def demo_store_if_unconfigured(model_ref: str) -> Iterator[None]:
+def demo_store_if_unconfigured() -> Iterator[None]:
     """The configured store (`LIVO_S3_*`), else the embedded store `livo run` keeps in <runs dir>/store (so after
     `make demo`, `livo serve livo-toy@latest` is the one command), for as long as the server runs."""
     import os
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("`livo serve` needs the KServe SDK: pip install 'livo[serve]' (kserve==0.21.0)")
     config = serve_config(args)
     check_port_free(config.host, config.port)
-    with demo_store_if_unconfigured(args.model):
+    with demo_store_if_unconfigured():
         generator = load_generator(args.model, config, device=args.device, dtype=args.dtype, verify=args.verify)
         from livo.serving.server import serve
 

@@ -303,9 +303,9 @@ def load_generation_pipeline(settings: dict[str, Any], device: str):
     import torch
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    from livo.presets import _dtype, load_pipeline, make_scheduler
+    from livo.presets import load_pipeline, make_scheduler, torch_dtype_named
 
-    dtype = _dtype(settings["dtype_name"]) if settings["dtype_name"] else None
+    dtype = torch_dtype_named(settings["dtype_name"]) if settings["dtype_name"] else None
     if dtype is None:
         dtype = torch.float16 if device.startswith("cuda") else torch.float32
     if device == "cpu" and dtype == torch.float16:

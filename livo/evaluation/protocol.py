@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from livo.config import flatten
 from livo.errors import ConfigError, JudgeUnavailable
 from livo.evaluation import metrics as M
 from livo.evaluation.config import EvalPrompt, EvaluationConfig
@@ -520,7 +521,7 @@ def evaluate_candidate(value_encoder: str, *, preset: str = "tiny", model: str |
     with tracking.stage_run("evaluate", kfp_run_id=run_id, backend=config.tracking, local_dir=local_store,
                             params={**{f"context.{k}": v for k, v in context.items()},
                                     **{f"generation.{k}": v for k, v in generation.items()},
-                                    **{f"config.{k}": v for k, v in tracking.flatten(config.model_dump(mode="json"))
+                                    **{f"config.{k}": v for k, v in flatten(config.model_dump(mode="json"))
                                        .items() if not k.startswith("prompts")}}) as tracker:
         result = run_evaluation(pipeline, plan, config, generation=generation, context=context, evaluated=evaluated)
         tracker.log_params(judge_params(result.metrics))

@@ -104,7 +104,7 @@ def resolve_source(source: str, *, revision: str | None = None, excludes: Iterab
     return _resolve_hub_id(source, revision, list(excludes))
 
 
-def _hub_settings() -> tuple[str | None, bool]:
+def hub_settings() -> tuple[str | None, bool]:
     """(cache_dir, offline) from the environment now (huggingface_hub reads them once, at import)."""
     cache = os.environ.get("HF_HUB_CACHE") or (
         str(Path(os.environ["HF_HOME"]).expanduser() / "hub") if os.environ.get("HF_HOME") else None)
@@ -122,7 +122,7 @@ def _resolve_hub_id(repo_id: str, revision: str | None, excludes: list[str]) -> 
         RevisionNotFoundError,
     )
 
-    cache_dir, offline = _hub_settings()
+    cache_dir, offline = hub_settings()
     ignore = [f"*{suffix}" for suffix in PICKLE_SUFFIXES + OTHER_WEIGHT_SUFFIXES] + excludes
     where = f"the local HF cache ({cache_dir or 'default location'})" if offline else "the hub"
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from livo.config import LivoConfig
+from livo.config import LivoConfig, flatten  # noqa: F401  (flatten: also this module's API)
 from livo.errors import ConfigError, LivoError, StoreError
 from livo.registry.versions import MANIFEST_FILE, resolve_version, version_prefix
 
@@ -169,16 +169,6 @@ def redact(value: Any, secrets_to_hide: tuple[str, ...] = ()) -> Any:
 
 
 # ------------------------------------------------------------------------------------------------------- reading
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}, "c": [2]} -> {"a.b": 1, "c": [2]} (lists stay leaves)."""
-    if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
-        for key in sorted(value, key=str):
-            out.update(flatten(value[key], f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: value}
-
-
 def lineage_rows(record: LineageRecord) -> list[tuple[str, str]]:
     """(field, value) rows for `livo lineage show`."""
     r = record

@@ -5,7 +5,7 @@ classes: a `ConfigError` is the client's fault (400), any other failure is ours 
 
 from __future__ import annotations
 
-from livo.errors import ConfigError, LivoError
+from livo.errors import ConfigError, LivoError, one_line  # noqa: F401  (one_line: re-exported for the server)
 
 
 class ServingError(LivoError):
@@ -22,12 +22,6 @@ class VersionNotFound(ServingError, ConfigError):
     """The model version asked for is not registered / not the one served (HTTP 404; `livo serve` exit 2)."""
 
     http_status = 404
-
-
-class VersionConflict(ServingError):
-    """The version fails verification or was trained on another base model (HTTP 409; `livo serve` exit 1)."""
-
-    http_status = 409
 
 
 class Overloaded(ServingError):
@@ -47,8 +41,3 @@ def http_status_for(exc: BaseException) -> int:
     if isinstance(exc, ConfigError):
         return 400
     return 500
-
-
-def one_line(exc: BaseException | str) -> str:
-    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return text or (type(exc).__name__ if isinstance(exc, BaseException) else "failed")

@@ -420,9 +420,9 @@ def _load(cls: type[RegisteredPipeline], ref: str, *, store: Any, device: str | 
     principles = _load_principles(store, prefix, record, label)
     base = load_base_model(record, store)
     if device is not None or dtype is not None:
-        from livo.presets import _dtype
+        from livo.presets import torch_dtype_named
 
-        base = base.to(device=device, dtype=_dtype(dtype) if isinstance(dtype, str) else dtype)
+        base = base.to(device=device, dtype=torch_dtype_named(dtype) if isinstance(dtype, str) else dtype)
     encoder = _load_value_encoder(store, prefix, record, label, progress)
     info = VersionInfo(
         model=name, version=version, uri=store.uri(prefix), lineage_sha256=lineage_sha256,

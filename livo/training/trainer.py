@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from livo import tracking
+from livo.config import flatten
 from livo.errors import ConfigError, DataError, LivoError
 from livo.log import get_logger, log_event
 from livo.training import checkpoint as ckpt
@@ -457,7 +458,7 @@ class Trainer:
         (id, URI, manifest digest, principle-set hash, rows) and the batch layout."""
         dataset = self.dataset
         params: dict[str, Any] = {f"config.{k}": v for k, v in
-                                  tracking.flatten(self.config.model_dump(mode="json")).items()}
+                                  flatten(self.config.model_dump(mode="json")).items()}
         params.update({
             "principle_set_hash": dataset.principle_set_hash,
             "dataset.uri": dataset.uri,
