@@ -81,10 +81,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     else:
         print(format_table(rows))
     if not ok:
-        print(f"livo: error: {args.model}: the Kubeflow Model Registry's lineage digest differs from "
-              f"{name}@{record.model.version}'s lineage.json; run `livo lineage verify {name}@{record.model.version}`",
-              file=sys.stderr)
-        return 1
+        from livo.errors import LivoError
+
+        raise LivoError(f"{args.model}: the Kubeflow Model Registry's lineage digest differs from "
+                        f"{name}@{record.model.version}'s lineage.json; run "
+                        f"`livo lineage verify {name}@{record.model.version}`")
     return 0
 
 

@@ -364,11 +364,12 @@ def training_curve(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     log = metrics.get("training_log")
     if not isinstance(log, list):
         return []
-    records = [r for r in log if isinstance(r, dict) and _number(r.get("step")) is not None]
+    records = [r for r in log if isinstance(r, dict) and finite_number(r.get("step")) is not None]
     return sorted(records, key=lambda r: r["step"])
 
 
-def _number(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
+    """`value` as a float when it is a finite int or float (not a bool), else None."""
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
@@ -615,7 +616,7 @@ def _training_html(metrics: dict[str, Any]) -> str:
     curve = training_curve(metrics)
     if not curve:
         return ""
-    series = [(key, [(float(r["step"]), v) for r in curve if (v := _number(r.get(key))) is not None])
+    series = [(key, [(float(r["step"]), v) for r in curve if (v := finite_number(r.get(key))) is not None])
               for key in TRAINING_SERIES]
     series = [(k, pts) for k, pts in series if pts]
     last = curve[-1]

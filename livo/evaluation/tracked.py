@@ -9,22 +9,16 @@ training run that produced the value encoder (local directory or s3:// URI), [] 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
+from livo.evaluation.report import finite_number
 from livo.log import get_logger, log_event
 
 logger = get_logger(__name__)
 
 TRAIN_LOG_FILE = "train_log.jsonl"  # livo.training.checkpoint.TRAIN_LOG_FILE (evaluation does not import training)
 VALUE_ENCODER_DIR = "value_encoder"
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 def tracking_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -38,7 +32,7 @@ def tracking_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         name = f"{row['section']}.{row['metric'].replace(' (', '.').rstrip(')')}"  # "D1 (seen)" -> "D1.seen"
         for suffix, value in (("", row.get("aligned")), (".base", row.get("base")),
                               (".improvement", None if row.get("change") is None else -row["change"])):
-            number = _number(value)
+            number = finite_number(value)
             if number is not None:
                 flat[name + suffix] = number
     flat["passed"] = 1.0 if metrics.get("passed") else 0.0

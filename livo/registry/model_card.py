@@ -11,10 +11,10 @@ files. Everything comes from the lineage record, which is already redacted, so n
 from __future__ import annotations
 
 import json
-import math
 import re
 from typing import Any
 
+from livo.evaluation.report import finite_number
 from livo.registry.lineage import LineageRecord, flatten
 
 
@@ -186,9 +186,8 @@ _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _finite(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return round(float(value), 4)
-    return None
+    number = finite_number(value)
+    return None if number is None else round(number, 4)
 
 
 def front_matter(record: LineageRecord, principle_set: Any, dataset_manifest: dict[str, Any] | None = None,
