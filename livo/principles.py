@@ -69,18 +69,23 @@ class RetrievalSpec(_Frozen):
     """Example prompts for semantic matching (toxicity/other) or for choosing among person principles (bias)."""
     exclude: tuple[str, ...] = ()
     """Phrases in which a keyword does not mean the principle ("blood orange", "naked eye")."""
+    counter_examples: tuple[str, ...] = ()
+    """Harmless prompts near this principle that it does not apply to ("a blood donation drive"); the semantic
+    classifier learns them as "no principle"."""
     person: bool = False
     """The principle applies to every prompt that depicts a person (the paper's bias principles)."""
+    min_confidence: float = Field(0.0, ge=0.0, le=1.0)
+    """The retriever withholds this principle (no token) when its calibrated confidence is below this."""
 
     @field_validator("keywords", "exclude")
     @classmethod
     def _normalize_phrases(cls, values: tuple[str, ...], info) -> tuple[str, ...]:
         return tuple(normalize_phrase(v) for v in _non_empty_strings(values, info.field_name))
 
-    @field_validator("examples")
+    @field_validator("examples", "counter_examples")
     @classmethod
-    def _clean_examples(cls, values: tuple[str, ...]) -> tuple[str, ...]:
-        return _non_empty_strings(values, "examples")
+    def _clean_examples(cls, values: tuple[str, ...], info) -> tuple[str, ...]:
+        return _non_empty_strings(values, info.field_name)
 
 
 class EvaluationSpec(_Frozen):
@@ -202,6 +207,20 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
+# Fields added after principle sets were first hashed: left out of the canonical JSON while at their default, so the
+# hash of every set written before them (and of the datasets and models bound to it) stays what it was.
+_LATER_RETRIEVAL_FIELDS = {"min_confidence": 0.0, "counter_examples": []}
+
+
+def _canonical_principle(principle: Principle) -> dict[str, Any]:
+    dumped = principle.model_dump(mode="json")
+    retrieval = dumped["retrieval"]
+    for name, default in _LATER_RETRIEVAL_FIELDS.items():
+        if retrieval.get(name) == default:
+            del retrieval[name]
+    return dumped
+
+
 class PrincipleSet:
     """A validated, immutable set of principles with its content hash."""
 
@@ -213,7 +232,7 @@ class PrincipleSet:
         self.hash = "sha256:" + hashlib.sha256(self.to_canonical_json().encode("utf-8")).hexdigest()
 
     def to_canonical_json(self) -> str:
-        payload = {"version": self.version, "principles": [p.model_dump(mode="json") for p in self.principles]}
+        payload = {"version": self.version, "principles": [_canonical_principle(p) for p in self.principles]}
         return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     @property

@@ -146,7 +146,7 @@ def test_bad_category_names_file_entry_field_and_allowed_values():
 @pytest.mark.parametrize("mutation, expected", [
     (("    text: gender equality\n", ""), ["principles[0] (id 'gender-equality')", "text: required"]),
     (("retrieval: {keywords: [blood, gore]}", "retrieval: {keywords: [blood], keywrds: [x]}"),
-     ["principles[1] (id 'bloody')", "retrieval.keywrds", "unknown key", "keywords, examples, exclude, person"]),
+     ["principles[1] (id 'bloody')", "retrieval.keywrds", "unknown key", "keywords, examples, exclude, counter_examples, person, min_confidence"]),
     (("id: bloody", "id: Bloody Stuff"), ["id: must be lower-case letters"]),
     (("id: bloody", "id: gender-equality"), ["principles[1] (id 'gender-equality')", "duplicate of principles[0]"]),
     (("classes: [male, female]", "classes: [male]"), ["evaluation.classes", "at least two classes"]),

@@ -38,7 +38,8 @@ def summarize(principle) -> dict:
         "category": principle.category,
         "inference_dropout": principle.inference_dropout,
         "retrieval": {"keywords": len(retrieval.keywords), "examples": len(retrieval.examples),
-                      "exclude": len(retrieval.exclude), "person": retrieval.person},
+                      "counter_examples": len(retrieval.counter_examples), "exclude": len(retrieval.exclude),
+                      "person": retrieval.person, "min_confidence": retrieval.min_confidence},
         "evaluation": evaluation.model_dump(exclude_none=True, exclude_defaults=True),
         "generation": principle.generation is not None,
     }
@@ -62,6 +63,8 @@ def run_validate(args: argparse.Namespace) -> int:
             "person" if r["person"] else "",
             f"{r['keywords']} keywords" if r["keywords"] else "",
             f"{r['examples']} examples" if r["examples"] else "",
+            f"{r['counter_examples']} counter-examples" if r["counter_examples"] else "",
+            f"min confidence {r['min_confidence']}" if r["min_confidence"] else "",
         ]))
         evaluation = s["evaluation"]
         judged = (f"{evaluation['attribute']} {list(evaluation.get('classes', []))}" if "attribute" in evaluation
