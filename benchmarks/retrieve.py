@@ -1,7 +1,8 @@
 """Benchmark and calibrate the value retriever (results and the command line go to docs/retrieval.md).
 
     .venv/bin/python benchmarks/retrieve.py                 # speed (1 000 prompts) + accuracy + paper baseline
-    .venv/bin/python benchmarks/retrieve.py --tune          # re-choose the thresholds on the dev split
+    .venv/bin/python benchmarks/retrieve.py --tune          # re-choose thresholds and calibration on the dev splits
+    .venv/bin/python benchmarks/retrieve.py --precision --plot docs/retrieval_pr.png   # operating point, PR curves
     .venv/bin/python benchmarks/retrieve.py --out result.json
 
 Speed: the model is loaded first (timed separately), then `retrieve_all_many` runs on N distinct prompts `--repeat`
@@ -23,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 LABELLED = REPO / "data" / "retrieval" / "labelled.jsonl"
+HARMLESS_NEAR = REPO / "data" / "retrieval" / "harmless_near.jsonl"
+HARMFUL_PARAPHRASES = REPO / "data" / "retrieval" / "harmful_paraphrases.jsonl"
 SUFFIXES = ["", ", highly detailed", ", oil painting", ", at night", ", 35mm photo", ", in the style of a comic",
             ", soft light", ", wide angle"]
 
@@ -76,18 +79,21 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="LIVO_RETRIEVER_THREADS for this run")
-    parser.add_argument("--tune", action="store_true", help="grid-search the thresholds on the dev split")
+    parser.add_argument("--tune", action="store_true",
+                        help="re-choose the thresholds and the calibration on the dev splits")
+    parser.add_argument("--precision", action="store_true",
+                        help="operating point, per-principle precision/recall, calibration error, PR curves")
+    parser.add_argument("--plot", help="with --precision: write the PR curves to this PNG")
     parser.add_argument("--out", help="also write the results as JSON")
     args = parser.parse_args()
 
     import os
 
-    import numpy as np
     import torch
 
     os.environ["LIVO_RETRIEVER_THREADS"] = str(args.threads)
     from livo.principles import load_principles
-    from livo.retriever import ValueRetriever, evaluate_retrieval, load_labelled, tune_thresholds
+    from livo.retriever import ValueRetriever, evaluate_retrieval, load_labelled
 
     principles = load_principles()
     rows = load_labelled(LABELLED, principles)
@@ -100,12 +106,13 @@ def main() -> int:
     results["load_s"] = round(time.perf_counter() - started, 2)
 
     if args.tune:
-        dev = [r for r in rows if r.split == "dev"]
-        tuned = tune_thresholds(retriever, dev, np.round(np.arange(-0.05, 0.16, 0.01), 2),
-                                np.round(np.arange(0.0, 0.31, 0.01), 2))
-        results["tune"] = {k: v for k, v in tuned.items() if k != "grid"}
-        results["tune"]["dev_rows"] = len(dev)
+        results["tune"] = tune(retriever, principles)
         print(json.dumps(results["tune"]))
+        return _finish(results, args)
+    if args.precision:
+        results["precision"] = precision(retriever, principles, args.plot)
+        print(json.dumps({k: v for k, v in results["precision"].items() if k != "pr_curves"}, indent=2))
+        return _finish(results, args)
 
     prompts = make_prompts(rows, args.prompts)
     assert len(set(prompts)) == len(prompts) == args.prompts
@@ -128,11 +135,97 @@ def main() -> int:
 
     results["toxicity_decision"] = {"paper_substring_rules": toxicity_accuracy(rows, paper_toxicity),
                                     "livo_retriever": toxicity_accuracy(rows, ours)}
-    results["load_average_after"] = os.getloadavg()
     print(json.dumps(results, indent=2))
+    return _finish(results, args)
+
+
+def _finish(results: dict, args) -> int:
+    import os
+
+    results["load_average_after"] = os.getloadavg()
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def scored_sets(retriever, principles) -> dict:
+    from livo.retrieval_quality import Scored
+    from livo.retriever import load_labelled
+
+    return {name: Scored.of(retriever, load_labelled(path, principles))
+            for name, path in (("labelled", LABELLED), ("harmless_near", HARMLESS_NEAR),
+                               ("harmful_paraphrases", HARMFUL_PARAPHRASES))}
+
+
+def tune(retriever, principles) -> dict:
+    from livo.retrieval_quality import tune_defaults
+
+    dev = {name: scored.split("dev") for name, scored in scored_sets(retriever, principles).items()}
+    return tune_defaults(dev["labelled"], dev["harmless_near"], dev["harmful_paraphrases"])
+
+
+def precision(retriever, principles, plot: str | None) -> dict:
+    """The figures docs/retrieval.md quotes: the operating point on dev and test, precision/recall per principle (the
+    three sets together), calibration error, the operating point at a few confidence floors, and the PR curve of each
+    toxicity principle (PNG with `--plot`)."""
+    from livo.retrieval_quality import (
+        THRESHOLD_GRID,
+        labelled_accuracy,
+        operating_point,
+        per_principle,
+        pooled,
+        pr_curve,
+        reliability,
+        toxicity_ids,
+    )
+
+    sets = scored_sets(retriever, principles)
+    out: dict = {"threshold": retriever.threshold, "person_threshold": retriever.person_threshold,
+                 "calibration": retriever.calibration.as_dict(), "principles_hash": principles.hash}
+    for split in ("dev", "test"):
+        part = {name: scored.split(split) for name, scored in sets.items()}
+        everything = pooled(part.values())
+        out[split] = {
+            "operating_point": operating_point(part["harmless_near"], part["harmful_paraphrases"]),
+            "labelled_accuracy": labelled_accuracy(part["labelled"]),
+            "per_principle": per_principle(everything),
+            "reliability": reliability(everything),
+            "min_confidence": {str(floor): operating_point(part["harmless_near"], part["harmful_paraphrases"],
+                                                           min_confidence=floor) for floor in (0.5, 0.7, 0.9)},
+        }
+    out["labelled_accuracy_all"] = labelled_accuracy(sets["labelled"])
+    curves = {pid: {split: pr_curve(pooled(s.split(split) for s in sets.values()), pid, THRESHOLD_GRID)
+                    for split in ("dev", "test")} for pid in toxicity_ids(retriever)}
+    out["pr_curves"] = curves
+    if plot:
+        _plot_curves(curves, retriever.threshold, plot)
+        out["plot"] = plot
+    return out
+
+
+def _plot_curves(curves: dict, threshold: float, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(curves), figsize=(4.2 * len(curves), 4.0), sharey=True)
+    for axis, (pid, by_split) in zip(axes, curves.items(), strict=True):
+        for split, style in (("dev", "--"), ("test", "-")):
+            points = by_split[split]
+            axis.plot([p["recall"] for p in points], [p["precision"] for p in points], style, label=split)
+            at = min(points, key=lambda p: abs(p["threshold"] - threshold))
+            axis.plot([at["recall"]], [at["precision"]], "o", color="black")
+        axis.set_title(f"{pid} (dot: threshold {threshold})")
+        axis.set_xlabel("recall")
+        axis.set_xlim(0.5, 1.005)
+        axis.set_ylim(0.5, 1.005)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("precision")
+    axes[0].legend(loc="lower left")
+    figure.suptitle("value retriever: semantic threshold swept (labelled + harmless-near + harmful paraphrases)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

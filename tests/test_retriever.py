@@ -20,7 +20,6 @@ from livo.retriever import (
     load_labelled,
     normalize_text,
     phrase_pattern,
-    tune_thresholds,
 )
 
 LABELLED = Path(__file__).resolve().parents[1] / "data" / "retrieval" / "labelled.jsonl"
@@ -212,11 +211,22 @@ def test_bias_choice_follows_closest_examples(semantic):
 def test_explain_reports_stage_and_scores(semantic):
     explanation = semantic.explain("a bloody nurse")
     assert explanation["principle"] == "bloody" and explanation["decided_by"] == "keyword"
+    # zombie's probability (0.37) passes the threshold too, but only the most probable principle (bloody, 0.47)
+    # can apply semantically: horror prompts look like both
+    assert explanation["semantic"]["zombie"]["probability"] >= semantic.threshold
+    assert explanation["semantic"]["bloody"]["probability"] > explanation["semantic"]["zombie"]["probability"]
     assert explanation["stages"] == {"bloody": "keyword", "gender-equality": "person-lexicon",
                                      "racial-equality": "person-lexicon"}
     assert set(explanation["semantic"]) == {"nudity", "bloody", "zombie"}
+    assert set(explanation["semantic"]["nudity"]) == {"probability", "similarity"}
     assert explanation["person"]["words"] == ["nurse"]
     assert explanation["threshold"] == semantic.threshold
+    calibration = semantic.calibration
+    assert explanation["confidence"] == round(calibration.keyword, 4)
+    assert explanation["confidences"] == {"bloody": round(calibration.keyword, 4),
+                                          "gender-equality": round(calibration.person_lexicon, 4),
+                                          "racial-equality": round(calibration.person_lexicon, 4)}
+    assert explanation["withheld"] == {}
 
 
 def test_excluded_phrase_also_blocks_semantic_match(semantic):
@@ -235,10 +245,11 @@ def test_batch_equals_single_and_model_loads_once(semantic, principles):
 
 
 def test_threshold_parameter_changes_decisions(principles, semantic):
-    prompt = "a lady in the bath, body fully exposed"
-    margin = semantic.explain(prompt)["semantic"]["nudity"]["margin"]
-    strict = ValueRetriever(principles, threshold=margin + 0.01)
-    lenient = ValueRetriever(principles, threshold=margin - 0.01)
+    prompt = "a man soaking in a tub, body fully exposed"
+    probability = semantic.explain(prompt)["semantic"]["nudity"]["probability"]
+    assert 0.02 < probability < 0.98  # measured 0.89
+    strict = ValueRetriever(principles, threshold=probability + 0.01)
+    lenient = ValueRetriever(principles, threshold=probability - 0.01)
     assert "nudity" not in ids(strict.retrieve_all(prompt))
     assert "nudity" in ids(lenient.retrieve_all(prompt))
 
@@ -247,23 +258,13 @@ def test_accuracy_on_the_labelled_set(semantic, principles):
     rows = load_labelled(LABELLED, principles)
     assert len(rows) >= 200
     report = evaluate_retrieval(semantic, rows)
-    # measured 0.954 overall (dev 0.975, test 0.933); docs/retrieval.md. Guard against regressions.
+    # measured 0.962 overall (dev 0.958, test 0.966); docs/retrieval.md. Guard against regressions.
     assert report["accuracy"] >= 0.95, report["misses"]
-    assert report["accuracy_by_split"]["test"] >= 0.92
+    assert report["accuracy_by_split"]["test"] >= 0.95
     assert report["accuracy_by_group"]["tricky-substring"] >= 0.9
     assert sum(sum(row.values()) for row in report["confusion"].values()) == len(rows)
     keyword_report = evaluate_retrieval(ValueRetriever(principles, semantic=False), rows)
     assert keyword_report["accuracy"] < report["accuracy"]
-
-
-def test_tuning_reproduces_the_default_thresholds(semantic, principles):
-    import numpy as np
-
-    dev = [r for r in load_labelled(LABELLED, principles) if r.split == "dev"]
-    result = tune_thresholds(semantic, dev, np.round(np.arange(-0.05, 0.16, 0.01), 2),
-                             np.round(np.arange(0.0, 0.31, 0.01), 2))
-    assert (result["threshold"], result["person_threshold"]) == (semantic.threshold, semantic.person_threshold)
-    assert result["accuracy"] >= 0.97
 
 
 def test_labelled_file_errors(tmp_path, principles):
@@ -321,8 +322,13 @@ def test_llm_stage_decides_person_and_bias_choice(principles, fake_llm, monkeypa
     explanation = retriever.explain("a photo of a successful person")
     assert explanation["principle"] == "racial-equality" and explanation["decided_by"] == "llm"
     assert explanation["all"] == ["racial-equality", "gender-equality"]
+    # the LLM is not calibrated: no confidence, and no floor can withhold its decisions
+    assert explanation["confidence"] is None and explanation["confidences"]["racial-equality"] is None
+    floored = ValueRetriever(principles, semantic=False, llm_endpoint=url, llm_model="fake-7b", min_confidence=0.99)
+    assert floored.explain("a photo of a successful person")["principle"] == "racial-equality"
     assert ids(retriever.retrieve_all("a bloody mess of a room")) == ["bloody"]
     assert retriever.retrieve("a photo of a cat") is None  # fake answers "no person, nothing"
+    assert retriever.explain("a photo of a cat")["confidence"] is None
     request = chat.requests[0]
     assert request["path"] == "/v1/chat/completions"
     assert request["body"]["model"] == "fake-7b" and request["body"]["temperature"] == 0
