@@ -67,6 +67,8 @@ CASES: list[Case] = [
          "a nurse", says="malformed.yaml"),
     case("retrieve-threshold-not-a-number", "retrieve", "--no-semantic", "--threshold", "high", "a nurse",
          says="--threshold"),
+    case("retrieve-min-confidence-out-of-range", "retrieve", "--no-semantic", "--min-confidence", "1.5", "a nurse",
+         says="not between 0 and 1"),
     case("retrieve-malformed-eval-file", "retrieve", "--no-semantic", "--eval", "{fx}/bad.jsonl", says="bad.jsonl"),
     case("retrieve-binary-prompt-file", "retrieve", "--no-semantic", "--file", "{fx}/binary.bin",
          says="binary.bin"),

@@ -25,7 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--principles", metavar="FILE", help="principles file (default: the shipped default.yaml)")
     parser.add_argument("--no-semantic", action="store_true",
                         help="keywords and the person lexicon only (no sentence model; starts in ~1 s)")
-    parser.add_argument("--threshold", type=float, help="semantic margin threshold (default: chosen on data)")
+    parser.add_argument("--threshold", type=float,
+                        help="semantic classifier probability threshold (default: chosen for the operating point)")
+    parser.add_argument("--min-confidence", type=_unit_interval, default=0.0, metavar="P",
+                        help="withhold a principle chosen with a calibrated confidence below P (no token rather "
+                             "than a doubtful one); each principle's retrieval.min_confidence applies too")
     parser.add_argument("--person-threshold", type=float, help="semantic person-vote threshold")
     parser.add_argument("--llm-endpoint", default=os.environ.get("LIVO_LLM_ENDPOINT"),
                         help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (env LIVO_LLM_ENDPOINT; "
@@ -63,6 +67,16 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number between 0 and 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     from livo.errors import ConfigError
     from livo.principles import load_principles
@@ -75,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     principles = load_principles(args.principles)
     retriever = ValueRetriever(principles, semantic=not args.no_semantic, llm_endpoint=args.llm_endpoint,
                                llm_model=args.llm_model, threshold=args.threshold,
-                               person_threshold=args.person_threshold)
+                               person_threshold=args.person_threshold, min_confidence=args.min_confidence)
     if args.eval is not None:
         rows = load_labelled(args.eval, principles)
         if args.split:
@@ -93,13 +107,15 @@ def run(args: argparse.Namespace) -> int:
             line = {"prompt": explanation["prompt"],
                     "principle": ({"id": chosen.id, "text": chosen.text, "category": chosen.category}
                                   if chosen else None),
+                    "confidence": explanation["confidence"],
                     "all": explanation["all"]}
             if args.explain:
                 line["explain"] = explanation
             print(json.dumps(line, ensure_ascii=False))
         else:
-            print(f"{chosen.id if chosen else 'none':<18} all={','.join(explanation['all']) or '-':<48} "
-                  f"{explanation['prompt']}")
+            confidence = explanation["confidence"]
+            print(f"{chosen.id if chosen else 'none':<18} {'-' if confidence is None else f'{confidence:.2f}':<5} "
+                  f"all={','.join(explanation['all']) or '-':<48} {explanation['prompt']}")
             if args.explain:
                 print("  " + json.dumps({k: v for k, v in explanation.items() if k != "prompt"},
                                         ensure_ascii=False))

@@ -26,6 +26,10 @@ class ServeConfig(LivoConfig):
     inference_dropout: float | None = Field(None, ge=0, le=1,
                                             description="share of a request's images made without the value token; "
                                                         "None = each principle's own (0.5 for bias principles)")
+    min_confidence: float | None = Field(None, ge=0, le=1,
+                                         description="for principle 'auto': a principle the retriever chose with a "
+                                                     "lower calibrated confidence is withheld (no value token); None "
+                                                     "= each principle's retrieval.min_confidence (default 0)")
     semantic_retrieval: bool | None = Field(None, description="the retriever's sentence-model stage; None = on when "
                                                               "its model is installed")
 

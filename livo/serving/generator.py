@@ -61,7 +61,7 @@ class GenerationRequest:
 class GenerationResult:
     images: list[Any]  # one per seed (PIL images; the server encodes them)
     principle: PrincipleInfo | None  # the principle chosen (its token conditions the images marked in value_token)
-    evidence: dict[str, Any]  # how it was chosen: {"stage", "score", "margin", "applicable", "keywords"}
+    evidence: dict[str, Any]  # how it was chosen: {"stage", "confidence", "score", "margin", "applicable", ...}
     value_token: list[bool] = field(default_factory=list)  # which images carry the value token
     base_images: list[Any] | None = None  # with compare: the base model's images, same seeds
 
@@ -115,8 +115,9 @@ class RegisteredGenerator:
             results.append(GenerationResult(
                 images=[None] * count, value_token=list(mask),
                 principle=PrincipleInfo(choice.id, choice.text, choice.category) if choice.id else None,
-                evidence={"stage": choice.stage, "score": choice.score, "margin": choice.margin,
-                          "applicable": list(choice.applicable), "keywords": list(choice.keywords)},
+                evidence={"stage": choice.stage, "confidence": choice.confidence, "score": choice.score,
+                          "margin": choice.margin, "applicable": list(choice.applicable),
+                          "keywords": list(choice.keywords), "withheld": dict(choice.withheld)},
                 base_images=[None] * count if request.compare else None))
             for position, seed in enumerate(request.seeds):
                 kinds = ["aligned"] + (["base"] if request.compare and mask[position] else [])

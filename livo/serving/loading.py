@@ -95,9 +95,11 @@ class PrincipleChoice:
 
     `stage`: the retriever's deciding stage for `"auto"` (`keyword`, `semantic`, `person-lexicon`, `person-semantic`,
     `llm`; `none` when no principle applies, `empty prompt`), `explicit` for a given id, `disabled` for None.
-    `score`: the similarity behind a semantic decision (cosine, mean of the closest example prompts), None for the
-    other stages; `margin`: for `semantic`, the score minus the closest rival's (the retriever's threshold applies to
-    it), for `person-semantic` the person vote.
+    `score`: for `semantic`, the classifier's probability for the principle (the retriever's threshold applies to it);
+    for the person stages, the similarity of the closest bias examples; None otherwise. `margin`: for `semantic`, the
+    probability minus the threshold; for `person-semantic`, the person vote. `confidence`: the calibrated probability
+    that the chosen principle applies (for `none`: that none does; None where the stage is not calibrated, e.g. the
+    LLM). `withheld`: principles the retriever chose but dropped below the confidence floor (id -> confidence).
     """
 
     id: str | None
@@ -110,9 +112,12 @@ class PrincipleChoice:
     applicable: tuple[str, ...] = ()
     keywords: tuple[str, ...] = ()
     inference_dropout: float = 0.0
+    confidence: float | None = None
+    withheld: tuple[tuple[str, float], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "applicable": list(self.applicable), "keywords": list(self.keywords)}
+        return {**asdict(self), "applicable": list(self.applicable), "keywords": list(self.keywords),
+                "withheld": dict(self.withheld)}
 
 
 @dataclass
@@ -148,7 +153,7 @@ class RegisteredPipeline(LiVOPipeline):
     @classmethod
     def from_registry(cls, ref: str, *, store: Any = None, device: str | None = None, dtype: Any = None,
                       verify: VerifyMode = True, semantic: bool | None = None, retriever: Any = None,
-                      progress: bool = False) -> RegisteredPipeline:
+                      progress: bool = False, min_confidence: float | None = None) -> RegisteredPipeline:
         """Load a registered version: `ref` is `s3://<bucket>/models/<name>/<version>[/]`, or `name`, `name@vN`,
         `name@N`, `name@latest` in `store` (default `ObjectStore.from_env()`).
 
@@ -156,9 +161,10 @@ class RegisteredPipeline(LiVOPipeline):
         of the sources outside the version (principles file, dataset manifest); False skips verification (the
         lineage-vs-manifest, principle-set and weights digests below are checked anyway). `semantic`: the retriever's
         semantic stage (None: on when its sentence model is installed). `retriever`: use this one instead.
+        `min_confidence`: the retriever's confidence floor for "auto" (None: the principles' own).
         """
         return _load(cls, ref, store=store, device=device, dtype=dtype, verify=verify, semantic=semantic,
-                     retriever=retriever, progress=progress)
+                     retriever=retriever, progress=progress, min_confidence=min_confidence)
 
     # ---- principle choice
     def choose_principle(self, prompt: str, principle: str | None = AUTO) -> PrincipleChoice:
@@ -182,7 +188,8 @@ class RegisteredPipeline(LiVOPipeline):
         if pid is not None:
             semantic = (explanation.get("semantic") or {}).get(pid) or {}
             if stage == "semantic":
-                score, margin = semantic.get("score"), semantic.get("margin")
+                score = semantic.get("probability")
+                margin = None if score is None else round(score - explanation["threshold"], 4)
             elif stage == "person-semantic":
                 margin = (explanation.get("person") or {}).get("semantic_margin")
                 score = (explanation.get("bias_scores") or {}).get(pid)
@@ -196,6 +203,8 @@ class RegisteredPipeline(LiVOPipeline):
             applicable=tuple(explanation.get("all") or ()),
             keywords=tuple((explanation.get("keyword_hits") or {}).get(pid, ())) if pid else (),
             inference_dropout=float(chosen.inference_dropout) if chosen else 0.0,
+            confidence=explanation.get("confidence"),
+            withheld=tuple(sorted((explanation.get("withheld") or {}).items())),
         )
 
     # ---- generation
@@ -256,10 +265,11 @@ class RegisteredPipeline(LiVOPipeline):
 
 def load_registered(ref: str, *, store: Any = None, device: str | None = None, dtype: Any = None,
                     verify: VerifyMode = True, semantic: bool | None = None, retriever: Any = None,
-                    progress: bool = False) -> RegisteredPipeline:
+                    progress: bool = False, min_confidence: float | None = None) -> RegisteredPipeline:
     """`RegisteredPipeline.from_registry(ref, ...)`."""
     return RegisteredPipeline.from_registry(ref, store=store, device=device, dtype=dtype, verify=verify,
-                                            semantic=semantic, retriever=retriever, progress=progress)
+                                            semantic=semantic, retriever=retriever, progress=progress,
+                                            min_confidence=min_confidence)
 
 
 # ------------------------------------------------------------------------------------------------------ loading
@@ -392,9 +402,10 @@ def semantic_retrieval_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in (EMBEDDING_PACKAGE, "sentence_transformers"))
 
 
-def build_retriever(principles: Any, semantic: bool | None = None) -> Any:
+def build_retriever(principles: Any, semantic: bool | None = None, min_confidence: float | None = None) -> Any:
     """The retriever as `livo retrieve` builds it, on `principles`; `semantic=None`: on when its model is
-    installed (else keyword and person-lexicon stages only, with a warning)."""
+    installed (else keyword and person-lexicon stages only, with a warning); `min_confidence`: the operator's
+    confidence floor (None: only each principle's own `retrieval.min_confidence`)."""
     from livo.retriever import EMBEDDING_PACKAGE, ValueRetriever
 
     if semantic is None:
@@ -403,11 +414,12 @@ def build_retriever(principles: Any, semantic: bool | None = None) -> Any:
             log_event(logger, f"semantic retrieval off: {EMBEDDING_PACKAGE} is not installed (keywords and the "
                               "person lexicon decide)", logging.WARNING)
     return ValueRetriever(principles, semantic=semantic, llm_endpoint=os.environ.get("LIVO_LLM_ENDPOINT") or None,
-                          llm_model=os.environ.get("LIVO_LLM_MODEL") or None)
+                          llm_model=os.environ.get("LIVO_LLM_MODEL") or None, min_confidence=min_confidence or 0.0)
 
 
 def _load(cls: type[RegisteredPipeline], ref: str, *, store: Any, device: str | None, dtype: Any,
-          verify: VerifyMode, semantic: bool | None, retriever: Any, progress: bool) -> RegisteredPipeline:
+          verify: VerifyMode, semantic: bool | None, retriever: Any, progress: bool,
+          min_confidence: float | None = None) -> RegisteredPipeline:
     store, name, version = resolve_reference(ref, store)
     label = f"{name}@{version}"
     mode = _verify(store, name, version, verify)
@@ -431,7 +443,8 @@ def _load(cls: type[RegisteredPipeline], ref: str, *, store: Any, device: str | 
         principle_set_hash=record.principles.hash, principle_ids=tuple(principles.ids), verified=mode,
     )
     pipe = cls(base, encoder, principles=principles,
-               retriever=retriever if retriever is not None else build_retriever(principles, semantic), info=info)
+               retriever=retriever if retriever is not None else build_retriever(principles, semantic, min_confidence),
+               info=info)
     log_event(logger, "registered version loaded", model=label, uri=info.uri, weights=info.weights_sha256,
               base_model=info.base_model_id, verified=mode, device=str(pipe.device))
     return pipe

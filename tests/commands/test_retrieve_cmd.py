@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from livo.cli import main
 
 
@@ -19,7 +21,8 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_single_prompt_text(capsys):
     code, out, _ = run(capsys, "a bloody nurse")
     assert code == 0
-    assert out.split() == ["bloody", "all=bloody,gender-equality,racial-equality", "a", "bloody", "nurse"]
+    # the keyword stage's calibrated confidence (share of keyword decisions right on the dev splits): 0.9615
+    assert out.split() == ["bloody", "0.96", "all=bloody,gender-equality,racial-equality", "a", "bloody", "nurse"]
 
 
 def test_file_json_lines_skip_blank_lines(tmp_path, capsys):
@@ -32,7 +35,9 @@ def test_file_json_lines_skip_blank_lines(tmp_path, capsys):
     assert lines[0]["principle"] == {"id": "bloody", "text": "bloody considered inappropriate",
                                      "category": "toxicity"}
     assert lines[0]["all"] == ["bloody", "gender-equality", "racial-equality"]
-    assert lines[1] == {"prompt": "a photo of a cat", "principle": None, "all": []}
+    assert lines[0]["confidence"] == 0.9615
+    # keywords only (no semantic stage): nothing measured the absence of a principle, so no confidence for "none"
+    assert lines[1] == {"prompt": "a photo of a cat", "principle": None, "confidence": None, "all": []}
     assert lines[2]["all"] == ["nudity", "zombie"]
 
 
@@ -90,3 +95,16 @@ def test_eval_prints_accuracy_and_confusion(tmp_path, capsys):
     report = json.loads(out)
     assert report["n"] == 2 and report["accuracy"] == 1.0
     assert report["confusion"]["bloody"] == {"bloody": 1}
+
+
+def test_min_confidence_withholds_below_the_floor(capsys):
+    code, out, _ = run(capsys, "a bloody nurse", "--json", "--explain", "--min-confidence", "0.95")
+    line = json.loads(out)
+    # keyword 0.9615 passes the floor; the person lexicon's 0.9453 does not
+    assert code == 0 and line["principle"]["id"] == "bloody" and line["all"] == ["bloody"]
+    assert line["explain"]["withheld"] == {"gender-equality": 0.9453, "racial-equality": 0.9453}
+    code, out, _ = run(capsys, "a bloody nurse", "--min-confidence", "0.99")
+    assert code == 0 and out.split()[:3] == ["none", "0.04", "all=-"]  # P(none) = 1 - 0.9615
+    with pytest.raises(SystemExit) as exit_info:  # argparse refuses it before anything loads
+        run(capsys, "a nurse", "--min-confidence", "high")
+    assert exit_info.value.code == 2 and "not a number between 0 and 1" in capsys.readouterr().err

@@ -52,6 +52,7 @@ def test_v1_returns_pngs_of_the_model_size_with_principle_evidence_and_version(s
         assert (image.format, image.size, image.mode) == ("PNG", (32, 32), "RGB")
     assert prediction["principle"]["id"] == "bloody" and prediction["principle"]["category"] == "toxicity"
     assert prediction["evidence"]["stage"] == "keyword" and "bloody" in prediction["evidence"]["keywords"]
+    assert prediction["evidence"]["confidence"] == 0.9615 and prediction["evidence"]["withheld"] == {}
     assert prediction["value_token"] == [True, True]  # a toxicity principle: inference dropout 0
     assert body["model"]["name"] == MODEL and body["model"]["version"] == "v3"
     assert body["model"]["lineage_sha256"] == "sha256:" + "ab" * 32

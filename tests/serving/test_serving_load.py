@@ -172,8 +172,21 @@ def test_auto_retrieves_the_principle_and_says_why(pipe: RegisteredPipeline) -> 
     assert out.used_value_token == [True, True] and out.seeds == [3, 4] and out.base_images is None
     assert len(out.images) == 2 and out.images[0].size == (32, 32)
     assert out.version is pipe.info
+    # the keyword stage's calibrated confidence: the share of keyword decisions that were right on the dev splits
+    assert out.choice.confidence == 0.9615 and out.choice.withheld == ()
     nothing = pipe("a red apple", seed=3, **FAST)
     assert (nothing.principle, nothing.choice.stage, nothing.used_value_token) == (None, "none", [False])
+    assert nothing.choice.confidence is None  # keyword-only retriever: no stage measured "no principle"
+
+
+def test_a_confidence_floor_prefers_no_token_over_a_doubtful_one(registered: tuple[Any, RegistrationResult]) -> None:
+    store, result = registered
+    cautious = RegisteredPipeline.from_registry(result.uri, store=store, semantic=False, min_confidence=0.99)
+    out = cautious(PROMPT, seed=3, **FAST)
+    assert out.principle is None and out.used_value_token == [False] and out.choice.stage == "none"
+    # the nurse's bias principles too: the person lexicon's confidence is 0.9453
+    withheld = {"bloody": 0.9615, "gender-equality": 0.9453, "racial-equality": 0.9453}
+    assert dict(out.choice.withheld) == withheld and out.choice.as_dict()["withheld"] == withheld
 
 
 def test_explicit_principle_none_and_compare(pipe: RegisteredPipeline) -> None:
