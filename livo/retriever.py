@@ -32,6 +32,7 @@ withheld: no token rather than a doubtful one.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -44,6 +45,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import Field
+
+from livo.config import LivoConfig
 from livo.errors import ConfigError, LivoError
 from livo.log import get_logger, log_event
 from livo.principles import Principle, PrincipleSet, load_principles, normalize_phrase
@@ -875,6 +879,61 @@ def _top_k_mean(similarities: Any, k: int) -> Any:
 
     k = min(k, similarities.shape[1])
     return np.sort(similarities, axis=1)[:, -k:].mean(axis=1)
+
+
+# --- deployment and labelling ---------------------------------------------------------------------------------------
+
+
+class RetrievalOptions(LivoConfig):
+    """How a deployed retriever decides (`retrieval.*` in the serving and generation configs)."""
+
+    min_confidence: float = Field(0.0, ge=0.0, le=1.0,
+                                  description="withhold a principle chosen with a lower calibrated confidence (no "
+                                              "token / no label rather than a doubtful one); each principle's own "
+                                              "retrieval.min_confidence applies too")
+
+
+def semantic_retrieval_available() -> bool:
+    """Whether the semantic stage's sentence model is installed (the `retrieval` extra)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in (EMBEDDING_PACKAGE, "sentence_transformers"))
+
+
+def deployed_retriever(principles: PrincipleSet, semantic: bool | None = None,
+                       min_confidence: float | None = None) -> ValueRetriever:
+    """The retriever as `livo retrieve`, `livo serve` and labelling build it: `semantic=None` turns the sentence-model
+    stage on when it is installed (else keywords and the person lexicon decide, with a warning); the LLM stage when
+    `LIVO_LLM_ENDPOINT` / `LIVO_LLM_MODEL` are set; `min_confidence`: the operator's floor."""
+    if semantic is None:
+        semantic = semantic_retrieval_available()
+        if not semantic:
+            log_event(logger, f"semantic retrieval off: {EMBEDDING_PACKAGE} is not installed (keywords and the "
+                              "person lexicon decide)", logging.WARNING)
+    return ValueRetriever(principles, semantic=semantic, llm_endpoint=os.environ.get("LIVO_LLM_ENDPOINT") or None,
+                          llm_model=os.environ.get("LIVO_LLM_MODEL") or None, min_confidence=min_confidence or 0.0)
+
+
+def label_prompts(retriever: ValueRetriever, prompts: Sequence[str]) -> dict[str, Any]:
+    """Label a prompt list for data generation: the principle `retrieve` chooses for each prompt, with its stage and
+    calibrated confidence, and the settings that decided (JSON-serialisable; stored in the dataset manifest)."""
+    labels = []
+    for explanation in retriever.explain_many(list(prompts)):
+        labels.append({"prompt": explanation["prompt"], "principle": explanation["principle"],
+                       "stage": explanation["decided_by"], "confidence": explanation["confidence"],
+                       "withheld": explanation["withheld"]})
+    counts: dict[str, int] = {}
+    for label in labels:
+        key = label["principle"] or "none"
+        counts[key] = counts.get(key, 0) + 1
+    return {
+        "retriever": {"semantic": retriever.semantic, "llm": retriever.llm.model if retriever.llm else None,
+                      "threshold": retriever.threshold, "person_threshold": retriever.person_threshold,
+                      "min_confidence": retriever.min_confidence, "calibration": retriever.calibration.as_dict(),
+                      "embedding_model": "all-MiniLM-L6-v2" if retriever.semantic else None},
+        "counts": dict(sorted(counts.items())),
+        "prompts": labels,
+    }
 
 
 # --- evaluation on a labelled set -----------------------------------------------------------------------------------

@@ -90,6 +90,10 @@ CASES: list[Case] = [
          says="--shard-count"),
     case("generate-missing-prompts-file", "generate", "--out", "{cwd}/out", "--prompts", "{fx}/missing.txt",
          says="missing.txt"),
+    case("generate-auto-without-prompts", "generate", "--out", "{cwd}/out", "--principle", "auto",
+         says="needs a prompt list"),
+    case("generate-min-confidence-out-of-range", "generate", "--out", "{cwd}/out", "retrieval.min_confidence=2",
+         says="retrieval.min_confidence"),
     case("generate-shard-count-not-int", "generate", "--shard-count", "many", says="--shard-count"),
     # the hint names the key of generate's config (judging.options), not evaluate's (judges.options)
     case("generate-judge-weights-missing-hint", "generate", "--out", "{cwd}/out", "judging.attribute=clip-zero-shot",

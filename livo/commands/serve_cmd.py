@@ -99,7 +99,8 @@ def load_generator(ref: str, config, *, device: str | None = None, dtype: str | 
     if device is None and torch.cuda.is_available():
         device, dtype = "cuda", dtype or "float16"
     pipe = load_registered(ref, device=device, dtype=dtype, verify={"full": True, "off": False}.get(verify, verify),
-                           semantic=config.semantic_retrieval, min_confidence=config.min_confidence)
+                           semantic=config.semantic_retrieval,
+                           min_confidence=config.retrieval.min_confidence)
     return RegisteredGenerator(pipe, **generation_settings(pipe.info.base_model_id, config))
 
 

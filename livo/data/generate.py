@@ -46,6 +46,7 @@ from livo.data.prompts import Scene, read_prompt_file, select_scenes
 from livo.data.recipes import ImageRequest, JudgingConfig, SceneOutcome
 from livo.errors import ConfigError, DataError
 from livo.log import get_logger, log_event
+from livo.retriever import RetrievalOptions
 
 logger = get_logger("livo.data.generate")
 
@@ -60,7 +61,8 @@ class GenerateConfig(LivoConfig):
     model: str | None = Field(None, description="model source; default: the preset's model.source")
     principles_file: str | None = Field(None, description="principles YAML (path or s3:// URI); default: preset's")
     principles: list[str] = Field(default_factory=list, description="principle ids; empty = every principle with a "
-                                                                    "generation section (or with a prompt list)")
+                                                                    "generation section (or with a prompt list); "
+                                                                    "[auto] = the retriever labels the prompt list")
     prompts: dict[str, list[str]] = Field(default_factory=dict, description="principle id -> user prompts (replace "
                                                                             "that principle's templates)")
     prompts_file: str | None = Field(None, description="YAML {principle_id: [prompts]} or text, one per line")
@@ -89,6 +91,9 @@ class GenerateConfig(LivoConfig):
     num_shards: int | None = Field(None, ge=1, description="shards; default: ceil(scenes / scenes_per_shard)")
     scenes_per_shard: int = Field(32, ge=1, description="scenes per shard when num_shards is not set")
     judging: JudgingConfig = Field(default_factory=JudgingConfig)
+    retrieval: RetrievalOptions = Field(default_factory=RetrievalOptions,
+                                        description="with principles=[auto]: retrieval.min_confidence leaves prompts "
+                                                    "the retriever labels less confidently out")
 
 
 def build_generate_config(config_path: str | Path | None = None, overrides: Sequence[str] = (),
@@ -129,6 +134,7 @@ class GenerationPlan:
     location: DatasetLocation
     plan_key: str  # hash of everything but the model weights; names the dataset
     subject_classes: list[str] = field(default_factory=list)  # what the subject judge chooses among (if any)
+    labels: dict[str, Any] | None = None  # principles=[auto]: the retriever's label and confidence per prompt
 
     @property
     def dataset_id(self) -> str:
@@ -176,11 +182,17 @@ def prepare_generation(config: GenerateConfig, *, out: str | Path | None = None,
 
     settings = resolve_settings(config)
     principle_set = load_principles(settings["principles_file"])
+    if AUTO_LABEL in config.principles and len(config.principles) > 1:
+        raise ConfigError("principles=[auto] labels the prompt list with the retriever; give no other principle id "
+                          "with it (or label the prompts yourself: YAML {principle_id: [prompts]})")
     user_prompts = {k: list(v) for k, v in config.prompts.items()}
     if config.prompts_file:
         for pid, prompts in read_prompt_file(config.prompts_file, config.principles).items():
             user_prompts.setdefault(pid, []).extend(prompts)
-    scenes = select_scenes(principle_set, config.principles, user_prompts,
+    principle_ids, labels = list(config.principles), None
+    if AUTO_LABEL in principle_ids or AUTO_LABEL in user_prompts:
+        user_prompts, principle_ids, labels = label_prompt_list(principle_set, config, user_prompts)
+    scenes = select_scenes(principle_set, principle_ids, user_prompts,
                            limit_per_principle=config.max_prompts_per_principle)
 
     judges: dict[str, Any] = {}
@@ -213,23 +225,67 @@ def prepare_generation(config: GenerateConfig, *, out: str | Path | None = None,
 
     shard_count = config.num_shards or max(1, math.ceil(len(scenes) / config.scenes_per_shard))
     shard_count = min(shard_count, len(scenes))
+    config_material = config.model_dump(mode="json")
+    if config.retrieval == RetrievalOptions():
+        del config_material["retrieval"]  # added later: datasets planned before it keep their ids
     plan_material = {
-        "config": config.model_dump(mode="json"),
+        "config": config_material,
         "settings": settings,
         "principle_set_hash": principle_set.hash,
         "scenes": [s.scene for s in scenes],
         "judge_ids": judge_ids,
         "shard_count": shard_count,
     }
+    if labels is not None:
+        plan_material["labels"] = labels
     plan_key = sha256_bytes(canonical_json(plan_material).encode("utf-8"))
     location = open_location(out or default_output(config.name, plan_key.split(":", 1)[1][:16]), store=store)
     location.check_writable()
     plan = GenerationPlan(config=config, settings=settings, principle_set=principle_set, scenes=scenes,
                           judges=judges, judge_ids=judge_ids, shard_count=shard_count, location=location,
-                          plan_key=plan_key, subject_classes=subject_classes)
+                          plan_key=plan_key, subject_classes=subject_classes, labels=labels)
     log_event(logger, "generation planned", location=location.uri, scenes=len(scenes), shards=shard_count,
               principles=",".join(sorted({s.principle_id for s in scenes})), judges=judge_ids)
     return plan
+
+
+AUTO_LABEL = "auto"
+
+
+def label_prompt_list(principle_set: Any, config: GenerateConfig, user_prompts: dict[str, list[str]]
+                      ) -> tuple[dict[str, list[str]], list[str], dict[str, Any]]:
+    """principles=[auto]: the value retriever labels each prompt of the list (as the paper's data pipeline does).
+    Prompts that get no principle, a principle withheld below `retrieval.min_confidence`, or one data generation has
+    no recipe for (category other) are left out and counted. Returns the prompts per principle, the principle ids and
+    the labelling record (each prompt's principle, stage and calibrated confidence) the manifest keeps."""
+    from livo.retriever import deployed_retriever, label_prompts
+
+    prompts = user_prompts.pop(AUTO_LABEL, [])
+    if not prompts:
+        raise ConfigError("principles=[auto] needs a prompt list to label: --prompts FILE (text, one prompt per line) "
+                          "or prompts: {auto: [...]}")
+    if user_prompts:
+        raise ConfigError(f"principles=[auto] labels every prompt itself; the list also has prompts for "
+                          f"{sorted(user_prompts)}: put them all under one plain list")
+    retriever = deployed_retriever(principle_set, min_confidence=config.retrieval.min_confidence)
+    labels = label_prompts(retriever, prompts)
+    grouped: dict[str, list[str]] = {}
+    left_out = {"no principle": 0, "withheld below min_confidence": 0, "no generation recipe": 0}
+    for label in labels["prompts"]:
+        pid = label["principle"]
+        if pid is None:
+            left_out["withheld below min_confidence" if label["withheld"] else "no principle"] += 1
+        elif principle_set.get(pid).category not in ("bias", "toxicity"):
+            left_out["no generation recipe"] += 1
+        else:
+            grouped.setdefault(pid, []).append(label["prompt"])
+    labels["left_out"] = left_out
+    if not grouped:
+        raise ConfigError(f"none of the {len(prompts)} prompts got a principle to generate for ({left_out}); check "
+                          "the prompt list, the principles file or retrieval.min_confidence")
+    order = [p.id for p in principle_set if p.id in grouped]
+    log_event(logger, "prompts labelled", prompts=len(prompts), counts=labels["counts"], left_out=left_out)
+    return grouped, order, labels
 
 
 def _probe_judges(judges: dict[str, Any], scenes: Sequence[Scene], subject_classes: Sequence[str] = ()) -> None:
@@ -363,6 +419,8 @@ def run_generation(plan: GenerationPlan, *, shard_indices: Sequence[int] | None 
         "judge_ids": plan.judge_ids,
         "scene_count": len(plan.scenes),
     }
+    if plan.labels is not None:
+        metadata["labels"] = plan.labels
     summary = GenerationSummary(location=plan.location.uri, shard_count=plan.shard_count)
     worker = _ShardWorker(plan, pipe, progress=progress)
     try:
@@ -420,7 +478,9 @@ def merge_generated_dataset(location: DatasetLocation | str | Path, shard_count:
         dataset_id=metadata.get("dataset_id", ""), principle_set_hash=metadata.get("principle_set_hash", ""),
         generation_key=first["generation_key"], config={"generate": metadata.get("config"),
                                                         "settings": metadata.get("settings"),
-                                                        "principles_file": metadata.get("principles_file")},
+                                                        "principles_file": metadata.get("principles_file"),
+                                                        **({"labels": metadata["labels"]} if "labels" in metadata
+                                                           else {})},
         seed=metadata.get("seed"), generator_model_hash=metadata.get("generator_model_hash"),
         judge_ids=metadata.get("judge_ids"), source="generated",
     )

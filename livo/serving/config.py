@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from livo.config import LivoConfig
+from livo.retriever import RetrievalOptions
 
 
 class ServeConfig(LivoConfig):
@@ -26,10 +27,9 @@ class ServeConfig(LivoConfig):
     inference_dropout: float | None = Field(None, ge=0, le=1,
                                             description="share of a request's images made without the value token; "
                                                         "None = each principle's own (0.5 for bias principles)")
-    min_confidence: float | None = Field(None, ge=0, le=1,
-                                         description="for principle 'auto': a principle the retriever chose with a "
-                                                     "lower calibrated confidence is withheld (no value token); None "
-                                                     "= each principle's retrieval.min_confidence (default 0)")
+    retrieval: RetrievalOptions = Field(default_factory=RetrievalOptions,
+                                        description="how principle 'auto' is decided: retrieval.min_confidence "
+                                                    "withholds a doubtful principle (no value token)")
     semantic_retrieval: bool | None = Field(None, description="the retriever's sentence-model stage; None = on when "
                                                               "its model is installed")
 

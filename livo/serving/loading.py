@@ -31,9 +31,6 @@ exit 1), `BaseModelMismatch` 409 (`ConfigError`, exit 2).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import logging
-import os
 import re
 import tempfile
 from collections.abc import Sequence
@@ -396,27 +393,6 @@ def _load_value_encoder(store: Any, prefix: str, record: LineageRecord, ref: str
         return ValueEncoder.from_pretrained(local)
 
 
-def semantic_retrieval_available() -> bool:
-    from livo.retriever import EMBEDDING_PACKAGE
-
-    return all(importlib.util.find_spec(m) is not None for m in (EMBEDDING_PACKAGE, "sentence_transformers"))
-
-
-def build_retriever(principles: Any, semantic: bool | None = None, min_confidence: float | None = None) -> Any:
-    """The retriever as `livo retrieve` builds it, on `principles`; `semantic=None`: on when its model is
-    installed (else keyword and person-lexicon stages only, with a warning); `min_confidence`: the operator's
-    confidence floor (None: only each principle's own `retrieval.min_confidence`)."""
-    from livo.retriever import EMBEDDING_PACKAGE, ValueRetriever
-
-    if semantic is None:
-        semantic = semantic_retrieval_available()
-        if not semantic:
-            log_event(logger, f"semantic retrieval off: {EMBEDDING_PACKAGE} is not installed (keywords and the "
-                              "person lexicon decide)", logging.WARNING)
-    return ValueRetriever(principles, semantic=semantic, llm_endpoint=os.environ.get("LIVO_LLM_ENDPOINT") or None,
-                          llm_model=os.environ.get("LIVO_LLM_MODEL") or None, min_confidence=min_confidence or 0.0)
-
-
 def _load(cls: type[RegisteredPipeline], ref: str, *, store: Any, device: str | None, dtype: Any,
           verify: VerifyMode, semantic: bool | None, retriever: Any, progress: bool,
           min_confidence: float | None = None) -> RegisteredPipeline:
@@ -442,8 +418,11 @@ def _load(cls: type[RegisteredPipeline], ref: str, *, store: Any, device: str | 
         base_model_id=record.base_model.id, base_model_fingerprint=record.base_model.fingerprint,
         principle_set_hash=record.principles.hash, principle_ids=tuple(principles.ids), verified=mode,
     )
+    from livo.retriever import deployed_retriever
+
     pipe = cls(base, encoder, principles=principles,
-               retriever=retriever if retriever is not None else build_retriever(principles, semantic, min_confidence),
+               retriever=(retriever if retriever is not None
+                          else deployed_retriever(principles, semantic, min_confidence)),
                info=info)
     log_event(logger, "registered version loaded", model=label, uri=info.uri, weights=info.weights_sha256,
               base_model=info.base_model_id, verified=mode, device=str(pipe.device))
@@ -451,5 +430,4 @@ def _load(cls: type[RegisteredPipeline], ref: str, *, store: Any, device: str | 
 
 
 __all__ = ["AUTO", "PrincipleChoice", "RegisteredGeneration", "RegisteredPipeline", "VersionInfo",
-           "build_retriever", "load_base_model", "load_registered", "resolve_reference",
-           "semantic_retrieval_available"]
+           "load_base_model", "load_registered", "resolve_reference"]

@@ -145,6 +145,42 @@ def test_bad_input_fails_before_any_image(tmp_path, monkeypatch):
         prepare_generation(tiny_config(), out="s3://some-bucket/datasets/x")
 
 
+def test_auto_labels_a_plain_prompt_list_with_the_retriever(tmp_path, tiny_pipe):
+    """principles=[auto]: the retriever labels each prompt (the paper's data pipeline); the labels, their stages and
+    calibrated confidences go into the manifest, and unlabelled prompts are left out and counted."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a photo of a bloody chef\na photo of a nurse\na sunset over the sea\n", encoding="utf-8")
+    config = tiny_config(f"prompts_file={prompts}", "principles=[auto]")
+    plan = prepare_generation(config, out=tmp_path / "ds")
+    assert {s.principle_id: s.prompt for s in plan.scenes} == {"colour-equality": "a photo of a nurse",
+                                                               "bloody": "a photo of a bloody chef"}
+    labels = {label["prompt"]: label for label in plan.labels["prompts"]}
+    assert labels["a photo of a bloody chef"]["stage"] == "keyword"
+    assert labels["a photo of a nurse"]["stage"] == "person-lexicon"
+    assert labels["a sunset over the sea"]["principle"] is None
+    assert plan.labels["counts"] == {"bloody": 1, "colour-equality": 1, "none": 1}
+    assert plan.labels["left_out"]["no principle"] == 1
+    keyword_confidence = plan.labels["retriever"]["calibration"]["keyword"]
+    assert labels["a photo of a bloody chef"]["confidence"] == keyword_confidence
+    run_generation(plan, pipe=tiny_pipe, progress=False)
+    manifest = json.loads((tmp_path / "ds" / MANIFEST_FILE).read_text())
+    assert manifest["config"]["labels"] == plan.labels
+    assert manifest["counts"]["by_principle"] == {"bloody": 2, "colour-equality": 2}
+    # a floor above every confidence leaves nothing to generate: refused before any image
+    with pytest.raises(ConfigError, match="none of the 3 prompts got a principle"):
+        prepare_generation(tiny_config(f"prompts_file={prompts}", "principles=[auto]",
+                                       "retrieval.min_confidence=0.99"), out=tmp_path / "never")
+    with pytest.raises(ConfigError, match="give no other principle id"):
+        prepare_generation(tiny_config(f"prompts_file={prompts}", "principles=[auto, bloody]"), out=tmp_path / "x")
+    assert not (tmp_path / "never").exists()
+    # retrieval options at their default stay out of the plan, so datasets planned before they existed keep their ids
+    by_hand = prepare_generation(tiny_config("principles=[bloody]"), out=tmp_path / "y")
+    written_out = prepare_generation(tiny_config("principles=[bloody]", "retrieval.min_confidence=0.0"),
+                                     out=tmp_path / "y")
+    floored = prepare_generation(tiny_config("principles=[bloody]", "retrieval.min_confidence=0.5"), out=tmp_path / "y")
+    assert by_hand.labels is None and by_hand.plan_key == written_out.plan_key != floored.plan_key
+
+
 @pytest.mark.store
 def test_tiny_into_the_object_store(store, tmp_path, tiny_pipe):
     uri = store.uri("datasets/tiny/e2e")
