@@ -32,7 +32,9 @@ def generate_data_shard(
 ) -> str:
     """Generate shard `shard_index` of `shard_count` into `dataset_uri` (s3://bucket/prefix or a directory)."""
     from livo.data.generate import build_generate_config, prepare_generation, run_generation
+    from livo.orchestration import use_parallel_task_threads
 
+    use_parallel_task_threads()  # under `livo run` the shards share the cores; a pod has its own
     overrides = [str(item) for item in config_overrides]
     overrides += [f"num_shards={int(shard_count)}", f"device={device}"]
     if principles_uri:

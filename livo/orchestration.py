@@ -22,6 +22,10 @@ from pydantic import Field, field_validator, model_validator
 from livo.config import LivoConfig, format_validation_error
 from livo.errors import ConfigError
 
+# The torch threads of a task that runs beside others of its kind (the data shards under `livo run`: kfp.local runs
+# them at the same time); tasks that run alone use OMP_NUM_THREADS, i.e. every core. Set by `livo run`.
+ENV_PARALLEL_TASK_THREADS = "LIVO_PARALLEL_TASK_THREADS"
+
 RUN_RECORDS_PREFIX = "pipeline-runs"
 # What a run writes under its prefix `pipeline-runs/<run id>/` besides the records: the preference dataset, the
 # training run (checkpoints, value encoder, result.json) and the evaluation (metrics.json last, report.html).
@@ -568,3 +572,17 @@ def _git_commit_of_image() -> str:
     import os
 
     return os.environ.get("LIVO_GIT_COMMIT", "")
+
+
+def use_parallel_task_threads() -> int | None:
+    """In a task that runs beside others (a data shard): limit torch to `LIVO_PARALLEL_TASK_THREADS` threads, its
+    share of the cores. Returns the count, or None when unset (a cluster pod has its own CPUs)."""
+    import os
+
+    raw = os.environ.get(ENV_PARALLEL_TASK_THREADS, "")
+    if not raw.isdigit() or int(raw) < 1:
+        return None
+    import torch
+
+    torch.set_num_threads(int(raw))
+    return int(raw)

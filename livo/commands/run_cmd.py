@@ -42,6 +42,7 @@ from typing import Any
 
 from livo.errors import ConfigError, LivoError
 from livo.log import get_logger, log_event
+from livo.orchestration import ENV_PARALLEL_TASK_THREADS
 
 logger = get_logger("livo.commands.run")
 
@@ -113,19 +114,23 @@ def check_gates_at_door(arguments: dict[str, Any]) -> None:
                            allow_ungated=bool(arguments.get("run_allow_ungated")))
 
 
-def threads_per_task(requested: int | None, arguments: dict[str, Any], cpu_count: int | None = None) -> int:
-    """CPU threads each task's torch may use. kfp.local runs the data shards at the same time, and oversubscribed
-    cores cost far more than idle ones: on 2 shared cores 2 threads per process ran ~10x slower than 1
-    (docs/toy_world.md). Default: $OMP_NUM_THREADS if set, else the cores divided among the concurrent shards."""
+def threads_per_task(requested: int | None, arguments: dict[str, Any], cpu_count: int | None = None
+                     ) -> tuple[int, int]:
+    """CPU threads of torch in each task: (a task that runs alone, a data shard). Training and evaluation run alone
+    and get every core (2 threads were 1.56x faster than 1 on the evaluation UNet and 1.76x on training samples/s,
+    issue 17); kfp.local runs the data shards at the same time and oversubscribed cores cost far more than idle ones
+    (on 2 shared cores 2 threads per process ran ~10x slower than 1, docs/toy_world.md), so the shards split the
+    cores. `--threads N` or $OMP_NUM_THREADS: N for every task."""
     if requested is not None:
         if requested < 1:
             raise ConfigError(f"--threads {requested}: give at least 1")
-        return requested
+        return requested, requested
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
-        return int(os.environ["OMP_NUM_THREADS"])
+        return int(os.environ["OMP_NUM_THREADS"]), int(os.environ["OMP_NUM_THREADS"])
+    cores = cpu_count or os.cpu_count() or 1
     shards = arguments.get("data_shard_count")
     concurrent = shards if isinstance(shards, int) and shards > 0 else 1
-    return max(1, (cpu_count or os.cpu_count() or 1) // concurrent)
+    return cores, max(1, cores // concurrent)
 
 
 @contextlib.contextmanager
@@ -516,13 +521,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     arguments = apply_run_seed(local_arguments(args.preset, parse_param_overrides(args.param)), args.seed)
     if args.allow_ungated:
         arguments["run_allow_ungated"] = True
-    threads = threads_per_task(args.threads, arguments)
+    threads, shard_threads = threads_per_task(args.threads, arguments)
     check_local_arguments(arguments)  # at the door: before a run directory or the embedded store exists
     root = Path(args.runs_dir).resolve() if args.runs_dir else runs_dir()
     run_dir = new_run_dir(root)
-    log_event(logger, "local_run_start", run_dir=str(run_dir), threads=threads, **arguments)
+    log_event(logger, "local_run_start", run_dir=str(run_dir), threads=threads, shard_threads=shard_threads,
+              **arguments)
     started = time.perf_counter()
-    thread_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    thread_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                  ENV_PARALLEL_TASK_THREADS: str(shard_threads)}
     cancellation = RunCancellation(run_dir, started)
     tracking_env = start_pipeline_tracking(arguments, root, run_dir)
     with cancellation.installed(), adopting_orphans():
@@ -534,10 +541,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             metrics = fetch_evaluation(outcome, run_dir)
         outcome["wall_seconds"] = round(time.perf_counter() - started, 1)
         outcome["threads_per_task"] = threads
+        outcome["threads_per_data_shard"] = shard_threads
         outcome["seed"] = args.seed  # --seed (None: each stage config's own seed, 0 by default)
         tracking_row = finish_pipeline_tracking(tracking_env, outcome)
         _write_outcome_file(run_dir, outcome)
-    print_table(summary_rows(outcome) + [("wall time", f"{outcome['wall_seconds']} s ({threads} thread(s) per task)"),
+    print_table(summary_rows(outcome) + [("wall time", f"{outcome['wall_seconds']} s ({threads} thread(s) per task, "
+                                                       f"{shard_threads} per data shard)"),
                                          ("run dir", str(run_dir))]
                 + [(f"task {name}", _format_timing(timing)) for name, timing in outcome["tasks"].items()]
                 + ([tracking_row] if tracking_row else []))

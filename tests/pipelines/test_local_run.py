@@ -157,16 +157,30 @@ def test_run_seed_sets_every_stage_seed_and_seed_0_is_the_default_run():
         apply_run_seed(default, -1)
 
 
-def test_threads_per_task_divides_the_cores_among_concurrent_shards(monkeypatch):
+def test_tasks_alone_get_every_core_and_shards_split_them(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert threads_per_task(None, {"data_shard_count": 2}, cpu_count=2) == 1
-    assert threads_per_task(None, {"data_shard_count": 2}, cpu_count=8) == 4
-    assert threads_per_task(None, {"data_shard_count": 16}, cpu_count=8) == 1
-    assert threads_per_task(3, {"data_shard_count": 2}, cpu_count=2) == 3
+    # (training / evaluation, each data shard)
+    assert threads_per_task(None, {"data_shard_count": 2}, cpu_count=2) == (2, 1)
+    assert threads_per_task(None, {"data_shard_count": 2}, cpu_count=8) == (8, 4)
+    assert threads_per_task(None, {"data_shard_count": 16}, cpu_count=8) == (8, 1)
+    assert threads_per_task(None, {}, cpu_count=4) == (4, 4)
+    assert threads_per_task(3, {"data_shard_count": 2}, cpu_count=2) == (3, 3)
     monkeypatch.setenv("OMP_NUM_THREADS", "6")
-    assert threads_per_task(None, {"data_shard_count": 2}, cpu_count=2) == 6
+    assert threads_per_task(None, {"data_shard_count": 2}, cpu_count=2) == (6, 6)
     with pytest.raises(ConfigError, match="--threads 0"):
         threads_per_task(0, {}, cpu_count=2)
+
+
+def test_a_data_shard_takes_its_share_of_the_cores():
+    """What the generate-data-shard component does first, in a process started as kfp.local starts it."""
+    code = ("import torch; from livo.orchestration import use_parallel_task_threads; "
+            "print(use_parallel_task_threads(), torch.get_num_threads())")
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "LIVO_PARALLEL_TASK_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["1", "1"]
+    env.pop("LIVO_PARALLEL_TASK_THREADS")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["None", "2"]  # unset (a cluster pod): torch keeps OMP_NUM_THREADS
 
 
 # ------------------------------------------------------------------------------------------------------ slow
@@ -193,7 +207,8 @@ def test_livo_run_tiny_registers_an_auditable_model_and_a_rerun_is_skipped(tmp_p
     # the printed summary: outcome, report path, the base-vs-aligned table
     assert printed(result.stdout, "status") == "registered"
     assert printed(result.stdout, "version") == "v1"
-    assert outcome["threads_per_task"] == threads_per_task(None, {"data_shard_count": 2})
+    assert (outcome["threads_per_task"], outcome["threads_per_data_shard"]) == \
+        threads_per_task(None, {"data_shard_count": 2})
     report = Path(printed(result.stdout, "report"))
     assert report == run_dir / "report.html" and "<html" in report.read_text()[:500].lower()
     metrics = json.loads((run_dir / "metrics.json").read_text())
