@@ -624,8 +624,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="one seed for data generation, training and evaluation (each stage config's `seed`, "
                              "default 0 each; recorded in the dataset manifest, the lineage and metrics.json)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads per task (default: $OMP_NUM_THREADS, else the cores divided among the "
-                             "concurrent data shards)")
+                        help="CPU threads of every task (default: $OMP_NUM_THREADS if set, else every core for the "
+                             "tasks that run alone and the cores divided among the concurrent data shards)")
     parser.add_argument("--runs-dir", help="where run directories and the embedded store live (default: "
                                            "$LIVO_RUNS_DIR or ./runs)")
     parser.add_argument("--image", metavar="REF",
