@@ -2,20 +2,25 @@
 
 Same models, same batch, same precision, same optimizer; only the step differs:
 
-- ours (`livo.training.trainer.step_loss`, what the trainer runs): precomputed latents and prompt embeddings (the
-  dataset carries them), the value encoder, winner and loser through the UNet in one batch with autograd, the two
-  reference passes in one batch under `torch.no_grad()`;
+- shipped (`livo.training.trainer.step_loss` on what the pipeline's datasets hold today: images and prompt text, so
+  the step VAE-encodes both images and encodes the prompt every step): the value encoder, winner and loser through
+  the UNet in one batch with autograd, the two reference passes in one batch under `torch.no_grad()`;
+- best (the same step on a dataset with precomputed latents and prompt embeddings, `precompute_latents=true
+  precompute_prompt_embeds=true`; no preset turns them on yet, issue 17);
 - reference (the authors' recipe, LIVO_METHOD §4): VAE-encode both images every step (`latent_dist.sample()`), encode
   the prompt with the frozen text encoder every step, four separate UNet passes, reference passes with autograd on,
   gradient checkpointing on (the released run used it; `--reference-checkpointing off` drops it).
 
 Both then backpropagate into the value encoder and take an AdamW step (grad clip 1.0). Reports samples/s, peak
-memory (CUDA), FLOPs per step counted with `torch.utils.flop_counter`, and MFU against the device's dense peak.
+memory (CUDA), FLOPs per step counted with `livo.flops.flop_counter` (torch's counter plus the CPU attention kernels),
+and against the device's dense peak both MFU (model FLOPs: the step without gradient checkpointing) and HFU (hardware
+FLOPs: recomputation included).
 
     python benchmarks/train_step.py --preset mid --device cpu --dtype fp32 --batch 4
     python benchmarks/train_step.py --preset sd15-random --device cuda --dtype bf16 --batch 8
 
-Prints one JSON object. Results with the hardware are recorded in docs/training.md.
+Prints one JSON line (the command, hardware, load average before and after, figures per variant). Results with the
+hardware are recorded in docs/training.md.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import statistics
 import sys
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="gradient checkpointing (UNet + value encoder) in our step too (default: off)")
     parser.add_argument("--reference-checkpointing", choices=["on", "off"], default="on",
                         help="gradient checkpointing in the reference step (the released run: on)")
-    parser.add_argument("--only", choices=["ours", "reference"], help="time one variant only")
+    parser.add_argument("--only", choices=["shipped", "best", "reference"], help="time one variant only")
     parser.add_argument("--peak-tflops", type=float, help="override the device's dense peak for MFU")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     args = parser.parse_args(argv)
@@ -134,12 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from diffusers import DDPMScheduler
     from diffusers.models.attention_processor import AttnProcessor2_0
-    from torch.utils.flop_counter import FlopCounterMode
 
+    from livo.flops import flop_counter
     from livo.modeling import ValueEncoder, encode_prompts
     from livo.training.config import LossConfig
     from livo.training.trainer import Models, step_loss
 
+    load_before = [round(x, 2) for x in os.getloadavg()]
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda":
@@ -172,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(value_encoder.parameters(), lr=1e-6, betas=(0.9, 0.999), weight_decay=1e-2,
                                   eps=1e-8)
 
-    # One batch for both variants: images in [-1, 1]; "ours" gets their latents and prompt embeddings precomputed
+    # One batch for every variant: images in [-1, 1]; "best" gets their latents and prompt embeddings precomputed
     # once, as the dataset stores them.
     data_gen = torch.Generator().manual_seed(0)
     pixels_w = torch.rand(batch, 3, resolution, resolution, generator=data_gen) * 2 - 1
@@ -191,17 +198,26 @@ def main(argv: list[str] | None = None) -> int:
     generator = torch.Generator(device=device).manual_seed(0)
     loss_config = LossConfig()
 
-    def ours() -> None:
-        checkpointing(args.gradient_checkpointing)
+    shipped_batch = {"pixels_w": pixels_w.to(device, dtype), "pixels_l": pixels_l.to(device, dtype),
+                     "prompts": prompts, "principle_texts": principle_texts}
+
+    def ours(batch: dict, recompute: bool) -> None:
+        checkpointing(args.gradient_checkpointing and recompute)
         with autocast:
-            loss, _ = step_loss(models, value_encoder, precomputed, generator, loss_config)
+            loss, _ = step_loss(models, value_encoder, batch, generator, loss_config)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(value_encoder.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def reference() -> None:
-        checkpointing(args.reference_checkpointing == "on")
+    def shipped(recompute: bool = True) -> None:
+        ours(shipped_batch, recompute)
+
+    def best(recompute: bool = True) -> None:
+        ours(precomputed, recompute)
+
+    def reference(recompute: bool = True) -> None:
+        checkpointing(args.reference_checkpointing == "on" and recompute)
         with autocast:
             loss = reference_step_loss(models, value_encoder, pixels_w, pixels_l, prompts, principle_texts, generator)
         loss.backward()
@@ -218,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if peak is None and args.device == "cuda":
         peak = next((v[args.dtype] for k, v in PEAK_TFLOPS.items() if k in device_name), None)
 
-    variants = {name: step for name, step in (("ours", ours), ("reference", reference))
+    variants = {name: step for name, step in (("shipped", shipped), ("best", best), ("reference", reference))
                 if not args.only or name == args.only}
     for step in variants.values():
         for _ in range(args.warmup):
@@ -239,11 +255,16 @@ def main(argv: list[str] | None = None) -> int:
                 peak_mem[name] = max(peak_mem[name], torch.cuda.max_memory_allocated(device) / 2**30)
     results = {}
     for name, step in variants.items():
-        counter = FlopCounterMode(display=False)
-        with counter:
-            step()
-        sync()
-        flops = counter.get_total_flops()
+        # hardware FLOPs: what the step as run computes (recomputation included); model FLOPs: the same step without
+        # gradient checkpointing, i.e. what the model needs. Attention is counted on every device (livo.flops).
+        counted = {}
+        for recompute in (True, False):
+            counter = flop_counter()
+            with counter:
+                step(recompute=recompute)
+            sync()
+            counted[recompute] = counter.get_total_flops()
+        flops, model_flops = counted[True], counted[False]
         step_s = statistics.median(times[name])
         results[name] = {
             "samples_per_s": round(batch / step_s, 3),
@@ -251,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
             "step_ms_all": [round(t * 1000, 1) for t in times[name]],
             "peak_memory_gib": round(peak_mem[name], 2) if args.device == "cuda" else None,
             "tflops_per_step": round(flops / 1e12, 4),
+            "model_tflops_per_step": round(model_flops / 1e12, 4),
             "achieved_tflops": round(flops / step_s / 1e12, 3),
-            "mfu": round(flops / step_s / (peak * 1e12), 4) if peak else None,
+            "mfu": round(model_flops / step_s / (peak * 1e12), 4) if peak else None,
+            "hfu": round(flops / step_s / (peak * 1e12), 4) if peak else None,
         }
     report = {
         "preset": args.preset, "device": args.device, "device_name": device_name, "dtype": args.dtype,
@@ -262,9 +285,14 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads() if args.device == "cpu" else None, "peak_tflops": peak,
         **results,
     }
-    if "ours" in results and "reference" in results:
-        report["speedup"] = round(results["ours"]["samples_per_s"] / results["reference"]["samples_per_s"], 2)
-    print(json.dumps(report, indent=2))
+    for name in ("shipped", "best"):
+        if name in results and "reference" in results:
+            report[f"speedup_{name}"] = round(results[name]["samples_per_s"] / results["reference"]["samples_per_s"],
+                                              2)
+    report["command"] = " ".join(["python benchmarks/train_step.py", *(argv if argv is not None else sys.argv[1:])])
+    report["load_average_before"] = load_before
+    report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(report))
     return 0
 
 
