@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import context, finished  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    invocation = context("evaluate.py", argv)
 
     import importlib.util
     import os
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         "end_to_end_images_per_s": round(timing["images_generated"] / total, 2),
         "judges": {pid: j["judge"] for pid, j in result.metrics["judges"].items()},
     }
-    print(json.dumps(record))
+    print(json.dumps(finished({**invocation, **record})))
     return 0
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from benchlib import context, finished  # noqa: E402
 
 # Toy-world vocabulary, so the toy judges (pixel-based, cheap, work on any image) can score every image.
 PRINCIPLES_YAML = """\
@@ -66,6 +68,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    invocation = context("generate.py")
     import torch
 
     if args.threads:
@@ -180,7 +183,7 @@ def main() -> int:
         "seconds_per_image_ours": round(best_ours / images, 4),
     }
     shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(result, indent=2)
+    text = json.dumps(finished({**invocation, **result}))
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")

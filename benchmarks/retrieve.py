@@ -22,6 +22,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from benchlib import context, finished  # noqa: E402
 
 LABELLED = REPO / "data" / "retrieval" / "labelled.jsonl"
 HARMLESS_NEAR = REPO / "data" / "retrieval" / "harmless_near.jsonl"
@@ -156,6 +158,7 @@ def cold(args) -> int:
 
     from livo.retriever import load_labelled
 
+    invocation = context("retrieve.py")
     prompts = make_prompts(load_labelled(LABELLED), args.prompts)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "prompts.txt"
@@ -164,7 +167,6 @@ def cold(args) -> int:
         if args.threads is not None:
             env["LIVO_RETRIEVER_THREADS"] = str(args.threads)
         command = [sys.executable, "-m", "livo.cli", "retrieve", "--file", str(path), "--json"]
-        load_before = os.getloadavg()
         walls = []
         for _ in range(1 + args.repeat):
             started = time.perf_counter()
@@ -173,14 +175,13 @@ def cold(args) -> int:
             if proc.returncode != 0 or len(proc.stdout.splitlines()) != len(prompts):
                 raise SystemExit(f"livo retrieve failed: {proc.stderr[-500:]}")
     warm = walls[1:]
-    result = {"benchmark": "retrieve-cold", "command": " ".join(["livo", "retrieve", "--file", "P.txt", "--json"]),
-              "prompts": len(prompts), "cpus": os.cpu_count(),
+    result = {**invocation, "benchmark": "retrieve-cold", "measured": "livo retrieve --file P.txt --json",
+              "prompts": len(prompts),
               "threads": env.get("LIVO_RETRIEVER_THREADS", "default"),
               "first_run_empty_cache_s": round(walls[0], 2),
               "cached_anchors_s": {"median": round(statistics.median(warm), 2), "min": round(min(warm), 2),
-                                   "max": round(max(warm), 2), "runs": len(warm)},
-              "load_average_before": [round(x, 2) for x in load_before],
-              "load_average_after": [round(x, 2) for x in os.getloadavg()]}
+                                   "max": round(max(warm), 2), "runs": len(warm)}}
+    result = finished(result)
     print(json.dumps(result))
     if args.out:
         Path(args.out).write_text(json.dumps(result) + "\n", encoding="utf-8")

@@ -28,14 +28,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import context, cpu_name, finished  # noqa: E402
 
 # Dense peak TFLOP/s per dtype (vendor datasheets; SXM parts). MFU is null where the device is not listed.
 PEAK_TFLOPS = {
@@ -72,16 +72,6 @@ def build_mid_pipeline(seed: int = 0):
         tokenizer, hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
         projection_dim=256))
     return _assemble(unet.eval(), vae.eval(), text_encoder.eval(), tokenizer)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
 
 
 def build_pipeline(preset: str):
@@ -146,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     from livo.training.config import LossConfig
     from livo.training.trainer import Models, step_loss
 
-    load_before = [round(x, 2) for x in os.getloadavg()]
+    invocation = context("train_step.py", argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda":
@@ -289,10 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         if name in results and "reference" in results:
             report[f"speedup_{name}"] = round(results[name]["samples_per_s"] / results["reference"]["samples_per_s"],
                                               2)
-    report["command"] = " ".join(["python benchmarks/train_step.py", *(argv if argv is not None else sys.argv[1:])])
-    report["load_average_before"] = load_before
-    report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    print(json.dumps(report))
+    print(json.dumps(finished({**invocation, **report})))
     return 0
 
 
