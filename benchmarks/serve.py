@@ -506,6 +506,14 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def summary_line(result: dict[str, Any]) -> dict[str, Any]:
+    """The one JSON line every benchmark prints (issue 17): command, host, load averages, the table's rows without
+    their raw runs, the best configuration and the goal's verdict; results.json keeps everything."""
+    keep = ("command", "host", "load_average_before", "load_average_after", "settings", "best_config", "goal")
+    rows = [{k: v for k, v in row.items() if k != "runs"} for row in result["rows"]]
+    return {"benchmark": "serve", **{k: result[k] for k in keep}, "rows": rows}
+
+
 def report(result: dict[str, Any]) -> str:
     host = result["host"]
     lines = [markdown_table(result["rows"]), "",
@@ -550,6 +558,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(report(result))
     print(f"\nwrote {out}")
+    print(json.dumps(summary_line(result), default=str))
     return 0
 
 

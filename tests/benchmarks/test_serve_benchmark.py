@@ -114,3 +114,8 @@ def test_a_tiny_real_run_writes_json_and_the_table(tmp_path: Path):
     assert result["settings"]["num_inference_steps"] == 1 and result["host"]["torch_threads"] >= 1
     assert len(result["load_average_before"]) == 3 and len(result["load_average_after"]) == 3
     assert "| default | 1 |" in proc.stdout and "| queue_size=1 | 4 |" in proc.stdout
+    line = json.loads(proc.stdout.strip().splitlines()[-1])  # the one JSON line, last
+    assert line["benchmark"] == "serve" and line["command"] == result["command"]
+    assert line["best_config"] == result["best_config"] and len(line["load_average_after"]) == 3
+    assert [row["config"] for row in line["rows"]] == ["default", "default", "queue_size=1"]
+    assert all("runs" not in row for row in line["rows"])
