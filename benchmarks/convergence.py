@@ -472,11 +472,14 @@ def run_study(args: argparse.Namespace) -> int:
         "training": {"preset_train": preset_train, "steps": steps, "eval_steps": eval_steps},
         "evaluation": {"images_per_prompt": args.images_per_prompt},
         "seeds": per_seed, "total_s": round(time.perf_counter() - started, 1),
+        "load_average_before": args.load_average_before,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
     (work / "results.json").write_text(json.dumps(results, indent=1, default=float))
     table = study_table(results)
     (work / "table.md").write_text(table + "\n")
     print(table)
+    print(json.dumps(summary_line(results, {"results": str(work / "results.json")}), default=float))
     return 0
 
 
@@ -548,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                         help="--study: training override (e.g. loss.gamma2=1.0); repeatable")
     args = parser.parse_args(argv)
+    args.load_average_before = [round(x, 2) for x in os.getloadavg()]
     if args.study:
         return run_study(args)
     args.steps = args.steps or 200
@@ -625,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [{"name": r.name, "loss": r.loss, "train_seconds": round(r.train_seconds, 1), "points": r.points}
                  for r in [*runs, *tradeoff_runs]],
         "total_s": round(time.perf_counter() - started, 1),
+        "load_average_before": args.load_average_before,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
     results_path = work / "results.json"
     results_path.write_text(json.dumps(results, indent=1, default=float))
@@ -659,12 +665,22 @@ def write_report(results: dict[str, Any], work: Path, plots_dir: Path, plot_pref
                           tradeoff_table([*by_ratio, dpo])]) + "\n"
     (work / "table.md").write_text(table)
     print(table)
-    print(json.dumps({"target_first_step": results["target"]["first_step"],
-                      "stays_below_after": results["target"]["stays_below_after"],
-                      "train_seconds": {r.name: r.train_seconds for r in runs},
-                      "total_s": results["total_s"], "results": str(work / "results.json"),
-                      "plots": [str(curves_png), str(tradeoff_png)]}))
+    print(json.dumps(summary_line(results, {"results": str(work / "results.json"),
+                                            "plots": [str(curves_png), str(tradeoff_png)]})))
     return 0
+
+
+def summary_line(results: dict[str, Any], files: dict[str, Any]) -> dict[str, Any]:
+    """The one JSON line (issue 17): the command, hardware and load averages the results.json recorded (results
+    from before they were recorded print null), and the figures."""
+    line = {key: results.get(key) for key in ("command", "hardware", "load_average_before", "load_average_after")}
+    if "study" in results:
+        line.update(benchmark="convergence-study", study=results["study"], seeds=results["seeds"])
+    else:
+        line.update(benchmark="convergence", target_first_step=results["target"]["first_step"],
+                    stays_below_after=results["target"]["stays_below_after"],
+                    train_seconds={r["name"]: r["train_seconds"] for r in results["runs"]})
+    return {**line, "total_s": results.get("total_s"), **files}
 
 
 if __name__ == "__main__":

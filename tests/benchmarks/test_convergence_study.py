@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -62,3 +63,20 @@ def test_study_table_marks_a_principle_whose_token_damages_the_subject():
     bloody = next(line for line in lines if "| bloody |" in line)
     assert "97.5 → 62.5 (64.1 %)" in gender and "60.0 / 100.0" in gender and "97.7 / 95.3" in gender
     assert gender.endswith("**no** |") and bloody.endswith("yes |")  # D1 27.5 > 20 and ratio 0.64 < 0.9
+
+
+def test_summary_line_carries_command_hardware_and_load_for_both_kinds():
+    recorded = {"command": "python convergence.py --study s", "hardware": {"cpu_count": 2},
+                "load_average_before": [0.1, 0.2, 0.3], "load_average_after": [1.0, 1.1, 1.2], "total_s": 9.5}
+    study = convergence.summary_line({**recorded, "study": "s", "seeds": [{"seed": 0}]}, {"results": "r.json"})
+    assert study["benchmark"] == "convergence-study" and study["seeds"] == [{"seed": 0}]
+    assert study["load_average_after"] == [1.0, 1.1, 1.2] and study["command"].endswith("--study s")
+    comparison = convergence.summary_line(
+        {**recorded, "target": {"first_step": {"livo": 60}, "stays_below_after": {"livo": True}},
+         "runs": [{"name": "livo", "train_seconds": 12.0}]}, {"results": "r.json", "plots": ["a.png"]})
+    assert comparison["benchmark"] == "convergence" and comparison["train_seconds"] == {"livo": 12.0}
+    assert comparison["plots"] == ["a.png"] and comparison["total_s"] == 9.5
+    # results.json files from before the load averages were recorded: null, not an error (--from-results)
+    old = convergence.summary_line({"target": {"first_step": {}, "stays_below_after": {}}, "runs": []}, {})
+    assert old["load_average_before"] is None and old["command"] is None
+    json.dumps(old)
