@@ -19,6 +19,12 @@ def config_dir() -> Path:
     )
 
 
+def cache_dir(kind: str) -> Path:
+    """Where livo keeps `kind` (datasets, models, retrieval) between processes: `$LIVO_CACHE_DIR/<kind>`, else
+    `~/.cache/livo/<kind>`."""
+    return Path(os.environ.get("LIVO_CACHE_DIR", Path.home() / ".cache" / "livo")).expanduser() / kind
+
+
 def runs_dir() -> Path:
     """Root of local run directories (`LIVO_RUNS_DIR`, default `./runs`)."""
     return Path(os.environ.get("LIVO_RUNS_DIR", "runs")).resolve()

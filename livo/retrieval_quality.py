@@ -195,7 +195,6 @@ def calibration_samples(scored: Scored) -> dict[str, list[tuple[float, bool]]]:
     - `person_semantic`: every row without a person word: the person-vote margin, and whether it depicts a person.
     """
     retriever = scored.retriever
-    toxic = toxicity_ids(retriever)
     bias = [p.id for p in retriever.principles if p.is_bias]
     samples: dict[str, list[tuple[float, bool]]] = {"semantic": [], "keyword": [], "person_lexicon": [],
                                                     "person_semantic": []}
@@ -207,7 +206,7 @@ def calibration_samples(scored: Scored) -> dict[str, list[tuple[float, bool]]]:
             if pid not in a.keyword_hits and pid not in a.excluded:
                 samples["semantic"].append((log_odds(scores["probability"]), pid in wanted))
         for pid in a.keyword_hits:
-            if pid in toxic or not retriever.principles.get(pid).retrieval.person:
+            if not retriever.principles.get(pid).retrieval.person:
                 samples["keyword"].append((1.0, pid in wanted))
         person = _person_truth(row, bias)
         if person is None:

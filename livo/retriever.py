@@ -419,9 +419,10 @@ def embedding_threads(texts: int = 1) -> int:
 
 
 def anchor_cache_dir() -> Path:
-    """Where anchor embeddings are kept between processes: `$LIVO_CACHE_DIR/retrieval`, else
-    `~/.cache/livo/retrieval`."""
-    return Path(os.environ.get("LIVO_CACHE_DIR", Path.home() / ".cache" / "livo")).expanduser() / "retrieval"
+    """Where anchor embeddings and the fitted classifier are kept between processes (`livo.paths.cache_dir`)."""
+    from livo.paths import cache_dir
+
+    return cache_dir("retrieval")
 
 
 class SentenceEmbedder:

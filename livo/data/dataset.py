@@ -804,7 +804,9 @@ class PreferenceDataset:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("LIVO_CACHE_DIR", Path.home() / ".cache" / "livo")).expanduser() / "datasets"
+    from livo.paths import cache_dir
+
+    return cache_dir("datasets")
 
 
 def read_manifest(location: DatasetLocation | str | Path, *, store: Any = None) -> tuple[dict[str, Any], bytes]:

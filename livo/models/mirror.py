@@ -45,7 +45,6 @@ MANIFEST_NAME = "livo-mirror.json"
 MANIFEST_FORMAT = "livo-mirror/1"
 KINDS = ("diffusers", "transformers")
 ENV_MODEL_CACHE = "LIVO_MODEL_CACHE"
-ENV_CACHE_DIR = "LIVO_CACHE_DIR"
 
 SAFE_WEIGHT_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -379,11 +378,11 @@ def list_mirrors(uri: str, store: Any = None) -> list[tuple[str, dict[str, Any]]
 # ================================================================================================ fetch (cache)
 def model_cache_dir() -> Path:
     """`LIVO_MODEL_CACHE`, else ``$LIVO_CACHE_DIR/models``, else ``~/.cache/livo/models``."""
+    from livo.paths import cache_dir
+
     if os.environ.get(ENV_MODEL_CACHE):
         return Path(os.environ[ENV_MODEL_CACHE]).expanduser()
-    if os.environ.get(ENV_CACHE_DIR):
-        return Path(os.environ[ENV_CACHE_DIR]).expanduser() / "models"
-    return Path.home() / ".cache" / "livo" / "models"
+    return cache_dir("models")
 
 
 def _entry_complete(entry: Path, manifest: dict[str, Any]) -> bool:
