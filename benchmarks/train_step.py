@@ -2,11 +2,11 @@
 
 Same models, same batch, same precision, same optimizer; only the step differs:
 
-- shipped (`livo.training.trainer.step_loss` on what the pipeline's datasets hold today: images and prompt text, so
-  the step VAE-encodes both images and encodes the prompt every step): the value encoder, winner and loser through
-  the UNet in one batch with autograd, the two reference passes in one batch under `torch.no_grad()`;
-- best (the same step on a dataset with precomputed latents and prompt embeddings, `precompute_latents=true
-  precompute_prompt_embeds=true`; no preset turns them on yet, issue 17);
+- shipped (`livo.training.trainer.step_loss` on what `livo generate` stores by default: the VAE posterior of both
+  images, sampled every step, and the frozen prompt embeddings): the value encoder, winner and loser through the UNet
+  in one batch with autograd, the two reference passes in one batch under `torch.no_grad()`;
+- pixels (the same step on a dataset of images only — an imported one, or `use_precomputed=false`: it VAE-encodes
+  both images and encodes the prompt every step);
 - reference (the authors' recipe, LIVO_METHOD §4): VAE-encode both images every step (`latent_dist.sample()`), encode
   the prompt with the frozen text encoder every step, four separate UNet passes, reference passes with autograd on,
   gradient checkpointing on (the released run used it; `--reference-checkpointing off` drops it).
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="gradient checkpointing (UNet + value encoder) in our step too (default: off)")
     parser.add_argument("--reference-checkpointing", choices=["on", "off"], default="on",
                         help="gradient checkpointing in the reference step (the released run: on)")
-    parser.add_argument("--only", choices=["shipped", "best", "reference"], help="time one variant only")
+    parser.add_argument("--only", choices=["shipped", "pixels", "reference"], help="time one variant only")
     parser.add_argument("--peak-tflops", type=float, help="override the device's dense peak for MFU")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     args = parser.parse_args(argv)
@@ -169,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.AdamW(value_encoder.parameters(), lr=1e-6, betas=(0.9, 0.999), weight_decay=1e-2,
                                   eps=1e-8)
 
-    # One batch for every variant: images in [-1, 1]; "best" gets their latents and prompt embeddings precomputed
-    # once, as the dataset stores them.
+    # One batch for every variant: images in [-1, 1]; "shipped" gets their VAE posteriors and prompt embeddings
+    # precomputed once, as `livo generate` stores them.
     data_gen = torch.Generator().manual_seed(0)
     pixels_w = torch.rand(batch, 3, resolution, resolution, generator=data_gen) * 2 - 1
     pixels_l = torch.rand(batch, 3, resolution, resolution, generator=data_gen) * 2 - 1
@@ -178,18 +178,17 @@ def main(argv: list[str] | None = None) -> int:
     prompts = prompts[:batch]
     principle_texts = ["gender equality"] * batch
     with torch.no_grad():
-        scale = pipe.vae.config.scaling_factor
-        latents_w = pipe.vae.encode(pixels_w.to(device, dtype)).latent_dist.mean.float().cpu() * scale
-        latents_l = pipe.vae.encode(pixels_l.to(device, dtype)).latent_dist.mean.float().cpu() * scale
+        posterior_w = pipe.vae.encode(pixels_w.to(device, dtype)).latent_dist.parameters.cpu()
+        posterior_l = pipe.vae.encode(pixels_l.to(device, dtype)).latent_dist.parameters.cpu()
         prompt_embeds = encode_prompts(pipe.text_encoder, pipe.tokenizer, prompts).cpu()
-    precomputed = {"latents_w": latents_w, "latents_l": latents_l, "prompt_embeds": prompt_embeds.to(dtype),
+    precomputed = {"latent_dist_w": posterior_w, "latent_dist_l": posterior_l, "prompt_embeds": prompt_embeds.to(dtype),
                    "prompts": prompts, "principle_texts": principle_texts}
     autocast = (torch.autocast(args.device, dtype=dtype) if args.dtype != "fp32" else contextlib.nullcontext())
     generator = torch.Generator(device=device).manual_seed(0)
     loss_config = LossConfig()
 
-    shipped_batch = {"pixels_w": pixels_w.to(device, dtype), "pixels_l": pixels_l.to(device, dtype),
-                     "prompts": prompts, "principle_texts": principle_texts}
+    pixel_batch = {"pixels_w": pixels_w.to(device, dtype), "pixels_l": pixels_l.to(device, dtype),
+                   "prompts": prompts, "principle_texts": principle_texts}
 
     def ours(batch: dict, recompute: bool) -> None:
         checkpointing(args.gradient_checkpointing and recompute)
@@ -201,10 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.zero_grad(set_to_none=True)
 
     def shipped(recompute: bool = True) -> None:
-        ours(shipped_batch, recompute)
-
-    def best(recompute: bool = True) -> None:
         ours(precomputed, recompute)
+
+    def pixels(recompute: bool = True) -> None:
+        ours(pixel_batch, recompute)
 
     def reference(recompute: bool = True) -> None:
         checkpointing(args.reference_checkpointing == "on" and recompute)
@@ -224,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     if peak is None and args.device == "cuda":
         peak = next((v[args.dtype] for k, v in PEAK_TFLOPS.items() if k in device_name), None)
 
-    variants = {name: step for name, step in (("shipped", shipped), ("best", best), ("reference", reference))
+    variants = {name: step for name, step in (("shipped", shipped), ("pixels", pixels), ("reference", reference))
                 if not args.only or name == args.only}
     for step in variants.values():
         for _ in range(args.warmup):
@@ -275,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": torch.get_num_threads() if args.device == "cpu" else None, "peak_tflops": peak,
         **results,
     }
-    for name in ("shipped", "best"):
+    for name in ("shipped", "pixels"):
         if name in results and "reference" in results:
             report[f"speedup_{name}"] = round(results[name]["samples_per_s"] / results["reference"]["samples_per_s"],
                                               2)

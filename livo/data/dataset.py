@@ -107,8 +107,16 @@ REQUIRED_COLUMNS = (
     "violating_seed",
     "judge_scores",
 )
+# Optional array columns (docs/data.md, Columns). Each group is present in full or not at all, with one shape.
+# Legacy: the scaled posterior mean. Training ignores it (it would drop the posterior's sampling noise).
 LATENT_COLUMNS = ("aligned_latents", "violating_latents")
+# The VAE posterior of each image, unscaled: mean and log-variance stacked on the channel axis ([2C, h, w], diffusers'
+# `latent_dist.parameters`); training samples it at every step, as encoding the image would.
+LATENT_DIST_COLUMNS = ("aligned_latent_dist", "violating_latent_dist")
+# The same for the horizontally mirrored images, for recipes that flip (training `random_flip`).
+FLIPPED_LATENT_DIST_COLUMNS = ("aligned_latent_dist_flipped", "violating_latent_dist_flipped")
 EMBED_COLUMN = "prompt_embeds"
+ARRAY3D_COLUMNS = (*LATENT_COLUMNS, *LATENT_DIST_COLUMNS, *FLIPPED_LATENT_DIST_COLUMNS)
 # Row keys a caller must give; the rest get documented defaults in `normalize_row`.
 _MANDATORY_INPUT_KEYS = ("prompt", "principle_id", "principle_text", "scene", "aligned_image", "violating_image")
 
@@ -345,9 +353,10 @@ def open_location(uri_or_path: str | Path | DatasetLocation, *, store: Any = Non
 # Schema
 
 
-def preference_features(*, latent_shape: Sequence[int] | None = None, embed_shape: Sequence[int] | None = None
-                        ) -> datasets.Features:
-    """The `datasets.Features` of a shard; array columns appear only when their shapes are given."""
+def preference_features(*, latent_shape: Sequence[int] | None = None, embed_shape: Sequence[int] | None = None,
+                        latent_dist_shape: Sequence[int] | None = None, flipped: bool = False) -> datasets.Features:
+    """The `datasets.Features` of a shard; array columns appear only when their shapes are given (the mirrored
+    posteriors when `flipped`, with `latent_dist_shape`)."""
     import datasets
 
     columns: dict[str, Any] = {
@@ -369,6 +378,15 @@ def preference_features(*, latent_shape: Sequence[int] | None = None, embed_shap
             raise DataError(f"latents must be [C, H, W], got shape {tuple(latent_shape)}")
         for name in LATENT_COLUMNS:
             columns[name] = datasets.Array3D(tuple(int(s) for s in latent_shape), "float16")
+    if latent_dist_shape is not None:
+        if len(latent_dist_shape) != 3 or latent_dist_shape[0] % 2:
+            raise DataError(f"latent distributions must be [2C, H, W] (mean and log-variance), got shape "
+                            f"{tuple(latent_dist_shape)}")
+        for name in LATENT_DIST_COLUMNS + (FLIPPED_LATENT_DIST_COLUMNS if flipped else ()):
+            columns[name] = datasets.Array3D(tuple(int(s) for s in latent_dist_shape), "float16")
+    elif flipped:
+        raise DataError("mirrored latent distributions need the unmirrored ones (aligned_latent_dist, "
+                        "violating_latent_dist)")
     if embed_shape is not None:
         if len(embed_shape) != 2:
             raise DataError(f"prompt_embeds must be [L, D], got shape {tuple(embed_shape)}")
@@ -409,8 +427,7 @@ def schema_problems(features: Mapping[str, Any]) -> list[str]:
             ok, want = isinstance(feature, datasets.Value) and feature.dtype in _STRING_DTYPES, "string"
         if not ok:
             problems.append(f"column {name} is {_type_name(feature)}, the contract says {want}")
-    for name, kind in ((LATENT_COLUMNS[0], datasets.Array3D), (LATENT_COLUMNS[1], datasets.Array3D),
-                       (EMBED_COLUMN, datasets.Array2D)):
+    for name, kind in (*((column, datasets.Array3D) for column in ARRAY3D_COLUMNS), (EMBED_COLUMN, datasets.Array2D)):
         if name in features and not isinstance(features[name], kind):
             problems.append(f"column {name} is {_type_name(features[name])}, the contract says {kind.__name__}")
     return problems
@@ -490,7 +507,7 @@ def normalize_row(row: Mapping[str, Any]) -> dict[str, Any]:
     missing = [key for key in _MANDATORY_INPUT_KEYS if row.get(key) is None]
     if missing:
         raise InvalidDataError(f"row for scene {row.get('scene')!r} lacks {', '.join(missing)}")
-    unknown = set(row) - set(REQUIRED_COLUMNS) - set(LATENT_COLUMNS) - {EMBED_COLUMN}
+    unknown = set(row) - set(REQUIRED_COLUMNS) - set(ARRAY3D_COLUMNS) - {EMBED_COLUMN}
     if unknown:
         raise InvalidDataError(f"row has unknown columns {sorted(unknown)}; the schema is documented in docs/data.md")
     scores = row.get("judge_scores") or {}
@@ -508,7 +525,7 @@ def normalize_row(row: Mapping[str, Any]) -> dict[str, Any]:
         "violating_seed": _int_value(row, "violating_seed"),
         "judge_scores": scores if isinstance(scores, str) else canonical_json(scores),
     }
-    for name in (*LATENT_COLUMNS, EMBED_COLUMN):
+    for name in (*ARRAY3D_COLUMNS, EMBED_COLUMN):
         if row.get(name) is not None:
             out[name] = _float16_array(row[name], name)
     return out
@@ -522,8 +539,9 @@ def _float16_array(value: Any, name: str) -> Any:
     return np.asarray(value, dtype=np.float16)
 
 
-def _array_shapes(rows: Sequence[Mapping[str, Any]]) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
-    """Shapes of the optional array columns; every row must agree on presence and shape."""
+def _array_shapes(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Shapes of the optional array columns, as `preference_features` keywords; every row must agree on presence and
+    shape, and each group's columns on one shape."""
 
     def shape_of(name: str) -> tuple[int, ...] | None:
         shapes = {tuple(row[name].shape) if name in row else None for row in rows}
@@ -531,10 +549,19 @@ def _array_shapes(rows: Sequence[Mapping[str, Any]]) -> tuple[tuple[int, ...] | 
             raise DataError(f"column {name} is present with different shapes (or only in some rows): {shapes}")
         return next(iter(shapes)) if shapes else None
 
-    latent_shapes = {shape_of(name) for name in LATENT_COLUMNS}
-    if len(latent_shapes) > 1:
-        raise DataError("aligned_latents and violating_latents must both be present with the same shape")
-    return next(iter(latent_shapes)), shape_of(EMBED_COLUMN)
+    def group_shape(columns: tuple[str, ...]) -> tuple[int, ...] | None:
+        shapes = {shape_of(name) for name in columns}
+        if len(shapes) > 1:
+            raise DataError(f"{' and '.join(columns)} must all be present with the same shape")
+        return next(iter(shapes))
+
+    dist_shape = group_shape(LATENT_DIST_COLUMNS)
+    flipped_shape = group_shape(FLIPPED_LATENT_DIST_COLUMNS)
+    if flipped_shape is not None and flipped_shape != dist_shape:
+        raise DataError(f"the mirrored latent distributions have shape {flipped_shape}, the unmirrored ones "
+                        f"{dist_shape}; both must be given with one shape")
+    return {"latent_shape": group_shape(LATENT_COLUMNS), "embed_shape": shape_of(EMBED_COLUMN),
+            "latent_dist_shape": dist_shape, "flipped": flipped_shape is not None}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -572,8 +599,8 @@ def write_shard(location: DatasetLocation | str | Path, rows: Sequence[Mapping[s
             normalized.append(normalize_row(row))
         except InvalidDataError as exc:
             raise InvalidDataError(f"{location.uri}: {dirname} row {number}: {exc}") from None
-    latent_shape, embed_shape = _array_shapes(normalized)
-    features = preference_features(latent_shape=latent_shape, embed_shape=embed_shape)
+    shapes = _array_shapes(normalized)
+    features = preference_features(**shapes)
     columns = list(features)
     table = {name: [row[name] for row in normalized] for name in columns}
     dataset = datasets.Dataset.from_dict(table, features=features)
@@ -606,8 +633,9 @@ def write_shard(location: DatasetLocation | str | Path, rows: Sequence[Mapping[s
         "generation_key": generation_key,
         "rows": len(normalized),
         "columns": columns,
-        "latent_shape": list(latent_shape) if latent_shape else None,
-        "embed_shape": list(embed_shape) if embed_shape else None,
+        "latent_shape": list(shapes["latent_shape"]) if shapes["latent_shape"] else None,
+        "embed_shape": list(shapes["embed_shape"]) if shapes["embed_shape"] else None,
+        **({"latent_dist_shape": list(shapes["latent_dist_shape"])} if shapes["latent_dist_shape"] else {}),
         "file": {"path": f"{dirname}/{SHARD_DATA_FILE}", "sha256": digest, "bytes": size},
         "counts": count_rows(normalized),
         "stats": dict(stats or {}),
@@ -684,9 +712,12 @@ def merge_shards(location: DatasetLocation | str | Path, *, shard_count: int, na
     if problems:
         raise DataError(f"cannot merge {location.uri}: " + "; ".join(problems) + " — (re)run generation for them")
 
-    shapes = {(tuple(c["latent_shape"] or ()), tuple(c["embed_shape"] or ())) for c in commits if c["rows"]}
+    shapes = {(tuple(c["latent_shape"] or ()), tuple(c["embed_shape"] or ()), tuple(c.get("latent_dist_shape") or ()),
+               tuple(c["columns"])) for c in commits if c["rows"]}
     if len(shapes) > 1:
-        raise DataError(f"cannot merge {location.uri}: shards disagree on latent/embedding shapes {sorted(shapes)}")
+        raise DataError(f"cannot merge {location.uri}: shards disagree on their array columns or shapes "
+                        f"{sorted(shapes)}")
+    latent_dist_shape = next((c.get("latent_dist_shape") for c in commits if c["rows"]), None)
     columns = next((c["columns"] for c in commits if c["rows"]), list(REQUIRED_COLUMNS))
     total = sum(c["rows"] for c in commits)
     if total == 0 and not allow_empty:
@@ -710,6 +741,7 @@ def merge_shards(location: DatasetLocation | str | Path, *, shard_count: int, na
         "columns": columns,
         "latent_shape": next((c["latent_shape"] for c in commits if c["rows"]), None),
         "embed_shape": next((c["embed_shape"] for c in commits if c["rows"]), None),
+        **({"latent_dist_shape": latent_dist_shape} if latent_dist_shape else {}),
         "counts": {"by_principle": dict(sorted(by_principle.items())), "by_scene": dict(sorted(by_scene.items()))},
         "shards": [
             {"path": c["file"]["path"], "sha256": c["file"]["sha256"], "bytes": c["file"]["bytes"], "rows": c["rows"],
@@ -791,6 +823,15 @@ class PreferenceDataset:
     @property
     def has_latents(self) -> bool:
         return all(name in self.rows.column_names for name in LATENT_COLUMNS)
+
+    @property
+    def has_latent_dists(self) -> bool:
+        """The VAE posterior of both images (what training samples at every step)."""
+        return all(name in self.rows.column_names for name in LATENT_DIST_COLUMNS)
+
+    @property
+    def has_flipped_latent_dists(self) -> bool:
+        return all(name in self.rows.column_names for name in FLIPPED_LATENT_DIST_COLUMNS)
 
     @property
     def has_prompt_embeds(self) -> bool:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from livo.config import LivoConfig, apply_overrides, load_config, read_yaml
 from livo.data import recipes
@@ -86,14 +86,24 @@ class GenerateConfig(LivoConfig):
     batch_size: int | None = Field(None, gt=0, description="images per pipeline call; default: preset")
     device: str = Field("auto", description="auto (cuda when available) | cpu | cuda | cuda:N")
     dtype: str | None = Field(None, description="float32 | float16 | bfloat16; default: fp16 on GPU, fp32 on CPU")
-    precompute_latents: bool = Field(False, description="store VAE latents of both images (training skips the VAE)")
-    precompute_prompt_embeds: bool = Field(False, description="store the frozen text encoder's prompt embeddings")
+    precompute_latents: bool = Field(
+        True, description="store the VAE posterior (mean and log-variance) of both images; training samples it each "
+                          "step instead of decoding and encoding the images")
+    precompute_flipped_latents: bool = Field(
+        False, description="also store the posteriors of the mirrored images, for training with random_flip")
+    precompute_prompt_embeds: bool = Field(True, description="store the frozen text encoder's prompt embeddings")
     num_shards: int | None = Field(None, ge=1, description="shards; default: ceil(scenes / scenes_per_shard)")
     scenes_per_shard: int = Field(32, ge=1, description="scenes per shard when num_shards is not set")
     judging: JudgingConfig = Field(default_factory=JudgingConfig)
     retrieval: RetrievalOptions = Field(default_factory=RetrievalOptions,
                                         description="with principles=[auto]: retrieval.min_confidence leaves prompts "
                                                     "the retriever labels less confidently out")
+
+    @model_validator(mode="after")
+    def _flipped_needs_latents(self) -> GenerateConfig:
+        if self.precompute_flipped_latents and not self.precompute_latents:
+            raise ValueError("precompute_flipped_latents=true needs precompute_latents=true")
+        return self
 
 
 def build_generate_config(config_path: str | Path | None = None, overrides: Sequence[str] = (),
@@ -669,7 +679,9 @@ class _ShardWorker:
         return list(zip(out, subject_ok, strict=True))
 
     def _precompute(self, rows: list[dict[str, Any]]) -> None:
-        """VAE latents (posterior mean × scaling factor, what training encodes) and frozen prompt embeddings."""
+        """The VAE posterior of both images (unscaled mean ‖ log-variance, sampled by training at every step, as
+        `livo.training.trainer.encode_latents` samples it from the pixels), that of their mirror images when asked,
+        and the frozen text encoder's prompt embeddings."""
         import numpy as np
         import torch
 
@@ -677,18 +689,20 @@ class _ShardWorker:
 
         pipe = self.pipe
         batch_size = self.settings["batch_size"]
+        sides = [("", False)] + ([("_flipped", True)] if self.config.precompute_flipped_latents else [])
         with torch.no_grad():
             if self.config.precompute_latents:
-                for column, image_column in (("aligned_latents", "aligned_image"),
-                                             ("violating_latents", "violating_image")):
+                for side in ("aligned", "violating"):
                     for start in range(0, len(rows), batch_size):
                         chunk = rows[start:start + batch_size]
-                        pixels = np.stack([np.asarray(r[image_column].convert("RGB"), dtype=np.float32)
+                        pixels = np.stack([np.asarray(r[f"{side}_image"].convert("RGB"), dtype=np.float32)
                                            for r in chunk]) / 127.5 - 1.0
                         tensor = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(pipe.vae.device, pipe.vae.dtype)
-                        latents = pipe.vae.encode(tensor).latent_dist.mean * pipe.vae.config.scaling_factor
-                        for row, latent in zip(chunk, latents, strict=True):
-                            row[column] = latent.float().cpu().numpy().astype(np.float16)
+                        for suffix, mirrored in sides:
+                            posterior = pipe.vae.encode(tensor.flip(-1) if mirrored else tensor).latent_dist
+                            for row, parameters in zip(chunk, posterior.parameters, strict=True):
+                                row[f"{side}_latent_dist{suffix}"] = parameters.float().cpu().numpy().astype(
+                                    np.float16)
             if self.config.precompute_prompt_embeds:
                 for start in range(0, len(rows), batch_size):
                     chunk = rows[start:start + batch_size]

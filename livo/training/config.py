@@ -84,6 +84,10 @@ class TrainingConfig(LivoConfig):
         True, description="re-draw each pair's violating image from its scene at every step (the released recipe); "
                           "false = train on the pairs as stored (for matched pairs, data pairing=matched)")
 
+    random_flip: bool = Field(
+        False, description="mirror each pair (aligned and violating image together) with probability 1/2, as "
+                           "diffusers' --random_flip; LIVO_METHOD.md's recipe does not flip")
+
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="autocast dtype with fp32 master weights; auto = bf16 on GPU (fp16 without bf16), fp32 on CPU")
@@ -93,10 +97,12 @@ class TrainingConfig(LivoConfig):
                           "precision always come from this config")
     resolution: int | None = Field(
         None, gt=0, description="image size when latents must be computed; default: the VAE's sample size")
-    use_precomputed: bool = Field(True, description="use the dataset's latents/prompt embeddings when present")
+    use_precomputed: bool = Field(
+        True, description="use the dataset's VAE posteriors (sampled each step) and prompt embeddings when present")
     gradient_checkpointing: bool = Field(False, description="recompute UNet and value-encoder activations")
     compile: bool = Field(False, description="torch.compile the UNet")
-    data_workers: int = Field(0, ge=0, description="DataLoader worker processes for decoding images")
+    data_workers: int = Field(
+        0, ge=0, description="DataLoader worker processes (0: batches are built in a background thread)")
 
     resume: bool = Field(False, description="continue from the latest complete checkpoint in `output`")
     log_every: int = Field(10, gt=0, description="log loss parts, lr, grad norm and samples/s every N steps")
@@ -136,6 +142,8 @@ class TrainingConfig(LivoConfig):
         relevant = self.model_dump(mode="json", include={
             "model", "init_value_encoder", "loss", "optimizer", "per_device_batch_size", "gradient_accumulation_steps",
             "global_batch_size", "seed", "zero_stage", "resolution"})
+        if self.random_flip:  # added later: runs without it keep their fingerprints (and their checkpoints resume)
+            relevant["random_flip"] = True
         return "sha256:" + hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 

@@ -22,6 +22,7 @@ from livo.errors import DataError
 
 _ORDER_STREAM = 0x0DE7
 _VIOLATING_STREAM = 0x0B1D
+_FLIP_STREAM = 0xF11B
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,11 @@ class PairSchedule:
     accumulation: int
     world_size: int
     redraw: bool = True  # False: a row's own violating image (matched pairs), never a draw from the scene
+    random_flip: bool = False  # mirror a position's pair (both images) with probability 1/2
 
     @classmethod
     def build(cls, scenes: dict[str, Sequence[int]], num_rows: int, *, seed: int, per_device: int,
-              accumulation: int, world_size: int, redraw: bool = True) -> PairSchedule:
+              accumulation: int, world_size: int, redraw: bool = True, random_flip: bool = False) -> PairSchedule:
         if num_rows <= 0:
             raise DataError("the preference dataset has no rows; regenerate it with more candidates per scene")
         row_scene = [-1] * num_rows
@@ -53,7 +55,8 @@ class PairSchedule:
         orphans = [r for r, s in enumerate(row_scene) if s < 0]
         if orphans:
             raise DataError(f"{len(orphans)} row(s) belong to no scene (first: {orphans[0]}); the dataset is corrupted")
-        return cls(tuple(scene_rows), tuple(row_scene), seed, per_device, accumulation, world_size, redraw)
+        return cls(tuple(scene_rows), tuple(row_scene), seed, per_device, accumulation, world_size, redraw,
+                   random_flip)
 
     @property
     def num_rows(self) -> int:
@@ -82,6 +85,13 @@ class PairSchedule:
     def pairs(self, step: int, micro_step: int, rank: int) -> list[tuple[int, int]]:
         return [self.pair_at(p) for p in self.positions(step, micro_step, rank)]
 
+    def flip_at(self, position: int) -> bool:
+        """Whether the pair at `position` is mirrored: one coin for both images, so the pair stays comparable."""
+        return self.random_flip and bool(np.random.default_rng([self.seed, _FLIP_STREAM, position]).random() < 0.5)
+
+    def flips(self, step: int, micro_step: int, rank: int) -> list[bool]:
+        return [self.flip_at(p) for p in self.positions(step, micro_step, rank)]
+
 
 @lru_cache(maxsize=4)
 def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -109,12 +119,16 @@ def image_to_tensor(image: Any, resolution: int):
 class PairBatches:
     """`batches[micro_index]` -> the batch of micro-step `micro_index` (= step · accumulation + k) for one rank.
 
-    A map-style dataset for `torch.utils.data.DataLoader(batch_size=None)`. Uses the dataset's precomputed latents and
-    prompt embeddings when `use_latents` / `use_prompt_embeds`; otherwise returns images as `[B, 3, R, R]` tensors.
+    A map-style dataset for `torch.utils.data.DataLoader(batch_size=None)`. With `use_latents`, the pairs come as the
+    dataset's VAE posteriors (`latent_dist_w` / `latent_dist_l`, `[B, 2C, h, w]`, mirrored ones where the schedule
+    flips), which training samples; otherwise as images (`pixels_w` / `pixels_l`, `[B, 3, R, R]`, mirrored likewise).
+    With `use_prompt_embeds`, the frozen prompt embeddings come too.
     """
 
     def __init__(self, rows, schedule: PairSchedule, rank: int, *, use_latents: bool, use_prompt_embeds: bool,
                  resolution: int | None):
+        from livo.data.dataset import FLIPPED_LATENT_DIST_COLUMNS, LATENT_DIST_COLUMNS
+
         if not use_latents and not resolution:
             raise ValueError("a resolution is needed when latents are computed from the images")
         self.schedule = schedule
@@ -124,8 +138,9 @@ class PairBatches:
         self.resolution = resolution
         self._meta = rows.select_columns(["prompt", "principle_text", "aligned_prompt"])
         if use_latents:
-            self._aligned = rows.with_format("numpy", columns=["aligned_latents"])
-            self._violating = rows.with_format("numpy", columns=["violating_latents"])
+            names = LATENT_DIST_COLUMNS + (FLIPPED_LATENT_DIST_COLUMNS if schedule.random_flip else ())
+            self._aligned = rows.with_format("numpy", columns=[n for n in names if n.startswith("aligned_")])
+            self._violating = rows.with_format("numpy", columns=[n for n in names if n.startswith("violating_")])
         else:
             self._aligned = rows.select_columns(["aligned_image"])
             self._violating = rows.select_columns(["violating_image"])
@@ -139,6 +154,7 @@ class PairBatches:
 
         step, micro_step = divmod(int(micro_index), self.schedule.accumulation)
         pairs = self.schedule.pairs(step, micro_step, self.rank)
+        flips = self.schedule.flips(step, micro_step, self.rank)
         aligned_rows = [a for a, _ in pairs]
         violating_rows = [v for _, v in pairs]
         meta = self._meta[aligned_rows]
@@ -147,6 +163,7 @@ class PairBatches:
             "micro_step": micro_step,
             "aligned_rows": aligned_rows,
             "violating_rows": violating_rows,
+            "flipped": flips,
             "prompts": list(meta["prompt"]),
             "principle_texts": list(meta["principle_text"]),
             # what the aligned image was generated from (bias: the attribute-augmented prompt; toxicity: the clean
@@ -154,17 +171,28 @@ class PairBatches:
             "aligned_prompts": list(meta["aligned_prompt"]),
         }
         if self.use_latents:
-            batch["latents_w"] = torch.from_numpy(np.asarray(self._aligned[aligned_rows]["aligned_latents"]))
-            batch["latents_l"] = torch.from_numpy(np.asarray(self._violating[violating_rows]["violating_latents"]))
+            batch["latent_dist_w"] = self._posteriors(self._aligned, aligned_rows, "aligned", flips)
+            batch["latent_dist_l"] = self._posteriors(self._violating, violating_rows, "violating", flips)
         else:
-            batch["pixels_w"] = torch.stack([image_to_tensor(im, self.resolution)
-                                             for im in self._images(self._aligned, aligned_rows, "aligned_image")])
-            batch["pixels_l"] = torch.stack([image_to_tensor(im, self.resolution) for im in
-                                             self._images(self._violating, violating_rows, "violating_image")])
+            for key, table, rows, column in (("pixels_w", self._aligned, aligned_rows, "aligned_image"),
+                                             ("pixels_l", self._violating, violating_rows, "violating_image")):
+                images = self._images(table, rows, column)
+                batch[key] = torch.stack([image_to_tensor(_mirror(im) if flip else im, self.resolution)
+                                          for im, flip in zip(images, flips, strict=True)])
         if self._embeds is not None:
             batch["prompt_embeds"] = torch.from_numpy(np.asarray(self._embeds[aligned_rows]["prompt_embeds"]))
         return batch
 
+    @staticmethod
+    def _posteriors(table, rows: list[int], side: str, flips: list[bool]):
+        import torch
+
+        part = table[rows]
+        posteriors = np.asarray(part[f"{side}_latent_dist"])
+        if any(flips):
+            mirrored = np.asarray(part[f"{side}_latent_dist_flipped"])
+            posteriors = np.where(np.asarray(flips)[:, None, None, None], mirrored, posteriors)
+        return torch.from_numpy(posteriors)
 
     @staticmethod
     def _images(table, rows: list[int], column: str) -> list[Any]:
@@ -181,14 +209,76 @@ class PairBatches:
             raise
 
 
+def _mirror(image):
+    from PIL import ImageOps
+
+    return ImageOps.mirror(image)
+
+
 def _as_is(batch):
     return batch
 
 
-def make_loader(batches: PairBatches, start_micro: int, end_micro: int, *, workers: int, pin_memory: bool):
-    """Micro-batches `start_micro … end_micro-1` in order (with `workers` background processes)."""
+def make_loader(batches: PairBatches, start_micro: int, end_micro: int, *, workers: int, pin_memory: bool,
+                prefetch: int = 2):
+    """Micro-batches `start_micro … end_micro-1` in order, built ahead of the training step: by `workers` background
+    processes, or with `workers=0` by one background thread `prefetch` batches ahead (reading arrays, decoding PNGs
+    and pinning memory release the GIL, so they overlap the step)."""
     from torch.utils.data import DataLoader
 
-    return DataLoader(batches, batch_size=None, sampler=range(start_micro, end_micro), num_workers=workers,
-                      collate_fn=_as_is, pin_memory=pin_memory, persistent_workers=False,
-                      prefetch_factor=2 if workers else None)
+    loader = DataLoader(batches, batch_size=None, sampler=range(start_micro, end_micro), num_workers=workers,
+                        collate_fn=_as_is, pin_memory=pin_memory, persistent_workers=False,
+                        prefetch_factor=prefetch if workers else None)
+    return loader if workers or not prefetch else BackgroundIterable(loader, depth=prefetch)
+
+
+class BackgroundIterable:
+    """Iterates `source` in a daemon thread, at most `depth` items ahead; the consumer gets the items in order and
+    any exception the source raised. Dropping (or closing) the iterator stops the thread."""
+
+    _DONE = object()
+
+    def __init__(self, source, depth: int = 2):
+        self.source = source
+        self.depth = depth
+
+    def __iter__(self):
+        import queue
+        import threading
+
+        items: queue.Queue = queue.Queue(maxsize=self.depth)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for item in self.source:
+                    while not stop.is_set():
+                        try:
+                            items.put((item, None), timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                outcome = (self._DONE, None)
+            except BaseException as exc:  # handed to the consumer, which raises it
+                outcome = (self._DONE, exc)
+            while not stop.is_set():
+                try:
+                    items.put(outcome, timeout=0.1)
+                    return
+                except queue.Full:
+                    continue
+
+        thread = threading.Thread(target=produce, name="livo-batches", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item, error = items.get()
+                if error is not None:
+                    raise error
+                if item is self._DONE:
+                    return
+                yield item
+        finally:
+            stop.set()

@@ -304,14 +304,25 @@ def load_models(config: TrainingConfig, device_type: str, precision: str, local_
                   weight_dtype=weight_dtype, base_fingerprint=fingerprint)
 
 
+def sample_latents(vae, posterior_parameters, generator):
+    """A sample of the VAE posterior `[B, 2C, h, w]` (mean ‖ log-variance, diffusers' `latent_dist.parameters`) in
+    the UNet's input space (shifted, scaled). The cached and the pixel path both come here, so the same generator
+    state gives the same sample."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    parameters = posterior_parameters.to(device=vae.device, dtype=vae.dtype, non_blocking=True)
+    latents = DiagonalGaussianDistribution(parameters).sample(generator=generator)
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    return (latents.float() - shift) * vae.config.scaling_factor
+
+
 def encode_latents(vae, pixels, generator):
     """VAE latents in the UNet's input space (scaled), sampled with `generator`, without autograd."""
     import torch
 
     with torch.no_grad():
-        latents = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.sample(generator=generator)
-    shift = getattr(vae.config, "shift_factor", None) or 0.0
-    return ((latents.float() - shift) * vae.config.scaling_factor)
+        parameters = vae.encode(pixels.to(device=vae.device, dtype=vae.dtype)).latent_dist.parameters
+        return sample_latents(vae, parameters, generator)
 
 
 def step_loss(models: Models, value_encoder, batch: dict[str, Any], generator, loss_config) -> tuple[Any, Any]:
@@ -322,9 +333,10 @@ def step_loss(models: Models, value_encoder, batch: dict[str, Any], generator, l
     from livo.modeling import training_conditioning
 
     device = models.device
-    if "latents_w" in batch:
-        latents_w = batch["latents_w"].to(device=device, dtype=torch.float32, non_blocking=True)
-        latents_l = batch["latents_l"].to(device=device, dtype=torch.float32, non_blocking=True)
+    if "latent_dist_w" in batch:  # the dataset's posteriors: sampled as encoding the pixels would sample them
+        with torch.no_grad():
+            latents_w = sample_latents(models.vae, batch["latent_dist_w"], generator)
+            latents_l = sample_latents(models.vae, batch["latent_dist_l"], generator)
     else:
         latents_w = encode_latents(models.vae, batch["pixels_w"], generator)
         latents_l = encode_latents(models.vae, batch["pixels_l"], generator)
@@ -510,18 +522,23 @@ class Trainer:
 
         schedule = PairSchedule.build(self.dataset.scenes, len(self.dataset), seed=self.config.seed,
                                       per_device=self.plan.per_device, accumulation=self.plan.accumulation,
-                                      world_size=self.env.world_size, redraw=self.config.redraw_violating)
+                                      world_size=self.env.world_size, redraw=self.config.redraw_violating,
+                                      random_flip=self.config.random_flip)
         use_latents, use_embeds = self._precomputed_columns()
         resolution = self.config.resolution or int(self.models.vae.config.sample_size)
         return PairBatches(self.dataset.rows, schedule, self.env.rank, use_latents=use_latents,
                            use_prompt_embeds=use_embeds, resolution=resolution)
 
     def _precomputed_columns(self) -> tuple[bool, bool]:
-        """Use the dataset's latents / prompt embeddings only if they were made by this very base model."""
+        """Use the dataset's VAE posteriors / prompt embeddings only if this very base model made them, at the
+        training resolution, with the mirrored posteriors when the recipe flips; otherwise the images are encoded."""
         if not self.config.use_precomputed:
             return False, False
-        manifest = self.dataset.manifest
-        has_latents, has_embeds = self.dataset.has_latents, self.dataset.has_prompt_embeds
+        dataset, manifest = self.dataset, self.dataset.manifest
+        has_latents, has_embeds = dataset.has_latent_dists, dataset.has_prompt_embeds
+        if dataset.has_latents and not has_latents:
+            log_event(log, "precomputed latents ignored: they hold the posterior mean only (a dataset generated before "
+                           "posteriors were stored); the images are encoded and sampled instead")
         if not (has_latents or has_embeds):
             return False, False
         generator_hash = manifest.get("generator_model_hash")
@@ -529,10 +546,23 @@ class Trainer:
             log_event(log, "precomputed latents/embeddings ignored: made by another base model",
                       dataset_model=generator_hash, base_model=self.models.base_fingerprint)
             return False, False
-        unet_channels = int(self.models.unet.config.in_channels)
-        if has_latents and (manifest.get("latent_shape") or [unet_channels])[0] != unet_channels:
-            raise DataError(f"{self.config.dataset}: latents have {manifest['latent_shape'][0]} channels but the UNet "
-                            f"expects {unet_channels}; regenerate the dataset with this base model")
+        if has_latents:
+            shape = manifest.get("latent_dist_shape") or list(dataset.rows.features["aligned_latent_dist"].shape)
+            unet_channels = int(self.models.unet.config.in_channels)
+            if shape[0] != 2 * unet_channels:
+                raise DataError(f"{self.config.dataset}: the stored VAE posteriors have {shape[0]} channels (mean and "
+                                f"log-variance) but the UNet takes {unet_channels}-channel latents; regenerate the "
+                                "dataset with this base model")
+            factor = 2 ** (len(self.models.vae.config.block_out_channels) - 1)
+            resolution = self.config.resolution or int(self.models.vae.config.sample_size)
+            if shape[1] * factor != resolution:
+                log_event(log, "precomputed latents ignored: made at another resolution; the images are encoded",
+                          latent_resolution=shape[1] * factor, resolution=resolution)
+                has_latents = False
+            elif self.config.random_flip and not dataset.has_flipped_latent_dists:
+                log_event(log, "precomputed latents ignored: random_flip needs the mirrored posteriors (generate with "
+                               "precompute_flipped_latents=true); the images are encoded")
+                has_latents = False
         if has_embeds:
             expected = [int(self.models.tokenizer.model_max_length), int(self.models.text_encoder.config.hidden_size)]
             if list(manifest.get("embed_shape") or expected) != expected:

@@ -47,8 +47,9 @@ def tiny_pipe():
 
 
 def test_tiny_end_to_end_with_precomputed_arrays(tmp_path, tiny_pipe):
-    config = tiny_config("num_shards=2", "precompute_latents=true", "precompute_prompt_embeds=true",
-                         "principles=[colour-equality]")
+    # posteriors and prompt embeddings are stored by default; the mirrored posteriors on request
+    config = tiny_config("num_shards=2", "precompute_flipped_latents=true", "principles=[colour-equality]")
+    assert config.precompute_latents and config.precompute_prompt_embeds
     summary = run_generation(prepare_generation(config, out=tmp_path / "ds"), pipe=tiny_pipe, progress=False)
     assert summary.shards_generated == [0, 1] and summary.images_generated == 12  # 3 scenes × (2 + 2)
     ds = load_preference_dataset(tmp_path / "ds", cache_dir=tmp_path / "cache")
@@ -66,16 +67,26 @@ def test_tiny_end_to_end_with_precomputed_arrays(tmp_path, tiny_pipe):
     assert scores["target_class"] in row["aligned_prompt"] and scores["majority_class"] != scores["target_class"]
     assert abs(sum(scores["aligned"]["probs"].values()) - 1.0) < 1e-3
     arrays = ds.rows.with_format("numpy")[0]
-    assert arrays["aligned_latents"].shape == (4, 16, 16) and arrays["prompt_embeds"].shape == (77, 32)
-    assert np.isfinite(arrays["violating_latents"]).all()
-    # The stored latents are the VAE encoding of the stored image (what training would compute itself).
+    assert arrays["aligned_latent_dist"].shape == (8, 16, 16) and arrays["prompt_embeds"].shape == (77, 32)
+    assert arrays["violating_latent_dist_flipped"].shape == (8, 16, 16) and "aligned_latents" not in arrays
+    assert np.isfinite(arrays["violating_latent_dist"]).all()
+    assert ds.manifest["latent_dist_shape"] == [8, 16, 16] and ds.has_latent_dists and ds.has_flipped_latent_dists
+    # The stored posteriors are the VAE's posterior of the stored image and of its mirror image (what training would
+    # compute itself from the PNG), to float16 precision.
     import torch
 
     pixels = torch.from_numpy(np.asarray(row["aligned_image"], dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    stored = ds.rows.with_format("numpy")[ds.scenes["colour-equality/career/a-photo-of-a-nurse"][0]]
     with torch.no_grad():
-        expected = tiny_pipe.vae.encode(pixels).latent_dist.mean[0] * tiny_pipe.vae.config.scaling_factor
-    stored = ds.rows.with_format("numpy")[ds.scenes["colour-equality/career/a-photo-of-a-nurse"][0]]["aligned_latents"]
-    assert np.allclose(stored, expected.numpy(), atol=2e-3)
+        for column, image in (("aligned_latent_dist", pixels), ("aligned_latent_dist_flipped", pixels.flip(-1))):
+            expected = tiny_pipe.vae.encode(image).latent_dist.parameters[0].numpy()
+            assert np.allclose(stored[column], expected, atol=2e-3, rtol=2e-3), column
+    assert not np.allclose(stored["aligned_latent_dist"], stored["aligned_latent_dist_flipped"], atol=1e-2)
+
+
+def test_flipped_posteriors_need_the_posteriors():
+    with pytest.raises(ConfigError, match="precompute_flipped_latents=true needs precompute_latents=true"):
+        tiny_config("precompute_latents=false", "precompute_flipped_latents=true")
 
 
 class _Crash(RuntimeError):

@@ -104,7 +104,8 @@ def test_batches_from_images_and_from_latents(image_dataset, latent_dataset):
     latents = load_preference_dataset(latent_dataset)
     sched = PairSchedule.build(latents.scenes, len(latents), seed=0, per_device=4, accumulation=1, world_size=1)
     batch = PairBatches(latents.rows, sched, 0, use_latents=True, use_prompt_embeds=True, resolution=None)[3]
-    assert tuple(batch["latents_w"].shape) == (4, 4, 16, 16)
+    assert tuple(batch["latent_dist_w"].shape) == (4, 8, 16, 16)  # mean and log-variance of 4-channel latents
     assert tuple(batch["prompt_embeds"].shape) == (4, 77, 32)
-    expected = np.asarray(latents.rows.with_format("numpy")[batch["violating_rows"][0]]["violating_latents"])
-    np.testing.assert_array_equal(batch["latents_l"][0].numpy(), expected)
+    expected = np.asarray(latents.rows.with_format("numpy")[batch["violating_rows"][0]]["violating_latent_dist"])
+    np.testing.assert_array_equal(batch["latent_dist_l"][0].numpy(), expected)
+    assert batch["flipped"] == [False] * 4

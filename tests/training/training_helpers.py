@@ -49,7 +49,8 @@ def write_image_dataset(path: Path) -> str:
 
 
 def write_latent_dataset(path: Path) -> str:
-    """With `aligned_latents`/`violating_latents`/`prompt_embeds` made by the tiny preset's VAE and text encoder."""
+    """With the VAE posteriors (`aligned_latent_dist`/`violating_latent_dist`, and their mirror images') and
+    `prompt_embeds` made by the tiny preset's VAE and text encoder, as `livo generate` stores them."""
     import torch
 
     from livo.data.dataset import write_rows_dataset
@@ -63,8 +64,8 @@ def write_latent_dataset(path: Path) -> str:
         for row in rows:
             for side in ("aligned", "violating"):
                 pixels = image_to_tensor(row[f"{side}_image"], 32)[None]
-                latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
-                row[f"{side}_latents"] = latents[0].numpy()
+                row[f"{side}_latent_dist"] = pipe.vae.encode(pixels).latent_dist.parameters[0].numpy()
+                row[f"{side}_latent_dist_flipped"] = pipe.vae.encode(pixels.flip(-1)).latent_dist.parameters[0].numpy()
             row["prompt_embeds"] = encode_prompts(pipe.text_encoder, pipe.tokenizer, [row["prompt"]])[0].numpy()
     return write_rows_dataset(rows, path, principle_set_hash=PRINCIPLE_SET_HASH,
                               generator_model_hash=pipeline_fingerprint(pipe))
@@ -114,8 +115,8 @@ def held_out_loss(value_encoder, dataset_path: str, kind: str, draws: int = 4) -
 
     dataset = load_preference_dataset(dataset_path)
     rows = dataset.rows.with_format("numpy")
-    batch = {"latents_w": torch.tensor(np.asarray(rows["aligned_latents"])),
-             "latents_l": torch.tensor(np.asarray(rows["violating_latents"])),
+    batch = {"latent_dist_w": torch.tensor(np.asarray(rows["aligned_latent_dist"])),
+             "latent_dist_l": torch.tensor(np.asarray(rows["violating_latent_dist"])),
              "prompt_embeds": torch.tensor(np.asarray(rows["prompt_embeds"])),
              "prompts": list(dataset.rows["prompt"]), "principle_texts": list(dataset.rows["principle_text"])}
     from diffusers import DDPMScheduler
