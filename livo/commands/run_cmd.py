@@ -43,6 +43,7 @@ from typing import Any
 from livo.errors import ConfigError, LivoError
 from livo.log import get_logger, log_event
 from livo.orchestration import ENV_PARALLEL_TASK_THREADS
+from livo.progress import ENV_PROGRESS_LINES
 
 logger = get_logger("livo.commands.run")
 
@@ -323,9 +324,11 @@ def canceled_outcome(run_dir: Path, known: set[str] | None, reason: str) -> dict
         return outcome
 
 
-def run_pipeline_locally(arguments: dict[str, Any], run_dir: Path, image: str | None = None) -> dict[str, Any]:
+def run_pipeline_locally(arguments: dict[str, Any], run_dir: Path, image: str | None = None, *,
+                         verbose: bool = True) -> dict[str, Any]:
     """Run the pipeline with kfp.local in this process's environment (in `image` when given, through Docker);
-    return the outcome record the run wrote."""
+    return the outcome record the run wrote. kfp.local's whole output goes to `<run_dir>/pipeline.log`; the console
+    gets it too when `verbose`, else one live line per task (`livo.run_view.TaskView`)."""
     from kfp import local
 
     from livo.commands.pipeline_cmd import git_commit, load_pipeline_module, pipeline_image
@@ -346,10 +349,13 @@ def run_pipeline_locally(arguments: dict[str, Any], run_dir: Path, image: str | 
     # in threads, so when they finish in the order they started, an indenting print is left behind. Restore ours.
     original_print = builtins.print
     try:
-        with patched_environ({"LIVO_GIT_COMMIT": commit} if commit and not image else {}), \
+        with patched_environ({**({"LIVO_GIT_COMMIT": commit} if commit and not image else {}),
+                              ENV_PROGRESS_LINES: "2"}), \
                 pipeline_image(module, image or module.PIPELINE_IMAGE) as pipeline, \
                 log_path.open("w", encoding="utf-8") as log_file, \
-                contextlib.redirect_stdout(_Tee(sys.stdout, log_file)):
+                _console_view(log_file, verbose) as stream, \
+                contextlib.redirect_stdout(stream), \
+                contextlib.redirect_stderr(sys.stderr if verbose else stream):
             pipeline(**arguments)
     finally:
         builtins.print = original_print
@@ -360,6 +366,21 @@ def run_pipeline_locally(arguments: dict[str, Any], run_dir: Path, image: str | 
     record = ObjectStore.for_uri(outcome_uri).get_json(parse_s3_uri(outcome_uri)[1])
     return {**record, "outcome_uri": outcome_uri, "pipeline_root": str(pipeline_root),
             "tasks": task_timings(log_path.read_text(encoding="utf-8")), "log": str(log_path)}
+
+
+@contextlib.contextmanager
+def _console_view(log_file: Any, verbose: bool) -> Iterator[Any]:
+    """The stream kfp.local's output goes to: the console and the log (`verbose`), or the log and one live line per
+    task on the console."""
+    if verbose:
+        yield _Tee(sys.stdout, log_file)
+        return
+    from livo.run_view import TaskView
+
+    print(f"livo run: one line per task below; kfp.local's full output is in {log_file.name} (--verbose prints it)",
+          file=sys.__stdout__, flush=True)
+    with TaskView(log_file, sys.__stdout__) as view:
+        yield view
 
 
 def fetch_evaluation(outcome: dict[str, Any], run_dir: Path) -> dict[str, Any] | None:
@@ -536,7 +557,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         with object_store_env(root / "store") as store_env, \
                 patched_environ({**store_env, **thread_env, **tracking_env}):
             cancellation.known_run_ids = known_run_ids()
-            outcome = run_pipeline_locally(arguments, run_dir, image)
+            outcome = run_pipeline_locally(arguments, run_dir, image, verbose=args.verbose)
             cancellation.outcome = outcome
             metrics = fetch_evaluation(outcome, run_dir)
         outcome["wall_seconds"] = round(time.perf_counter() - started, 1)
@@ -547,8 +568,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         _write_outcome_file(run_dir, outcome)
     print_table(summary_rows(outcome) + [("wall time", f"{outcome['wall_seconds']} s ({threads} thread(s) per task, "
                                                        f"{shard_threads} per data shard)"),
-                                         ("run dir", str(run_dir))]
-                + [(f"task {name}", _format_timing(timing)) for name, timing in outcome["tasks"].items()]
+                                         ("run dir", str(run_dir)), ("log", outcome["log"])]
+                + ([(f"task {name}", _format_timing(timing)) for name, timing in outcome["tasks"].items()]
+                   if args.verbose else [])
                 + ([tracking_row] if tracking_row else []))
     if metrics is not None:
         from livo.evaluation.report import format_summary_table
@@ -628,6 +650,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "tasks that run alone and the cores divided among the concurrent data shards)")
     parser.add_argument("--runs-dir", help="where run directories and the embedded store live (default: "
                                            "$LIVO_RUNS_DIR or ./runs)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="print kfp.local's whole output (task events, executor inputs, every task's log) instead "
+                             "of one live line per task; it always goes to <run dir>/pipeline.log")
     parser.add_argument("--image", metavar="REF",
                         help="run every task in this image (digest-pinned) through Docker instead of as local "
                              "processes; needs a Docker engine")

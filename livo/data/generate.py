@@ -521,7 +521,7 @@ class _ShardWorker:
     def __init__(self, plan: GenerationPlan, pipe: Any, *, progress: bool):
         from concurrent.futures import ThreadPoolExecutor
 
-        from tqdm.auto import tqdm
+        from livo.progress import progress_bar
 
         self.plan = plan
         self.pipe = pipe
@@ -534,7 +534,7 @@ class _ShardWorker:
         self.encode_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="livo-png")
         # The total grows by each shard's upper bound (2 × candidates × scenes) when the shard starts, and shrinks by
         # the aligned candidates of scenes the judges dropped.
-        self.bar = tqdm(total=0, unit="img", desc="generate", disable=not progress, dynamic_ncols=True)
+        self.bar = progress_bar(total=0, unit="img", desc="generate", disable=not progress, dynamic_ncols=True)
 
     def close(self) -> None:
         self.bar.close()

@@ -144,6 +144,9 @@ class EvaluationConfig(LivoConfig):
     quality: QualityConfig = QualityConfig()
     gates: GateConfig = GateConfig()
     report_images_per_principle: int = Field(8, ge=0, description="image pairs shown per principle in the report")
+    cache_base_images: bool = Field(
+        True, description="keep the base model's images on local disk by content hash and reuse them when nothing "
+                          "that decides them changed ($LIVO_CACHE_DIR/evaluation; livo/evaluation/base_cache.py)")
     tracking: Literal["mlflow", "none"] = Field(
         "mlflow", description="experiment tracking of this evaluation (docs/tracking.md); env LIVO_TRACKING overrides")
 

@@ -211,17 +211,26 @@ def _judge_examples(kind: str) -> str:
 
 
 def generate_images(pipeline: Any, plan: EvaluationPlan, config: EvaluationConfig,
-                    generation: dict[str, Any]) -> dict[str, PrincipleImages]:
-    """Base and candidate images for every runnable principle (batched inside `LiVOPipeline.generate`)."""
-    from tqdm.auto import tqdm
-
-    from livo.modeling import value_token_mask
+                    generation: dict[str, Any], base_cache: Any = None) -> dict[str, PrincipleImages]:
+    """Base and candidate images for every runnable principle (batched inside `LiVOPipeline.generate`); the base
+    images come from `base_cache` (a `BaseImageCache`) when it holds them."""
+    from livo.modeling import LiVOGeneration, value_token_mask
+    from livo.progress import progress_bar
 
     n = config.images_per_prompt
     out: dict[str, PrincipleImages] = {}
-    for item in tqdm(plan.runnable, desc="generating", unit="principle"):
+    for item in progress_bar(plan.runnable, desc="generating", unit="principle"):
         prompts = [p.text for p in item.prompts]
-        base = pipeline.generate(prompts, None, num_images_per_prompt=n, seed=config.seed, **generation)
+        key = base_cache.key(prompts, n, config.seed) if base_cache is not None else None
+        cached = base_cache.load(key, item.id) if key is not None else None
+        if cached is not None:
+            base = LiVOGeneration(images=cached, prompts=[p for p in prompts for _ in range(n)],
+                                  principles=[None] * len(cached), seeds=[config.seed + i for i in range(len(cached))],
+                                  used_value_token=[False] * len(cached))
+        else:
+            base = pipeline.generate(prompts, None, num_images_per_prompt=n, seed=config.seed, **generation)
+            if key is not None:
+                base_cache.store(key, base.images)
         dropout = float(item.principle.inference_dropout)
         mask = [flag for p_idx in range(len(prompts)) for flag in value_token_mask(n, dropout, config.seed, p_idx)]
         token_indices = [i for i, flag in enumerate(mask) if flag]
@@ -409,17 +418,21 @@ def run_evaluation(pipeline: Any, plan: EvaluationPlan, config: EvaluationConfig
     """Generate, judge, score and gate. `plan` must come from `load_judges`. `context` (model ids, preset, …) is
     copied into metrics.json as-is; `evaluated` (the digests of the value encoder, base model and principle set, see
     `evaluate_candidate`) goes to metrics.json's `evaluated` with the config's digest."""
-    from tqdm.auto import tqdm
-
     from livo.evaluation.gates import apply_gates
+    from livo.progress import progress_bar
     from livo.registry.lineage import EVALUATED_KEY, canonical_sha256
 
     generation = dict(generation or {})
+    base_cache = None
+    if config.cache_base_images and (evaluated or {}).get("base_model_fingerprint"):
+        from livo.evaluation.base_cache import BaseImageCache
+
+        base_cache = BaseImageCache.for_pipeline(pipeline, evaluated["base_model_fingerprint"], generation)
     t0 = time.perf_counter()
-    images = generate_images(pipeline, plan, config, generation)
+    images = generate_images(pipeline, plan, config, generation, base_cache)
     t1 = time.perf_counter()
     principles_out: dict[str, Any] = {}
-    for item in tqdm(plan.principles, desc="judging", unit="principle"):
+    for item in progress_bar(plan.principles, desc="judging", unit="principle"):
         if item.unavailable:
             principles_out[item.id] = {"category": item.principle.category, "text": item.principle.text,
                                        "kind": item.kind, "available": False, "reason": item.unavailable,
@@ -429,7 +442,8 @@ def run_evaluation(pipeline: Any, plan: EvaluationPlan, config: EvaluationConfig
             principles_out[item.id] = _score_principle(item, images[item.id], config, plan)
     quality = _score_quality(plan, images, config)
     t2 = time.perf_counter()
-    total_images = sum(len(i.base) + sum(i.used_value_token) for i in images.values())
+    reused = set(base_cache.hits) if base_cache is not None else set()
+    total_images = sum((0 if pid in reused else len(i.base)) + sum(i.used_value_token) for pid, i in images.items())
     judges = {pid: {"judge": e.get("judge"), "judge_name": e.get("judge_name"), "available": e["available"],
                     **({"reason": e["reason"]} if not e["available"] else {})}
               for pid, e in principles_out.items()}
@@ -446,6 +460,7 @@ def run_evaluation(pipeline: Any, plan: EvaluationPlan, config: EvaluationConfig
         "judges": judges,
         "timing": {"generation_s": t1 - t0, "judging_s": t2 - t1, "images_generated": total_images,
                    "images_judged": 2 * sum(len(i.base) for i in images.values())},
+        "base_image_cache": base_cache.summary() if base_cache is not None else None,
         "config": config.model_dump(mode="json"),
         "generation": generation,
         "context": dict(context or {}),

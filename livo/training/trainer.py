@@ -573,8 +573,8 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------------------------
     def _loop(self, start_step: int, generator, batches, preemption: PreemptionWatch) -> TrainResult:
         import torch
-        from tqdm.auto import tqdm
 
+        from livo.progress import progress_bar
         from livo.training.data import make_loader
 
         config, plan, engine = self.config, self.plan, self.engine
@@ -587,7 +587,7 @@ class Trainer:
         names = stat_names(config.loss)
         self._reset_window(len(names))
         last_saved = start_step
-        progress = tqdm(total=config.max_steps, initial=start_step, desc="train", unit="step",
+        progress = progress_bar(total=config.max_steps, initial=start_step, desc="train", unit="step",
                         disable=None if self.env.is_main else True)
         step = start_step
         try:
