@@ -106,8 +106,8 @@ def main() -> int:
 
     principles = load_principles()
     rows = load_labelled(LABELLED, principles)
-    results: dict = {"threads": args.threads or "default", "cpus": os.cpu_count(), "torch_default_threads": torch.get_num_threads(),
-                     "load_average_before": os.getloadavg(), "principles_hash": principles.hash}
+    results: dict = {**context("retrieve.py"), "benchmark": "retrieve", "threads": args.threads or "default",
+                     "torch_default_threads": torch.get_num_threads(), "principles_hash": principles.hash}
 
     started = time.perf_counter()
     retriever = ValueRetriever(principles)
@@ -116,12 +116,11 @@ def main() -> int:
 
     if args.tune:
         results["tune"] = tune(retriever, principles)
-        print(json.dumps(results["tune"]))
         return _finish(results, args)
     if args.precision:
         results["precision"] = precision(retriever, principles, args.plot)
-        print(json.dumps({k: v for k, v in results["precision"].items() if k != "pr_curves"}, indent=2))
-        return _finish(results, args)
+        return _finish(results, args, line={**results, "precision": {k: v for k, v in results["precision"].items()
+                                                                      if k != "pr_curves"}})
 
     prompts = make_prompts(rows, args.prompts)
     assert len(set(prompts)) == len(prompts) == args.prompts
@@ -144,7 +143,6 @@ def main() -> int:
 
     results["toxicity_decision"] = {"paper_substring_rules": toxicity_accuracy(rows, paper_toxicity),
                                     "livo_retriever": toxicity_accuracy(rows, ours)}
-    print(json.dumps(results, indent=2))
     return _finish(results, args)
 
 
@@ -188,10 +186,10 @@ def cold(args) -> int:
     return 0
 
 
-def _finish(results: dict, args) -> int:
-    import os
-
-    results["load_average_after"] = os.getloadavg()
+def _finish(results: dict, args, line: dict | None = None) -> int:
+    """Print one JSON line (`line`, default `results`) with the load average after the run; `--out` gets `results`."""
+    results.update(finished({}))
+    print(json.dumps({**(line or results), "load_average_after": results["load_average_after"]}))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -31,6 +31,7 @@ import builtins
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import signal
@@ -546,8 +547,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_local_arguments(arguments)  # at the door: before a run directory or the embedded store exists
     root = Path(args.runs_dir).resolve() if args.runs_dir else runs_dir()
     run_dir = new_run_dir(root)
-    log_event(logger, "local_run_start", run_dir=str(run_dir), threads=threads, shard_threads=shard_threads,
-              **arguments)
+    # the arguments are in outcome.json too; the console shows them with --verbose only
+    log_event(logger, "local_run_start", logging.INFO if args.verbose else logging.DEBUG, run_dir=str(run_dir),
+              threads=threads, shard_threads=shard_threads, **arguments)
     started = time.perf_counter()
     thread_env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                   ENV_PARALLEL_TASK_THREADS: str(shard_threads)}
@@ -564,6 +566,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         outcome["threads_per_task"] = threads
         outcome["threads_per_data_shard"] = shard_threads
         outcome["seed"] = args.seed  # --seed (None: each stage config's own seed, 0 by default)
+        outcome["arguments"] = arguments  # the pipeline parameters this run was given
         tracking_row = finish_pipeline_tracking(tracking_env, outcome)
         _write_outcome_file(run_dir, outcome)
     print_table(summary_rows(outcome) + [("wall time", f"{outcome['wall_seconds']} s ({threads} thread(s) per task, "
