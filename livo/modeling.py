@@ -55,6 +55,20 @@ class ValueEncoder(nn.Module):
     def hidden_size(self) -> int:
         return int(self.text_model.config.hidden_size)
 
+    def check_fits(self, text_encoder, tokenizer=None, *, where: str = "the value encoder") -> None:
+        """Refuse (ConfigError, exit 2) a value encoder made for another base model: its token must have the width of
+        the base text encoder's output, and it must read the base tokenizer's ids. Called before any image or step."""
+        base_width = int(text_encoder.config.hidden_size)
+        if self.hidden_size != base_width:
+            raise ConfigError(f"{where} outputs {self.hidden_size}-wide tokens but the base model's text encoder "
+                              f"outputs {base_width}-wide ones: it was trained on another base model; use a value "
+                              "encoder trained on this base model (its lineage names the base model it fits)")
+        vocab = int(self.text_model.config.vocab_size)
+        needed = len(tokenizer) if tokenizer is not None else int(text_encoder.config.vocab_size)
+        if vocab < needed:
+            raise ConfigError(f"{where} knows {vocab} token ids but the base model's tokenizer has {needed}: it was "
+                              "trained on another base model; use a value encoder trained on this base model")
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """`[B, D]` pooled output: the final-layer-norm hidden state at the EOS position."""
         return self.text_model(input_ids=input_ids).pooler_output
@@ -244,6 +258,8 @@ class LiVOPipeline:
     """
 
     def __init__(self, base_pipeline, value_encoder: ValueEncoder | None = None):
+        if value_encoder is not None:
+            value_encoder.check_fits(base_pipeline.text_encoder, base_pipeline.tokenizer)
         self.base = base_pipeline
         self.value_encoder = value_encoder
         if value_encoder is not None:

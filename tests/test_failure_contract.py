@@ -150,6 +150,9 @@ CASES: list[Case] = [
          "--output", "{cwd}/eval", says="no-such-preset"),
     case("evaluate-missing-principles", "evaluate", "--value-encoder", "{fx}/ve", "--principles",
          "{fx}/missing.yaml", "--output", "{cwd}/eval", says="missing.yaml"),
+    # a value encoder trained on another base model (the tiny preset's, 32 wide) onto the toy base (64 wide)
+    case("evaluate-value-encoder-of-another-base", "evaluate", "--value-encoder", "{fx}/ve_tiny", "--preset", "toy",
+         "--device", "cpu", "--output", "{cwd}/eval", says="32-wide tokens"),
     # --- register (store rows: the bucket must not gain an object)
     case("register-missing-request-file", "register", "--request", "{fx}/missing.yaml", store=True,
          says="missing.yaml"),
@@ -257,6 +260,10 @@ def _write_fixtures(fx: Path) -> None:
         return directory
 
     value_encoder(fx / "ve")
+    from livo.modeling import ValueEncoder
+    from livo.presets import build_tiny_pipeline
+
+    ValueEncoder.from_text_encoder(build_tiny_pipeline(0).text_encoder).save_pretrained(fx / "ve_tiny")
     truncated = value_encoder(fx / "ve_truncated") / "model.safetensors"
     truncated.write_bytes(truncated.read_bytes()[:40])
     pickled = fx / "ve_pickle"

@@ -280,3 +280,17 @@ def test_distill_term_is_the_distance_to_the_teacher_prompts_prediction(tiny_pip
     with pytest.raises(ValueError, match="fused"):
         compute_denoising_errors(tiny_pipe.unet, scheduler, latents_w, latents_l, cond_value, cond_plain, noise,
                                  timesteps, fused=False, cond_teacher=teacher)
+
+
+def test_a_value_encoder_of_another_base_model_is_refused_before_any_image(tiny_pipe):
+    """Width and vocabulary must be the base text encoder's: a one-line ConfigError, not a shape error mid-sampling."""
+    from transformers import CLIPTextConfig
+
+    narrow = CLIPTextModel(CLIPTextConfig(**{**tiny_pipe.text_encoder.config.to_dict(), "hidden_size": 16,
+                                             "intermediate_size": 32}))
+    with pytest.raises(ConfigError, match="16-wide tokens but the base model's text encoder outputs 32-wide"):
+        LiVOPipeline(tiny_pipe, ValueEncoder(narrow))
+    small_vocab = CLIPTextModel(CLIPTextConfig(**{**tiny_pipe.text_encoder.config.to_dict(), "vocab_size": 100}))
+    with pytest.raises(ConfigError, match="knows 100 token ids but the base model's tokenizer has"):
+        LiVOPipeline(tiny_pipe, ValueEncoder(small_vocab))
+    LiVOPipeline(tiny_pipe, ValueEncoder.from_text_encoder(tiny_pipe.text_encoder))  # its own base: accepted

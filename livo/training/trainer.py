@@ -283,6 +283,7 @@ def load_models(config: TrainingConfig, device_type: str, precision: str, local_
     # The value encoder starts as a copy of the base text encoder (fp32 master weights) unless one is given.
     if config.init_value_encoder:
         value_encoder = ValueEncoder.from_pretrained(config.init_value_encoder)
+        value_encoder.check_fits(pipe.text_encoder, pipe.tokenizer, where=f"init_value_encoder {config.init_value_encoder}")
         value_encoder.requires_grad_(True)
     else:
         value_encoder = ValueEncoder.from_text_encoder(pipe.text_encoder)
