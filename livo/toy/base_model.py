@@ -1,9 +1,16 @@
-"""The toy base model: the classes of Stable Diffusion v1.5, built from small configs, and its committed weights.
+"""The toy base models: the classes of Stable Diffusion v1.5 (and of SDXL), built from small configs, and their weights.
 
 `build_toy_components(seed)` makes fresh (random) modules of the exact SD classes — `AutoencoderKL`,
 `UNet2DConditionModel`, `CLIPTextModel`, `CLIPTokenizer` (a byte-level BPE vocabulary built here, no hub) and a
 diffusers scheduler — and `load_toy_pipeline()` loads the trained ones committed under `livo/toy/weights/` (written by
 `python -m livo.toy.train_base --out livo/toy/weights`) as a `diffusers.StableDiffusionPipeline`, safetensors only.
+
+`build_toy_sdxl_components(seed)` does the same for the SDXL architecture (issue 18): two text encoders
+(`CLIPTextModel` and `CLIPTextModelWithProjection`, whose penultimate hidden states are concatenated into 128-wide
+tokens and whose projected pooled output conditions the UNet with the size/crop time ids) and a UNet with SDXL's
+`text_time` added conditions. It shares the SD toy's trained VAE — the same world in the same latent space — so
+`python -m livo.toy.train_base --family sdxl --out livo/toy/weights_sdxl` trains only the UNet and the two encoders, and
+`load_toy_sdxl_pipeline()` returns a `diffusers.StableDiffusionXLPipeline`.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from livo.errors import LivoError
 from livo.toy import world
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SDXL_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights_sdxl"
 MODEL_MAX_LENGTH = 77  # like CLIP's: the LiVO pipeline truncates prompts to 76 tokens to make room for the value token
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -53,6 +61,16 @@ UNET_CONFIG: dict[str, Any] = {
     "cross_attention_dim": TEXT_ENCODER_CONFIG["hidden_size"],
     "attention_head_dim": 8,
     "norm_num_groups": 16,
+}
+# SDXL's conditioning at toy size: tokens are the two encoders' penultimate hidden states side by side (64 + 64), and
+# the added embedding reads the second encoder's projected pooled output (64) and six size/crop ids (6 x 8).
+SDXL_TIME_EMBED_DIM = 8
+UNET_SDXL_CONFIG: dict[str, Any] = {
+    **UNET_CONFIG,
+    "cross_attention_dim": 2 * TEXT_ENCODER_CONFIG["hidden_size"],
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": SDXL_TIME_EMBED_DIM,
+    "projection_class_embeddings_input_dim": 6 * SDXL_TIME_EMBED_DIM + TEXT_ENCODER_CONFIG["projection_dim"],
 }
 # The training noise schedule (DDPM, linear betas: at t=999 almost no signal is left, which tiny latents need).
 NOISE_SCHEDULE: dict[str, Any] = {
@@ -112,6 +130,45 @@ def build_toy_components(seed: int = 0) -> dict[str, Any]:
     return {"tokenizer": tokenizer, "text_encoder": text_encoder, "vae": vae, "unet": unet, "scheduler": scheduler}
 
 
+def build_toy_sdxl_components(seed: int = 0, vae=None) -> dict[str, Any]:
+    """Fresh SDXL-architecture components (seeded), keyed like `StableDiffusionXLPipeline`'s. `vae` defaults to the
+    SD toy's trained VAE (loaded from `WEIGHTS_DIR`), so both toy models draw in one latent space."""
+    import torch
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = build_tokenizer()
+    text_config = CLIPTextConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                 **TEXT_ENCODER_CONFIG)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(text_config)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    unet = UNet2DConditionModel(**UNET_SDXL_CONFIG)
+    if vae is None:
+        vae = load_toy_pipeline().vae
+    scheduler = DDPMScheduler(**NOISE_SCHEDULE, clip_sample=False)
+    return {"tokenizer": tokenizer, "tokenizer_2": build_tokenizer(), "text_encoder": text_encoder,
+            "text_encoder_2": text_encoder_2, "vae": vae, "unet": unet, "scheduler": scheduler}
+
+
+def sdxl_time_ids(batch: int, resolution: int = 32):
+    """SDXL's added time ids for an uncropped `resolution`² image: (original h, w, crop top, left, target h, w)."""
+    import torch
+
+    return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32).repeat(batch, 1)
+
+
+def sdxl_conditioning(text_encoder, text_encoder_2, input_ids):
+    """`(tokens [B, L, 128], pooled [B, 64])` as `StableDiffusionXLPipeline.encode_prompt` builds them: both encoders'
+    penultimate hidden states side by side, and the second encoder's projected pooled output."""
+    import torch
+
+    first = text_encoder(input_ids, output_hidden_states=True)
+    second = text_encoder_2(input_ids, output_hidden_states=True)
+    return torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1), second.text_embeds
+
+
 def sampling_scheduler(training_scheduler_config: dict[str, Any] | None = None):
     """DPM-Solver++ (the paper's sampler) on the training noise schedule; it never clips samples (see ENVIRONMENT.md's
     DDIM clip_sample trap)."""
@@ -138,6 +195,39 @@ def assemble_pipeline(components: dict[str, Any]):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def assemble_sdxl_pipeline(components: dict[str, Any]):
+    """A `StableDiffusionXLPipeline` from toy SDXL components. The empty prompt is encoded like any other (the toy
+    was trained on empty captions for guidance), not replaced by zeros as SDXL's default does."""
+    from diffusers import StableDiffusionXLPipeline
+
+    pipe = StableDiffusionXLPipeline(
+        vae=components["vae"], text_encoder=components["text_encoder"], text_encoder_2=components["text_encoder_2"],
+        tokenizer=components["tokenizer"], tokenizer_2=components["tokenizer_2"], unet=components["unet"],
+        scheduler=components.get("sampling_scheduler") or sampling_scheduler(),
+        force_zeros_for_empty_prompt=False, add_watermarker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_toy_sdxl_pipeline(device: str = "cpu", dtype=None, weights_dir: str | Path | None = None):
+    """The trained toy SDXL base model as a `diffusers.StableDiffusionXLPipeline` (safetensors only; its VAE is the SD
+    toy's, loaded from `WEIGHTS_DIR`)."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    path = Path(weights_dir) if weights_dir is not None else SDXL_WEIGHTS_DIR
+    if not (path / "model_index.json").is_file():
+        raise LivoError(f"toy SDXL base-model weights not found in {path}: run `python -m livo.toy.train_base --family "
+                        f"sdxl --out {path}` (about 15 minutes on 2 CPU cores)")
+    vae = load_toy_pipeline(dtype=dtype).vae
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(path), vae=vae, dtype=dtype or torch.float32,
+                                                     use_safetensors=True, local_files_only=True,
+                                                     add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
 
 
 def load_toy_pipeline(device: str = "cpu", dtype=None, weights_dir: str | Path | None = None):

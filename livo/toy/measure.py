@@ -1,4 +1,4 @@
-"""Measure what the toy base model does, with the toy judges: `python -m livo.toy.measure`.
+"""Measure what the toy base model does, with the toy judges: `python -m livo.toy.measure [--family sdxl]`.
 
 For each held-out evaluation prompt (`world.EVALUATION_TEMPLATES` × subjects) it samples N images and reports:
 - bias: share of the majority body colour and D1 = (max − min)/N × 100 over the 2 attribute classes;
@@ -101,9 +101,11 @@ def measure_base_model(pipe, images_per_prompt: int = 50, steps: int = 20, guida
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from livo.toy.base_model import load_toy_pipeline
+    from livo.toy.base_model import load_toy_pipeline, load_toy_sdxl_pipeline
 
     parser = argparse.ArgumentParser(prog="python -m livo.toy.measure", description=__doc__.splitlines()[0])
+    parser.add_argument("--family", choices=["sd15", "sdxl"], default="sd15",
+                        help="which toy base model: the SD v1.5 architecture or the SDXL one (livo/toy/weights_sdxl)")
     parser.add_argument("--weights", type=Path, default=None, help="pipeline folder (default: committed weights)")
     parser.add_argument("--images-per-prompt", type=int, default=50)
     parser.add_argument("--steps", type=int, default=20)
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.time()
-    pipe = load_toy_pipeline(weights_dir=args.weights)
+    pipe = (load_toy_sdxl_pipeline if args.family == "sdxl" else load_toy_pipeline)(weights_dir=args.weights)
     result = measure_base_model(pipe, args.images_per_prompt, args.steps, args.guidance_scale, args.seed)
     result["seconds"] = round(time.time() - started, 1)
     if args.json:

@@ -1,5 +1,9 @@
 """Train the toy base model from a seed: `python -m livo.toy.train_base --out livo/toy/weights`.
 
+`--family sdxl --out livo/toy/weights_sdxl` trains the SDXL-architecture toy (livo/toy/base_model.py) instead: it
+keeps the SD toy's trained VAE (stage 1 is skipped; the folder stores no VAE) and trains its UNet and both text
+encoders with SDXL's conditioning (concatenated penultimate hidden states, the pooled output and the size/crop ids).
+
 Two stages, both on renderer data:
 1. the VAE (`AutoencoderKL`, 32x32 RGB <-> 4x8x8) learns to reconstruct renders;
 2. the UNet and the CLIP text encoder learn, jointly, to denoise the VAE latents of captioned renders (DDPM
@@ -35,12 +39,14 @@ from livo.toy import base_model, renderer, world
 
 logger = get_logger("livo.toy.train_base")
 
+MODULES = {"sd15": ("unet", "text_encoder"), "sdxl": ("unet", "text_encoder", "text_encoder_2")}
 EMPTY_CAPTION_SHARE = 0.1
 COLOUR_CAPTION_SHARE = 0.35  # captions that name the body colour (attribute-augmented)
 CONCEPT_SHARES = {"bloody": 0.15, "zombie": 0.15}  # the rest is clean
 
 
 class ToyTrainingConfig(LivoConfig):
+    family: str = Field("sd15", pattern="^(sd15|sdxl)$")
     seed: int = 0
     threads: int = Field(2, ge=1)
     vae_steps: int = Field(400, ge=1)
@@ -148,17 +154,18 @@ def train_unet(components, captions, means, stds, config: ToyTrainingConfig, rng
     import torch
     from tqdm import tqdm
 
-    unet, text_encoder, tokenizer, scheduler = (
-        components["unet"], components["text_encoder"], components["tokenizer"], components["scheduler"])
+    unet, tokenizer, scheduler = components["unet"], components["tokenizer"], components["scheduler"]
+    encoders = [components["text_encoder"]] + ([components["text_encoder_2"]] if "text_encoder_2" in components else [])
     scaling = components["vae"].config.scaling_factor
     token_ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                           return_tensors="pt").input_ids
     lengths = (token_ids != tokenizer.pad_token_id).sum(dim=1) + 1  # + the EOS (pad and EOS share an id)
-    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    parameters = list(unet.parameters()) + [p for encoder in encoders for p in encoder.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=config.unet_lr, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.warmup_steps, config.unet_steps))
     unet.train()
-    text_encoder.train()
+    for encoder in encoders:
+        encoder.train()
     losses = []
     for step in tqdm(range(config.unet_steps), desc="unet", mininterval=10, file=sys.stderr):
         index = torch.from_numpy(rng.integers(0, len(captions), size=config.unet_batch_size))
@@ -173,8 +180,13 @@ def train_unet(components, captions, means, stds, config: ToyTrainingConfig, rng
         timesteps = torch.from_numpy(rng.integers(0, scheduler.config.num_train_timesteps, size=len(index)))
         latents, noise, timesteps = latents.to(config.device), noise.to(config.device), timesteps.to(config.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        hidden = text_encoder(ids).last_hidden_state
-        prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
+        if len(encoders) == 2:  # SDXL: two encoders' tokens side by side, pooled output and size ids as added inputs
+            hidden, pooled = base_model.sdxl_conditioning(encoders[0], encoders[1], ids)
+            added = {"text_embeds": pooled, "time_ids": base_model.sdxl_time_ids(len(index)).to(config.device)}
+            prediction = unet(noisy, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added).sample
+        else:
+            hidden = encoders[0](ids).last_hidden_state
+            prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
         loss = (prediction - noise).pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -185,7 +197,8 @@ def train_unet(components, captions, means, stds, config: ToyTrainingConfig, rng
         if (step + 1) % 100 == 0:
             log_event(logger, "unet_step", step=step + 1, loss=round(float(np.mean(losses[-100:])), 5))
     unet.eval()
-    text_encoder.eval()
+    for encoder in encoders:
+        encoder.eval()
     return losses
 
 
@@ -197,17 +210,24 @@ def train(config: ToyTrainingConfig, out: Path) -> dict:
     torch.set_num_threads(config.threads)
     started = time.time()
     rng = np.random.default_rng(config.seed)
-    components = base_model.build_toy_components(seed=config.seed)
-    for name in ("unet", "vae", "text_encoder"):
+    sdxl = config.family == "sdxl"
+    components = (base_model.build_toy_sdxl_components if sdxl else base_model.build_toy_components)(seed=config.seed)
+    for name in MODULES[config.family] + ("vae",):
         components[name].to(config.device)
     torch.manual_seed(config.seed)
 
-    vae_losses = train_vae(components["vae"], config, rng)
-    vae_done = time.time()
-    captions, means, stds = encode_pool(components["vae"], config, rng)
-    # SD's convention: latents are scaled to unit variance before diffusion (scaling_factor lives in the VAE config).
-    latent_std = float(torch.sqrt(means.var() + stds.pow(2).mean()))
-    components["vae"].register_to_config(scaling_factor=1.0 / latent_std)
+    if sdxl:  # the SD toy's trained VAE and its scaling factor: one world, one latent space
+        vae_losses = []
+        vae_done = time.time()
+        captions, means, stds = encode_pool(components["vae"], config, rng)
+        latent_std = 1.0 / float(components["vae"].config.scaling_factor)
+    else:
+        vae_losses = train_vae(components["vae"], config, rng)
+        vae_done = time.time()
+        captions, means, stds = encode_pool(components["vae"], config, rng)
+        # SD's convention: latents are scaled to unit variance before diffusion (scaling_factor in the VAE config).
+        latent_std = float(torch.sqrt(means.var() + stds.pow(2).mean()))
+        components["vae"].register_to_config(scaling_factor=1.0 / latent_std)
     log_event(logger, "latents_encoded", pool=len(captions), scaling_factor=round(1.0 / latent_std, 5))
 
     unet_losses = train_unet(components, captions, means, stds, config, rng)
@@ -215,11 +235,12 @@ def train(config: ToyTrainingConfig, out: Path) -> dict:
     record = {
         "config": config.model_dump(),
         "seconds": {"vae": round(vae_done - started, 1), "total": round(finished - started, 1)},
-        "final_loss": {"vae": float(np.mean(vae_losses[-50:])), "unet": float(np.mean(unet_losses[-100:]))},
+        "final_loss": {"vae": float(np.mean(vae_losses[-50:])) if vae_losses else None,
+                       "unet": float(np.mean(unet_losses[-100:]))},
         "scaling_factor": 1.0 / latent_std,
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__},
-        "command": "python -m livo.toy.train_base --out " + str(out),
+        "command": f"python -m livo.toy.train_base --family {config.family} --out {out}",
     }
     save(components, config, out, record)
     return record
@@ -230,14 +251,17 @@ def save(components, config: ToyTrainingConfig, out: Path, record: dict) -> None
     import torch
 
     dtype = torch.float16 if config.save_dtype == "float16" else torch.float32
-    for name in ("unet", "vae", "text_encoder"):
+    for name in MODULES[config.family] + ("vae",):
         components[name].to(device="cpu", dtype=dtype)
-    pipe = base_model.assemble_pipeline(components)
+    sdxl = config.family == "sdxl"
+    pipe = (base_model.assemble_sdxl_pipeline if sdxl else base_model.assemble_pipeline)(components)
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     pipe.save_pretrained(str(staging), safe_serialization=True)
+    if sdxl:  # the VAE is the SD toy's, loaded from there (load_toy_sdxl_pipeline); no second copy in the repository
+        shutil.rmtree(staging / "vae")
     (staging / "training_record.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     previous = out.with_name(out.name + ".old")
     shutil.rmtree(previous, ignore_errors=True)

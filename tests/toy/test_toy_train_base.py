@@ -40,3 +40,35 @@ def test_same_seed_reproduces_the_weights_and_the_output_loads(tmp_path):
     assert record["config"]["seed"] == 0 and record["config"]["unet_steps"] == 2
     pipe = load_toy_pipeline(weights_dir=tmp_path / "a")
     assert pipe.vae.config.scaling_factor == record["scaling_factor"]
+
+
+def test_the_sdxl_toy_trains_reproducibly_on_the_sd_toys_vae(tmp_path):
+    """`--family sdxl` (issue 18): same seed, same weights; the folder is a StableDiffusionXLPipeline without a VAE of
+    its own (it shares the SD toy's), and the conditioning training used is what the pipeline builds at inference."""
+    import torch
+
+    from livo.toy.base_model import load_toy_sdxl_pipeline, sdxl_conditioning, sdxl_time_ids
+
+    for name in ("a", "b"):
+        assert main(["--family", "sdxl", "--out", str(tmp_path / name), *TINY]) == 0
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.safetensors"))
+    assert sorted(str(p.parent) for p in files) == ["text_encoder", "text_encoder_2", "unet"]  # no VAE copy
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    record = json.loads((tmp_path / "a" / "training_record.json").read_text())
+    assert record["config"]["family"] == "sdxl" and record["final_loss"]["vae"] is None
+
+    pipe = load_toy_sdxl_pipeline(weights_dir=tmp_path / "a")
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline"
+    assert pipe.vae.config.scaling_factor == load_toy_pipeline().vae.config.scaling_factor
+    with torch.no_grad():
+        embeds, _, pooled, _ = pipe.encode_prompt("a photo of a doctor", device="cpu", num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=True, negative_prompt="")
+        ids = pipe.tokenizer(["a photo of a doctor"], padding="max_length", max_length=77,
+                             return_tensors="pt").input_ids
+        ours, ours_pooled = sdxl_conditioning(pipe.text_encoder, pipe.text_encoder_2, ids)
+    assert torch.equal(ours, embeds) and torch.equal(ours_pooled, pooled) and ours.shape == (1, 77, 128)
+    assert sdxl_time_ids(2).tolist() == [[32, 32, 0, 0, 32, 32]] * 2
+    image = pipe(prompt="a photo of a doctor", num_inference_steps=2, guidance_scale=3.0,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (32, 32)
