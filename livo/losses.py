@@ -113,6 +113,7 @@ def compute_denoising_errors(
     *,
     fused: bool = True,
     cond_teacher: torch.Tensor | None = None,
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None,
 ) -> DenoisingErrors:
     """The four per-sample denoising errors of LIVO_METHOD §3 with shared noise ε and timesteps t.
 
@@ -124,7 +125,14 @@ def compute_denoising_errors(
     `cond_teacher` (fused only): the frozen encoder's embedding of what the aligned image was generated from; then
     `distill` is the per-sample squared distance between the value-conditioned prediction and the base model's
     prediction under that prompt, on both noisy latents (one more UNet pass, without autograd).
+
+    `added_cond_kwargs` (SDXL: the prompt's pooled `text_embeds` and the `time_ids`, `[B, ...]` each) go to every
+    UNet pass unchanged: the value token is the only difference between θ and r.
     """
+    added = added_cond_kwargs or {}
+    doubled = {k: torch.cat([v, v]) for k, v in added.items()}
+    extra = {"added_cond_kwargs": doubled} if added else {}
+    single = {"added_cond_kwargs": added} if added else {}
     noisy_w = noise_scheduler.add_noise(latents_w, noise, timesteps)
     noisy_l = noise_scheduler.add_noise(latents_l, noise, timesteps)
     target_w = _target(noise_scheduler, latents_w, noise, timesteps)
@@ -133,15 +141,16 @@ def compute_denoising_errors(
     if fused:
         noisy = torch.cat([noisy_w, noisy_l])
         steps = torch.cat([timesteps, timesteps])
-        pred_value = unet(noisy, steps, encoder_hidden_states=torch.cat([cond_value, cond_value])).sample
+        pred_value = unet(noisy, steps, encoder_hidden_states=torch.cat([cond_value, cond_value]), **extra).sample
         with torch.no_grad():
-            pred_plain = unet(noisy, steps, encoder_hidden_states=torch.cat([cond_plain, cond_plain])).sample
+            pred_plain = unet(noisy, steps, encoder_hidden_states=torch.cat([cond_plain, cond_plain]), **extra).sample
         theta_w, theta_l = _per_sample_mse(pred_value, torch.cat([target_w, target_l])).chunk(2)
         ref_w, ref_l = _per_sample_mse(pred_plain, torch.cat([target_w, target_l])).chunk(2)
         distill = None
         if cond_teacher is not None:
             with torch.no_grad():
-                pred_teacher = unet(noisy, steps, encoder_hidden_states=torch.cat([cond_teacher, cond_teacher])).sample
+                pred_teacher = unet(noisy, steps, encoder_hidden_states=torch.cat([cond_teacher, cond_teacher]),
+                                    **extra).sample
             distill_w, distill_l = _per_sample_mse(pred_value, pred_teacher).chunk(2)
             distill = 0.5 * (distill_w + distill_l)
         return DenoisingErrors(theta_w=theta_w, ref_w=ref_w.detach(), theta_l=theta_l, ref_l=ref_l.detach(),
@@ -149,8 +158,8 @@ def compute_denoising_errors(
     if cond_teacher is not None:
         raise ValueError("cond_teacher needs fused=True")
 
-    theta_w = _per_sample_mse(unet(noisy_w, timesteps, encoder_hidden_states=cond_value).sample, target_w)
-    ref_w = _per_sample_mse(unet(noisy_w, timesteps, encoder_hidden_states=cond_plain).sample, target_w)
-    theta_l = _per_sample_mse(unet(noisy_l, timesteps, encoder_hidden_states=cond_value).sample, target_l)
-    ref_l = _per_sample_mse(unet(noisy_l, timesteps, encoder_hidden_states=cond_plain).sample, target_l)
+    theta_w = _per_sample_mse(unet(noisy_w, timesteps, encoder_hidden_states=cond_value, **single).sample, target_w)
+    ref_w = _per_sample_mse(unet(noisy_w, timesteps, encoder_hidden_states=cond_plain, **single).sample, target_w)
+    theta_l = _per_sample_mse(unet(noisy_l, timesteps, encoder_hidden_states=cond_value, **single).sample, target_l)
+    ref_l = _per_sample_mse(unet(noisy_l, timesteps, encoder_hidden_states=cond_plain, **single).sample, target_l)
     return DenoisingErrors(theta_w=theta_w, ref_w=ref_w, theta_l=theta_l, ref_l=ref_l)

@@ -29,6 +29,7 @@ from livo.weights import check_safetensors_files  # noqa: F401  (also part of th
 
 VALUE_ENCODER_DIR = "value_encoder"  # the authors' released layout: <checkpoint>/value_encoder/
 WEIGHTS_NAME = "model.safetensors"
+SDXL_VALUE_ENCODER_FILE = "livo_value_encoder.json"  # marks an SDXL value encoder folder (two encoder copies)
 
 
 def value_text(principle_text: str, prompt: str) -> str:
@@ -55,9 +56,13 @@ class ValueEncoder(nn.Module):
     def hidden_size(self) -> int:
         return int(self.text_model.config.hidden_size)
 
-    def check_fits(self, text_encoder, tokenizer=None, *, where: str = "the value encoder") -> None:
+    def check_fits(self, text_encoder, tokenizer=None, *, where: str = "the value encoder",
+                   text_encoder_2=None) -> None:
         """Refuse (ConfigError, exit 2) a value encoder made for another base model: its token must have the width of
         the base text encoder's output, and it must read the base tokenizer's ids. Called before any image or step."""
+        if text_encoder_2 is not None:
+            raise ConfigError(f"{where} is an SD v1.5-family value encoder (one text encoder) but the base model is "
+                              "SDXL-family (two): use a value encoder trained on this base model")
         base_width = int(text_encoder.config.hidden_size)
         if self.hidden_size != base_width:
             raise ConfigError(f"{where} outputs {self.hidden_size}-wide tokens but the base model's text encoder "
@@ -91,6 +96,8 @@ class ValueEncoder(nn.Module):
 
         directory = resolve_value_encoder_dir(path if Path(path).expanduser().exists() or not looks_like_hub_id(path)
                                               else download_value_encoder(str(path)))
+        if (directory / SDXL_VALUE_ENCODER_FILE).is_file():
+            return SDXLValueEncoder.from_pretrained(directory, torch_dtype=torch_dtype)
         check_safetensors_files(sorted(directory.glob("*.safetensors")))
         kwargs: dict[str, Any] = {"use_safetensors": True}
         if torch_dtype is not None:
@@ -104,6 +111,115 @@ class ValueEncoder(nn.Module):
             raise ConfigError(f"{directory}: cannot load the value encoder "
                               f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
                               "it must be a CLIPTextModel save_pretrained folder") from exc
+
+
+class SDXLValueEncoder(nn.Module):
+    """The value encoder of an SDXL-family base model (issue 18; candidate (a) of docs/architecture.md, pending the
+    measurement that chooses between the candidates): trainable copies of both text encoders read
+    `"<principle>, <prompt>"`, and the value token is each copy's hidden state at the EOS position in the layer the
+    UNet reads (the penultimate one, as `StableDiffusionXLPipeline.encode_prompt`), side by side. At initialisation
+    it is the frozen encoders' own EOS state of that text: in the distribution of the prompt's tokens, as SD v1.5's
+    pooled output (the final-layer-norm EOS state) is in the distribution of its last hidden states. The pooled
+    `text_embeds` are left alone. Saved as `text_encoder/` and `text_encoder_2/` (transformers layout, safetensors)
+    plus `livo_value_encoder.json`, which names the family."""
+
+    family = "sdxl"
+
+    def __init__(self, text_model, text_model_2):
+        super().__init__()
+        self.text_model = text_model
+        self.text_model_2 = text_model_2
+
+    @classmethod
+    def from_text_encoders(cls, text_encoder, text_encoder_2) -> SDXLValueEncoder:
+        models = [copy.deepcopy(m) for m in (text_encoder, text_encoder_2)]
+        for model in models:
+            model.requires_grad_(True)
+            model.train()
+        return cls(*models)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.text_model.config.hidden_size) + int(self.text_model_2.config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """`[B, D1 + D2]`: both copies' penultimate hidden state at the EOS position."""
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        eos = _eos_positions(input_ids, self.text_model.config)
+        parts = [model(input_ids=input_ids, output_hidden_states=True).hidden_states[-2][rows, eos]
+                 for model in (self.text_model, self.text_model_2)]
+        return torch.cat(parts, dim=-1)
+
+    def check_fits(self, text_encoder, tokenizer=None, *, where: str = "the value encoder",
+                   text_encoder_2=None) -> None:
+        if text_encoder_2 is None:
+            raise ConfigError(f"{where} is an SDXL value encoder (two text encoders) but the base model has one text "
+                              "encoder: use a value encoder trained on this base model")
+        for ours, theirs, name in ((self.text_model, text_encoder, "first"), (self.text_model_2, text_encoder_2,
+                                                                              "second")):
+            if int(ours.config.hidden_size) != int(theirs.config.hidden_size):
+                raise ConfigError(f"{where}: its {name} encoder is {ours.config.hidden_size} wide, the base model's "
+                                  f"{theirs.config.hidden_size}: it was trained on another base model")
+        vocab = int(self.text_model.config.vocab_size)
+        needed = len(tokenizer) if tokenizer is not None else int(text_encoder.config.vocab_size)
+        if vocab < needed:
+            raise ConfigError(f"{where} knows {vocab} token ids but the base model's tokenizer has {needed}: it was "
+                              "trained on another base model")
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        import json
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.text_model.save_pretrained(directory / "text_encoder", safe_serialization=True)
+        self.text_model_2.save_pretrained(directory / "text_encoder_2", safe_serialization=True)
+        (directory / SDXL_VALUE_ENCODER_FILE).write_text(json.dumps(
+            {"family": self.family, "token": "penultimate EOS state of both encoder copies, concatenated",
+             "parts": ["text_encoder", "text_encoder_2"]}, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, torch_dtype: torch.dtype | None = None) -> SDXLValueEncoder:
+        import json
+
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+        directory = Path(directory)
+        try:
+            marker = json.loads((directory / SDXL_VALUE_ENCODER_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{directory / SDXL_VALUE_ENCODER_FILE}: not readable JSON ({exc})") from None
+        if marker.get("family") != cls.family:
+            raise ConfigError(f"{directory}: value encoder family {marker.get('family')!r}, expected 'sdxl'")
+        kwargs: dict[str, Any] = {"use_safetensors": True, **({"dtype": torch_dtype} if torch_dtype else {})}
+        parts = []
+        for name, model_class in (("text_encoder", CLIPTextModel), ("text_encoder_2", CLIPTextModelWithProjection)):
+            check_safetensors_files(sorted((directory / name).glob("*.safetensors")))
+            try:
+                parts.append(model_class.from_pretrained(directory / name, **kwargs))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{directory / name}: cannot load this part of the SDXL value encoder "
+                                  f"({_first_line(exc)})") from exc
+        return cls(*parts)
+
+
+def _eos_positions(input_ids: torch.Tensor, config) -> torch.Tensor:
+    """Where CLIP pools: the first EOS token (the highest id for the legacy eos_token_id 2, as transformers does)."""
+    if int(config.eos_token_id) == 2:
+        return input_ids.to(torch.int).argmax(dim=-1)
+    return (input_ids == int(config.eos_token_id)).int().argmax(dim=-1)
+
+
+def is_sdxl(pipe) -> bool:
+    """Whether a diffusers pipeline is of the SDXL family (two text encoders, added conditions)."""
+    return getattr(pipe, "text_encoder_2", None) is not None
+
+
+def value_encoder_for(pipe):
+    """A fresh value encoder for `pipe`'s family: a trainable copy of its text encoder(s)."""
+    if is_sdxl(pipe):
+        return SDXLValueEncoder.from_text_encoders(pipe.text_encoder, pipe.text_encoder_2)
+    return ValueEncoder.from_text_encoder(pipe.text_encoder)
 
 
 HUB_ALLOW_PATTERNS = ["config.json", "*.safetensors", f"{VALUE_ENCODER_DIR}/*"]
@@ -155,6 +271,8 @@ def resolve_value_encoder_dir(path: str | Path) -> Path:
     candidates = [path, path / VALUE_ENCODER_DIR]
     for candidate in candidates:
         if (candidate / "config.json").is_file() and any(candidate.glob("*.safetensors")):
+            return candidate
+        if (candidate / SDXL_VALUE_ENCODER_FILE).is_file():  # two encoder copies in sub-folders (SDXLValueEncoder)
             return candidate
     for candidate in candidates:
         if (candidate / "config.json").is_file() and (
@@ -224,6 +342,32 @@ def training_conditioning(
     return prepend_value_token(value_vec, cond_plain), cond_plain
 
 
+def sdxl_training_conditioning(
+    text_encoder,
+    text_encoder_2,
+    value_encoder: SDXLValueEncoder,
+    tokenizer,
+    prompts: Sequence[str],
+    principle_texts: Sequence[str],
+    resolution: int,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """`(cond_value [B, 78, D1+D2], cond_plain [B, 77, D1+D2], added_cond_kwargs)` for one SDXL training batch:
+    the prompt padded to 77 through both frozen encoders (penultimate hidden states side by side), the value token
+    prepended, and SDXL's added conditions — the prompt's pooled `text_embeds` and the `time_ids` of an uncropped
+    `resolution`² image — shared by every pass."""
+    device = next(value_encoder.parameters()).device
+    ids = tokenize_prompts(tokenizer, prompts).to(device)
+    with torch.no_grad():
+        first = text_encoder(ids, output_hidden_states=True)
+        second = text_encoder_2(ids, output_hidden_states=True)
+        cond_plain = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1).detach()
+        pooled = second.text_embeds.detach()
+    value_vec = value_encoder(tokenize_value_inputs(tokenizer, principle_texts, prompts).to(device))
+    time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=pooled.dtype,
+                            device=device).repeat(len(prompts), 1)
+    return prepend_value_token(value_vec, cond_plain), cond_plain, {"text_embeds": pooled, "time_ids": time_ids}
+
+
 @dataclass
 class LiVOGeneration:
     """Images of a `LiVOPipeline.generate` call, flattened prompt-major, with how each was made."""
@@ -259,7 +403,8 @@ class LiVOPipeline:
 
     def __init__(self, base_pipeline, value_encoder: ValueEncoder | None = None):
         if value_encoder is not None:
-            value_encoder.check_fits(base_pipeline.text_encoder, base_pipeline.tokenizer)
+            value_encoder.check_fits(base_pipeline.text_encoder, base_pipeline.tokenizer,
+                                     text_encoder_2=getattr(base_pipeline, "text_encoder_2", None))
         self.base = base_pipeline
         self.value_encoder = value_encoder
         if value_encoder is not None:
@@ -287,7 +432,10 @@ class LiVOPipeline:
 
     @torch.no_grad()
     def _value_embeddings(self, prompt: str, principle_text: str, negative_prompt: str | None):
-        """`(prompt_embeds [1, n+1, D], negative_embeds [1, n+1, D])` for one prompt with the value token."""
+        """`(prompt_embeds [1, n+1, D], negative_embeds [1, n+1, D])` for one prompt with the value token; SDXL adds
+        `(pooled, negative_pooled)`: the prompt's own pooled output is kept (the token is the only change)."""
+        if is_sdxl(self.base):
+            return self._sdxl_value_embeddings(prompt, principle_text, negative_prompt)
         tokenizer, text_encoder = self.base.tokenizer, self.base.text_encoder
         ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length - 1,
                         return_tensors="pt").input_ids.to(self.device)
@@ -297,6 +445,29 @@ class LiVOPipeline:
         neg_ids = tokenizer(negative_prompt or "", padding="max_length", max_length=merged.shape[1], truncation=True,
                             return_tensors="pt").input_ids.to(self.device)
         return merged, text_encoder(input_ids=neg_ids)[0]
+
+    def _sdxl_tokens(self, text: str, length: int | None):
+        """SDXL's conditioning of `text` (tokens `[1, L, D1+D2]`, pooled `[1, P]`), unpadded (`length` None, at most
+        76 tokens) or padded to `length`, as `StableDiffusionXLPipeline.encode_prompt` builds it."""
+        base, parts, pooled = self.base, [], None
+        for tokenizer, encoder in ((base.tokenizer, base.text_encoder), (base.tokenizer_2, base.text_encoder_2)):
+            if length is None:
+                ids = tokenizer(text, truncation=True, max_length=tokenizer.model_max_length - 1, return_tensors="pt")
+            else:
+                ids = tokenizer(text, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+            out = encoder(ids.input_ids.to(self.device), output_hidden_states=True)
+            parts.append(out.hidden_states[-2])
+            pooled = out[0] if encoder is base.text_encoder_2 else pooled
+        return torch.cat(parts, dim=-1), pooled
+
+    def _sdxl_value_embeddings(self, prompt: str, principle_text: str, negative_prompt: str | None):
+        tokens, pooled = self._sdxl_tokens(prompt, None)
+        value_ids = tokenize_value_inputs(self.base.tokenizer, [principle_text], [prompt]).to(self.device)
+        merged = prepend_value_token(self.value_encoder(value_ids), tokens)
+        negative, negative_pooled = self._sdxl_tokens(negative_prompt or "", merged.shape[1])
+        if not negative_prompt and getattr(self.base.config, "force_zeros_for_empty_prompt", False):
+            negative, negative_pooled = torch.zeros_like(negative), torch.zeros_like(negative_pooled)
+        return merged, negative, pooled, negative_pooled
 
     def generate(
         self,
@@ -364,7 +535,7 @@ class LiVOPipeline:
                 images[j[0]] = image
 
         # Images with the token: batch those whose merged sequences have the same length (no padding is added).
-        cache: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        cache: dict[tuple[str, str], tuple[torch.Tensor, ...]] = {}
         by_length: dict[int, list[tuple[int, str, str]]] = {}
         for job in (j for j in jobs if j[2] is not None):
             key = (job[1], job[2])
@@ -375,10 +546,14 @@ class LiVOPipeline:
             for start in range(0, len(group), batch_size):
                 chunk = group[start:start + batch_size]
                 embeds = [cache[(j[1], j[2])] for j in chunk]
+                pooled = ({"pooled_prompt_embeds": torch.cat([e[2] for e in embeds]),
+                           "negative_pooled_prompt_embeds": torch.cat([e[3] for e in embeds])}
+                          if len(embeds[0]) == 4 else {})
                 out = self.base(
                     prompt_embeds=torch.cat([e[0] for e in embeds]),
                     negative_prompt_embeds=torch.cat([e[1] for e in embeds]),
                     generator=[torch.Generator("cpu").manual_seed(image_seeds[j[0]]) for j in chunk],
+                    **pooled,
                     **call_kwargs,
                 )
                 for j, image in zip(chunk, out.images, strict=True):
