@@ -97,9 +97,9 @@ class ToyEvaluator:
 
     def initial_value_encoder(self) -> Any:
         """What training starts from: a copy of the base text encoder."""
-        from livo.modeling import ValueEncoder
+        from livo.modeling import value_encoder_for
 
-        return ValueEncoder.from_text_encoder(self.base.text_encoder)
+        return value_encoder_for(self.base)
 
     def evaluate(self, value_encoder: Any) -> dict[str, Any]:
         from livo.evaluation.protocol import run_evaluation

@@ -231,6 +231,10 @@ def load_pipeline(source: str, *, device: str | None = None, dtype: Any = None, 
         from livo.toy.base_model import load_toy_pipeline
 
         pipe = load_toy_pipeline()
+    elif source == "toy-sdxl":
+        from livo.toy.base_model import load_toy_sdxl_pipeline
+
+        pipe = load_toy_sdxl_pipeline()
     elif source == "sd15-random":
         pipe = build_sd15_random_pipeline(seed)
     elif source == "sd15":
@@ -284,8 +288,10 @@ def pipeline_fingerprint(pipe) -> str:
     import torch
 
     digest = hashlib.sha256()
-    for component in ("unet", "vae", "text_encoder"):
-        module = getattr(pipe, component)
+    for component in ("unet", "vae", "text_encoder", "text_encoder_2"):  # the last one in SDXL-family models only
+        module = getattr(pipe, component, None)
+        if module is None:
+            continue
         for name, tensor in sorted(module.state_dict().items()):
             t = tensor.detach().to("cpu").contiguous()
             digest.update(f"{component}.{name}:{t.dtype}:{tuple(t.shape)}".encode())

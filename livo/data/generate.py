@@ -703,7 +703,8 @@ class _ShardWorker:
                             for row, parameters in zip(chunk, posterior.parameters, strict=True):
                                 row[f"{side}_latent_dist{suffix}"] = parameters.float().cpu().numpy().astype(
                                     np.float16)
-            if self.config.precompute_prompt_embeds:
+            # an SDXL base model's conditioning is two encoders' tokens and a pooled output: training encodes it
+            if self.config.precompute_prompt_embeds and getattr(pipe, "text_encoder_2", None) is None:
                 for start in range(0, len(rows), batch_size):
                     chunk = rows[start:start + batch_size]
                     embeds = encode_prompts(pipe.text_encoder, pipe.tokenizer, [r["prompt"] for r in chunk])

@@ -249,6 +249,7 @@ class Models:
     weight_dtype: Any
     base_fingerprint: str
     frozen_digest: str = ""
+    text_encoder_2: Any = None  # SDXL-family base models
 
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -259,7 +260,9 @@ def frozen_weights_digest(models: Models) -> str:
     import torch
 
     digest = hashlib.sha256()
-    for name in ("unet", "vae", "text_encoder"):
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        if getattr(models, name) is None:
+            continue
         for key, tensor in sorted(getattr(models, name).state_dict().items()):
             t = tensor.detach().to("cpu").contiguous()
             digest.update(f"{name}.{key}:{t.dtype}:{tuple(t.shape)}".encode())
@@ -272,7 +275,7 @@ def load_models(config: TrainingConfig, device_type: str, precision: str, local_
     from diffusers import DDPMScheduler
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    from livo.modeling import ValueEncoder
+    from livo.modeling import ValueEncoder, value_encoder_for
     from livo.presets import load_pipeline, pipeline_fingerprint
 
     device = torch.device("cuda", local_rank) if device_type == "cuda" else torch.device("cpu")
@@ -281,14 +284,18 @@ def load_models(config: TrainingConfig, device_type: str, precision: str, local_
     pipe = load_pipeline(config.model, seed=config.seed)
     fingerprint = pipeline_fingerprint(pipe)
     # The value encoder starts as a copy of the base text encoder (fp32 master weights) unless one is given.
+    text_encoder_2 = getattr(pipe, "text_encoder_2", None)  # SDXL family
+    if text_encoder_2 is not None and config.loss.distill_weight:
+        raise ConfigError("loss.distill_weight is not supported on SDXL-family base models yet; set it to 0")
     if config.init_value_encoder:
         value_encoder = ValueEncoder.from_pretrained(config.init_value_encoder)
-        value_encoder.check_fits(pipe.text_encoder, pipe.tokenizer, where=f"init_value_encoder {config.init_value_encoder}")
+        value_encoder.check_fits(pipe.text_encoder, pipe.tokenizer, where=f"init_value_encoder {config.init_value_encoder}",
+                                 text_encoder_2=text_encoder_2)
         value_encoder.requires_grad_(True)
     else:
-        value_encoder = ValueEncoder.from_text_encoder(pipe.text_encoder)
+        value_encoder = value_encoder_for(pipe)
     value_encoder.to(device=device, dtype=torch.float32).train()
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, *([text_encoder_2] if text_encoder_2 is not None else [])):
         module.requires_grad_(False)
         module.eval()
         module.to(device=device)
@@ -297,12 +304,14 @@ def load_models(config: TrainingConfig, device_type: str, precision: str, local_
     pipe.unet.set_attn_processor(AttnProcessor2_0())  # SDPA (flash / memory-efficient kernels on GPU)
     if config.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
-        value_encoder.text_model.gradient_checkpointing_enable()
+        for encoder_copy in (value_encoder.text_model, getattr(value_encoder, "text_model_2", None)):
+            if encoder_copy is not None:
+                encoder_copy.gradient_checkpointing_enable()
     unet = torch.compile(pipe.unet) if config.compile else pipe.unet
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     return Models(unet=unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
                   noise_scheduler=noise_scheduler, value_encoder=value_encoder, device=device,
-                  weight_dtype=weight_dtype, base_fingerprint=fingerprint)
+                  weight_dtype=weight_dtype, base_fingerprint=fingerprint, text_encoder_2=text_encoder_2)
 
 
 def sample_latents(vae, posterior_parameters, generator):
@@ -347,9 +356,18 @@ def step_loss(models: Models, value_encoder, batch: dict[str, Any], generator, l
     prompt_embeds = batch.get("prompt_embeds")
     if prompt_embeds is not None:
         prompt_embeds = prompt_embeds.to(device=device, dtype=models.weight_dtype, non_blocking=True)
-    cond_value, cond_plain = training_conditioning(models.text_encoder, value_encoder, models.tokenizer,
-                                                   batch["prompts"], batch["principle_texts"],
-                                                   prompt_embeds=prompt_embeds)
+    added = None
+    if models.text_encoder_2 is not None:  # SDXL: both encoders, the pooled output and the size ids
+        from livo.modeling import sdxl_training_conditioning
+
+        resolution = int(latents_w.shape[-1]) * 2 ** (len(models.vae.config.block_out_channels) - 1)
+        cond_value, cond_plain, added = sdxl_training_conditioning(
+            models.text_encoder, models.text_encoder_2, value_encoder, models.tokenizer, batch["prompts"],
+            batch["principle_texts"], resolution)
+    else:
+        cond_value, cond_plain = training_conditioning(models.text_encoder, value_encoder, models.tokenizer,
+                                                       batch["prompts"], batch["principle_texts"],
+                                                       prompt_embeds=prompt_embeds)
     cond_teacher = None
     if loss_config.kind == "livo" and loss_config.distill_weight:
         from livo.modeling import encode_prompts
@@ -358,7 +376,8 @@ def step_loss(models: Models, value_encoder, batch: dict[str, Any], generator, l
             cond_teacher = encode_prompts(models.text_encoder, models.tokenizer, batch["aligned_prompts"]).to(
                 device=device, dtype=cond_plain.dtype)
     errors = compute_denoising_errors(models.unet, models.noise_scheduler, latents_w, latents_l, cond_value,
-                                      cond_plain, noise, timesteps, fused=True, cond_teacher=cond_teacher)
+                                      cond_plain, noise, timesteps, fused=True, cond_teacher=cond_teacher,
+                                      added_cond_kwargs=added)
     with torch.no_grad():
         margin = (errors.theta_w - errors.ref_w) - (errors.theta_l - errors.ref_l)
         common = [errors.theta_w.mean(), errors.ref_w.mean(), errors.theta_l.mean(), errors.ref_l.mean()]
@@ -564,6 +583,10 @@ class Trainer:
                 log_event(log, "precomputed latents ignored: random_flip needs the mirrored posteriors (generate with "
                                "precompute_flipped_latents=true); the images are encoded")
                 has_latents = False
+        if has_embeds and self.models.text_encoder_2 is not None:
+            log_event(log, "precomputed prompt embeddings ignored: an SDXL base model needs both encoders' and the "
+                           "pooled output; the prompts are encoded")
+            has_embeds = False
         if has_embeds:
             expected = [int(self.models.tokenizer.model_max_length), int(self.models.text_encoder.config.hidden_size)]
             if list(manifest.get("embed_shape") or expected) != expected:
@@ -802,16 +825,20 @@ class Trainer:
         """Rank 0: the value encoder (safetensors), metrics, log, and result.json last."""
         import torch
 
-        from livo.modeling import ValueEncoder
+        from livo.modeling import SDXLValueEncoder, ValueEncoder
 
         output, env = self.plan.output, self.env
-        text_model = self.engine.module.text_model
-        export_model = type(text_model)(text_model.config)
-        export_model.load_state_dict({k.removeprefix("text_model."): v for k, v in state.items()}, strict=True)
-        export_model.to(torch.float32)
+        module = self.engine.module
+        if isinstance(module, SDXLValueEncoder):
+            export = SDXLValueEncoder(type(module.text_model)(module.text_model.config),
+                                      type(module.text_model_2)(module.text_model_2.config))
+        else:
+            export = ValueEncoder(type(module.text_model)(module.text_model.config))
+        export.load_state_dict(state, strict=True)
+        export.to(torch.float32)
         tmp = output.staging / f".{ckpt.VALUE_ENCODER_DIR}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        ValueEncoder(export_model).save_pretrained(tmp)
+        export.save_pretrained(tmp)
         files = output.publish_dir(tmp, ckpt.VALUE_ENCODER_DIR)
         shutil.rmtree(tmp, ignore_errors=True)
         output.put_json(ckpt.METRICS_FILE, metrics)
