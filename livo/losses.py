@@ -127,12 +127,16 @@ def compute_denoising_errors(
     prediction under that prompt, on both noisy latents (one more UNet pass, without autograd).
 
     `added_cond_kwargs` (SDXL: the prompt's pooled `text_embeds` and the `time_ids`, `[B, ...]` each) go to every
-    UNet pass unchanged: the value token is the only difference between θ and r.
+    UNet pass unchanged: the value token is the only difference between θ and r — unless it holds
+    `value_text_embeds`, which then replaces `text_embeds` in the value passes (θ) only.
     """
-    added = added_cond_kwargs or {}
-    doubled = {k: torch.cat([v, v]) for k, v in added.items()}
-    extra = {"added_cond_kwargs": doubled} if added else {}
+    added = dict(added_cond_kwargs or {})
+    value_pooled = added.pop("value_text_embeds", None)  # SDXL candidate (b): the value passes' own pooled output
+    value_added = {**added, "text_embeds": value_pooled} if value_pooled is not None else added
+    extra = {"added_cond_kwargs": {k: torch.cat([v, v]) for k, v in added.items()}} if added else {}
+    value_extra = {"added_cond_kwargs": {k: torch.cat([v, v]) for k, v in value_added.items()}} if added else {}
     single = {"added_cond_kwargs": added} if added else {}
+    value_single = {"added_cond_kwargs": value_added} if added else {}
     noisy_w = noise_scheduler.add_noise(latents_w, noise, timesteps)
     noisy_l = noise_scheduler.add_noise(latents_l, noise, timesteps)
     target_w = _target(noise_scheduler, latents_w, noise, timesteps)
@@ -141,7 +145,7 @@ def compute_denoising_errors(
     if fused:
         noisy = torch.cat([noisy_w, noisy_l])
         steps = torch.cat([timesteps, timesteps])
-        pred_value = unet(noisy, steps, encoder_hidden_states=torch.cat([cond_value, cond_value]), **extra).sample
+        pred_value = unet(noisy, steps, encoder_hidden_states=torch.cat([cond_value, cond_value]), **value_extra).sample
         with torch.no_grad():
             pred_plain = unet(noisy, steps, encoder_hidden_states=torch.cat([cond_plain, cond_plain]), **extra).sample
         theta_w, theta_l = _per_sample_mse(pred_value, torch.cat([target_w, target_l])).chunk(2)
@@ -158,8 +162,10 @@ def compute_denoising_errors(
     if cond_teacher is not None:
         raise ValueError("cond_teacher needs fused=True")
 
-    theta_w = _per_sample_mse(unet(noisy_w, timesteps, encoder_hidden_states=cond_value, **single).sample, target_w)
+    theta_w = _per_sample_mse(unet(noisy_w, timesteps, encoder_hidden_states=cond_value, **value_single).sample,
+                              target_w)
     ref_w = _per_sample_mse(unet(noisy_w, timesteps, encoder_hidden_states=cond_plain, **single).sample, target_w)
-    theta_l = _per_sample_mse(unet(noisy_l, timesteps, encoder_hidden_states=cond_value, **single).sample, target_l)
+    theta_l = _per_sample_mse(unet(noisy_l, timesteps, encoder_hidden_states=cond_value, **value_single).sample,
+                              target_l)
     ref_l = _per_sample_mse(unet(noisy_l, timesteps, encoder_hidden_states=cond_plain, **single).sample, target_l)
     return DenoisingErrors(theta_w=theta_w, ref_w=ref_w, theta_l=theta_l, ref_l=ref_l)

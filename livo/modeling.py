@@ -125,30 +125,35 @@ class SDXLValueEncoder(nn.Module):
 
     family = "sdxl"
 
-    def __init__(self, text_model, text_model_2):
+    def __init__(self, text_model, text_model_2, *, shift_pooled: bool = False):
         super().__init__()
         self.text_model = text_model
         self.text_model_2 = text_model_2
+        # candidate (b): the second copy's projected pooled output of the value text also replaces the prompt's pooled
+        # `text_embeds` for images with a principle (forward then returns (token, pooled))
+        self.shift_pooled = shift_pooled
 
     @classmethod
-    def from_text_encoders(cls, text_encoder, text_encoder_2) -> SDXLValueEncoder:
+    def from_text_encoders(cls, text_encoder, text_encoder_2, *, shift_pooled: bool = False) -> SDXLValueEncoder:
         models = [copy.deepcopy(m) for m in (text_encoder, text_encoder_2)]
         for model in models:
             model.requires_grad_(True)
             model.train()
-        return cls(*models)
+        return cls(*models, shift_pooled=shift_pooled)
 
     @property
     def hidden_size(self) -> int:
         return int(self.text_model.config.hidden_size) + int(self.text_model_2.config.hidden_size)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """`[B, D1 + D2]`: both copies' penultimate hidden state at the EOS position."""
+    def forward(self, input_ids: torch.Tensor):
+        """`[B, D1 + D2]`: both copies' penultimate hidden state at the EOS position; with `shift_pooled`, the pair
+        `(token, pooled [B, P])`."""
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
         eos = _eos_positions(input_ids, self.text_model.config)
-        parts = [model(input_ids=input_ids, output_hidden_states=True).hidden_states[-2][rows, eos]
-                 for model in (self.text_model, self.text_model_2)]
-        return torch.cat(parts, dim=-1)
+        first = self.text_model(input_ids=input_ids, output_hidden_states=True)
+        second = self.text_model_2(input_ids=input_ids, output_hidden_states=True)
+        token = torch.cat([first.hidden_states[-2][rows, eos], second.hidden_states[-2][rows, eos]], dim=-1)
+        return (token, second.text_embeds) if self.shift_pooled else token
 
     def check_fits(self, text_encoder, tokenizer=None, *, where: str = "the value encoder",
                    text_encoder_2=None) -> None:
@@ -175,7 +180,8 @@ class SDXLValueEncoder(nn.Module):
         self.text_model_2.save_pretrained(directory / "text_encoder_2", safe_serialization=True)
         (directory / SDXL_VALUE_ENCODER_FILE).write_text(json.dumps(
             {"family": self.family, "token": "penultimate EOS state of both encoder copies, concatenated",
-             "parts": ["text_encoder", "text_encoder_2"]}, indent=2) + "\n")
+             "pooled": "value" if self.shift_pooled else "prompt", "parts": ["text_encoder", "text_encoder_2"]},
+            indent=2) + "\n")
         return directory
 
     @classmethod
@@ -200,7 +206,7 @@ class SDXLValueEncoder(nn.Module):
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"{directory / name}: cannot load this part of the SDXL value encoder "
                                   f"({_first_line(exc)})") from exc
-        return cls(*parts)
+        return cls(*parts, shift_pooled=marker.get("pooled", "prompt") == "value")
 
 
 def _eos_positions(input_ids: torch.Tensor, config) -> torch.Tensor:
@@ -215,10 +221,11 @@ def is_sdxl(pipe) -> bool:
     return getattr(pipe, "text_encoder_2", None) is not None
 
 
-def value_encoder_for(pipe):
+def value_encoder_for(pipe, *, sdxl_shift_pooled: bool = False):
     """A fresh value encoder for `pipe`'s family: a trainable copy of its text encoder(s)."""
     if is_sdxl(pipe):
-        return SDXLValueEncoder.from_text_encoders(pipe.text_encoder, pipe.text_encoder_2)
+        return SDXLValueEncoder.from_text_encoders(pipe.text_encoder, pipe.text_encoder_2,
+                                                   shift_pooled=sdxl_shift_pooled)
     return ValueEncoder.from_text_encoder(pipe.text_encoder)
 
 
@@ -354,7 +361,8 @@ def sdxl_training_conditioning(
     """`(cond_value [B, 78, D1+D2], cond_plain [B, 77, D1+D2], added_cond_kwargs)` for one SDXL training batch:
     the prompt padded to 77 through both frozen encoders (penultimate hidden states side by side), the value token
     prepended, and SDXL's added conditions — the prompt's pooled `text_embeds` and the `time_ids` of an uncropped
-    `resolution`² image — shared by every pass."""
+    `resolution`² image — shared by every pass; with a `shift_pooled` value encoder, `value_text_embeds` (the value
+    text's pooled output, with gradient) replaces `text_embeds` in the value passes (`compute_denoising_errors`)."""
     device = next(value_encoder.parameters()).device
     ids = tokenize_prompts(tokenizer, prompts).to(device)
     with torch.no_grad():
@@ -362,10 +370,14 @@ def sdxl_training_conditioning(
         second = text_encoder_2(ids, output_hidden_states=True)
         cond_plain = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1).detach()
         pooled = second.text_embeds.detach()
-    value_vec = value_encoder(tokenize_value_inputs(tokenizer, principle_texts, prompts).to(device))
+    value_out = value_encoder(tokenize_value_inputs(tokenizer, principle_texts, prompts).to(device))
+    value_vec, value_pooled = value_out if isinstance(value_out, tuple) else (value_out, None)
     time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=pooled.dtype,
                             device=device).repeat(len(prompts), 1)
-    return prepend_value_token(value_vec, cond_plain), cond_plain, {"text_embeds": pooled, "time_ids": time_ids}
+    added = {"text_embeds": pooled, "time_ids": time_ids}
+    if value_pooled is not None:  # candidate (b): the value passes read the value text's pooled output instead
+        added["value_text_embeds"] = value_pooled.to(pooled.dtype)
+    return prepend_value_token(value_vec, cond_plain), cond_plain, added
 
 
 @dataclass
@@ -463,7 +475,10 @@ class LiVOPipeline:
     def _sdxl_value_embeddings(self, prompt: str, principle_text: str, negative_prompt: str | None):
         tokens, pooled = self._sdxl_tokens(prompt, None)
         value_ids = tokenize_value_inputs(self.base.tokenizer, [principle_text], [prompt]).to(self.device)
-        merged = prepend_value_token(self.value_encoder(value_ids), tokens)
+        value_out = self.value_encoder(value_ids)
+        if isinstance(value_out, tuple):  # candidate (b): the value text's pooled output replaces the prompt's
+            value_out, pooled = value_out[0], value_out[1].to(pooled.dtype)
+        merged = prepend_value_token(value_out, tokens)
         negative, negative_pooled = self._sdxl_tokens(negative_prompt or "", merged.shape[1])
         if not negative_prompt and getattr(self.base.config, "force_zeros_for_empty_prompt", False):
             negative, negative_pooled = torch.zeros_like(negative), torch.zeros_like(negative_pooled)

@@ -149,3 +149,33 @@ def cond_shapes_ok(sdxl, encoder, prompts, principles) -> bool:
         sdxl.text_encoder, sdxl.text_encoder_2, encoder, sdxl.tokenizer, prompts, principles, 32)
     return (tuple(cond_value.shape) == (4, 78, 128) and tuple(cond_plain.shape) == (4, 77, 128)
             and tuple(added["text_embeds"].shape) == (4, 64) and added["time_ids"][0].tolist() == [32, 32, 0, 0, 32, 32])
+
+
+def test_candidate_b_shifts_the_pooled_embedding_only_in_the_value_passes(sdxl, tmp_path):
+    """`shift_pooled` (candidate (b)): the value passes read the value text's pooled output (with gradient), the
+    reference passes the prompt's; it round-trips through save/load and changes images with the token."""
+    from diffusers import DDPMScheduler
+
+    encoder = value_encoder_for(sdxl, sdxl_shift_pooled=True)
+    prompts, principles = ["a photo of a doctor"] * 2, ["gender equality"] * 2
+    cond_value, cond_plain, added = sdxl_training_conditioning(
+        sdxl.text_encoder, sdxl.text_encoder_2, encoder, sdxl.tokenizer, prompts, principles, 32)
+    assert added["value_text_embeds"].requires_grad and not added["text_embeds"].requires_grad
+    assert not torch.allclose(added["value_text_embeds"], added["text_embeds"])
+    scheduler = DDPMScheduler.from_config(sdxl.scheduler.config)
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 8, 8, generator=generator)
+    noise, steps = torch.randn(latents.shape, generator=generator), torch.tensor([500, 700])
+    errors = compute_denoising_errors(sdxl.unet, scheduler, latents, latents, cond_value, cond_plain, noise, steps,
+                                      added_cond_kwargs=added)
+    errors.theta_w.sum().backward()
+    assert encoder.text_model_2.text_projection.weight.grad.abs().sum() > 0  # only the pooled path reaches it
+    with torch.no_grad():
+        plain = compute_denoising_errors(sdxl.unet, scheduler, latents, latents, cond_plain, cond_plain, noise, steps,
+                                         added_cond_kwargs={k: v for k, v in added.items() if k != "value_text_embeds"})
+    assert torch.allclose(errors.ref_w, plain.ref_w) and torch.allclose(plain.theta_w, plain.ref_w)
+    encoder.save_pretrained(tmp_path / "b")
+    assert ValueEncoder.from_pretrained(tmp_path / "b").shift_pooled
+    images = LiVOPipeline(sdxl, ValueEncoder.from_pretrained(tmp_path / "b")).generate(
+        ["a photo of a doctor"], "gender equality", num_images_per_prompt=1, seed=3, inference_dropout=0.0, **STEPS)
+    assert images.used_value_token == [True]

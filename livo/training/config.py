@@ -84,6 +84,9 @@ class TrainingConfig(LivoConfig):
         True, description="re-draw each pair's violating image from its scene at every step (the released recipe); "
                           "false = train on the pairs as stored (for matched pairs, data pairing=matched)")
 
+    sdxl_shift_pooled: bool = Field(
+        False, description="SDXL-family base models: the value path also replaces the pooled text_embeds with the value "
+                           "text's (candidate (b) of docs/architecture.md); default: the value token only")
     random_flip: bool = Field(
         False, description="mirror each pair (aligned and violating image together) with probability 1/2, as "
                            "diffusers' --random_flip; LIVO_METHOD.md's recipe does not flip")
@@ -142,8 +145,9 @@ class TrainingConfig(LivoConfig):
         relevant = self.model_dump(mode="json", include={
             "model", "init_value_encoder", "loss", "optimizer", "per_device_batch_size", "gradient_accumulation_steps",
             "global_batch_size", "seed", "zero_stage", "resolution"})
-        if self.random_flip:  # added later: runs without it keep their fingerprints (and their checkpoints resume)
-            relevant["random_flip"] = True
+        for knob in ("random_flip", "sdxl_shift_pooled"):  # added later: runs without them keep their fingerprints
+            if getattr(self, knob):
+                relevant[knob] = True
         return "sha256:" + hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 

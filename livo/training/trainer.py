@@ -293,7 +293,7 @@ def load_models(config: TrainingConfig, device_type: str, precision: str, local_
                                  text_encoder_2=text_encoder_2)
         value_encoder.requires_grad_(True)
     else:
-        value_encoder = value_encoder_for(pipe)
+        value_encoder = value_encoder_for(pipe, sdxl_shift_pooled=config.sdxl_shift_pooled)
     value_encoder.to(device=device, dtype=torch.float32).train()
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, *([text_encoder_2] if text_encoder_2 is not None else [])):
         module.requires_grad_(False)
