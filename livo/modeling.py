@@ -68,11 +68,7 @@ class ValueEncoder(nn.Module):
             raise ConfigError(f"{where} outputs {self.hidden_size}-wide tokens but the base model's text encoder "
                               f"outputs {base_width}-wide ones: it was trained on another base model; use a value "
                               "encoder trained on this base model (its lineage names the base model it fits)")
-        vocab = int(self.text_model.config.vocab_size)
-        needed = len(tokenizer) if tokenizer is not None else int(text_encoder.config.vocab_size)
-        if vocab < needed:
-            raise ConfigError(f"{where} knows {vocab} token ids but the base model's tokenizer has {needed}: it was "
-                              "trained on another base model; use a value encoder trained on this base model")
+        _check_vocabulary(self.text_model, text_encoder, tokenizer, where)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """`[B, D]` pooled output: the final-layer-norm hidden state at the EOS position."""
@@ -114,13 +110,13 @@ class ValueEncoder(nn.Module):
 
 
 class SDXLValueEncoder(nn.Module):
-    """The value encoder of an SDXL-family base model (issue 18; candidate (a) of docs/architecture.md, pending the
-    measurement that chooses between the candidates): trainable copies of both text encoders read
+    """The value encoder of an SDXL-family base model (issue 18; candidate (a) of docs/architecture.md, the default
+    chosen by measurement on the toy SDXL): trainable copies of both text encoders read
     `"<principle>, <prompt>"`, and the value token is each copy's hidden state at the EOS position in the layer the
     UNet reads (the penultimate one, as `StableDiffusionXLPipeline.encode_prompt`), side by side. At initialisation
     it is the frozen encoders' own EOS state of that text: in the distribution of the prompt's tokens, as SD v1.5's
     pooled output (the final-layer-norm EOS state) is in the distribution of its last hidden states. The pooled
-    `text_embeds` are left alone. Saved as `text_encoder/` and `text_encoder_2/` (transformers layout, safetensors)
+    `text_embeds` are left alone unless `shift_pooled` (candidate (b)). Saved as `text_encoder/` and `text_encoder_2/` (transformers layout, safetensors)
     plus `livo_value_encoder.json`, which names the family."""
 
     family = "sdxl"
@@ -165,11 +161,7 @@ class SDXLValueEncoder(nn.Module):
             if int(ours.config.hidden_size) != int(theirs.config.hidden_size):
                 raise ConfigError(f"{where}: its {name} encoder is {ours.config.hidden_size} wide, the base model's "
                                   f"{theirs.config.hidden_size}: it was trained on another base model")
-        vocab = int(self.text_model.config.vocab_size)
-        needed = len(tokenizer) if tokenizer is not None else int(text_encoder.config.vocab_size)
-        if vocab < needed:
-            raise ConfigError(f"{where} knows {vocab} token ids but the base model's tokenizer has {needed}: it was "
-                              "trained on another base model")
+        _check_vocabulary(self.text_model, text_encoder, tokenizer, where)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         import json
@@ -207,6 +199,23 @@ class SDXLValueEncoder(nn.Module):
                 raise ConfigError(f"{directory / name}: cannot load this part of the SDXL value encoder "
                                   f"({_first_line(exc)})") from exc
         return cls(*parts, shift_pooled=marker.get("pooled", "prompt") == "value")
+
+
+def _check_vocabulary(text_model, text_encoder, tokenizer, where: str) -> None:
+    """The value encoder reads the base tokenizer's ids: it must know every one of them."""
+    vocab = int(text_model.config.vocab_size)
+    needed = len(tokenizer) if tokenizer is not None else int(text_encoder.config.vocab_size)
+    if vocab < needed:
+        raise ConfigError(f"{where} knows {vocab} token ids but the base model's tokenizer has {needed}: it was "
+                          "trained on another base model; use a value encoder trained on this base model")
+
+
+def sdxl_encode(text_encoder, text_encoder_2, input_ids, input_ids_2=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL's conditioning as `StableDiffusionXLPipeline.encode_prompt` builds it: both encoders' penultimate hidden
+    states side by side (`[B, L, D1+D2]`) and the second encoder's projected pooled output (`[B, P]`)."""
+    first = text_encoder(input_ids, output_hidden_states=True)
+    second = text_encoder_2(input_ids if input_ids_2 is None else input_ids_2, output_hidden_states=True)
+    return torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1), second.text_embeds
 
 
 def _eos_positions(input_ids: torch.Tensor, config) -> torch.Tensor:
@@ -357,6 +366,7 @@ def sdxl_training_conditioning(
     prompts: Sequence[str],
     principle_texts: Sequence[str],
     resolution: int,
+    tokenizer_2=None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """`(cond_value [B, 78, D1+D2], cond_plain [B, 77, D1+D2], added_cond_kwargs)` for one SDXL training batch:
     the prompt padded to 77 through both frozen encoders (penultimate hidden states side by side), the value token
@@ -365,11 +375,10 @@ def sdxl_training_conditioning(
     text's pooled output, with gradient) replaces `text_embeds` in the value passes (`compute_denoising_errors`)."""
     device = next(value_encoder.parameters()).device
     ids = tokenize_prompts(tokenizer, prompts).to(device)
+    # each encoder reads its own tokenizer's padding (SDXL's second tokenizer pads with another token)
+    ids_2 = tokenize_prompts(tokenizer_2, prompts).to(device) if tokenizer_2 is not None else None
     with torch.no_grad():
-        first = text_encoder(ids, output_hidden_states=True)
-        second = text_encoder_2(ids, output_hidden_states=True)
-        cond_plain = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1).detach()
-        pooled = second.text_embeds.detach()
+        cond_plain, pooled = sdxl_encode(text_encoder, text_encoder_2, ids, ids_2)
     value_out = value_encoder(tokenize_value_inputs(tokenizer, principle_texts, prompts).to(device))
     value_vec, value_pooled = value_out if isinstance(value_out, tuple) else (value_out, None)
     time_ids = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=pooled.dtype,
@@ -407,7 +416,8 @@ def value_token_mask(num_images: int, dropout: float, seed: int, prompt_index: i
 
 
 class LiVOPipeline:
-    """Generates with an explicit principle per prompt on top of a diffusers `StableDiffusionPipeline`.
+    """Generates with an explicit principle per prompt on top of a diffusers `StableDiffusionPipeline` (or an
+    SDXL-family `StableDiffusionXLPipeline`, with an `SDXLValueEncoder`).
 
     Images without a principle (or whose token was dropped by the inference dropout) go through the base pipeline
     exactly as a plain call would, so they are bit-identical to it for the same seeds and batch.
@@ -459,18 +469,16 @@ class LiVOPipeline:
         return merged, text_encoder(input_ids=neg_ids)[0]
 
     def _sdxl_tokens(self, text: str, length: int | None):
-        """SDXL's conditioning of `text` (tokens `[1, L, D1+D2]`, pooled `[1, P]`), unpadded (`length` None, at most
-        76 tokens) or padded to `length`, as `StableDiffusionXLPipeline.encode_prompt` builds it."""
-        base, parts, pooled = self.base, [], None
-        for tokenizer, encoder in ((base.tokenizer, base.text_encoder), (base.tokenizer_2, base.text_encoder_2)):
+        """`sdxl_encode` of `text`, unpadded (`length` None, at most 76 tokens) or padded to `length`."""
+        ids = []
+        for tokenizer in (self.base.tokenizer, self.base.tokenizer_2):
             if length is None:
-                ids = tokenizer(text, truncation=True, max_length=tokenizer.model_max_length - 1, return_tensors="pt")
+                ids.append(tokenizer(text, truncation=True, max_length=tokenizer.model_max_length - 1,
+                                     return_tensors="pt").input_ids.to(self.device))
             else:
-                ids = tokenizer(text, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
-            out = encoder(ids.input_ids.to(self.device), output_hidden_states=True)
-            parts.append(out.hidden_states[-2])
-            pooled = out[0] if encoder is base.text_encoder_2 else pooled
-        return torch.cat(parts, dim=-1), pooled
+                ids.append(tokenizer(text, padding="max_length", max_length=length, truncation=True,
+                                     return_tensors="pt").input_ids.to(self.device))
+        return sdxl_encode(self.base.text_encoder, self.base.text_encoder_2, *ids)
 
     def _sdxl_value_embeddings(self, prompt: str, principle_text: str, negative_prompt: str | None):
         tokens, pooled = self._sdxl_tokens(prompt, None)

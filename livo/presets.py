@@ -43,7 +43,7 @@ TINY_WORDS = (
 
 
 class ModelSection(LivoConfig):
-    source: str = Field("tiny", description="tiny | toy | sd15 | sd15-random | local folder | s3:// URI | hub id")
+    source: str = Field("tiny", description="tiny | toy | toy-sdxl | sd15 | sd15-random | local folder | s3:// URI | hub id")
     dtype: str | None = Field(None, description="float32 | float16 | bfloat16; None = float32 on CPU, fp16 on GPU")
 
 

@@ -685,7 +685,7 @@ class _ShardWorker:
         import numpy as np
         import torch
 
-        from livo.modeling import encode_prompts
+        from livo.modeling import encode_prompts, is_sdxl
 
         pipe = self.pipe
         batch_size = self.settings["batch_size"]
@@ -704,7 +704,7 @@ class _ShardWorker:
                                 row[f"{side}_latent_dist{suffix}"] = parameters.float().cpu().numpy().astype(
                                     np.float16)
             # an SDXL base model's conditioning is two encoders' tokens and a pooled output: training encodes it
-            if self.config.precompute_prompt_embeds and getattr(pipe, "text_encoder_2", None) is None:
+            if self.config.precompute_prompt_embeds and not is_sdxl(pipe):
                 for start in range(0, len(rows), batch_size):
                     chunk = rows[start:start + batch_size]
                     embeds = encode_prompts(pipe.text_encoder, pipe.tokenizer, [r["prompt"] for r in chunk])

@@ -250,6 +250,7 @@ class Models:
     base_fingerprint: str
     frozen_digest: str = ""
     text_encoder_2: Any = None  # SDXL-family base models
+    tokenizer_2: Any = None
 
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -275,7 +276,7 @@ def load_models(config: TrainingConfig, device_type: str, precision: str, local_
     from diffusers import DDPMScheduler
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    from livo.modeling import ValueEncoder, value_encoder_for
+    from livo.modeling import ValueEncoder, is_sdxl, value_encoder_for
     from livo.presets import load_pipeline, pipeline_fingerprint
 
     device = torch.device("cuda", local_rank) if device_type == "cuda" else torch.device("cpu")
@@ -284,7 +285,7 @@ def load_models(config: TrainingConfig, device_type: str, precision: str, local_
     pipe = load_pipeline(config.model, seed=config.seed)
     fingerprint = pipeline_fingerprint(pipe)
     # The value encoder starts as a copy of the base text encoder (fp32 master weights) unless one is given.
-    text_encoder_2 = getattr(pipe, "text_encoder_2", None)  # SDXL family
+    text_encoder_2 = pipe.text_encoder_2 if is_sdxl(pipe) else None
     if text_encoder_2 is not None and config.loss.distill_weight:
         raise ConfigError("loss.distill_weight is not supported on SDXL-family base models yet; set it to 0")
     if config.init_value_encoder:
@@ -311,7 +312,13 @@ def load_models(config: TrainingConfig, device_type: str, precision: str, local_
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     return Models(unet=unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
                   noise_scheduler=noise_scheduler, value_encoder=value_encoder, device=device,
-                  weight_dtype=weight_dtype, base_fingerprint=fingerprint, text_encoder_2=text_encoder_2)
+                  weight_dtype=weight_dtype, base_fingerprint=fingerprint, text_encoder_2=text_encoder_2,
+                  tokenizer_2=getattr(pipe, "tokenizer_2", None))
+
+
+def vae_scale_factor(vae) -> int:
+    """Pixels per latent cell: 2 per down block after the first (diffusers' `vae_scale_factor`)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def sample_latents(vae, posterior_parameters, generator):
@@ -360,10 +367,10 @@ def step_loss(models: Models, value_encoder, batch: dict[str, Any], generator, l
     if models.text_encoder_2 is not None:  # SDXL: both encoders, the pooled output and the size ids
         from livo.modeling import sdxl_training_conditioning
 
-        resolution = int(latents_w.shape[-1]) * 2 ** (len(models.vae.config.block_out_channels) - 1)
         cond_value, cond_plain, added = sdxl_training_conditioning(
             models.text_encoder, models.text_encoder_2, value_encoder, models.tokenizer, batch["prompts"],
-            batch["principle_texts"], resolution)
+            batch["principle_texts"], int(latents_w.shape[-1]) * vae_scale_factor(models.vae),
+            tokenizer_2=models.tokenizer_2)
     else:
         cond_value, cond_plain = training_conditioning(models.text_encoder, value_encoder, models.tokenizer,
                                                        batch["prompts"], batch["principle_texts"],
@@ -573,7 +580,7 @@ class Trainer:
                 raise DataError(f"{self.config.dataset}: the stored VAE posteriors have {shape[0]} channels (mean and "
                                 f"log-variance) but the UNet takes {unet_channels}-channel latents; regenerate the "
                                 "dataset with this base model")
-            factor = 2 ** (len(self.models.vae.config.block_out_channels) - 1)
+            factor = vae_scale_factor(self.models.vae)
             resolution = self.config.resolution or int(self.models.vae.config.sample_size)
             if shape[1] * factor != resolution:
                 log_event(log, "precomputed latents ignored: made at another resolution; the images are encoded",
