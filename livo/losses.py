@@ -24,16 +24,22 @@ def livo_loss_terms(
     alpha: float = 500.0,
     gamma1: float = 1.0,
     gamma2: float = 0.5,
+    paired_violating: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per-sample hinge terms and their batch-mean sum.
 
     `hinge_w = relu(γ1 + β·(θw − rw))` asks the value token to denoise the aligned image better than the base model;
     `hinge_l = relu(γ2 + α·(rl − θl))` asks it to denoise the violating image worse. Each stops pushing once its margin
-    is met.
+    is met. `paired_violating` (not the paper's) measures the violating image's rise against the aligned image's,
+    `relu(γ2 + α·((rl − θl) − (rw − θw)))`, so that what raises both errors alike — a change of what both images
+    show — does not count towards the margin.
     """
     _check_errors(theta_w, ref_w, theta_l, ref_l)
     hinge_w = F.relu(gamma1 + beta * (theta_w - ref_w))
-    hinge_l = F.relu(gamma2 + alpha * (ref_l - theta_l))
+    violating_gain = ref_l - theta_l
+    if paired_violating:
+        violating_gain = violating_gain - (ref_w - theta_w)
+    hinge_l = F.relu(gamma2 + alpha * violating_gain)
     return {"loss": (hinge_w + hinge_l).mean(), "hinge_w": hinge_w, "hinge_l": hinge_l}
 
 

@@ -52,6 +52,22 @@ def test_only_second_hinge_active_gives_gradient_alpha_over_batch():
     assert theta_w.grad.abs().sum().item() == 0.0
 
 
+def test_paired_violating_hinge_measures_the_violating_rise_against_the_aligned_one():
+    # per sample: (rl − θl) − (rw − θw); sample 0: the token hurts both images by 0.1 — the paper's hinge counts it
+    # as met, the paired one does not; sample 1: only the violating image gets worse — met either way
+    theta_w, ref_w, theta_l, ref_l = _errors([0.3, 0.2], [0.2, 0.2], [0.3, 0.4], [0.2, 0.2])
+    paper = livo_loss_terms(theta_w, ref_w, theta_l, ref_l, beta=10, alpha=5, gamma2=0.5)
+    paired = livo_loss_terms(theta_w, ref_w, theta_l, ref_l, beta=10, alpha=5, gamma2=0.5, paired_violating=True)
+    # paper: relu(0.5 + 5·[−0.1, −0.2]) = [0, 0]; paired: relu(0.5 + 5·([−0.1, −0.2] − [−0.1, 0])) = [0.5, 0]
+    assert paper["hinge_l"].tolist() == pytest.approx([0.0, 0.0])
+    assert paired["hinge_l"].tolist() == pytest.approx([0.5, 0.0])
+    assert paired["hinge_w"].tolist() == pytest.approx(paper["hinge_w"].tolist())
+    paired["hinge_l"].sum().backward()
+    # the active paired hinge pushes the violating error up and the aligned error down, each with weight α
+    assert theta_l.grad.tolist() == pytest.approx([-5.0, 0.0])
+    assert theta_w.grad.tolist() == pytest.approx([5.0, 0.0])
+
+
 def test_diffusion_dpo_loss_matches_closed_form():
     theta_w, ref_w, theta_l, ref_l = _errors([0.1001, 0.2], [0.1, 0.2002], [0.3, 0.1], [0.3001, 0.1])
     loss = diffusion_dpo_loss(theta_w, ref_w, theta_l, ref_l, beta=5000)

@@ -33,6 +33,11 @@ class LossConfig(LivoConfig):
         0.0, ge=0, description="λ of an added anchor term λ·θw (the value-conditioned denoising error of the aligned "
                                "image, no margin), so that the aligned image's content keeps pulling once the first "
                                "hinge is met (docs/convergence.md, issue 15); 0 = the paper's loss")
+    paired_violating_hinge: bool = Field(
+        False, description="the violating hinge asks for the violating image's error to rise beyond the aligned "
+                           "image's: relu(γ2 + α·((rl − θl) − (rw − θw))), so a change that hurts both images of a pair "
+                           "alike (e.g. the subject's shape) earns nothing (docs/convergence.md, issue 15); false = the "
+                           "paper's loss")
     dpo_beta: float = Field(5000.0, gt=0, description="Diffusion-DPO β (reference-code convention, with the ½)")
 
 
@@ -148,6 +153,9 @@ class TrainingConfig(LivoConfig):
         for knob in ("random_flip", "sdxl_shift_pooled"):  # added later: runs without them keep their fingerprints
             if getattr(self, knob):
                 relevant[knob] = True
+        for knob in ("paired_violating_hinge",):  # the same for loss knobs added later
+            if not getattr(self.loss, knob):
+                relevant["loss"].pop(knob)
         return "sha256:" + hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 

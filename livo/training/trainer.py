@@ -390,7 +390,8 @@ def step_loss(models: Models, value_encoder, batch: dict[str, Any], generator, l
         common = [errors.theta_w.mean(), errors.ref_w.mean(), errors.theta_l.mean(), errors.ref_l.mean()]
     if loss_config.kind == "livo":
         terms = livo_loss_terms(errors.theta_w, errors.ref_w, errors.theta_l, errors.ref_l, beta=loss_config.beta,
-                                alpha=loss_config.alpha, gamma1=loss_config.gamma1, gamma2=loss_config.gamma2)
+                                alpha=loss_config.alpha, gamma1=loss_config.gamma1, gamma2=loss_config.gamma2,
+                                paired_violating=loss_config.paired_violating_hinge)
         loss = terms["loss"]
         if loss_config.anchor_weight:
             loss = loss + loss_config.anchor_weight * errors.theta_w.mean()

@@ -79,6 +79,14 @@ def test_fingerprint_tracks_what_changes_the_step():
     assert base.fingerprint() != TrainingConfig(loss={"kind": "dpo"}).fingerprint()
 
 
+def test_knobs_added_later_keep_existing_fingerprints():
+    """Checkpoints written before a knob existed still resume: the knob enters the fingerprint only when it is on."""
+    default = "sha256:4ead9e1207b9818eeb1d17f19e051d9ba9b81bfa791c2cbbf7af4bd677476da1"  # before paired_violating_hinge
+    assert TrainingConfig().fingerprint() == default
+    assert TrainingConfig(loss={"paired_violating_hinge": True}).fingerprint() != default
+    assert TrainingConfig(random_flip=True).fingerprint() != default
+
+
 def test_plan_fills_deepspeed_config(tmp_path):
     from livo.training.trainer import plan_run
 

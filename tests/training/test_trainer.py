@@ -173,3 +173,10 @@ def test_anchor_term_adds_lambda_times_the_aligned_error(tmp_path, latent_datase
         distilled, _ = step_loss(trainer.models, encoder, batch, torch.Generator().manual_seed(5),
                                  LossConfig(distill_weight=1000.0))
     assert float(distilled) > plain
+    # loss.paired_violating_hinge reaches the violating hinge only: same errors and first hinge, another second hinge
+    with torch.no_grad():
+        _, paper_stats = step_loss(trainer.models, encoder, batch, torch.Generator().manual_seed(5), LossConfig())
+        _, paired_stats = step_loss(trainer.models, encoder, batch, torch.Generator().manual_seed(5),
+                                    LossConfig(paired_violating_hinge=True))
+    assert paired_stats[1:6].tolist() == paper_stats[1:6].tolist()  # θw rw θl rl hinge_w
+    assert float(paired_stats[6]) != float(paper_stats[6])  # hinge_l
