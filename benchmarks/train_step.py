@@ -18,6 +18,12 @@ FLOPs: recomputation included).
 
     python benchmarks/train_step.py --preset mid --device cpu --dtype fp32 --batch 4
     python benchmarks/train_step.py --preset sd15-random --device cuda --dtype bf16 --batch 8
+    python benchmarks/train_step.py --preset sdxl-random --device cuda --dtype bf16 --batch 2 --gradient-checkpointing
+
+SDXL-family presets (`sdxl-random`: SDXL base 1.0 sizes, 1024²; `toy-sdxl`: the toy SDXL, for a CPU run of the same
+code) time the shipped and pixel steps only: the authors' recipe exists for SD v1.5 alone. Their VAE stays in fp32
+(its config says force_upcast, as in training) and the prompt is encoded by both frozen encoders every step (datasets
+store no SDXL prompt embeddings).
 
 Prints one JSON line (the command, hardware, load average before and after, figures per variant). Results with the
 hardware are recorded in docs/training.md.
@@ -74,8 +80,11 @@ def build_mid_pipeline(seed: int = 0):
     return _assemble(unet.eval(), vae.eval(), text_encoder.eval(), tokenizer)
 
 
+PRESETS = ("tiny", "mid", "sd15-random", "toy-sdxl", "sdxl-random")
+
+
 def build_pipeline(preset: str):
-    from livo.presets import build_sd15_random_pipeline, build_tiny_pipeline
+    from livo.presets import build_sd15_random_pipeline, build_sdxl_random_pipeline, build_tiny_pipeline, load_pipeline
 
     if preset == "tiny":
         return build_tiny_pipeline(0), 32
@@ -83,7 +92,11 @@ def build_pipeline(preset: str):
         return build_mid_pipeline(0), 128
     if preset == "sd15-random":
         return build_sd15_random_pipeline(0), 512
-    raise SystemExit(f"unknown preset {preset!r}: tiny | mid | sd15-random")
+    if preset == "toy-sdxl":
+        return load_pipeline("toy-sdxl"), 32
+    if preset == "sdxl-random":
+        return build_sdxl_random_pipeline(0), 1024
+    raise SystemExit(f"unknown preset {preset!r}: {' | '.join(PRESETS)}")
 
 
 def reference_step_loss(models, value_encoder, pixels_w, pixels_l, prompts, principle_texts, generator):
@@ -111,7 +124,7 @@ def reference_step_loss(models, value_encoder, pixels_w, pixels_l, prompts, prin
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="mid", choices=["tiny", "mid", "sd15-random"])
+    parser.add_argument("--preset", default="mid", choices=PRESETS)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES))
     parser.add_argument("--batch", type=int, default=None, help="pairs per step (default: 8 on cuda, 4 on cpu)")
@@ -132,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     from livo.flops import flop_counter
-    from livo.modeling import ValueEncoder, encode_prompts
+    from livo.modeling import encode_prompts, is_sdxl, value_encoder_for
     from livo.training.config import LossConfig
     from livo.training.trainer import Models, step_loss
 
@@ -147,25 +160,34 @@ def main(argv: list[str] | None = None) -> int:
     batch = args.batch or (8 if args.device == "cuda" else 4)
     pipe, resolution = build_pipeline(args.preset)
 
-    value_encoder = ValueEncoder.from_text_encoder(pipe.text_encoder).to(device=device, dtype=torch.float32).train()
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+    sdxl = is_sdxl(pipe)
+    if sdxl and args.only == "reference":
+        raise SystemExit("the reference recipe exists for SD v1.5 only: time shipped or pixels on SDXL presets")
+    value_encoder = value_encoder_for(pipe).to(device=device, dtype=torch.float32).train()
+    encoder_copies = [m for m in (value_encoder.text_model, getattr(value_encoder, "text_model_2", None)) if m]
+    frozen = [pipe.unet, pipe.vae, pipe.text_encoder, *([pipe.text_encoder_2] if sdxl else [])]
+    for module in frozen:
         module.requires_grad_(False)
         module.to(device=device)
-        if dtype != torch.float32:
+        if dtype != torch.float32 and not (sdxl and module is pipe.vae):  # SDXL's VAE: fp32, as training keeps it
             module.to(dtype=dtype)
     pipe.unet.set_attn_processor(AttnProcessor2_0())
 
     def checkpointing(enabled: bool) -> None:
         if enabled:
             pipe.unet.enable_gradient_checkpointing()
-            value_encoder.text_model.gradient_checkpointing_enable()
+            for copy in encoder_copies:
+                copy.gradient_checkpointing_enable()
         else:
             pipe.unet.disable_gradient_checkpointing()
-            value_encoder.text_model.gradient_checkpointing_disable()
+            for copy in encoder_copies:
+                copy.gradient_checkpointing_disable()
     unet = torch.compile(pipe.unet) if args.compile else pipe.unet
     models = Models(unet=unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
                     noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config), value_encoder=value_encoder,
-                    device=device, weight_dtype=dtype, base_fingerprint="")
+                    device=device, weight_dtype=dtype, base_fingerprint="",
+                    text_encoder_2=pipe.text_encoder_2 if sdxl else None,
+                    tokenizer_2=pipe.tokenizer_2 if sdxl else None)
     optimizer = torch.optim.AdamW(value_encoder.parameters(), lr=1e-6, betas=(0.9, 0.999), weight_decay=1e-2,
                                   eps=1e-8)
 
@@ -178,16 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     prompts = prompts[:batch]
     principle_texts = ["gender equality"] * batch
     with torch.no_grad():
-        posterior_w = pipe.vae.encode(pixels_w.to(device, dtype)).latent_dist.parameters.cpu()
-        posterior_l = pipe.vae.encode(pixels_l.to(device, dtype)).latent_dist.parameters.cpu()
-        prompt_embeds = encode_prompts(pipe.text_encoder, pipe.tokenizer, prompts).cpu()
-    precomputed = {"latent_dist_w": posterior_w, "latent_dist_l": posterior_l, "prompt_embeds": prompt_embeds.to(dtype),
+        posterior_w = pipe.vae.encode(pixels_w.to(device, pipe.vae.dtype)).latent_dist.parameters.cpu()
+        posterior_l = pipe.vae.encode(pixels_l.to(device, pipe.vae.dtype)).latent_dist.parameters.cpu()
+    precomputed = {"latent_dist_w": posterior_w, "latent_dist_l": posterior_l,
                    "prompts": prompts, "principle_texts": principle_texts}
+    if not sdxl:  # as `livo generate` stores them: SD-family prompt embeddings only
+        with torch.no_grad():
+            precomputed["prompt_embeds"] = encode_prompts(pipe.text_encoder, pipe.tokenizer, prompts).cpu().to(dtype)
     autocast = (torch.autocast(args.device, dtype=dtype) if args.dtype != "fp32" else contextlib.nullcontext())
     generator = torch.Generator(device=device).manual_seed(0)
     loss_config = LossConfig()
 
-    pixel_batch = {"pixels_w": pixels_w.to(device, dtype), "pixels_l": pixels_l.to(device, dtype),
+    pixel_batch = {"pixels_w": pixels_w.to(device, pipe.vae.dtype), "pixels_l": pixels_l.to(device, pipe.vae.dtype),
                    "prompts": prompts, "principle_texts": principle_texts}
 
     def ours(batch: dict, recompute: bool) -> None:
@@ -224,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         peak = next((v[args.dtype] for k, v in PEAK_TFLOPS.items() if k in device_name), None)
 
     variants = {name: step for name, step in (("shipped", shipped), ("pixels", pixels), ("reference", reference))
-                if not args.only or name == args.only}
+                if (not args.only or name == args.only) and not (sdxl and name == "reference")}
     for step in variants.values():
         for _ in range(args.warmup):
             step()

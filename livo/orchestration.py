@@ -312,14 +312,19 @@ class PipelineParameters(LivoConfig):
     def _check_stage_configs(self, preset: Any, principles_source: str, principle_set: Any) -> None:
         """Build each stage's typed config from the preset and its overrides, so that a misspelt key or a bad
         value fails here, not hours later in a GPU pod (the same builders the stage components call)."""
-        from livo.data.generate import build_generate_config
+        from livo.data.generate import build_generate_config, resolve_settings
         from livo.evaluation.config import load_evaluation_config
         from livo.evaluation.protocol import plan_evaluation
+        from livo.presets import check_model_settings
         from livo.training.jobs import launch_arguments, validate_launch_arguments
 
+        model_source = self.run_model_source or preset.model.source
         with _naming_parameter("data_config_overrides"):
-            build_generate_config(overrides=[*self.data_config_overrides, f"num_shards={self.data_shard_count}",
-                                             f"principles_file={principles_source}"], preset=self.run_preset)
+            generation = build_generate_config(overrides=[*self.data_config_overrides,
+                                                          f"num_shards={self.data_shard_count}",
+                                                          f"principles_file={principles_source}"],
+                                               preset=self.run_preset)
+            check_model_settings(model_source, resolution=resolve_settings(generation)["resolution"])
         with _naming_parameter("train_config_overrides"):
             # The URIs only have to be well-formed here; nothing is read from them.
             training_args = launch_arguments(dataset_uri=f"s3://validate/{RUN_DATASET_DIR}",
@@ -329,6 +334,7 @@ class PipelineParameters(LivoConfig):
             validate_launch_arguments(training_args, world_size=max(1, self.train_gpus_per_node) * self.train_num_nodes)
         with _naming_parameter("eval_config_overrides"):
             evaluation = load_evaluation_config(preset.evaluate, preset.judges, None, self.eval_config_overrides)
+            check_model_settings(model_source, resolution=evaluation.resolution or preset.generation.resolution)
             check_evaluation_gates(evaluation, plan_evaluation(principle_set, evaluation),
                                    preset_name=preset.name, allow_ungated=self.run_allow_ungated)
 

@@ -1,13 +1,17 @@
-"""Model presets: `tiny` (random weights from configs), `toy` (the synthetic world), `sd15` (production).
+"""Model presets: `tiny` (random weights from configs), `toy` (the synthetic world), `sd15`, `sd21`, `sdxl` (production).
 
 Nothing is loaded at import time. `load_pipeline(source)` is the one way every stage gets a base model:
 - `"tiny"`: a complete Stable-Diffusion-architecture pipeline with random weights, built from configs (tests);
-- `"toy"`: the committed toy-world base model (`livo/toy/`);
-- `"sd15"`: SD v1.5 from `LIVO_SD15_PATH` (a local diffusers folder or an `s3://` mirror), else the hub id
-  `stable-diffusion-v1-5/stable-diffusion-v1-5` where a hub is reachable;
-- `"sd15-random"`: the SD v1.5 architecture with random weights (GPU benchmarks without weights);
+- `"toy"` / `"toy-sdxl"`: the committed toy-world base models (`livo/toy/`), SD and SDXL architecture;
+- `"sd15"`, `"sd21"`, `"sdxl"`: SD v1.5, SD 2.1 and SDXL base 1.0 from `LIVO_SD15_PATH` / `LIVO_SD21_PATH` /
+  `LIVO_SDXL_PATH` (a local diffusers folder or an `s3://` mirror), else their hub ids (`NAMED_MODELS`) where a hub
+  is reachable;
+- `"sd15-random"`, `"sdxl-random"`: those architectures with random weights (GPU benchmarks without weights);
 - a local diffusers folder, an `s3://bucket/prefix` URI of a mirror written by `livo models mirror` (fetched into
   the verified, content-keyed cache of `livo.models.mirror`), or a hub id.
+A folder, mirror or hub id may hold a `StableDiffusionPipeline` (SD 1.x / 2.x) or a `StableDiffusionXLPipeline`; its
+`model_index.json` decides which class loads it. `model_facts(source)` reads the family and the VAE factor without
+loading weights, so that stages refuse a resolution or a setting the model cannot take before any model loads.
 Preset configs (`configs/presets/<name>.yaml`) name the model source, the principles file, generation settings,
 judges and per-stage overrides.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +34,14 @@ from livo.tokenization import bytes_to_unicode, learn_bpe_merges
 log = get_logger(__name__)
 
 SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SD21_HUB_ID = "stabilityai/stable-diffusion-2-1"
+SDXL_HUB_ID = "stabilityai/stable-diffusion-xl-base-1.0"
+# A production model by name: the environment variable that points at a local folder or s3:// mirror of it, else the
+# hub id (where a hub is reachable).
+NAMED_MODELS = {"sd15": ("LIVO_SD15_PATH", SD15_HUB_ID), "sd21": ("LIVO_SD21_PATH", SD21_HUB_ID),
+                "sdxl": ("LIVO_SDXL_PATH", SDXL_HUB_ID)}
+# The diffusers pipeline classes a base model may be, and the family each one is.
+PIPELINE_FAMILIES = {"StableDiffusionPipeline": "sd", "StableDiffusionXLPipeline": "sdxl"}
 
 # Words the tiny tokenizer knows as whole tokens (everything else falls back to characters): principle texts and the
 # vocabulary of typical prompts, so tiny-model prompts stay well under 77 tokens.
@@ -43,7 +56,8 @@ TINY_WORDS = (
 
 
 class ModelSection(LivoConfig):
-    source: str = Field("tiny", description="tiny | toy | toy-sdxl | sd15 | sd15-random | local folder | s3:// URI | hub id")
+    source: str = Field("tiny", description="tiny | toy | toy-sdxl | sd15 | sd21 | sdxl | sd15-random | sdxl-random | "
+                                            "local folder | s3:// URI | hub id")
     dtype: str | None = Field(None, description="float32 | float16 | bfloat16; None = float32 on CPU, fp16 on GPU")
 
 
@@ -210,6 +224,50 @@ def build_sd15_random_pipeline(seed: int = 0):
     return _assemble(unet.eval(), vae.eval(), text_encoder.eval(), tokenizer)
 
 
+def build_sdxl_random_pipeline(seed: int = 0):
+    """The SDXL base 1.0 architecture (UNet 2.6 B, CLIP ViT-L/14 123 M and OpenCLIP bigG/14 695 M text towers, VAE 84 M)
+    with random weights — real sizes for timing on a GPU without any weights. Configs as in the model's repository;
+    the tokenizers are the in-code one (CLIP's vocabulary is on the hub)."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**SDXL_UNET_CONFIG)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=1024,
+        block_out_channels=(128, 256, 512, 512), scaling_factor=0.13025, force_upcast=True,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+    text_encoder = CLIPTextModel(_text_encoder_config(
+        tokenizer, vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+        num_attention_heads=12, projection_dim=768, hidden_act="quick_gelu",
+    ))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_encoder_config(
+        tokenizer, vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+        num_attention_heads=20, projection_dim=1280, hidden_act="gelu",
+    ))
+    scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                       beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=vae.eval(), text_encoder=text_encoder.eval(),
+                                     text_encoder_2=text_encoder_2.eval(), tokenizer=tokenizer,
+                                     tokenizer_2=build_tiny_tokenizer(), unet=unet.eval(), scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# stabilityai/stable-diffusion-xl-base-1.0 unet/config.json (the fields that differ from diffusers' defaults)
+SDXL_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 128, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+    "block_out_channels": (320, 640, 1280), "attention_head_dim": (5, 10, 20), "cross_attention_dim": 2048,
+    "transformer_layers_per_block": (1, 2, 10), "use_linear_projection": True,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "addition_embed_type": "text_time", "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816,
+}
+
+
 def torch_dtype_named(name: str | None):
     import torch
 
@@ -221,8 +279,15 @@ def torch_dtype_named(name: str | None):
         raise ConfigError(f"unknown dtype {name!r}; use float32, float16 or bfloat16") from None
 
 
+def named_model_location(name: str) -> str:
+    """Where the named production model (`NAMED_MODELS`) is read from: its environment variable, else its hub id."""
+    variable, hub_id = NAMED_MODELS[name]
+    return os.environ.get(variable) or hub_id
+
+
 def load_pipeline(source: str, *, device: str | None = None, dtype: Any = None, seed: int = 0):
-    """The base `StableDiffusionPipeline` for `source` (see the module docstring), moved to `device`/`dtype`."""
+    """The base pipeline for `source` (see the module docstring): a `StableDiffusionPipeline` or, for SDXL-family
+    models, a `StableDiffusionXLPipeline`, moved to `device`/`dtype`."""
     if isinstance(dtype, str):
         dtype = torch_dtype_named(dtype)
     if source == "tiny":
@@ -237,8 +302,10 @@ def load_pipeline(source: str, *, device: str | None = None, dtype: Any = None, 
         pipe = load_toy_sdxl_pipeline()
     elif source == "sd15-random":
         pipe = build_sd15_random_pipeline(seed)
-    elif source == "sd15":
-        pipe = _from_pretrained(os.environ.get("LIVO_SD15_PATH") or SD15_HUB_ID)
+    elif source == "sdxl-random":
+        pipe = build_sdxl_random_pipeline(seed)
+    elif source in NAMED_MODELS:
+        pipe = _from_pretrained(named_model_location(source))
     else:
         pipe = _from_pretrained(source)
     pipe.set_progress_bar_config(disable=True)
@@ -247,40 +314,140 @@ def load_pipeline(source: str, *, device: str | None = None, dtype: Any = None, 
     return pipe
 
 
-def _from_pretrained(source: str):
-    from diffusers import StableDiffusionPipeline
+def _pipeline_class(class_name: Any, where: str):
+    """The diffusers class that loads a model whose model_index.json names `class_name` (refused unless livo aligns
+    that family)."""
+    import diffusers
 
+    if class_name not in PIPELINE_FAMILIES:
+        raise ConfigError(f"{where} is a {class_name or 'pipeline of no named class'}; livo aligns "
+                          f"{' and '.join(PIPELINE_FAMILIES)} base models")
+    return getattr(diffusers, class_name)
+
+
+def _from_pretrained(source: str):
     local = Path(source)
     if source.startswith("s3://"):  # a mirror (`livo models mirror`): verified, cached by content
         from livo.models.mirror import fetch_model
 
         local = fetch_model(source, kind="diffusers")
-    kwargs = dict(use_safetensors=True, safety_checker=None, requires_safety_checker=False)
     if local.is_dir():
-        if not (local / "model_index.json").is_file():
+        index = local / "model_index.json"
+        if not index.is_file():
             raise ConfigError(f"{local}: not a diffusers pipeline folder (model_index.json missing)")
+        import json
+
+        pipeline_class = _pipeline_class(json.loads(index.read_text()).get("_class_name"), str(local))
         from safetensors import SafetensorError
 
         from livo.weights import check_safetensors_files
 
         check_safetensors_files(sorted(local.glob("*/*.safetensors")))  # names a truncated file before loading
         try:
-            return StableDiffusionPipeline.from_pretrained(local, **kwargs)
+            return pipeline_class.from_pretrained(local, **_load_kwargs(pipeline_class))
         except (OSError, SafetensorError) as exc:
             raise ConfigError(f"{local}: could not load the pipeline with safetensors weights ({exc})") from exc
     if "/" not in source or source.startswith((".", "/")):
         raise ConfigError(
-            f"model source {source!r} is neither a preset (tiny, toy, sd15, sd15-random), a folder, an s3:// URI "
-            "nor a hub id"
+            f"model source {source!r} is neither a preset ({', '.join(BUILT_IN_MODELS)}, {', '.join(NAMED_MODELS)}), "
+            "a folder, an s3:// URI nor a hub id"
         )
+    from diffusers import DiffusionPipeline
+
     try:
-        return StableDiffusionPipeline.from_pretrained(source, **kwargs)
+        pipeline_class = _pipeline_class(DiffusionPipeline.load_config(source).get("_class_name"), source)
+        return pipeline_class.from_pretrained(source, **_load_kwargs(pipeline_class))
     except OSError as exc:
         raise LivoError(
             f"could not load {source!r} from the hub ({str(exc).splitlines()[0]}); without a reachable hub, point "
-            "LIVO_SD15_PATH (or the model source) at a local diffusers folder or an s3:// mirror written by "
-            "`livo models mirror`"
+            "LIVO_SD15_PATH / LIVO_SD21_PATH / LIVO_SDXL_PATH (or the model source) at a local diffusers folder or an "
+            "s3:// mirror written by `livo models mirror`"
         ) from exc
+
+
+def _load_kwargs(pipeline_class) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"use_safetensors": True}
+    if pipeline_class.__name__ == "StableDiffusionPipeline":  # the toxicity judges measure harm: no NSFW blackout
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    return kwargs
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# What a model is, without loading it
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """A base model's family (`sd` | `sdxl`) and VAE factor (pixels per latent cell); None where only loading it
+    would tell (a hub id livo does not know, a folder that is not on this machine)."""
+
+    family: str | None = None
+    vae_scale_factor: int | None = None
+
+
+# The built-in sources (sd15-random and sdxl-random: the VAE of SD v1.5 / SDXL, 4 blocks)
+BUILT_IN_MODELS = {"tiny": ModelFacts("sd", 2), "toy": ModelFacts("sd", 4), "toy-sdxl": ModelFacts("sdxl", 4),
+                   "sd15-random": ModelFacts("sd", 8), "sdxl-random": ModelFacts("sdxl", 8)}
+KNOWN_HUB_MODELS = {SD15_HUB_ID: ModelFacts("sd", 8), SD21_HUB_ID: ModelFacts("sd", 8),
+                    SDXL_HUB_ID: ModelFacts("sdxl", 8)}
+
+
+def model_facts(source: str) -> ModelFacts:
+    """The family and VAE factor of `source`, read from its configs (a folder's or a mirror's model_index.json and
+    vae/config.json), never from its weights."""
+    import json
+
+    if source in BUILT_IN_MODELS:
+        return BUILT_IN_MODELS[source]
+    if source in NAMED_MODELS:
+        return model_facts(named_model_location(source))
+    if source.startswith("s3://"):
+        from livo.models.mirror import read_mirror_file
+
+        def read(rel: str) -> bytes | None:
+            return read_mirror_file(source, rel)
+    elif Path(source).is_dir():
+        def read(rel: str) -> bytes | None:
+            path = Path(source) / rel
+            return path.read_bytes() if path.is_file() else None
+    else:
+        return KNOWN_HUB_MODELS.get(source, ModelFacts())
+    index = read("model_index.json")
+    if index is None:
+        raise ConfigError(f"{source}: not a diffusers pipeline (model_index.json missing)")
+    class_name = json.loads(index).get("_class_name")
+    _pipeline_class(class_name, source)
+    vae_config = read("vae/config.json")
+    factor = 2 ** (len(json.loads(vae_config)["block_out_channels"]) - 1) if vae_config else None
+    return ModelFacts(PIPELINE_FAMILIES[class_name], factor)
+
+
+def check_model_settings(source: str, *, resolution: int | None = None, distill: bool = False,
+                         key: str = "resolution") -> ModelFacts:
+    """Refuse, before any model loads, what `source` cannot do: a `resolution` the VAE cannot encode (not a multiple
+    of its factor), prompt distillation on an SDXL-family model. What cannot be known without loading is checked
+    again on the loaded model (`check_loaded_resolution`)."""
+    facts = model_facts(source)
+    check_resolution(resolution, facts.vae_scale_factor, source, key=key)
+    if distill and facts.family == "sdxl":
+        raise ConfigError(f"loss.distill_weight is not supported on SDXL-family base models ({source}) yet; set it "
+                          "to 0")
+    return facts
+
+
+def check_resolution(resolution: int | None, factor: int | None, source: str, *, key: str = "resolution") -> None:
+    if resolution is None or factor is None or resolution % factor == 0:
+        return
+    lower = resolution - resolution % factor
+    choices = f"{lower} or {lower + factor}" if lower else f"{factor}"
+    raise ConfigError(f"{key}={resolution} is not a multiple of {factor}, the VAE factor of {source} (its images are "
+                      f"{factor} pixels per latent cell); use {choices}")
+
+
+def check_loaded_resolution(pipe, resolution: int | None, source: str, *, key: str = "resolution") -> None:
+    """`check_resolution` against a loaded pipeline's VAE (for sources `model_facts` could not read)."""
+    if getattr(pipe, "vae", None) is not None:
+        check_resolution(resolution, 2 ** (len(pipe.vae.config.block_out_channels) - 1), source, key=key)
 
 
 def pipeline_fingerprint(pipe) -> str:

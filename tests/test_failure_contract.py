@@ -94,6 +94,9 @@ CASES: list[Case] = [
          says="needs a prompt list"),
     case("generate-min-confidence-out-of-range", "generate", "--out", "{cwd}/out", "retrieval.min_confidence=2",
          says="retrieval.min_confidence"),
+    # issue 18: a resolution the model's VAE cannot encode (read from configs: no weights are loaded)
+    case("generate-resolution-not-a-vae-multiple", "generate", "--preset", "sdxl", "--out", "{cwd}/out",
+         "resolution=1020", says="resolution=1020 is not a multiple of 8"),
     case("generate-shard-count-not-int", "generate", "--shard-count", "many", says="--shard-count"),
     # the hint names the key of generate's config (judging.options), not evaluate's (judges.options)
     case("generate-judge-weights-missing-hint", "generate", "--out", "{cwd}/out", "judging.attribute=clip-zero-shot",
@@ -115,6 +118,8 @@ CASES: list[Case] = [
     # --- train (all fail before a model is built)
     case("train-unknown-preset", "train", "--preset", "no-such-preset", "--output", "{cwd}/run",
          says="no-such-preset"),
+    case("train-distillation-on-sdxl", "train", "--preset", "toy-sdxl", "--dataset", "{fx}/dataset", "--output",
+         "{cwd}/run", "loss.distill_weight=10", says="distill_weight is not supported on SDXL"),
     case("train-nproc-zero", "train", "--nproc", "0", "--output", "{cwd}/run", says="--nproc"),
     case("train-max-steps-not-int", "train", "--max-steps", "many", says="--max-steps"),
     case("train-unknown-loss", "train", "--loss", "hinge", says="--loss"),
@@ -153,6 +158,8 @@ CASES: list[Case] = [
     # a value encoder trained on another base model (the tiny preset's, 32 wide) onto the toy base (64 wide)
     case("evaluate-value-encoder-of-another-base", "evaluate", "--value-encoder", "{fx}/ve_tiny", "--preset", "toy",
          "--device", "cpu", "--output", "{cwd}/eval", says="32-wide tokens"),
+    case("evaluate-resolution-not-a-vae-multiple", "evaluate", "--value-encoder", "{fx}/ve", "--preset", "toy-sdxl",
+         "--set", "resolution=30", "--output", "{cwd}/eval", says="resolution=30 is not a multiple of 4"),
     # --- register (store rows: the bucket must not gain an object)
     case("register-missing-request-file", "register", "--request", "{fx}/missing.yaml", store=True,
          says="missing.yaml"),
@@ -228,6 +235,8 @@ CASES: list[Case] = [
     case("run-unknown-waiver", "run", "-p", "eval_config_overrides=['gates.waive={{nosuch: why}}']", "--runs-dir",
          "{cwd}/runs", says="gates.waive names no gate of this evaluation: 'nosuch'"),
     case("run-tiny-ungated", "run", "--preset", "tiny", "--runs-dir", "{cwd}/runs", says="--allow-ungated"),
+    case("run-resolution-not-a-vae-multiple", "run", "--preset", "toy-sdxl", "-p",
+         "data_config_overrides=['resolution=30']", "--runs-dir", "{cwd}/runs", says="is not a multiple of 4"),
     case("run-negative-seed", "run", "--seed", "-3", "--runs-dir", "{cwd}/runs", says="--seed -3"),
 ]
 

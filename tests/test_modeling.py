@@ -294,3 +294,25 @@ def test_a_value_encoder_of_another_base_model_is_refused_before_any_image(tiny_
     with pytest.raises(ConfigError, match="knows 100 token ids but the base model's tokenizer has"):
         LiVOPipeline(tiny_pipe, ValueEncoder(small_vocab))
     LiVOPipeline(tiny_pipe, ValueEncoder.from_text_encoder(tiny_pipe.text_encoder))  # its own base: accepted
+
+
+def test_v_prediction_models_regress_the_velocity(tiny_pipe):
+    """SD 2.x (the `sd21` preset, 768²) predicts v, not ε: every error is measured against the velocity the
+    scheduler defines, v = √ᾱ·ε − √(1−ᾱ)·x0, and the loss still trains the value encoder."""
+    encoder = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder)
+    scheduler = DDPMScheduler.from_config({**tiny_pipe.scheduler.config, "prediction_type": "v_prediction"})
+    latents_w, latents_l, cond_value, cond_plain, noise, timesteps = _training_batch(tiny_pipe, encoder)
+    errors = compute_denoising_errors(tiny_pipe.unet, scheduler, latents_w, latents_l, cond_value, cond_plain, noise,
+                                      timesteps)
+    alphas = scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    velocity_w = alphas.sqrt() * noise - (1 - alphas).sqrt() * latents_w
+    with torch.no_grad():
+        prediction = tiny_pipe.unet(scheduler.add_noise(latents_w, noise, timesteps), timesteps,
+                                    encoder_hidden_states=cond_plain).sample
+    expected = (prediction - velocity_w).pow(2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(errors.ref_w, expected, rtol=1e-5, atol=1e-6)
+    epsilon = (prediction - noise).pow(2).mean(dim=(1, 2, 3))
+    assert not torch.allclose(errors.ref_w, epsilon)  # not the ε target
+    loss = livo_loss(errors.theta_w, errors.ref_w, errors.theta_l, errors.ref_l)
+    loss.backward()
+    assert all(p.grad is not None for p in encoder.parameters())

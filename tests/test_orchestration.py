@@ -140,6 +140,27 @@ def test_parameters_good_training_and_evaluation_overrides_resolve():
     assert resolved["preset"] == "tiny"
 
 
+@pytest.mark.parametrize("preset", ["sdxl", "sd21", "toy-sdxl"])
+def test_sdxl_and_sd21_presets_resolve_as_run_presets(preset):
+    """Issue 18: `run_preset=sdxl` (and sd21) passes the pipeline's validation step (no weights needed)."""
+    resolved = _parse(run_preset=preset, run_allow_ungated=False).resolve()
+    assert resolved["preset"] == preset and resolved["model_source"] == preset
+
+
+@pytest.mark.parametrize(("changes", "names"), [
+    ({"data_config_overrides": ["resolution=1020"]}, "resolution=1020 is not a multiple of 8"),
+    ({"eval_config_overrides": ["resolution=1000", "resolution=1004"]}, "use 1000 or 1008"),
+    ({"train_config_overrides": ["resolution=770"]}, "resolution=770 is not a multiple of 8"),
+    ({"train_config_overrides": ["loss.distill_weight=10"]}, "distill_weight is not supported on SDXL"),
+])
+def test_sdxl_run_refuses_what_the_model_cannot_take_on_resolve(changes, names):
+    """Issue 18, bad input: a resolution the VAE cannot encode, distillation on SDXL — refused in the validation step,
+    naming the parameter."""
+    with pytest.raises(ConfigError) as err:
+        _parse(run_preset="sdxl", **changes).resolve()
+    assert names in str(err.value)
+
+
 def test_parameters_unknown_preset_fails_on_resolve():
     with pytest.raises(ConfigError) as err:
         _parse(run_preset="nonexistent").resolve()

@@ -514,7 +514,9 @@ def _step(problems: list[str], what: str) -> Iterator[None]:
 
 def check_local_arguments(arguments: dict[str, Any]) -> None:
     """The checks of the pipeline's first step that need no store: parameter names against the pipeline's signature,
-    values against `PipelineParameters`, and the preset. ConfigError (exit 2) names the parameter."""
+    values against `PipelineParameters`, the preset, and — unless the principles or the model are in the object
+    store, which only the pipeline's first step can read — every stage's config against the model (resolution,
+    distillation). ConfigError (exit 2) names the parameter."""
     from livo.commands.pipeline_cmd import load_pipeline_module
     from livo.orchestration import PipelineParameters
     from livo.presets import load_preset_config
@@ -525,9 +527,11 @@ def check_local_arguments(arguments: dict[str, Any]) -> None:
         raise ConfigError(f"unknown pipeline parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(inputs))}")
     values = {name: spec.default for name, spec in inputs.items() if name in PipelineParameters.model_fields}
     values.update({name: value for name, value in arguments.items() if name in PipelineParameters.model_fields})
-    PipelineParameters.parse(values)
+    parameters = PipelineParameters.parse(values)
     load_preset_config(arguments["run_preset"])
     check_gates_at_door(arguments)
+    if not any(str(uri).startswith("s3://") for uri in (parameters.run_principles_uri, parameters.run_model_source)):
+        parameters.resolve()  # every stage's config and what the base model can take (the pipeline's first step)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

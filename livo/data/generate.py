@@ -17,11 +17,12 @@ the same dataset, byte for byte, on the same hardware and software.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -188,9 +189,11 @@ def prepare_generation(config: GenerateConfig, *, out: str | Path | None = None,
     """Validate everything that can be validated without the model (see the module docstring)."""
     from livo.evaluation.judges import judge_options_key
     from livo.judges import build_judge
+    from livo.presets import check_model_settings
     from livo.principles import load_principles
 
     settings = resolve_settings(config)
+    check_model_settings(settings["model"], resolution=settings["resolution"])
     principle_set = load_principles(settings["principles_file"])
     if AUTO_LABEL in config.principles and len(config.principles) > 1:
         raise ConfigError("principles=[auto] labels the prompt list with the retriever; give no other principle id "
@@ -369,7 +372,7 @@ def load_generation_pipeline(settings: dict[str, Any], device: str):
     import torch
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    from livo.presets import load_pipeline, make_scheduler, torch_dtype_named
+    from livo.presets import check_loaded_resolution, load_pipeline, make_scheduler, torch_dtype_named
 
     dtype = torch_dtype_named(settings["dtype_name"]) if settings["dtype_name"] else None
     if dtype is None:
@@ -379,12 +382,32 @@ def load_generation_pipeline(settings: dict[str, Any], device: str):
     on_cpu_fp32 = device == "cpu" and dtype == torch.float32  # how models are built/loaded: no cast needed
     pipe = load_pipeline(settings["model"], device=None if on_cpu_fp32 else device,
                          dtype=None if on_cpu_fp32 else dtype)
+    check_loaded_resolution(pipe, settings.get("resolution"), settings["model"])
     if settings["scheduler"] != "as-is":
         pipe.scheduler = make_scheduler(settings["scheduler"], dict(pipe.scheduler.config))
     pipe.unet.set_attn_processor(AttnProcessor2_0())
     pipe.vae.set_attn_processor(AttnProcessor2_0())
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@contextlib.contextmanager
+def vae_upcast_for_sdxl(pipe) -> Iterator[None]:
+    """SDXL's VAE overflows in fp16 (its config says `force_upcast`): encode in fp32 for the duration, as diffusers'
+    SDXL pipeline does to decode. SD-family VAEs stay as they are."""
+    import torch
+
+    from livo.modeling import is_sdxl
+
+    upcast = (is_sdxl(pipe) and pipe.vae.dtype == torch.float16
+              and bool(getattr(pipe.vae.config, "force_upcast", False)))
+    if upcast:
+        pipe.vae.to(torch.float32)
+    try:
+        yield
+    finally:
+        if upcast:
+            pipe.vae.to(torch.float16)
 
 
 def generation_key(plan: GenerationPlan, model_hash: str, device: str, dtype: str) -> str:
@@ -690,7 +713,7 @@ class _ShardWorker:
         pipe = self.pipe
         batch_size = self.settings["batch_size"]
         sides = [("", False)] + ([("_flipped", True)] if self.config.precompute_flipped_latents else [])
-        with torch.no_grad():
+        with torch.no_grad(), vae_upcast_for_sdxl(pipe):
             if self.config.precompute_latents:
                 for side in ("aligned", "violating"):
                     for start in range(0, len(rows), batch_size):

@@ -492,7 +492,7 @@ def evaluate_candidate(value_encoder: str, *, preset: str = "tiny", model: str |
     from livo.data.generate import load_generation_pipeline, resolve_device
     from livo.evaluation.config import load_evaluation_config
     from livo.modeling import LiVOPipeline, ValueEncoder, resolve_value_encoder_dir
-    from livo.presets import load_preset_config
+    from livo.presets import check_model_settings, load_preset_config
     from livo.principles import load_principles
     from livo.registry.lineage import value_encoder_digest
 
@@ -512,14 +512,15 @@ def evaluate_candidate(value_encoder: str, *, preset: str = "tiny", model: str |
     device = resolve_device(device)
     generation_settings = preset_config.generation
     source = model or preset_config.model.source
+    resolution = config.resolution or generation_settings.resolution
+    check_model_settings(source, resolution=resolution)
     base = load_generation_pipeline({"model": source, "dtype_name": preset_config.model.dtype,
-                                     "scheduler": generation_settings.scheduler}, device)
+                                     "scheduler": generation_settings.scheduler, "resolution": resolution}, device)
     plan = load_judges(plan, config)
     evaluated = {"value_encoder_sha256": value_encoder_digest(encoder_dir),
                  "base_model_fingerprint": base_model_fingerprint(base, source),
                  "principle_set_hash": principle_set.hash}
     pipeline = LiVOPipeline(base, ValueEncoder.from_pretrained(encoder_dir))
-    resolution = config.resolution or generation_settings.resolution
     generation = {
         "num_inference_steps": config.num_inference_steps or generation_settings.num_inference_steps,
         "guidance_scale": (config.guidance_scale if config.guidance_scale is not None

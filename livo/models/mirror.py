@@ -249,6 +249,27 @@ def read_manifest(uri: str, store: Any = None) -> dict[str, Any]:
     return manifest
 
 
+def read_mirror_file(uri: str, rel: str, store: Any = None) -> bytes | None:
+    """One small file of the mirror at `uri` (e.g. `model_index.json`), verified against its manifest entry; None when
+    the mirror has no such file. For reading a model's configs without fetching its weights."""
+    manifest = read_manifest(uri, store)
+    entry = manifest["files"].get(rel)
+    if entry is None:
+        return None
+    store, prefix = _split(uri, store)
+    key = f"{prefix}/{rel}" if prefix else rel
+    data = store.get_bytes(key)
+    _check_entry(store, key, f"sha256:{hashlib.sha256(data).hexdigest()}", len(data), entry)
+    return data
+
+
+def _check_entry(store: Any, key: str, digest: str, size: int, entry: dict[str, Any]) -> None:
+    if digest != entry["sha256"] or size != entry["size"]:
+        raise LivoError(f"{store.uri(key)} has {digest} ({size} bytes), but {MANIFEST_NAME} records "
+                        f"{entry['sha256']} ({entry['size']} bytes): the stored copy was modified or "
+                        f"corrupted; mirror the model again with `livo models mirror`")
+
+
 def _validate_manifest(manifest: Any, where: str) -> None:
     def bad(why: str) -> LivoError:
         return LivoError(f"{where} is malformed ({why}); mirror the model again with `livo models mirror`")
@@ -485,11 +506,7 @@ def _download_verified(store: Any, prefix: str, manifest: dict[str, Any], target
                     handle.write(block)
                     size += len(block)
                     bar.update(len(block))
-            digest = f"sha256:{hasher.hexdigest()}"
-            if digest != entry["sha256"] or size != entry["size"]:
-                raise LivoError(f"{store.uri(key)} has {digest} ({size} bytes), but {MANIFEST_NAME} records "
-                                f"{entry['sha256']} ({entry['size']} bytes): the stored copy was modified or "
-                                f"corrupted; mirror the model again with `livo models mirror`")
+            _check_entry(store, key, f"sha256:{hasher.hexdigest()}", size, entry)
 
 
 def _first_line(exc: BaseException) -> str:

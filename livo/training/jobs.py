@@ -470,9 +470,11 @@ def validate_launch_arguments(launch_args: Sequence[str], world_size: int) -> No
     """Parse and validate the config in this process (no model, no dataset) so bad input fails before any rank or
     TrainJob starts."""
     from livo.training.launch import build_parser, config_from_args
+    from livo.training.trainer import check_training_model
 
     config = config_from_args(build_parser().parse_args(list(launch_args)))
     config.batch_layout(world_size)
+    check_training_model(config)
 
 
 def run_training(*, launcher: str, launch_args: Sequence[str], procs_per_node: int = 1, num_nodes: int = 1,

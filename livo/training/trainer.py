@@ -145,9 +145,18 @@ def plan_run(config: TrainingConfig, env: dist.DistEnv | None = None) -> RunPlan
     ds_config = build_deepspeed_config(config, per_device, accumulation, global_batch, precision)
     if not config.dataset:
         raise ConfigError("no dataset given: set dataset=<directory or s3://bucket/prefix> (`livo train --dataset`)")
+    check_training_model(config)
     output = ckpt.open_run_output(config.output, config.staging_dir)
     return RunPlan(config=config, env=env, device_type=device_type, precision=precision, per_device=per_device,
                    accumulation=accumulation, global_batch=global_batch, ds_config=ds_config, output=output)
+
+
+def check_training_model(config: TrainingConfig) -> None:
+    """What the base model cannot take, refused before it loads (the family and VAE factor are read from configs)."""
+    from livo.presets import check_model_settings
+
+    check_model_settings(config.model, resolution=config.resolution,
+                         distill=config.loss.kind == "livo" and bool(config.loss.distill_weight))
 
 
 def open_dataset(config: TrainingConfig):
@@ -296,12 +305,14 @@ def load_models(config: TrainingConfig, device_type: str, precision: str, local_
     else:
         value_encoder = value_encoder_for(pipe, sdxl_shift_pooled=config.sdxl_shift_pooled)
     value_encoder.to(device=device, dtype=torch.float32).train()
+    # SDXL's VAE overflows in fp16 (its config says force_upcast, as diffusers' SDXL pipeline reads it): it encodes in fp32
+    vae_fp32 = text_encoder_2 is not None and bool(getattr(pipe.vae.config, "force_upcast", False))
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, *([text_encoder_2] if text_encoder_2 is not None else [])):
         module.requires_grad_(False)
         module.eval()
         module.to(device=device)
-        if weight_dtype != torch.float32:  # (a same-dtype .to() makes diffusers warn about fp32 modules)
-            module.to(dtype=weight_dtype)
+        if weight_dtype != torch.float32 and not (vae_fp32 and module is pipe.vae):
+            module.to(dtype=weight_dtype)  # (a same-dtype .to() makes diffusers warn about fp32 modules)
     pipe.unet.set_attn_processor(AttnProcessor2_0())  # SDPA (flash / memory-efficient kernels on GPU)
     if config.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()

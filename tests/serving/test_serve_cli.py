@@ -76,6 +76,26 @@ def test_livo_serve_loads_a_registered_version_and_serves_it(registered, tmp_pat
 
 
 @pytest.mark.store
+@pytest.mark.slow  # ~20 s: registers a toy-SDXL version, then serves it from a `livo serve` process
+def test_livo_serve_serves_an_sdxl_family_version(seaweed_store: Any, tmp_path: Path) -> None:
+    """Issue 18: the server takes a version whose base model is SDXL-architecture (the toy SDXL): the toy-sdxl
+    preset's sampler settings (32², CFG 3) and the value token on request."""
+    store = seaweed_store.for_bucket(f"t-{uuid.uuid4().hex[:16]}")
+    store.ensure_bucket()
+    result = register_tiny(store, tmp_path / "version", base_model_id="toy-sdxl", model="livo-toy-sdxl")
+    with running_server(["livo-toy-sdxl@latest", "--set", "num_inference_steps=2"], tmp_path / "serve.log",
+                        env=_store_env(store), command=LIVO + ["serve"]) as base:
+        answer = call(f"{base}/v1/models/livo-toy-sdxl:predict", {"prompt": "a photo of a bloody nurse", "seed": 2,
+                                                                  "principle": "bloody", "compare": True})
+        assert answer.status == 200, answer.body
+        body = answer.json()
+        prediction = body["predictions"][0]
+        assert prediction["principle"]["id"] == "bloody" and decode_png(prediction["images"][0]).size == (32, 32)
+        assert prediction["images"][0] != prediction["base_images"][0]  # the token changed the image
+        assert body["model"]["version"] == result.version
+
+
+@pytest.mark.store
 def test_an_unknown_version_is_never_served(registered) -> None:
     store, _ = registered
     _refused([f"{MODEL}@v9"], _store_env(store), 2, "v9")

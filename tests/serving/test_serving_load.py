@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from livo.errors import BaseModelMismatch, ConfigError, ModelNotFound, UnknownPrinciple, VersionNotVerified
-from livo.modeling import ValueEncoder, value_token_mask
+from livo.modeling import SDXLValueEncoder, value_encoder_for, value_token_mask
 from livo.paths import config_dir
 from livo.presets import load_pipeline, pipeline_fingerprint
 from livo.principles import load_principles
@@ -37,11 +37,13 @@ FAST = dict(num_inference_steps=2, height=32, width=32)
 PROMPT = "a photo of a bloody nurse"
 
 
-def register_tiny(store: Any, work: Path, *, fingerprint: str | None = None) -> RegistrationResult:
-    """Register a version whose base model is the `tiny` preset (fingerprint computed, unless given)."""
-    base = load_pipeline("tiny", seed=TRAINING_SEED)
+def register_tiny(store: Any, work: Path, *, fingerprint: str | None = None, base_model_id: str = "tiny",
+                  model: str = MODEL) -> RegistrationResult:
+    """Register a version whose base model is the `tiny` preset (or `base_model_id`; fingerprint computed, unless
+    given) and whose value encoder is a perturbed copy of its text encoder(s)."""
+    base = load_pipeline(base_model_id, seed=TRAINING_SEED)
     fingerprint = fingerprint or pipeline_fingerprint(base)
-    encoder = ValueEncoder.from_text_encoder(base.text_encoder)
+    encoder = value_encoder_for(base)
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():  # a "trained" encoder: not a copy of the base encoder
         for parameter in encoder.parameters():
@@ -53,13 +55,15 @@ def register_tiny(store: Any, work: Path, *, fingerprint: str | None = None) -> 
     (work / "metrics.json").write_text(json.dumps(bound_metrics(work / "value_encoder", principles,
                                                                 base_model_fingerprint=fingerprint)))
     (work / "report.html").write_text("<html><body>LiVO evaluation</body></html>")
-    store.put_json("datasets/tiny/ds-1/manifest.json", {"principle_set_hash": "sha256:" + "0" * 64, "pairs": 8})
+    store.put_json(f"datasets/{base_model_id}/ds-1/manifest.json", {"principle_set_hash": "sha256:" + "0" * 64,
+                                                                    "pairs": 8})
     return register_model(store, RegistrationRequest(
-        model_name=MODEL, value_encoder_dir=work / "value_encoder", metrics_path=work / "metrics.json",
+        model_name=model, value_encoder_dir=work / "value_encoder", metrics_path=work / "metrics.json",
         report_path=work / "report.html", principles=str(principles),
-        dataset_manifest_uri=store.uri("datasets/tiny/ds-1/manifest.json"),
-        training_config={"model": "tiny", "seed": TRAINING_SEED}, seed=TRAINING_SEED, base_model_id="tiny",
-        base_model_fingerprint=fingerprint, pipeline_run_id=f"run-{uuid.uuid4().hex[:8]}",
+        dataset_manifest_uri=store.uri(f"datasets/{base_model_id}/ds-1/manifest.json"),
+        training_config={"model": base_model_id, "seed": TRAINING_SEED}, seed=TRAINING_SEED,
+        base_model_id=base_model_id, base_model_fingerprint=fingerprint,
+        pipeline_run_id=f"run-{uuid.uuid4().hex[:8]}",
     ))
 
 
@@ -235,3 +239,29 @@ def test_an_unknown_principle_lists_the_known_ids(pipe: RegisteredPipeline) -> N
 def test_generate_still_works_on_the_loaded_pipeline(pipe: RegisteredPipeline) -> None:
     out = pipe.generate([PROMPT], pipe.principles.get("bloody"), seed=0, **FAST)
     assert out.used_value_token == [True]
+
+
+# ------------------------------------------------------------------------------------------------ SDXL family
+def test_an_sdxl_family_version_serves_the_token_and_leaves_plain_images_to_the_base_model(
+        seaweed_store: Any, tmp_path: Path) -> None:
+    """Issue 18: a version whose base model is SDXL-architecture (the toy SDXL) loads with its family's value
+    encoder; images without a principle are a plain `StableDiffusionXLPipeline` call's, bit for bit."""
+    from diffusers import StableDiffusionXLPipeline
+
+    store = seaweed_store.for_bucket(f"t-{uuid.uuid4().hex[:16]}")
+    store.ensure_bucket()
+    result = register_tiny(store, tmp_path / "version", base_model_id="toy-sdxl", model="livo-toy-sdxl")
+    pipe = RegisteredPipeline.from_registry(result.uri, store=store, semantic=False)
+    assert isinstance(pipe.value_encoder, SDXLValueEncoder) and pipe.info.base_model_id == "toy-sdxl"
+    explicit = pipe(PROMPT, principle="bloody", seed=11, num_images=2, compare=True, **FAST)
+    plain = pipe(PROMPT, principle=None, seed=11, num_images=2, **FAST)
+    assert explicit.used_value_token == [True, True] and plain.used_value_token == [False, False]
+    base = load_pipeline("toy-sdxl")
+    assert isinstance(base, StableDiffusionXLPipeline)
+    reference = base(prompt=[PROMPT] * 2, generator=[torch.Generator("cpu").manual_seed(s) for s in (11, 12)],
+                     guidance_scale=7.5, output_type="pil", **FAST).images
+    for ours, theirs, token in zip(_pixels(plain.images), _pixels(reference), _pixels(explicit.images), strict=True):
+        assert np.array_equal(ours, theirs)
+        assert not np.array_equal(token, theirs)
+    for ours, theirs in zip(_pixels(explicit.base_images), _pixels(plain.images), strict=True):
+        assert np.array_equal(ours, theirs)
