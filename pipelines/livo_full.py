@@ -200,13 +200,14 @@ def livo_full(
     the GPU.
 
     Args:
-        run_preset: Preset name (toy | tiny | sd15) or a preset YAML path inside the image. Default sd15: the
-            paper's model and protocol (configs/presets/sd15.yaml, LIVO_METHOD §4 and §6).
+        run_preset: Preset name (toy | tiny | toy-sdxl | sd15 | sd21 | sdxl) or a preset YAML path in the image.
+            Default sd15: the paper's model and protocol (configs/presets/sd15.yaml, LIVO_METHOD §4 and §6).
         run_principles_uri: Principles YAML, a path in the image or s3://bucket/key. Default empty: the preset's
             own file, configs/principles/default.yaml, the paper's five principles.
         run_model_source: Base model of every stage: an s3:// URI of a mirrored model (`livo models mirror`), a
-            path in the image or a hub id. Default empty: the preset's model (sd15: LIVO_SD15_PATH, else the hub).
-            Air-gapped clusters set it to their mirror (docs/operations.md).
+            path in the image or a hub id. Default empty: the preset's model (sd15 / sd21 / sdxl: LIVO_SD15_PATH /
+            LIVO_SD21_PATH / LIVO_SDXL_PATH, else the hub). Air-gapped clusters set it to their mirror
+            (docs/operations.md).
         run_force_retrain: Retrain even when the latest registered model has the same principle-set hash.
             Default false: scheduled runs are no-ops until the principles change (DESIGN.md, the flow).
         run_allow_ungated: Register the candidate even when its evaluation decided no gate (the preset sets no

@@ -299,3 +299,33 @@ def test_local_run_bad_input_fails_in_validation_before_any_other_task(tmp_path)
     assert result.returncode == 1
     assert "the run failed: validate-inputs: " in result.stdout and "max_stepz" in result.stdout
     assert executed_tasks(next(tmp_path.glob("run-*"))) == ["record-outcome"]  # nothing else started
+
+
+@pytest.mark.slow  # ~75 s: the whole pipeline on the toy SDXL, shortened
+@pytest.mark.store
+def test_livo_run_on_an_sdxl_family_base_trains_and_gates_an_sdxl_value_encoder(tmp_path):
+    """Issue 18: `run_preset` of an SDXL-family model through every task — data with stored posteriors, training of an
+    SDXL value encoder, evaluation, and the release decision (20 steps cannot pass the toy's gates: rejected)."""
+    from livo.presets import load_pipeline, pipeline_fingerprint
+    from livo.store import EmbeddedSeaweedFS
+
+    result = livo(["run", "--preset", "toy-sdxl", "--runs-dir", str(tmp_path),
+                   "-p", "data_config_overrides=[candidates_per_scene=2,max_prompts_per_principle=2]",
+                   "-p", "train_config_overrides=[max_steps=20]", "-p", "eval_config_overrides=[images_per_prompt=4]"])
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    (run_dir,) = tmp_path.glob("run-*")
+    outcome = json.loads((run_dir / "outcome.json").read_text())
+    assert outcome["status"] == "rejected" and outcome["registration"] is None, outcome["summary"]
+    assert outcome["evaluation"]["failed_gates"] and "failed the evaluation gates" in outcome["summary"]
+    assert all(t["status"] == "SUCCESS" for t in outcome["tasks"].values()), outcome["tasks"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["context"]["preset"] == "toy-sdxl"
+    assert metrics["evaluated"]["base_model_fingerprint"] == pipeline_fingerprint(load_pipeline("toy-sdxl"))
+    with EmbeddedSeaweedFS(tmp_path / "store") as server:
+        store = server.store("livo")
+        prefix = f"pipeline-runs/{outcome['run_id']}"
+        marker = store.get_json(f"{prefix}/train/value_encoder/livo_value_encoder.json")
+        assert marker["family"] == "sdxl"
+        assert store.exists(f"{prefix}/train/value_encoder/text_encoder_2/config.json")
+        manifest = store.get_json(f"{prefix}/dataset/manifest.json")
+    assert manifest["latent_dist_shape"] == [8, 8, 8]  # the SDXL toy's posteriors (2 × 4 channels, 32² / 4)
