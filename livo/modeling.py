@@ -358,6 +358,14 @@ def training_conditioning(
     return prepend_value_token(value_vec, cond_plain), cond_plain
 
 
+@torch.no_grad()
+def frozen_value_token(text_encoder, tokenizer, prompts: Sequence[str], principle_texts: Sequence[str]) -> torch.Tensor:
+    """`[B, D]`: the frozen text encoder's pooled output of `"<principle>, <prompt>"` — the token a fresh value
+    encoder computes (where training starts)."""
+    ids = tokenize_value_inputs(tokenizer, principle_texts, prompts).to(text_encoder.device)
+    return text_encoder(input_ids=ids).pooler_output
+
+
 def sdxl_training_conditioning(
     text_encoder,
     text_encoder_2,

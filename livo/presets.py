@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -422,17 +423,22 @@ def model_facts(source: str) -> ModelFacts:
     return ModelFacts(PIPELINE_FAMILIES[class_name], factor)
 
 
-def check_model_settings(source: str, *, resolution: int | None = None, distill: bool = False,
+def check_model_settings(source: str, *, resolution: int | None = None, sd_only: Sequence[str] = (),
                          key: str = "resolution") -> ModelFacts:
     """Refuse, before any model loads, what `source` cannot do: a `resolution` the VAE cannot encode (not a multiple
-    of its factor), prompt distillation on an SDXL-family model. What cannot be known without loading is checked
-    again on the loaded model (`check_loaded_resolution`)."""
+    of its factor), and on an SDXL-family model the settings in use named in `sd_only` (implemented for the SD family
+    only, e.g. `loss.distill_weight`). What cannot be known without loading is checked again on the loaded model
+    (`check_loaded_resolution`, `livo.training.trainer.load_models`)."""
     facts = model_facts(source)
     check_resolution(resolution, facts.vae_scale_factor, source, key=key)
-    if distill and facts.family == "sdxl":
-        raise ConfigError(f"loss.distill_weight is not supported on SDXL-family base models ({source}) yet; set it "
-                          "to 0")
+    if sd_only and facts.family == "sdxl":
+        raise_sd_only(sd_only, source)
     return facts
+
+
+def raise_sd_only(names: Sequence[str], source: str) -> None:
+    raise ConfigError(f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} not supported on SDXL-family base "
+                      f"models ({source}) yet; set {'it' if len(names) == 1 else 'them'} to 0")
 
 
 def check_resolution(resolution: int | None, factor: int | None, source: str, *, key: str = "resolution") -> None:

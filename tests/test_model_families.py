@@ -78,9 +78,9 @@ def test_the_door_refuses_a_resolution_the_vae_cannot_encode_and_distillation_on
     with pytest.raises(ConfigError, match=r"multiple of 4, .*; use 4$"):
         check_model_settings("toy-sdxl", resolution=2)
     with pytest.raises(ConfigError, match="distill_weight is not supported on SDXL"):
-        check_model_settings("toy-sdxl", distill=True)
+        check_model_settings("toy-sdxl", sd_only=["loss.distill_weight"])
     assert check_model_settings("sdxl", resolution=1024) == ModelFacts("sdxl", 8)
-    assert check_model_settings("toy", resolution=32, distill=True).family == "sd"
+    assert check_model_settings("toy", resolution=32, sd_only=["loss.distill_weight"]).family == "sd"
     check_model_settings("someone/unknown-model", resolution=1001)  # unknown: checked once loaded
 
 

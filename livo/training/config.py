@@ -33,6 +33,11 @@ class LossConfig(LivoConfig):
         0.0, ge=0, description="λ of an added anchor term λ·θw (the value-conditioned denoising error of the aligned "
                                "image, no margin), so that the aligned image's content keeps pulling once the first "
                                "hinge is met (docs/convergence.md, issue 15); 0 = the paper's loss")
+    token_anchor_weight: float = Field(
+        0.0, ge=0, description="λ of an added penalty λ·‖v − v₀‖² on the value token v, v₀ being the frozen text "
+                               "encoder's pooled output of the same value text (where the token starts): keeps the "
+                               "token among the states the UNet knows (docs/convergence.md, issue 15); SD family only; "
+                               "0 = the paper's loss")
     paired_violating_hinge: bool = Field(
         False, description="the violating hinge asks for the violating image's error to rise beyond the aligned "
                            "image's: relu(γ2 + α·((rl − θl) − (rw − θw))), so a change that hurts both images of a pair "
@@ -153,7 +158,7 @@ class TrainingConfig(LivoConfig):
         for knob in ("random_flip", "sdxl_shift_pooled"):  # added later: runs without them keep their fingerprints
             if getattr(self, knob):
                 relevant[knob] = True
-        for knob in ("paired_violating_hinge",):  # the same for loss knobs added later
+        for knob in ("paired_violating_hinge", "token_anchor_weight"):  # the same for loss knobs added later
             if not getattr(self.loss, knob):
                 relevant["loss"].pop(knob)
         return "sha256:" + hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()

@@ -155,8 +155,14 @@ def check_training_model(config: TrainingConfig) -> None:
     """What the base model cannot take, refused before it loads (the family and VAE factor are read from configs)."""
     from livo.presets import check_model_settings
 
-    check_model_settings(config.model, resolution=config.resolution,
-                         distill=config.loss.kind == "livo" and bool(config.loss.distill_weight))
+    check_model_settings(config.model, resolution=config.resolution, sd_only=sd_only_settings(config))
+
+
+def sd_only_settings(config: TrainingConfig) -> list[str]:
+    """The loss knobs in use that are implemented for SD-family base models only."""
+    if config.loss.kind != "livo":
+        return []
+    return [f"loss.{name}" for name in ("distill_weight", "token_anchor_weight") if getattr(config.loss, name)]
 
 
 def open_dataset(config: TrainingConfig):
@@ -295,8 +301,10 @@ def load_models(config: TrainingConfig, device_type: str, precision: str, local_
     fingerprint = pipeline_fingerprint(pipe)
     # The value encoder starts as a copy of the base text encoder (fp32 master weights) unless one is given.
     text_encoder_2 = pipe.text_encoder_2 if is_sdxl(pipe) else None
-    if text_encoder_2 is not None and config.loss.distill_weight:
-        raise ConfigError("loss.distill_weight is not supported on SDXL-family base models yet; set it to 0")
+    if text_encoder_2 is not None and sd_only_settings(config):
+        from livo.presets import raise_sd_only
+
+        raise_sd_only(sd_only_settings(config), config.model)
     if config.init_value_encoder:
         value_encoder = ValueEncoder.from_pretrained(config.init_value_encoder)
         value_encoder.check_fits(pipe.text_encoder, pipe.tokenizer, where=f"init_value_encoder {config.init_value_encoder}",
@@ -408,6 +416,13 @@ def step_loss(models: Models, value_encoder, batch: dict[str, Any], generator, l
             loss = loss + loss_config.anchor_weight * errors.theta_w.mean()
         if cond_teacher is not None:
             loss = loss + loss_config.distill_weight * errors.distill.mean()
+        if loss_config.token_anchor_weight:  # SD family (refused on SDXL at the door): the token is cond_value[:, 0]
+            from livo.modeling import frozen_value_token
+
+            start = frozen_value_token(models.text_encoder, models.tokenizer, batch["prompts"],
+                                       batch["principle_texts"]).to(device=device, dtype=torch.float32)
+            drift = (cond_value[:, 0].float() - start).pow(2).sum(dim=-1)
+            loss = loss + loss_config.token_anchor_weight * drift.mean()
         extra = [terms["hinge_w"].detach().mean(), terms["hinge_l"].detach().mean()]
         active = [(terms["hinge_w"].detach() > 0).float().mean(), (terms["hinge_l"].detach() > 0).float().mean()]
     else:
