@@ -249,8 +249,9 @@ def build_sdxl_random_pipeline(seed: int = 0):
         tokenizer, vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
         num_attention_heads=20, projection_dim=1280, hidden_act="gelu",
     ))
-    scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                                       beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading")
+    with torch.device("cpu"):  # the scheduler's tables live on the CPU, also when the modules are built on "meta"
+        scheduler = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                           beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading")
     pipe = StableDiffusionXLPipeline(vae=vae.eval(), text_encoder=text_encoder.eval(),
                                      text_encoder_2=text_encoder_2.eval(), tokenizer=tokenizer,
                                      tokenizer_2=build_tiny_tokenizer(), unet=unet.eval(), scheduler=scheduler)
