@@ -29,7 +29,9 @@ from livo.weights import check_safetensors_files  # noqa: F401  (also part of th
 
 VALUE_ENCODER_DIR = "value_encoder"  # the authors' released layout: <checkpoint>/value_encoder/
 WEIGHTS_NAME = "model.safetensors"
-SDXL_VALUE_ENCODER_FILE = "livo_value_encoder.json"  # marks an SDXL value encoder folder (two encoder copies)
+# Says what a value encoder folder holds beyond a CLIPTextModel: its family (an SDXL one: two encoder copies) and, for
+# the SD family, how many value tokens it outputs when more than the paper's one (absent: one token, the paper's layout)
+VALUE_ENCODER_FILE = SDXL_VALUE_ENCODER_FILE = "livo_value_encoder.json"
 
 
 def value_text(principle_text: str, prompt: str) -> str:
@@ -38,19 +40,27 @@ def value_text(principle_text: str, prompt: str) -> str:
 
 
 class ValueEncoder(nn.Module):
-    """A CLIP text encoder whose pooled output becomes the value token. Every parameter is trainable."""
+    """A CLIP text encoder whose pooled output becomes the value token. Every parameter is trainable.
 
-    def __init__(self, text_model):
+    `value_tokens` k > 1 (issue 15's experiment, not the paper's): the value is the copy's last k final-layer states
+    ending at the EOS position — k tokens of the kind the UNet reads, the last of which is the pooled output."""
+
+    family = "sd"
+
+    def __init__(self, text_model, *, value_tokens: int = 1):
         super().__init__()
+        if value_tokens < 1:
+            raise ConfigError(f"value_tokens must be at least 1, got {value_tokens}")
         self.text_model = text_model
+        self.value_tokens = int(value_tokens)
 
     @classmethod
-    def from_text_encoder(cls, text_encoder) -> ValueEncoder:
+    def from_text_encoder(cls, text_encoder, *, value_tokens: int = 1) -> ValueEncoder:
         """A trainable deep copy of `text_encoder` (the paper initialises from the base encoder's weights)."""
         model = copy.deepcopy(text_encoder)
         model.requires_grad_(True)
         model.train()
-        return cls(model)
+        return cls(model, value_tokens=value_tokens)
 
     @property
     def hidden_size(self) -> int:
@@ -71,14 +81,23 @@ class ValueEncoder(nn.Module):
         _check_vocabulary(self.text_model, text_encoder, tokenizer, where)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """`[B, D]` pooled output: the final-layer-norm hidden state at the EOS position."""
-        return self.text_model(input_ids=input_ids).pooler_output
+        """`[B, D]` pooled output: the final-layer-norm hidden state at the EOS position; `[B, k, D]` for k value
+        tokens (`value_states`)."""
+        return value_states(self.text_model, input_ids, self.value_tokens)
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write `config.json` + `model.safetensors` (transformers' `save_pretrained` layout, safetensors only)."""
+        """Write `config.json` + `model.safetensors` (transformers' `save_pretrained` layout, safetensors only), and
+        `livo_value_encoder.json` when the encoder outputs more than one token."""
+        import json
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.text_model.save_pretrained(directory, safe_serialization=True)
+        if self.value_tokens > 1:
+            (directory / VALUE_ENCODER_FILE).write_text(json.dumps(
+                {"family": self.family, "value_tokens": self.value_tokens,
+                 "token": f"the last {self.value_tokens} final-layer states ending at the EOS position"},
+                indent=2) + "\n")
         return directory
 
     @classmethod
@@ -92,14 +111,21 @@ class ValueEncoder(nn.Module):
 
         directory = resolve_value_encoder_dir(path if Path(path).expanduser().exists() or not looks_like_hub_id(path)
                                               else download_value_encoder(str(path)))
-        if (directory / SDXL_VALUE_ENCODER_FILE).is_file():
+        marker = _read_marker(directory)
+        if marker.get("family") == SDXLValueEncoder.family:
             return SDXLValueEncoder.from_pretrained(directory, torch_dtype=torch_dtype)
+        if marker.get("family", cls.family) != cls.family:
+            raise ConfigError(f"{directory}: value encoder family {marker.get('family')!r}; livo knows 'sd' and 'sdxl'")
+        value_tokens = marker.get("value_tokens", 1)
+        if not isinstance(value_tokens, int) or value_tokens < 1:
+            raise ConfigError(f"{directory / VALUE_ENCODER_FILE}: value_tokens must be a positive integer, got "
+                              f"{value_tokens!r}")
         check_safetensors_files(sorted(directory.glob("*.safetensors")))
         kwargs: dict[str, Any] = {"use_safetensors": True}
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
         try:
-            return cls(CLIPTextModel.from_pretrained(directory, **kwargs))
+            return cls(CLIPTextModel.from_pretrained(directory, **kwargs), value_tokens=value_tokens)
         except SafetensorError as exc:  # passed the header check but its data is bad
             raise ConfigError(f"{directory}: value encoder weights are corrupt ({exc}); copy or export them "
                               "again") from exc
@@ -178,15 +204,11 @@ class SDXLValueEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, torch_dtype: torch.dtype | None = None) -> SDXLValueEncoder:
-        import json
 
         from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
         directory = Path(directory)
-        try:
-            marker = json.loads((directory / SDXL_VALUE_ENCODER_FILE).read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{directory / SDXL_VALUE_ENCODER_FILE}: not readable JSON ({exc})") from None
+        marker = _read_marker(directory)
         if marker.get("family") != cls.family:
             raise ConfigError(f"{directory}: value encoder family {marker.get('family')!r}, expected 'sdxl'")
         kwargs: dict[str, Any] = {"use_safetensors": True, **({"dtype": torch_dtype} if torch_dtype else {})}
@@ -199,6 +221,35 @@ class SDXLValueEncoder(nn.Module):
                 raise ConfigError(f"{directory / name}: cannot load this part of the SDXL value encoder "
                                   f"({_first_line(exc)})") from exc
         return cls(*parts, shift_pooled=marker.get("pooled", "prompt") == "value")
+
+
+def _read_marker(directory: Path) -> dict[str, Any]:
+    """`livo_value_encoder.json` of a value encoder folder ({} when there is none: the paper's one-token layout)."""
+    import json
+
+    path = directory / VALUE_ENCODER_FILE
+    if not path.is_file():
+        return {}
+    try:
+        marker = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(marker, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    return marker
+
+
+def value_states(text_model, input_ids: torch.Tensor, value_tokens: int = 1) -> torch.Tensor:
+    """The value token(s) a CLIP text model computes for `input_ids`: its pooled output `[B, D]` (the final-layer
+    state at the EOS position) for one token; for k the last k final-layer states ending there, `[B, k, D]` (clamped at
+    the first position for texts shorter than k)."""
+    output = text_model(input_ids=input_ids)
+    if value_tokens == 1:
+        return output.pooler_output
+    eos = _eos_positions(input_ids, text_model.config)
+    positions = (eos[:, None] - torch.arange(value_tokens - 1, -1, -1, device=eos.device)).clamp(min=0)
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None]
+    return output.last_hidden_state[rows, positions]
 
 
 def _check_vocabulary(text_model, text_encoder, tokenizer, where: str) -> None:
@@ -230,12 +281,14 @@ def is_sdxl(pipe) -> bool:
     return getattr(pipe, "text_encoder_2", None) is not None
 
 
-def value_encoder_for(pipe, *, sdxl_shift_pooled: bool = False):
+def value_encoder_for(pipe, *, sdxl_shift_pooled: bool = False, value_tokens: int = 1):
     """A fresh value encoder for `pipe`'s family: a trainable copy of its text encoder(s)."""
     if is_sdxl(pipe):
+        if value_tokens != 1:
+            raise ConfigError("value_tokens above 1 is not supported on SDXL-family base models yet")
         return SDXLValueEncoder.from_text_encoders(pipe.text_encoder, pipe.text_encoder_2,
                                                    shift_pooled=sdxl_shift_pooled)
-    return ValueEncoder.from_text_encoder(pipe.text_encoder)
+    return ValueEncoder.from_text_encoder(pipe.text_encoder, value_tokens=value_tokens)
 
 
 HUB_ALLOW_PATTERNS = ["config.json", "*.safetensors", f"{VALUE_ENCODER_DIR}/*"]
@@ -330,10 +383,13 @@ def encode_prompts(text_encoder, tokenizer, prompts: Sequence[str]) -> torch.Ten
 
 
 def prepend_value_token(value_vec: torch.Tensor, prompt_embeds: torch.Tensor) -> torch.Tensor:
-    """`concat([v[:, None, :], E(prompt)], dim=1)`: `[B, D]` + `[B, L, D]` -> `[B, L+1, D]`."""
-    if value_vec.ndim != 2 or prompt_embeds.ndim != 3 or value_vec.shape[0] != prompt_embeds.shape[0]:
-        raise ValueError(f"expected [B, D] and [B, L, D], got {tuple(value_vec.shape)} and {tuple(prompt_embeds.shape)}")
-    return torch.cat([value_vec[:, None, :].to(prompt_embeds.dtype), prompt_embeds], dim=1)
+    """`concat([v[:, None, :], E(prompt)], dim=1)`: `[B, D]` + `[B, L, D]` -> `[B, L+1, D]`; k value tokens
+    `[B, k, D]` give `[B, L+k, D]`."""
+    if value_vec.ndim not in (2, 3) or prompt_embeds.ndim != 3 or value_vec.shape[0] != prompt_embeds.shape[0]:
+        raise ValueError(f"expected [B, D] (or [B, k, D]) and [B, L, D], got {tuple(value_vec.shape)} and "
+                         f"{tuple(prompt_embeds.shape)}")
+    tokens = value_vec[:, None, :] if value_vec.ndim == 2 else value_vec
+    return torch.cat([tokens.to(prompt_embeds.dtype), prompt_embeds], dim=1)
 
 
 def training_conditioning(
@@ -359,11 +415,12 @@ def training_conditioning(
 
 
 @torch.no_grad()
-def frozen_value_token(text_encoder, tokenizer, prompts: Sequence[str], principle_texts: Sequence[str]) -> torch.Tensor:
-    """`[B, D]`: the frozen text encoder's pooled output of `"<principle>, <prompt>"` — the token a fresh value
-    encoder computes (where training starts)."""
+def frozen_value_token(text_encoder, tokenizer, prompts: Sequence[str], principle_texts: Sequence[str],
+                       value_tokens: int = 1) -> torch.Tensor:
+    """The frozen text encoder's value token(s) of `"<principle>, <prompt>"` (`value_states`: `[B, D]`, or
+    `[B, k, D]`) — what a fresh value encoder computes (where training starts)."""
     ids = tokenize_value_inputs(tokenizer, principle_texts, prompts).to(text_encoder.device)
-    return text_encoder(input_ids=ids).pooler_output
+    return value_states(text_encoder, ids, value_tokens)
 
 
 def sdxl_training_conditioning(
@@ -467,7 +524,7 @@ class LiVOPipeline:
         if is_sdxl(self.base):
             return self._sdxl_value_embeddings(prompt, principle_text, negative_prompt)
         tokenizer, text_encoder = self.base.tokenizer, self.base.text_encoder
-        ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length - 1,
+        ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length - self.value_encoder.value_tokens,
                         return_tensors="pt").input_ids.to(self.device)
         prompt_embeds = text_encoder(input_ids=ids)[0]
         value_ids = tokenize_value_inputs(tokenizer, [principle_text], [prompt]).to(self.device)

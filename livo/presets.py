@@ -439,7 +439,7 @@ def check_model_settings(source: str, *, resolution: int | None = None, sd_only:
 
 def raise_sd_only(names: Sequence[str], source: str) -> None:
     raise ConfigError(f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} not supported on SDXL-family base "
-                      f"models ({source}) yet; set {'it' if len(names) == 1 else 'them'} to 0")
+                      f"models ({source}) yet; leave {'it' if len(names) == 1 else 'them'} at the default")
 
 
 def check_resolution(resolution: int | None, factor: int | None, source: str, *, key: str = "resolution") -> None:

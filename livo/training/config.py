@@ -97,6 +97,11 @@ class TrainingConfig(LivoConfig):
     sdxl_shift_pooled: bool = Field(
         False, description="SDXL-family base models: the value path also replaces the pooled text_embeds with the value "
                            "text's (candidate (b) of docs/architecture.md); default: the value token only")
+    value_tokens: int = Field(
+        1, ge=1, le=16, description="value tokens prepended to the prompt: 1 = the paper's pooled output; k > 1 = the "
+                                    "value encoder's last k final-layer states ending at EOS (docs/convergence.md, "
+                                    "issue 15); SD family only",
+    )
     random_flip: bool = Field(
         False, description="mirror each pair (aligned and violating image together) with probability 1/2, as "
                            "diffusers' --random_flip; LIVO_METHOD.md's recipe does not flip")
@@ -158,6 +163,8 @@ class TrainingConfig(LivoConfig):
         for knob in ("random_flip", "sdxl_shift_pooled"):  # added later: runs without them keep their fingerprints
             if getattr(self, knob):
                 relevant[knob] = True
+        if self.value_tokens != 1:
+            relevant["value_tokens"] = self.value_tokens
         for knob in ("paired_violating_hinge", "token_anchor_weight"):  # the same for loss knobs added later
             if not getattr(self.loss, knob):
                 relevant["loss"].pop(knob)

@@ -159,10 +159,11 @@ def check_training_model(config: TrainingConfig) -> None:
 
 
 def sd_only_settings(config: TrainingConfig) -> list[str]:
-    """The loss knobs in use that are implemented for SD-family base models only."""
-    if config.loss.kind != "livo":
-        return []
-    return [f"loss.{name}" for name in ("distill_weight", "token_anchor_weight") if getattr(config.loss, name)]
+    """The settings in use that are implemented for SD-family base models only."""
+    names = ["value_tokens"] if config.value_tokens != 1 else []
+    if config.loss.kind == "livo":
+        names += [f"loss.{name}" for name in ("distill_weight", "token_anchor_weight") if getattr(config.loss, name)]
+    return names
 
 
 def open_dataset(config: TrainingConfig):
@@ -309,9 +310,13 @@ def load_models(config: TrainingConfig, device_type: str, precision: str, local_
         value_encoder = ValueEncoder.from_pretrained(config.init_value_encoder)
         value_encoder.check_fits(pipe.text_encoder, pipe.tokenizer, where=f"init_value_encoder {config.init_value_encoder}",
                                  text_encoder_2=text_encoder_2)
+        if getattr(value_encoder, "value_tokens", 1) != config.value_tokens:
+            raise ConfigError(f"init_value_encoder {config.init_value_encoder} outputs {value_encoder.value_tokens} "
+                              f"value token(s) but value_tokens={config.value_tokens}; set value_tokens to match")
         value_encoder.requires_grad_(True)
     else:
-        value_encoder = value_encoder_for(pipe, sdxl_shift_pooled=config.sdxl_shift_pooled)
+        value_encoder = value_encoder_for(pipe, sdxl_shift_pooled=config.sdxl_shift_pooled,
+                                          value_tokens=config.value_tokens)
     value_encoder.to(device=device, dtype=torch.float32).train()
     # SDXL's VAE overflows in fp16 (its config says force_upcast, as diffusers' SDXL pipeline reads it): it encodes in fp32
     vae_fp32 = text_encoder_2 is not None and bool(getattr(pipe.vae.config, "force_upcast", False))
@@ -416,12 +421,14 @@ def step_loss(models: Models, value_encoder, batch: dict[str, Any], generator, l
             loss = loss + loss_config.anchor_weight * errors.theta_w.mean()
         if cond_teacher is not None:
             loss = loss + loss_config.distill_weight * errors.distill.mean()
-        if loss_config.token_anchor_weight:  # SD family (refused on SDXL at the door): the token is cond_value[:, 0]
+        if loss_config.token_anchor_weight:  # SD family (refused on SDXL at the door): the tokens lead cond_value
             from livo.modeling import frozen_value_token
 
-            start = frozen_value_token(models.text_encoder, models.tokenizer, batch["prompts"],
-                                       batch["principle_texts"]).to(device=device, dtype=torch.float32)
-            drift = (cond_value[:, 0].float() - start).pow(2).sum(dim=-1)
+            tokens = getattr(value_encoder, "value_tokens", 1)
+            start = frozen_value_token(models.text_encoder, models.tokenizer, batch["prompts"], batch["principle_texts"],
+                                       tokens).to(device=device, dtype=torch.float32).reshape(len(batch["prompts"]),
+                                                                                             tokens, -1)
+            drift = (cond_value[:, :tokens].float() - start).pow(2).sum(dim=(1, 2))
             loss = loss + loss_config.token_anchor_weight * drift.mean()
         extra = [terms["hinge_w"].detach().mean(), terms["hinge_l"].detach().mean()]
         active = [(terms["hinge_w"].detach() > 0).float().mean(), (terms["hinge_l"].detach() > 0).float().mean()]
@@ -863,11 +870,13 @@ class Trainer:
 
         output, env = self.plan.output, self.env
         module = self.engine.module
+        # the exported encoder is the trained one's kind: its pooled choice and token count travel in its marker
         if isinstance(module, SDXLValueEncoder):
             export = SDXLValueEncoder(type(module.text_model)(module.text_model.config),
-                                      type(module.text_model_2)(module.text_model_2.config))
+                                      type(module.text_model_2)(module.text_model_2.config),
+                                      shift_pooled=module.shift_pooled)
         else:
-            export = ValueEncoder(type(module.text_model)(module.text_model.config))
+            export = ValueEncoder(type(module.text_model)(module.text_model.config), value_tokens=module.value_tokens)
         export.load_state_dict(state, strict=True)
         export.to(torch.float32)
         tmp = output.staging / f".{ckpt.VALUE_ENCODER_DIR}.tmp-{os.getpid()}"

@@ -39,3 +39,20 @@ def test_distillation_is_refused_on_sdxl(tmp_path, image_dataset, single_rank_en
     config = tiny_config(image_dataset, tmp_path / "run", model="toy-sdxl", loss={"distill_weight": 10.0})
     with pytest.raises(ConfigError, match="distill_weight is not supported on SDXL"):
         load_models(config, "cpu", "fp32", 0)
+
+
+@pytest.mark.slow
+def test_the_pooled_shift_survives_the_export(tmp_path, image_dataset, single_rank_env):
+    """Candidate (b) trained with `sdxl_shift_pooled=true` exports an encoder that shifts the pooled embedding at
+    inference too (its marker says so), not one that silently falls back to candidate (a)."""
+    import json
+
+    from livo.modeling import SDXLValueEncoder, ValueEncoder
+
+    output = tmp_path / "run"
+    trainer = run_in_process(tiny_config(image_dataset, output, model="toy-sdxl", max_steps=1, per_device_batch_size=2,
+                                         checkpoint={"every_steps": 1}, sdxl_shift_pooled=True))
+    assert trainer.result.exit_code == 0
+    assert json.loads((output / "value_encoder" / "livo_value_encoder.json").read_text())["pooled"] == "value"
+    encoder = ValueEncoder.from_pretrained(output / "value_encoder")
+    assert isinstance(encoder, SDXLValueEncoder) and encoder.shift_pooled
