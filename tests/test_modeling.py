@@ -316,3 +316,45 @@ def test_v_prediction_models_regress_the_velocity(tiny_pipe):
     loss = livo_loss(errors.theta_w, errors.ref_w, errors.theta_l, errors.ref_l)
     loss.backward()
     assert all(p.grad is not None for p in encoder.parameters())
+
+
+# ------------------------------------------------------------------------------------- k value tokens (issue 15)
+def test_k_value_tokens_are_the_last_states_ending_at_eos_and_one_is_the_pooled_output(tiny_pipe):
+    one = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder)
+    three = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder, value_tokens=3)
+    ids = tiny_pipe.tokenizer(["gender equality, a photo of a doctor", "bloody considered inappropriate, a cat"],
+                              padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        pooled, tokens = one(ids), three(ids)
+        states = tiny_pipe.text_encoder(input_ids=ids).last_hidden_state
+    assert pooled.shape == (2, 32) and tokens.shape == (2, 3, 32)
+    eos = (ids == tiny_pipe.tokenizer.eos_token_id).int().argmax(dim=-1)
+    for row in range(2):
+        torch.testing.assert_close(tokens[row], states[row, eos[row] - 2:eos[row] + 1])
+    torch.testing.assert_close(tokens[:, -1], pooled)  # the last of the k is the paper's token
+    cond_value, cond_plain = training_conditioning(tiny_pipe.text_encoder, three, tiny_pipe.tokenizer,
+                                                   ["a doctor", "a cat"], ["gender equality"] * 2)
+    assert cond_value.shape == (2, 80, 32) and torch.equal(cond_value[:, 3:], cond_plain)
+
+
+def test_k_value_tokens_save_load_and_generate(tiny_pipe, tmp_path):
+    import json
+
+    three = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder, value_tokens=3)
+    three.save_pretrained(tmp_path / "three")
+    assert json.loads((tmp_path / "three" / "livo_value_encoder.json").read_text())["value_tokens"] == 3
+    loaded = ValueEncoder.from_pretrained(tmp_path / "three")
+    assert loaded.value_tokens == 3
+    ValueEncoder.from_text_encoder(tiny_pipe.text_encoder).save_pretrained(tmp_path / "one")
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["config.json", "model.safetensors"]  # as before
+    pipe = LiVOPipeline(tiny_pipe, loaded)
+    merged, negative = pipe._value_embeddings("a photo of a doctor " * 30, "gender equality", None)
+    assert merged.shape[1] == negative.shape[1] == 77  # the prompt truncated to 74 tokens, then 3 value tokens
+    out = pipe.generate(["a photo of a doctor"], "gender equality", num_images_per_prompt=1, seed=0,
+                        num_inference_steps=2)
+    assert out.used_value_token == [True] and out.images[0].size == (32, 32)
+    (tmp_path / "bad").mkdir()
+    three.save_pretrained(tmp_path / "bad")
+    (tmp_path / "bad" / "livo_value_encoder.json").write_text(json.dumps({"family": "sd", "value_tokens": 0}))
+    with pytest.raises(ConfigError, match="value_tokens must be a positive integer"):
+        ValueEncoder.from_pretrained(tmp_path / "bad")

@@ -62,6 +62,26 @@ def test_only_the_value_encoder_changes_and_the_export_equals_live_weights(tmp_p
     assert sorted(p.name for p in (output / "checkpoints").glob("step-*")) == ["step-00000003", "step-00000006"]
 
 
+def test_k_value_tokens_train_export_and_refuse_a_mismatched_start(tmp_path, latent_dataset, single_rank_env):
+    """`value_tokens=2` (issue 15): the DeepSpeed path trains k tokens, the export says so, a run started from it
+    must ask for as many, and an SDXL-family base refuses it at the door."""
+    from livo.errors import ConfigError
+    from livo.modeling import ValueEncoder
+    from livo.training.trainer import check_training_model
+
+    output = tmp_path / "run"
+    trainer = run_in_process(tiny_config(latent_dataset, output, max_steps=1, checkpoint={"every_steps": 1},
+                                         value_tokens=2))
+    assert trainer.result.exit_code == 0 and 0 < trainer.result.metrics["loss"] < 10
+    assert ValueEncoder.from_pretrained(output / "value_encoder").value_tokens == 2
+    assert trainer.config.fingerprint() != tiny_config(latent_dataset, output, max_steps=1).fingerprint()
+    with pytest.raises(ConfigError, match="outputs 2 value token"):
+        run_in_process(tiny_config(latent_dataset, tmp_path / "again", max_steps=1,
+                                   init_value_encoder=str(output / "value_encoder")))
+    with pytest.raises(ConfigError, match="value_tokens is not supported on SDXL"):
+        check_training_model(tiny_config(latent_dataset, tmp_path / "x", model="toy-sdxl", value_tokens=2))
+
+
 @pytest.mark.slow
 def test_images_are_encoded_when_the_dataset_has_no_latents(tmp_path, image_dataset, single_rank_env):
     trainer = run_in_process(tiny_config(image_dataset, tmp_path / "run", max_steps=2, per_device_batch_size=2,
