@@ -76,6 +76,10 @@ class TrainingConfig(LivoConfig):
     expected_principle_set_hash: str | None = Field(
         None, description="refuse a dataset built for another principle set (sha256:... of the principles file)")
     verify_dataset: bool = Field(True, description="recompute the dataset's shard hashes before training")
+    allow_other_base_dataset: bool = Field(
+        False, description="train on a dataset another base model generated (its manifest's generator_model_hash is "
+                           "not this base model's fingerprint): its images are used, its stored latents are not; "
+                           "imported datasets (no generator hash) are always accepted")
     output: str = Field("runs/train", description="where checkpoints, the value encoder and metrics go")
     staging_dir: str | None = Field(
         None, description="node-local scratch for checkpoints of an s3:// output (default: a temp dir)")
