@@ -385,7 +385,8 @@ def encode_prompts(text_encoder, tokenizer, prompts: Sequence[str]) -> torch.Ten
 def prepend_value_token(value_vec: torch.Tensor, prompt_embeds: torch.Tensor) -> torch.Tensor:
     """`concat([v[:, None, :], E(prompt)], dim=1)`: `[B, D]` + `[B, L, D]` -> `[B, L+1, D]`; k value tokens
     `[B, k, D]` give `[B, L+k, D]`."""
-    if value_vec.ndim not in (2, 3) or prompt_embeds.ndim != 3 or value_vec.shape[0] != prompt_embeds.shape[0]:
+    if (value_vec.ndim not in (2, 3) or prompt_embeds.ndim != 3 or value_vec.shape[0] != prompt_embeds.shape[0]
+            or value_vec.shape[-1] != prompt_embeds.shape[-1]):
         raise ValueError(f"expected [B, D] (or [B, k, D]) and [B, L, D], got {tuple(value_vec.shape)} and "
                          f"{tuple(prompt_embeds.shape)}")
     tokens = value_vec[:, None, :] if value_vec.ndim == 2 else value_vec

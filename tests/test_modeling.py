@@ -67,8 +67,12 @@ def test_training_conditioning_shapes(tiny_pipe):
 
 
 def test_prepend_value_token_rejects_bad_shapes():
-    with pytest.raises(ValueError, match=r"\[B, D\]"):
-        prepend_value_token(torch.zeros(2, 3, 4), torch.zeros(2, 5, 4))
+    for value, prompt in ((torch.zeros(2, 3, 4, 1), torch.zeros(2, 5, 4)),  # not [B, D] nor [B, k, D]
+                          (torch.zeros(3, 4), torch.zeros(2, 5, 4)),  # batch sizes differ
+                          (torch.zeros(2, 6), torch.zeros(2, 5, 4))):  # token widths differ
+        with pytest.raises(ValueError, match=r"\[B, D\]"):
+            prepend_value_token(value, prompt)
+    assert prepend_value_token(torch.zeros(2, 3, 4), torch.zeros(2, 5, 4)).shape == (2, 8, 4)  # k = 3 tokens
 
 
 def test_one_optimiser_step_changes_every_value_encoder_parameter_and_nothing_else(tiny_pipe):
