@@ -136,14 +136,16 @@ class ValueEncoder(nn.Module):
 
 
 class SDXLValueEncoder(nn.Module):
-    """The value encoder of an SDXL-family base model (issue 18; candidate (a) of docs/architecture.md, the default
-    chosen by measurement on the toy SDXL): trainable copies of both text encoders read
-    `"<principle>, <prompt>"`, and the value token is each copy's hidden state at the EOS position in the layer the
-    UNet reads (the penultimate one, as `StableDiffusionXLPipeline.encode_prompt`), side by side. At initialisation
-    it is the frozen encoders' own EOS state of that text: in the distribution of the prompt's tokens, as SD v1.5's
-    pooled output (the final-layer-norm EOS state) is in the distribution of its last hidden states. The pooled
-    `text_embeds` are left alone unless `shift_pooled` (candidate (b)). Saved as `text_encoder/` and `text_encoder_2/` (transformers layout, safetensors)
-    plus `livo_value_encoder.json`, which names the family."""
+    """The value encoder of an SDXL-family base model (issue 18, docs/architecture.md): trainable copies of both text
+    encoders read `"<principle>, <prompt>"`, and the value token is each copy's hidden state at the EOS position in
+    the layer the UNet reads (the penultimate one, as `StableDiffusionXLPipeline.encode_prompt`), side by side. At
+    initialisation it is the frozen encoders' own EOS state of that text: in the distribution of the prompt's tokens,
+    as SD v1.5's pooled output (the final-layer-norm EOS state) is in the distribution of its last hidden states.
+    With `shift_pooled` (candidate (b), the default the trainer builds, chosen by measurement on the toy SDXL) the
+    second copy's projected pooled output of the value text also replaces the prompt's pooled `text_embeds` for
+    images with a principle; without it (candidate (a)) they are left alone. Saved as `text_encoder/` and
+    `text_encoder_2/` (transformers layout, safetensors) plus `livo_value_encoder.json`, which names the family and
+    the pooled choice."""
 
     family = "sdxl"
 
@@ -281,8 +283,9 @@ def is_sdxl(pipe) -> bool:
     return getattr(pipe, "text_encoder_2", None) is not None
 
 
-def value_encoder_for(pipe, *, sdxl_shift_pooled: bool = False, value_tokens: int = 1):
-    """A fresh value encoder for `pipe`'s family: a trainable copy of its text encoder(s)."""
+def value_encoder_for(pipe, *, sdxl_shift_pooled: bool = True, value_tokens: int = 1):
+    """A fresh value encoder for `pipe`'s family: a trainable copy of its text encoder(s); for SDXL, candidate (b)
+    unless `sdxl_shift_pooled=False` (the training default, `TrainingConfig.sdxl_shift_pooled`)."""
     if is_sdxl(pipe):
         if value_tokens != 1:
             raise ConfigError("value_tokens above 1 is not supported on SDXL-family base models yet")

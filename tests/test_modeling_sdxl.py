@@ -32,16 +32,21 @@ def sdxl():
 
 
 def test_the_value_token_starts_as_the_frozen_encoders_eos_state_of_the_value_text(sdxl):
-    encoder = value_encoder_for(sdxl)
-    assert isinstance(encoder, SDXLValueEncoder) and is_sdxl(sdxl)
+    encoder = value_encoder_for(sdxl)  # the default: candidate (b), token and pooled output
+    assert isinstance(encoder, SDXLValueEncoder) and is_sdxl(sdxl) and encoder.shift_pooled
     assert encoder.hidden_size == sdxl.unet.config.cross_attention_dim == 128
     ids = tokenize_value_inputs(sdxl.tokenizer, ["gender equality"], ["a photo of a doctor"])
     eos = int((ids[0] == sdxl.tokenizer.eos_token_id).int().argmax())
     with torch.no_grad():
-        token = encoder(ids)[0]
+        token, pooled = encoder(ids)
         first = sdxl.text_encoder(ids, output_hidden_states=True).hidden_states[-2][0, eos]
-        second = sdxl.text_encoder_2(ids, output_hidden_states=True).hidden_states[-2][0, eos]
-    assert torch.equal(token, torch.cat([first, second]))  # in the distribution of the prompt's tokens
+        second = sdxl.text_encoder_2(ids, output_hidden_states=True)
+    assert torch.equal(token[0], torch.cat([first, second.hidden_states[-2][0, eos]]))  # in the prompt's distribution
+    assert torch.equal(pooled, second.text_embeds)  # and the pooled shift starts at the value text's own pooled output
+    only_token = value_encoder_for(sdxl, sdxl_shift_pooled=False)  # candidate (a)
+    assert not only_token.shift_pooled
+    with torch.no_grad():
+        assert torch.equal(only_token(ids), token)
 
 
 def test_pipeline_adds_the_token_and_leaves_plain_images_bit_identical(sdxl):
@@ -84,7 +89,7 @@ def test_save_and_load_round_trip_is_exact_and_names_the_family(sdxl, tmp_path):
         assert torch.equal(a, b), name
     assert value_encoder_digest(tmp_path / "ve").startswith("sha256:")
     (tmp_path / "ve" / "livo_value_encoder.json").write_text('{"family": "sd3"}')
-    with pytest.raises(ConfigError, match="family 'sd3', expected 'sdxl'"):
+    with pytest.raises(ConfigError, match="family 'sd3'; livo knows 'sd' and 'sdxl'"):
         ValueEncoder.from_pretrained(tmp_path / "ve")
 
 

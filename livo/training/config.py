@@ -99,8 +99,9 @@ class TrainingConfig(LivoConfig):
                           "false = train on the pairs as stored (for matched pairs, data pairing=matched)")
 
     sdxl_shift_pooled: bool = Field(
-        False, description="SDXL-family base models: the value path also replaces the pooled text_embeds with the value "
-                           "text's (candidate (b) of docs/architecture.md); default: the value token only")
+        True, description="SDXL-family base models: the value path also replaces the pooled text_embeds with the value "
+                          "text's (candidate (b) of docs/architecture.md, the default chosen by measurement on the toy "
+                          "SDXL); false = the value token only (candidate (a))")
     value_tokens: int = Field(
         1, ge=1, le=16, description="value tokens prepended to the prompt: 1 = the paper's pooled output; k > 1 = the "
                                     "value encoder's last k final-layer states ending at EOS (docs/convergence.md, "
@@ -164,9 +165,10 @@ class TrainingConfig(LivoConfig):
         relevant = self.model_dump(mode="json", include={
             "model", "init_value_encoder", "loss", "optimizer", "per_device_batch_size", "gradient_accumulation_steps",
             "global_batch_size", "seed", "zero_stage", "resolution"})
-        for knob in ("random_flip", "sdxl_shift_pooled"):  # added later: runs without them keep their fingerprints
-            if getattr(self, knob):
-                relevant[knob] = True
+        if self.random_flip:  # added later: runs without it keep their fingerprints
+            relevant["random_flip"] = True
+        if not self.sdxl_shift_pooled:  # the same for the SDXL knob, whose default became true (issue 18)
+            relevant["sdxl_shift_pooled"] = False
         if self.value_tokens != 1:
             relevant["value_tokens"] = self.value_tokens
         for knob in ("paired_violating_hinge", "token_anchor_weight"):  # the same for loss knobs added later
