@@ -367,8 +367,10 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def load_generation_pipeline(settings: dict[str, Any], device: str):
-    """The base pipeline on `device`: fp16 (or the configured dtype) and SDPA attention on GPU, fp32 on CPU."""
+def load_generation_pipeline(settings: dict[str, Any], device: str, seed: int = 0):
+    """The base pipeline on `device`: fp16 (or the configured dtype) and SDPA attention on GPU, fp32 on CPU. `seed`
+    builds the random-weight presets (tiny, sd15-random, sdxl-random) as training builds them from its seed, so a
+    `livo run --seed N` generates, trains and evaluates one model; sources with weights ignore it."""
     import torch
     from diffusers.models.attention_processor import AttnProcessor2_0
 
@@ -381,7 +383,7 @@ def load_generation_pipeline(settings: dict[str, Any], device: str):
         dtype = torch.float32  # fp16 convolutions are slow or unsupported on CPU; the GPU path keeps fp16
     on_cpu_fp32 = device == "cpu" and dtype == torch.float32  # how models are built/loaded: no cast needed
     pipe = load_pipeline(settings["model"], device=None if on_cpu_fp32 else device,
-                         dtype=None if on_cpu_fp32 else dtype)
+                         dtype=None if on_cpu_fp32 else dtype, seed=seed)
     check_loaded_resolution(pipe, settings.get("resolution"), settings["model"])
     if settings["scheduler"] != "as-is":
         pipe.scheduler = make_scheduler(settings["scheduler"], dict(pipe.scheduler.config))
@@ -435,7 +437,7 @@ def run_generation(plan: GenerationPlan, *, shard_indices: Sequence[int] | None 
             raise ConfigError(f"shard index {index} is outside 0..{plan.shard_count - 1}")
     device = resolve_device(plan.config.device) if pipe is None else str(pipe.device)
     if pipe is None:
-        pipe = load_generation_pipeline(plan.settings, device)
+        pipe = load_generation_pipeline(plan.settings, device, seed=plan.config.seed)
     if model_hash is None:
         model_hash = pipeline_fingerprint(pipe)
     dtype_name = str(pipe.unet.dtype).replace("torch.", "")

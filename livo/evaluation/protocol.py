@@ -515,10 +515,11 @@ def evaluate_candidate(value_encoder: str, *, preset: str = "tiny", model: str |
     resolution = config.resolution or generation_settings.resolution
     check_model_settings(source, resolution=resolution)
     base = load_generation_pipeline({"model": source, "dtype_name": preset_config.model.dtype,
-                                     "scheduler": generation_settings.scheduler, "resolution": resolution}, device)
+                                     "scheduler": generation_settings.scheduler, "resolution": resolution}, device,
+                                    seed=config.seed)
     plan = load_judges(plan, config)
     evaluated = {"value_encoder_sha256": value_encoder_digest(encoder_dir),
-                 "base_model_fingerprint": base_model_fingerprint(base, source),
+                 "base_model_fingerprint": base_model_fingerprint(base, source, seed=config.seed),
                  "principle_set_hash": principle_set.hash}
     pipeline = LiVOPipeline(base, ValueEncoder.from_pretrained(encoder_dir))
     generation = {
@@ -554,11 +555,11 @@ def evaluate_candidate(value_encoder: str, *, preset: str = "tiny", model: str |
     return result
 
 
-def base_model_fingerprint(base: Any, source: str) -> str:
+def base_model_fingerprint(base: Any, source: str, seed: int = 0) -> str:
     """`pipeline_fingerprint` of the base model as training records it (the weights as loaded, fp32).
 
     The fingerprint covers dtypes and values, so a pipeline cast for generation (fp16 on GPU) is fingerprinted from a
-    second, uncast load of `source` instead.
+    second, uncast load of `source` (built with `seed`, for the random-weight presets) instead.
     """
     import torch
 
@@ -566,7 +567,7 @@ def base_model_fingerprint(base: Any, source: str) -> str:
 
     if all(getattr(base, c).dtype == torch.float32 for c in ("unet", "vae", "text_encoder")):
         return pipeline_fingerprint(base)
-    return pipeline_fingerprint(load_pipeline(source))
+    return pipeline_fingerprint(load_pipeline(source, seed=seed))
 
 
 def local_value_encoder(uri: str, workdir: str) -> str:

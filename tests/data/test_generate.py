@@ -289,3 +289,20 @@ def test_config_layers_preset_then_file_then_overrides(tmp_path):
     assert (settings["num_inference_steps"], settings["batch_size"], settings["model"]) == (3, 2, "tiny")
     with pytest.raises(ConfigError, match="candidates_per_scen: unknown key"):
         build_generate_config(config_file, ["candidates_per_scen=3"])
+
+
+def test_random_weight_presets_are_built_from_the_run_seed():
+    """`livo run --seed N` generates, trains and evaluates one model: the tiny preset's weights come from the seed in
+    generation and evaluation as in training (`load_models` builds it with the training seed)."""
+    import torch
+
+    from livo.data.generate import load_generation_pipeline
+    from livo.evaluation.protocol import base_model_fingerprint
+    from livo.presets import build_tiny_pipeline, pipeline_fingerprint
+
+    settings = {"model": "tiny", "dtype_name": None, "scheduler": "dpmsolver++"}
+    seeded = load_generation_pipeline(settings, "cpu", seed=3)
+    assert pipeline_fingerprint(seeded) == pipeline_fingerprint(build_tiny_pipeline(3))
+    assert pipeline_fingerprint(load_generation_pipeline(settings, "cpu")) == pipeline_fingerprint(build_tiny_pipeline(0))
+    half = seeded.to(dtype=torch.float16)  # a cast pipeline is fingerprinted from the same seed's uncast load
+    assert base_model_fingerprint(half, "tiny", seed=3) == pipeline_fingerprint(build_tiny_pipeline(3))

@@ -293,11 +293,19 @@ def test_livo_run_tiny_registers_an_auditable_model_and_a_rerun_is_skipped(tmp_p
 @pytest.mark.slow
 @pytest.mark.store
 def test_local_run_bad_input_fails_in_validation_before_any_other_task(tmp_path):
+    # a misspelt stage override: refused at the door, as the pipeline's first step would refuse it (exit 2, one line,
+    # no run directory, no store)
     result = livo(["run", "--preset", "tiny", "--allow-ungated", "--runs-dir", str(tmp_path), "-p",
-                   "train_config_overrides=[max_stepz=3]"],
-                  timeout=180)
-    assert result.returncode == 1
-    assert "the run failed: validate-inputs: " in result.stdout and "max_stepz" in result.stdout
+                   "train_config_overrides=[max_stepz=3]"], timeout=180)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("livo: error: ") and "max_stepz" in lines[-1] and "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("run-*"))
+    # what only the pipeline's first step can read (principles in the object store) fails there, and nothing else runs
+    result = livo(["run", "--preset", "tiny", "--allow-ungated", "--runs-dir", str(tmp_path), "-p",
+                   "run_principles_uri=s3://livo/no-such-principles.yaml"], timeout=180)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "the run failed: validate-inputs: " in result.stdout and "no-such-principles.yaml" in result.stdout
     assert executed_tasks(next(tmp_path.glob("run-*"))) == ["record-outcome"]  # nothing else started
 
 
