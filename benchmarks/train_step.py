@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     from livo.flops import flop_counter
-    from livo.modeling import encode_prompts, is_sdxl, value_encoder_for
+    from livo.modeling import encode_prompts, is_sdxl, vae_needs_fp32, value_encoder_for
     from livo.training.config import LossConfig
     from livo.training.trainer import Models, step_loss
 
@@ -166,10 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     value_encoder = value_encoder_for(pipe).to(device=device, dtype=torch.float32).train()
     encoder_copies = [m for m in (value_encoder.text_model, getattr(value_encoder, "text_model_2", None)) if m]
     frozen = [pipe.unet, pipe.vae, pipe.text_encoder, *([pipe.text_encoder_2] if sdxl else [])]
+    vae_fp32 = vae_needs_fp32(pipe)  # as training keeps it
     for module in frozen:
         module.requires_grad_(False)
         module.to(device=device)
-        if dtype != torch.float32 and not (sdxl and module is pipe.vae):  # SDXL's VAE: fp32, as training keeps it
+        if dtype != torch.float32 and not (vae_fp32 and module is pipe.vae):
             module.to(dtype=dtype)
     pipe.unet.set_attn_processor(AttnProcessor2_0())
 

@@ -283,6 +283,12 @@ def is_sdxl(pipe) -> bool:
     return getattr(pipe, "text_encoder_2", None) is not None
 
 
+def vae_needs_fp32(pipe) -> bool:
+    """SDXL's VAE overflows in fp16 and says so (`force_upcast` in its config, which diffusers' SDXL pipeline reads
+    to decode): it encodes in fp32. SD-family VAEs keep the dtype they are given (the SD v1.5 path is unchanged)."""
+    return is_sdxl(pipe) and bool(getattr(pipe.vae.config, "force_upcast", False))
+
+
 def value_encoder_for(pipe, *, sdxl_shift_pooled: bool = True, value_tokens: int = 1):
     """A fresh value encoder for `pipe`'s family: a trainable copy of its text encoder(s); for SDXL, candidate (b)
     unless `sdxl_shift_pooled=False` (the training default, `TrainingConfig.sdxl_shift_pooled`)."""

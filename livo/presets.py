@@ -420,7 +420,7 @@ def model_facts(source: str) -> ModelFacts:
     class_name = json.loads(index).get("_class_name")
     _pipeline_class(class_name, source)
     vae_config = read("vae/config.json")
-    factor = 2 ** (len(json.loads(vae_config)["block_out_channels"]) - 1) if vae_config else None
+    factor = _factor(json.loads(vae_config)["block_out_channels"]) if vae_config else None
     return ModelFacts(PIPELINE_FAMILIES[class_name], factor)
 
 
@@ -451,10 +451,18 @@ def check_resolution(resolution: int | None, factor: int | None, source: str, *,
                       f"{factor} pixels per latent cell); use {choices}")
 
 
+def vae_scale_factor(vae) -> int:
+    """Pixels per latent cell: 2 per down block after the first (diffusers' `vae_scale_factor`)."""
+    return _factor(vae.config.block_out_channels)
+
+
+def _factor(block_out_channels) -> int:
+    return 2 ** (len(block_out_channels) - 1)
+
+
 def check_loaded_resolution(pipe, resolution: int | None, source: str, *, key: str = "resolution") -> None:
     """`check_resolution` against a loaded pipeline's VAE (for sources `model_facts` could not read)."""
-    if getattr(pipe, "vae", None) is not None:
-        check_resolution(resolution, 2 ** (len(pipe.vae.config.block_out_channels) - 1), source, key=key)
+    check_resolution(resolution, vae_scale_factor(pipe.vae), source, key=key)
 
 
 def pipeline_fingerprint(pipe) -> str:

@@ -52,7 +52,7 @@ def test_named_models_follow_their_environment_variable(toy_sdxl_folder, monkeyp
 
 
 def test_built_in_sources_facts_match_the_models_they_build():
-    from livo.training.trainer import vae_scale_factor
+    from livo.presets import vae_scale_factor
 
     for source in ("tiny", "toy", "toy-sdxl"):
         pipe = load_pipeline(source)

@@ -395,14 +395,13 @@ def load_generation_pipeline(settings: dict[str, Any], device: str, seed: int = 
 
 @contextlib.contextmanager
 def vae_upcast_for_sdxl(pipe) -> Iterator[None]:
-    """SDXL's VAE overflows in fp16 (its config says `force_upcast`): encode in fp32 for the duration, as diffusers'
-    SDXL pipeline does to decode. SD-family VAEs stay as they are."""
+    """The VAE in fp32 for the duration when it needs it (`livo.modeling.vae_needs_fp32`: SDXL's) and was cast to
+    fp16 for generation."""
     import torch
 
-    from livo.modeling import is_sdxl
+    from livo.modeling import vae_needs_fp32
 
-    upcast = (is_sdxl(pipe) and pipe.vae.dtype == torch.float16
-              and bool(getattr(pipe.vae.config, "force_upcast", False)))
+    upcast = vae_needs_fp32(pipe) and pipe.vae.dtype == torch.float16
     if upcast:
         pipe.vae.to(torch.float32)
     try:

@@ -33,6 +33,7 @@ from livo import tracking
 from livo.config import flatten
 from livo.errors import ConfigError, DataError, LivoError
 from livo.log import get_logger, log_event
+from livo.presets import vae_scale_factor
 from livo.training import checkpoint as ckpt
 from livo.training import distributed as dist
 from livo.training.config import TrainingConfig
@@ -307,7 +308,7 @@ def load_models(config: TrainingConfig, device_type: str, precision: str, local_
     from diffusers import DDPMScheduler
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    from livo.modeling import ValueEncoder, is_sdxl, value_encoder_for
+    from livo.modeling import ValueEncoder, is_sdxl, vae_needs_fp32, value_encoder_for
     from livo.presets import load_pipeline, pipeline_fingerprint
 
     device = torch.device("cuda", local_rank) if device_type == "cuda" else torch.device("cpu")
@@ -333,8 +334,7 @@ def load_models(config: TrainingConfig, device_type: str, precision: str, local_
         value_encoder = value_encoder_for(pipe, sdxl_shift_pooled=config.sdxl_shift_pooled,
                                           value_tokens=config.value_tokens)
     value_encoder.to(device=device, dtype=torch.float32).train()
-    # SDXL's VAE overflows in fp16 (its config says force_upcast, as diffusers' SDXL pipeline reads it): it encodes in fp32
-    vae_fp32 = text_encoder_2 is not None and bool(getattr(pipe.vae.config, "force_upcast", False))
+    vae_fp32 = vae_needs_fp32(pipe)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, *([text_encoder_2] if text_encoder_2 is not None else [])):
         module.requires_grad_(False)
         module.eval()
@@ -353,11 +353,6 @@ def load_models(config: TrainingConfig, device_type: str, precision: str, local_
                   noise_scheduler=noise_scheduler, value_encoder=value_encoder, device=device,
                   weight_dtype=weight_dtype, base_fingerprint=fingerprint, text_encoder_2=text_encoder_2,
                   tokenizer_2=getattr(pipe, "tokenizer_2", None))
-
-
-def vae_scale_factor(vae) -> int:
-    """Pixels per latent cell: 2 per down block after the first (diffusers' `vae_scale_factor`)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
 def sample_latents(vae, posterior_parameters, generator):
@@ -532,10 +527,10 @@ class Trainer:
                       dataset_rows=len(self.dataset), output=plan.output.uri, resume_from=resume_step)
             if self.env.is_main:
                 tracking.active().log_params(self.tracking_params())
-            self.models = load_models(self.config, plan.device_type, plan.precision, self.env.local_rank)
-            try:
+            try:  # what only the loaded base model can tell (its fingerprint, its encoders) is bad input too
+                self.models = load_models(self.config, plan.device_type, plan.precision, self.env.local_rank)
                 check_dataset_generator(self.config, self.dataset, self.models.base_fingerprint)
-            except LivoError:
+            except ConfigError:
                 if fresh_output:  # bad input leaves nothing behind: not even the directory the write probe made
                     with contextlib.suppress(OSError):
                         plan.output.root.rmdir()
