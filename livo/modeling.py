@@ -15,7 +15,8 @@ from __future__ import annotations
 import copy
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ WEIGHTS_NAME = "model.safetensors"
 # Says what a value encoder folder holds beyond a CLIPTextModel: its family (an SDXL one: two encoder copies) and, for
 # the SD family, how many value tokens it outputs when more than the paper's one (absent: one token, the paper's layout)
 VALUE_ENCODER_FILE = SDXL_VALUE_ENCODER_FILE = "livo_value_encoder.json"
+TIME_SHIFT_FILE = "time_shift.safetensors"  # the SD-family time-embedding head (`time_shift_dim`), beside the encoder
 
 
 def value_text(principle_text: str, prompt: str) -> str:
@@ -43,33 +45,50 @@ class ValueEncoder(nn.Module):
     """A CLIP text encoder whose pooled output becomes the value token. Every parameter is trainable.
 
     `value_tokens` k > 1 (issue 15's experiment, not the paper's): the value is the copy's last k final-layer states
-    ending at the EOS position — k tokens of the kind the UNet reads, the last of which is the pooled output."""
+    ending at the EOS position — k tokens of the kind the UNet reads, the last of which is the pooled output.
+
+    `time_shift_dim` (issue 15's global channel, not the paper's): a linear head, zero at initialisation, maps the
+    pooled output to a shift of the UNet's time embedding (`shifted_time_embedding`) — for SD v1.5 what SDXL's pooled
+    text embedding is to its UNet, a conditioning every ResNet block reads; `forward` then returns `(token, shift)`."""
 
     family = "sd"
 
-    def __init__(self, text_model, *, value_tokens: int = 1):
+    def __init__(self, text_model, *, value_tokens: int = 1, time_shift_dim: int | None = None):
         super().__init__()
         if value_tokens < 1:
             raise ConfigError(f"value_tokens must be at least 1, got {value_tokens}")
         self.text_model = text_model
         self.value_tokens = int(value_tokens)
+        self.time_shift = None
+        if time_shift_dim:
+            self.time_shift = nn.Linear(int(text_model.config.hidden_size), int(time_shift_dim))
+            # zero: a fresh encoder is exactly the paper's one-token encoder, and training starts from the base model
+            nn.init.zeros_(self.time_shift.weight)
+            nn.init.zeros_(self.time_shift.bias)
+
+    @property
+    def time_shift_dim(self) -> int | None:
+        return None if self.time_shift is None else int(self.time_shift.out_features)
 
     @classmethod
-    def from_text_encoder(cls, text_encoder, *, value_tokens: int = 1) -> ValueEncoder:
+    def from_text_encoder(cls, text_encoder, *, value_tokens: int = 1,
+                          time_shift_dim: int | None = None) -> ValueEncoder:
         """A trainable deep copy of `text_encoder` (the paper initialises from the base encoder's weights)."""
         model = copy.deepcopy(text_encoder)
         model.requires_grad_(True)
         model.train()
-        return cls(model, value_tokens=value_tokens)
+        encoder = cls(model, value_tokens=value_tokens, time_shift_dim=time_shift_dim)
+        return encoder.to(device=model.device, dtype=model.dtype)
 
     @property
     def hidden_size(self) -> int:
         return int(self.text_model.config.hidden_size)
 
     def check_fits(self, text_encoder, tokenizer=None, *, where: str = "the value encoder",
-                   text_encoder_2=None) -> None:
+                   text_encoder_2=None, unet=None) -> None:
         """Refuse (ConfigError, exit 2) a value encoder made for another base model: its token must have the width of
-        the base text encoder's output, and it must read the base tokenizer's ids. Called before any image or step."""
+        the base text encoder's output, and it must read the base tokenizer's ids (and, with a time-embedding head,
+        shift a time embedding as wide as `unet`'s). Called before any image or step."""
         if text_encoder_2 is not None:
             raise ConfigError(f"{where} is an SD v1.5-family value encoder (one text encoder) but the base model is "
                               "SDXL-family (two): use a value encoder trained on this base model")
@@ -79,25 +98,41 @@ class ValueEncoder(nn.Module):
                               f"outputs {base_width}-wide ones: it was trained on another base model; use a value "
                               "encoder trained on this base model (its lineage names the base model it fits)")
         _check_vocabulary(self.text_model, text_encoder, tokenizer, where)
+        if self.time_shift is not None and unet is not None and self.time_shift_dim != time_embedding_dim(unet):
+            raise ConfigError(f"{where} shifts a {self.time_shift_dim}-wide time embedding but the base model's UNet "
+                              f"has a {time_embedding_dim(unet)}-wide one: it was trained on another base model")
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor):
         """`[B, D]` pooled output: the final-layer-norm hidden state at the EOS position; `[B, k, D]` for k value
-        tokens (`value_states`)."""
-        return value_states(self.text_model, input_ids, self.value_tokens)
+        tokens (`value_states`); with a time-embedding head, the pair `(token(s), shift [B, T])`."""
+        states = value_states(self.text_model, input_ids, self.value_tokens)
+        if self.time_shift is None:
+            return states
+        pooled = states if states.ndim == 2 else states[:, -1]
+        return states, self.time_shift(pooled)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write `config.json` + `model.safetensors` (transformers' `save_pretrained` layout, safetensors only), and
-        `livo_value_encoder.json` when the encoder outputs more than one token."""
+        `livo_value_encoder.json` when the encoder outputs more than one token or has a time-embedding head (saved
+        as `time_shift.safetensors`)."""
         import json
+
+        from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.text_model.save_pretrained(directory, safe_serialization=True)
+        marker: dict[str, Any] = {"family": self.family}
         if self.value_tokens > 1:
-            (directory / VALUE_ENCODER_FILE).write_text(json.dumps(
-                {"family": self.family, "value_tokens": self.value_tokens,
-                 "token": f"the last {self.value_tokens} final-layer states ending at the EOS position"},
-                indent=2) + "\n")
+            marker.update(value_tokens=self.value_tokens,
+                          token=f"the last {self.value_tokens} final-layer states ending at the EOS position")
+        if self.time_shift is not None:
+            save_file({name: tensor.detach().contiguous().cpu() for name, tensor in self.time_shift.state_dict().items()},
+                      str(directory / TIME_SHIFT_FILE))
+            marker["time_shift"] = {"file": TIME_SHIFT_FILE, "dim": self.time_shift_dim,
+                                    "what": "linear head: pooled output -> shift of the UNet's time embedding"}
+        if len(marker) > 1:
+            (directory / VALUE_ENCODER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
         return directory
 
     @classmethod
@@ -125,7 +160,10 @@ class ValueEncoder(nn.Module):
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
         try:
-            return cls(CLIPTextModel.from_pretrained(directory, **kwargs), value_tokens=value_tokens)
+            encoder = cls(CLIPTextModel.from_pretrained(directory, **kwargs), value_tokens=value_tokens,
+                          time_shift_dim=_time_shift_dim(directory, marker))
+            if encoder.time_shift is not None:
+                _load_time_shift(encoder, directory)
         except SafetensorError as exc:  # passed the header check but its data is bad
             raise ConfigError(f"{directory}: value encoder weights are corrupt ({exc}); copy or export them "
                               "again") from exc
@@ -133,6 +171,65 @@ class ValueEncoder(nn.Module):
             raise ConfigError(f"{directory}: cannot load the value encoder "
                               f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
                               "it must be a CLIPTextModel save_pretrained folder") from exc
+        return encoder.to(dtype=torch_dtype) if torch_dtype is not None else encoder
+
+
+def _time_shift_dim(directory: Path, marker: dict[str, Any]) -> int | None:
+    """The width of the marker's time-embedding head (None: the paper's layout, no head)."""
+    head = marker.get("time_shift")
+    if head is None:
+        return None
+    if not isinstance(head, dict) or not isinstance(head.get("dim"), int) or head["dim"] < 1:
+        raise ConfigError(f"{directory / VALUE_ENCODER_FILE}: time_shift must be an object with a positive integer "
+                          f"dim, got {head!r}")
+    if not (directory / TIME_SHIFT_FILE).is_file():
+        raise ConfigError(f"{directory}: its marker names a time-embedding head but {TIME_SHIFT_FILE} is missing; "
+                          "copy or export the value encoder again")
+    return head["dim"]
+
+
+def _load_time_shift(encoder: ValueEncoder, directory: Path) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(directory / TIME_SHIFT_FILE))
+    expected = {name: tuple(t.shape) for name, t in encoder.time_shift.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in state.items()}
+    if found != expected:
+        raise ConfigError(f"{directory / TIME_SHIFT_FILE}: expected tensors {expected}, found {found}; copy or export "
+                          "the value encoder again")
+    encoder.time_shift.load_state_dict(state)
+
+
+def time_embedding_dim(unet) -> int:
+    """The width of a diffusers UNet's time embedding (1280 for SD v1.5), which a time-shift head writes into."""
+    return int(unet.time_embedding.linear_2.out_features)
+
+
+@contextmanager
+def shifted_time_embedding(unet, shift: torch.Tensor | None, *, guided: bool = False) -> Iterator[None]:
+    """Within the block, every call of `unet` adds `shift` (`[N, T]`) to its time embedding (a forward hook on
+    `unet.time_embedding`; the base weights are untouched). A call must have N rows; with `guided`, a call of 2N rows
+    is the diffusers pipelines' classifier-free-guidance batch `[unconditional; conditional]`, and only the
+    conditional half is shifted (as SDXL's pooled value embedding reaches only the conditional branch). None: no-op."""
+    if shift is None:
+        yield
+        return
+
+    def add_shift(module, args, output):
+        rows = output.shape[0]
+        if rows == shift.shape[0]:
+            extra = shift
+        elif guided and rows == 2 * shift.shape[0]:
+            extra = torch.cat([torch.zeros_like(shift), shift])
+        else:
+            raise RuntimeError(f"time-embedding shift for {shift.shape[0]} rows but the UNet was called with {rows}")
+        return output + extra.to(device=output.device, dtype=output.dtype)
+
+    handle = unet.time_embedding.register_forward_hook(add_shift)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class SDXLValueEncoder(nn.Module):
@@ -289,15 +386,18 @@ def vae_needs_fp32(pipe) -> bool:
     return is_sdxl(pipe) and bool(getattr(pipe.vae.config, "force_upcast", False))
 
 
-def value_encoder_for(pipe, *, sdxl_shift_pooled: bool = True, value_tokens: int = 1):
+def value_encoder_for(pipe, *, sdxl_shift_pooled: bool = True, value_tokens: int = 1, time_shift: bool = False):
     """A fresh value encoder for `pipe`'s family: a trainable copy of its text encoder(s); for SDXL, candidate (b)
-    unless `sdxl_shift_pooled=False` (the training default, `TrainingConfig.sdxl_shift_pooled`)."""
+    unless `sdxl_shift_pooled=False` (the training default, `TrainingConfig.sdxl_shift_pooled`); for SD, with a
+    time-embedding head as wide as the UNet's when `time_shift` (`TrainingConfig.value_time_shift`)."""
     if is_sdxl(pipe):
-        if value_tokens != 1:
-            raise ConfigError("value_tokens above 1 is not supported on SDXL-family base models yet")
+        if value_tokens != 1 or time_shift:
+            raise ConfigError("value_tokens above 1 and value_time_shift are not supported on SDXL-family base models "
+                              "(SDXL's value path shifts its pooled embedding instead)")
         return SDXLValueEncoder.from_text_encoders(pipe.text_encoder, pipe.text_encoder_2,
                                                    shift_pooled=sdxl_shift_pooled)
-    return ValueEncoder.from_text_encoder(pipe.text_encoder, value_tokens=value_tokens)
+    return ValueEncoder.from_text_encoder(pipe.text_encoder, value_tokens=value_tokens,
+                                         time_shift_dim=time_embedding_dim(pipe.unet) if time_shift else None)
 
 
 HUB_ALLOW_PATTERNS = ["config.json", "*.safetensors", f"{VALUE_ENCODER_DIR}/*"]
@@ -409,19 +509,23 @@ def training_conditioning(
     prompts: Sequence[str],
     principle_texts: Sequence[str],
     prompt_embeds: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(cond_value [B, L+1, D], cond_plain [B, L, D])` for one training batch.
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor] | None]:
+    """`(cond_value [B, L+1, D], cond_plain [B, L, D], extra)` for one training batch.
 
     `cond_plain` comes from the frozen encoder (or precomputed `prompt_embeds` from the dataset) without autograd;
-    `cond_value` carries gradient into the value encoder only.
+    `cond_value` carries gradient into the value encoder only. `extra` is None, or, for a value encoder with a
+    time-embedding head, `{"value_time_shift": [B, T]}` (with gradient) for `compute_denoising_errors`'
+    `added_cond_kwargs`, which applies it to the value passes only.
     """
     device = next(value_encoder.parameters()).device
     if prompt_embeds is None:
         prompt_embeds = encode_prompts(text_encoder, tokenizer, prompts)
     cond_plain = prompt_embeds.to(device).detach()
     value_ids = tokenize_value_inputs(tokenizer, principle_texts, prompts).to(device)
-    value_vec = value_encoder(value_ids)
-    return prepend_value_token(value_vec, cond_plain), cond_plain
+    value_out = value_encoder(value_ids)
+    if isinstance(value_out, tuple):
+        return prepend_value_token(value_out[0], cond_plain), cond_plain, {"value_time_shift": value_out[1]}
+    return prepend_value_token(value_out, cond_plain), cond_plain, None
 
 
 @torch.no_grad()
@@ -500,8 +604,9 @@ class LiVOPipeline:
 
     def __init__(self, base_pipeline, value_encoder: ValueEncoder | None = None):
         if value_encoder is not None:
+            fits = {"unet": base_pipeline.unet} if getattr(value_encoder, "time_shift", None) is not None else {}
             value_encoder.check_fits(base_pipeline.text_encoder, base_pipeline.tokenizer,
-                                     text_encoder_2=getattr(base_pipeline, "text_encoder_2", None))
+                                     text_encoder_2=getattr(base_pipeline, "text_encoder_2", None), **fits)
         self.base = base_pipeline
         self.value_encoder = value_encoder
         if value_encoder is not None:
@@ -530,7 +635,8 @@ class LiVOPipeline:
     @torch.no_grad()
     def _value_embeddings(self, prompt: str, principle_text: str, negative_prompt: str | None):
         """`(prompt_embeds [1, n+1, D], negative_embeds [1, n+1, D])` for one prompt with the value token; SDXL adds
-        `(pooled, negative_pooled)`: the prompt's own pooled output is kept (the token is the only change)."""
+        `(pooled, negative_pooled)`: the prompt's own pooled output is kept (the token is the only change); an SD value
+        encoder with a time-embedding head adds its `shift [1, T]`."""
         if is_sdxl(self.base):
             return self._sdxl_value_embeddings(prompt, principle_text, negative_prompt)
         tokenizer, text_encoder = self.base.tokenizer, self.base.text_encoder
@@ -538,9 +644,13 @@ class LiVOPipeline:
                         return_tensors="pt").input_ids.to(self.device)
         prompt_embeds = text_encoder(input_ids=ids)[0]
         value_ids = tokenize_value_inputs(tokenizer, [principle_text], [prompt]).to(self.device)
-        merged = prepend_value_token(self.value_encoder(value_ids), prompt_embeds)
+        value_out = self.value_encoder(value_ids)
+        value_vec, shift = value_out if isinstance(value_out, tuple) else (value_out, None)
+        merged = prepend_value_token(value_vec, prompt_embeds)
         neg_ids = tokenizer(negative_prompt or "", padding="max_length", max_length=merged.shape[1], truncation=True,
                             return_tensors="pt").input_ids.to(self.device)
+        if shift is not None:  # the time-embedding head: applied to the conditional branch in `generate`
+            return merged, text_encoder(input_ids=neg_ids)[0], shift
         return merged, text_encoder(input_ids=neg_ids)[0]
 
     def _sdxl_tokens(self, text: str, length: int | None):
@@ -647,13 +757,15 @@ class LiVOPipeline:
                 pooled = ({"pooled_prompt_embeds": torch.cat([e[2] for e in embeds]),
                            "negative_pooled_prompt_embeds": torch.cat([e[3] for e in embeds])}
                           if len(embeds[0]) == 4 else {})
-                out = self.base(
-                    prompt_embeds=torch.cat([e[0] for e in embeds]),
-                    negative_prompt_embeds=torch.cat([e[1] for e in embeds]),
-                    generator=[torch.Generator("cpu").manual_seed(image_seeds[j[0]]) for j in chunk],
-                    **pooled,
-                    **call_kwargs,
-                )
+                shift = torch.cat([e[2] for e in embeds]) if len(embeds[0]) == 3 else None
+                with shifted_time_embedding(self.base.unet, shift, guided=True):
+                    out = self.base(
+                        prompt_embeds=torch.cat([e[0] for e in embeds]),
+                        negative_prompt_embeds=torch.cat([e[1] for e in embeds]),
+                        generator=[torch.Generator("cpu").manual_seed(image_seeds[j[0]]) for j in chunk],
+                        **pooled,
+                        **call_kwargs,
+                    )
                 for j, image in zip(chunk, out.images, strict=True):
                     images[j[0]] = image
 

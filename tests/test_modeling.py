@@ -31,7 +31,7 @@ def _snapshot(module):
 def _training_batch(pipe, value_encoder, batch=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     prompts = ["a photo of the face of a doctor", "a photo of the face of a nurse"][:batch]
-    cond_value, cond_plain = training_conditioning(
+    cond_value, cond_plain, _ = training_conditioning(
         pipe.text_encoder, value_encoder, pipe.tokenizer, prompts, ["gender equality"] * batch
     )
     shape = (batch, 4, 16, 16)
@@ -57,7 +57,7 @@ def test_value_encoder_starts_as_a_trainable_copy_of_the_base_encoder(tiny_pipe)
 
 def test_training_conditioning_shapes(tiny_pipe):
     encoder = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder)
-    cond_value, cond_plain = training_conditioning(
+    cond_value, cond_plain, _ = training_conditioning(
         tiny_pipe.text_encoder, encoder, tiny_pipe.tokenizer, ["a doctor", "a nurse", "a cat"], ["gender equality"] * 3
     )
     assert cond_plain.shape == (3, 77, 32)  # prompt padded to the tokenizer's 77
@@ -336,7 +336,7 @@ def test_k_value_tokens_are_the_last_states_ending_at_eos_and_one_is_the_pooled_
     for row in range(2):
         torch.testing.assert_close(tokens[row], states[row, eos[row] - 2:eos[row] + 1])
     torch.testing.assert_close(tokens[:, -1], pooled)  # the last of the k is the paper's token
-    cond_value, cond_plain = training_conditioning(tiny_pipe.text_encoder, three, tiny_pipe.tokenizer,
+    cond_value, cond_plain, _ = training_conditioning(tiny_pipe.text_encoder, three, tiny_pipe.tokenizer,
                                                    ["a doctor", "a cat"], ["gender equality"] * 2)
     assert cond_value.shape == (2, 80, 32) and torch.equal(cond_value[:, 3:], cond_plain)
 
@@ -361,4 +361,103 @@ def test_k_value_tokens_save_load_and_generate(tiny_pipe, tmp_path):
     three.save_pretrained(tmp_path / "bad")
     (tmp_path / "bad" / "livo_value_encoder.json").write_text(json.dumps({"family": "sd", "value_tokens": 0}))
     with pytest.raises(ConfigError, match="value_tokens must be a positive integer"):
+        ValueEncoder.from_pretrained(tmp_path / "bad")
+
+
+# ----------------------------------------------------------------- the time-embedding channel (issue 15)
+def test_a_fresh_time_shift_head_is_zero_so_generation_starts_at_the_papers_encoder(tiny_pipe):
+    """The head is zero at initialisation: a fresh encoder with it generates exactly what one without it does."""
+    from livo.modeling import time_embedding_dim
+
+    plain = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder)
+    shifted = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder, time_shift_dim=time_embedding_dim(tiny_pipe.unet))
+    ids = tiny_pipe.tokenizer(["gender equality, a photo of a doctor"], padding="max_length", max_length=77,
+                              return_tensors="pt").input_ids
+    with torch.no_grad():
+        token, shift = shifted(ids)
+        torch.testing.assert_close(token, plain(ids))
+    assert shift.shape == (1, time_embedding_dim(tiny_pipe.unet)) and not shift.any()
+    kwargs = dict(num_images_per_prompt=2, seed=3, num_inference_steps=2, guidance_scale=3.0)
+    a = LiVOPipeline(tiny_pipe, plain).generate(["a photo of a doctor"], "gender equality", **kwargs)
+    b = LiVOPipeline(tiny_pipe, shifted).generate(["a photo of a doctor"], "gender equality", **kwargs)
+    assert [np.asarray(i).tobytes() for i in a.images] == [np.asarray(i).tobytes() for i in b.images]
+
+
+def test_shifted_time_embedding_shifts_only_the_conditional_half_of_a_guided_batch(tiny_pipe):
+    from livo.modeling import shifted_time_embedding, time_embedding_dim
+
+    unet = tiny_pipe.unet
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 16, 16, generator=gen)
+    cond = torch.randn(2, 5, 32, generator=gen)
+    steps = torch.tensor([10, 700])
+    shift = torch.randn(1, time_embedding_dim(unet), generator=gen)
+    with torch.no_grad():
+        before = unet(latents, steps, encoder_hidden_states=cond).sample
+        with shifted_time_embedding(unet, shift, guided=True):
+            guided = unet(latents, steps, encoder_hidden_states=cond).sample
+        with shifted_time_embedding(unet, torch.cat([shift, shift])):
+            both = unet(latents, steps, encoder_hidden_states=cond).sample
+        after = unet(latents, steps, encoder_hidden_states=cond).sample
+    assert torch.equal(guided[0], before[0])  # the unconditional row is the base model's
+    assert (guided[1] - before[1]).abs().max() > 1e-3
+    torch.testing.assert_close(guided[1], both[1])
+    assert torch.equal(after, before)  # the hook is gone after the block
+    with pytest.raises(RuntimeError, match="shift for 2 rows but the UNet was called with 4"):
+        with torch.no_grad(), shifted_time_embedding(unet, torch.cat([shift, shift])):
+            unet(torch.cat([latents, latents]), torch.cat([steps, steps]),
+                 encoder_hidden_states=torch.cat([cond, cond]))
+
+
+def test_the_time_shift_reaches_the_value_passes_only_and_trains_the_head(tiny_pipe):
+    """`compute_denoising_errors`: the reference errors are the base model's whatever the shift; the value errors
+    move with it; and the loss's gradient reaches the head, so training can move it off zero."""
+    from livo.modeling import time_embedding_dim
+
+    encoder = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder, time_shift_dim=time_embedding_dim(tiny_pipe.unet))
+    prompts = ["a photo of a doctor", "a photo of a nurse"]
+    cond_value, cond_plain, extra = training_conditioning(tiny_pipe.text_encoder, encoder, tiny_pipe.tokenizer,
+                                                          prompts, ["gender equality"] * 2)
+    assert set(extra) == {"value_time_shift"} and extra["value_time_shift"].shape == (2, 128)
+    gen = torch.Generator().manual_seed(0)
+    latents_w, latents_l, noise = (torch.randn(2, 4, 16, 16, generator=gen) for _ in range(3))
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    steps = torch.tensor([100, 600])
+    args = (tiny_pipe.unet, scheduler, latents_w, latents_l, cond_value, cond_plain, noise, steps)
+    zero = compute_denoising_errors(*args, added_cond_kwargs=extra)
+    loss = livo_loss(zero.theta_w, zero.ref_w, zero.theta_l, zero.ref_l)
+    loss.backward()
+    assert encoder.time_shift.weight.grad.abs().sum() > 0 and encoder.time_shift.bias.grad.abs().sum() > 0
+    moved = {"value_time_shift": torch.full((2, 128), 0.5)}
+    for fused in (True, False):
+        shifted = compute_denoising_errors(*(a.detach() if torch.is_tensor(a) else a for a in args), fused=fused,
+                                           added_cond_kwargs=moved)
+        torch.testing.assert_close(shifted.ref_w, zero.ref_w.detach())
+        torch.testing.assert_close(shifted.ref_l, zero.ref_l.detach())
+        assert (shifted.theta_w - zero.theta_w.detach()).abs().max() > 1e-4
+
+
+def test_a_time_shift_head_saves_loads_and_refuses_another_unet(tiny_pipe, tmp_path):
+    import json
+
+    from livo.modeling import TIME_SHIFT_FILE, time_embedding_dim
+
+    encoder = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder, time_shift_dim=time_embedding_dim(tiny_pipe.unet))
+    with torch.no_grad():
+        encoder.time_shift.weight.normal_(generator=torch.Generator().manual_seed(1))
+    encoder.save_pretrained(tmp_path / "enc")
+    marker = json.loads((tmp_path / "enc" / "livo_value_encoder.json").read_text())
+    assert marker["family"] == "sd" and marker["time_shift"]["dim"] == 128 and "value_tokens" not in marker
+    loaded = ValueEncoder.from_pretrained(tmp_path / "enc")
+    assert loaded.time_shift_dim == 128 and torch.equal(loaded.time_shift.weight, encoder.time_shift.weight)
+    LiVOPipeline(tiny_pipe, loaded)  # fits its own base model
+    small = ValueEncoder(loaded.text_model, time_shift_dim=64)
+    with pytest.raises(ConfigError, match="shifts a 64-wide time embedding but the base model's UNet has a 128-wide"):
+        LiVOPipeline(tiny_pipe, small)
+    (tmp_path / "enc" / TIME_SHIFT_FILE).unlink()
+    with pytest.raises(ConfigError, match="time_shift.safetensors is missing"):
+        ValueEncoder.from_pretrained(tmp_path / "enc")
+    encoder.save_pretrained(tmp_path / "bad")
+    save_file({"weight": torch.zeros(3, 3), "bias": torch.zeros(3)}, str(tmp_path / "bad" / TIME_SHIFT_FILE))
+    with pytest.raises(ConfigError, match="expected tensors"):
         ValueEncoder.from_pretrained(tmp_path / "bad")

@@ -107,6 +107,10 @@ class TrainingConfig(LivoConfig):
                                     "value encoder's last k final-layer states ending at EOS (docs/convergence.md, "
                                     "issue 15); SD family only",
     )
+    value_time_shift: bool = Field(
+        False, description="SD-family base models: the value encoder also shifts the UNet's time embedding through a "
+                           "zero-initialised linear head on its pooled output — a global conditioning channel like "
+                           "SDXL's pooled embedding, not in the paper (docs/convergence.md, issue 15)")
     random_flip: bool = Field(
         False, description="mirror each pair (aligned and violating image together) with probability 1/2, as "
                            "diffusers' --random_flip; LIVO_METHOD.md's recipe does not flip")
@@ -131,6 +135,14 @@ class TrainingConfig(LivoConfig):
     log_every: int = Field(10, gt=0, description="log loss parts, lr, grad norm and samples/s every N steps")
     tracking: Literal["mlflow", "none"] = Field(
         "mlflow", description="experiment tracking of this run (docs/tracking.md); env LIVO_TRACKING overrides it")
+
+    @model_validator(mode="after")
+    def _time_shift_not_compiled(self) -> TrainingConfig:
+        # a compiled UNet ignores a forward hook added after compilation (measured: its outputs stay the base model's)
+        if self.value_time_shift and self.compile:
+            raise ValueError("value_time_shift cannot be combined with compile: a compiled UNet ignores the "
+                             "time-embedding shift; set compile=false")
+        return self
 
     @model_validator(mode="after")
     def _batch_consistent(self) -> TrainingConfig:
@@ -171,6 +183,8 @@ class TrainingConfig(LivoConfig):
             relevant["sdxl_shift_pooled"] = False
         if self.value_tokens != 1:
             relevant["value_tokens"] = self.value_tokens
+        if self.value_time_shift:
+            relevant["value_time_shift"] = True
         for knob in ("paired_violating_hinge", "token_anchor_weight"):  # the same for loss knobs added later
             if not getattr(self.loss, knob):
                 relevant["loss"].pop(knob)

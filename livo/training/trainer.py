@@ -162,6 +162,8 @@ def check_training_model(config: TrainingConfig) -> None:
 def sd_only_settings(config: TrainingConfig) -> list[str]:
     """The settings in use that are implemented for SD-family base models only."""
     names = ["value_tokens"] if config.value_tokens != 1 else []
+    if config.value_time_shift:
+        names.append("value_time_shift")
     if config.loss.kind == "livo":
         names += [f"loss.{name}" for name in ("distill_weight", "token_anchor_weight") if getattr(config.loss, name)]
     return names
@@ -329,10 +331,17 @@ def load_models(config: TrainingConfig, device_type: str, precision: str, local_
         if getattr(value_encoder, "value_tokens", 1) != config.value_tokens:
             raise ConfigError(f"init_value_encoder {config.init_value_encoder} outputs {value_encoder.value_tokens} "
                               f"value token(s) but value_tokens={config.value_tokens}; set value_tokens to match")
+        if (getattr(value_encoder, "time_shift", None) is not None) != config.value_time_shift:
+            raise ConfigError(f"init_value_encoder {config.init_value_encoder} "
+                              f"{'has a' if not config.value_time_shift else 'has no'} time-embedding head but "
+                              f"value_time_shift={str(config.value_time_shift).lower()}; set value_time_shift to match")
+        if config.value_time_shift:
+            value_encoder.check_fits(pipe.text_encoder, pipe.tokenizer, unet=pipe.unet,
+                                     where=f"init_value_encoder {config.init_value_encoder}")
         value_encoder.requires_grad_(True)
     else:
         value_encoder = value_encoder_for(pipe, sdxl_shift_pooled=config.sdxl_shift_pooled,
-                                          value_tokens=config.value_tokens)
+                                          value_tokens=config.value_tokens, time_shift=config.value_time_shift)
     value_encoder.to(device=device, dtype=torch.float32).train()
     vae_fp32 = vae_needs_fp32(pipe)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, *([text_encoder_2] if text_encoder_2 is not None else [])):
@@ -406,9 +415,9 @@ def step_loss(models: Models, value_encoder, batch: dict[str, Any], generator, l
             batch["principle_texts"], int(latents_w.shape[-1]) * vae_scale_factor(models.vae),
             tokenizer_2=models.tokenizer_2)
     else:
-        cond_value, cond_plain = training_conditioning(models.text_encoder, value_encoder, models.tokenizer,
-                                                       batch["prompts"], batch["principle_texts"],
-                                                       prompt_embeds=prompt_embeds)
+        cond_value, cond_plain, added = training_conditioning(models.text_encoder, value_encoder, models.tokenizer,
+                                                              batch["prompts"], batch["principle_texts"],
+                                                              prompt_embeds=prompt_embeds)
     cond_teacher = None
     if loss_config.kind == "livo" and loss_config.distill_weight:
         from livo.modeling import encode_prompts
@@ -894,7 +903,8 @@ class Trainer:
                                       type(module.text_model_2)(module.text_model_2.config),
                                       shift_pooled=module.shift_pooled)
         else:
-            export = ValueEncoder(type(module.text_model)(module.text_model.config), value_tokens=module.value_tokens)
+            export = ValueEncoder(type(module.text_model)(module.text_model.config), value_tokens=module.value_tokens,
+                                  time_shift_dim=module.time_shift_dim)
         export.load_state_dict(state, strict=True)
         export.to(torch.float32)
         tmp = output.staging / f".{ckpt.VALUE_ENCODER_DIR}.tmp-{os.getpid()}"

@@ -82,6 +82,38 @@ def test_k_value_tokens_train_export_and_refuse_a_mismatched_start(tmp_path, lat
         check_training_model(tiny_config(latent_dataset, tmp_path / "x", model="toy-sdxl", value_tokens=2))
 
 
+def test_value_time_shift_trains_the_head_exports_it_and_refuses_what_cannot_take_it(tmp_path, latent_dataset,
+                                                                                     single_rank_env):
+    """`value_time_shift=true` (issue 15): the DeepSpeed path moves the zero-initialised time-embedding head, the
+    export carries it, the knob enters the fingerprint only when on, and SDXL, compile and a mismatched start are
+    refused."""
+    from livo.modeling import ValueEncoder
+    from livo.training.trainer import check_training_model
+
+    output = tmp_path / "run"
+    trainer = run_in_process(tiny_config(latent_dataset, output, max_steps=2, checkpoint={"every_steps": 2},
+                                         value_time_shift=True))
+    assert trainer.result.exit_code == 0 and 0 < trainer.result.metrics["loss"] < 10
+    exported = ValueEncoder.from_pretrained(output / "value_encoder")
+    assert exported.time_shift_dim == 128 and exported.time_shift.weight.abs().sum() > 0
+    live = trainer.engine.module.time_shift
+    assert torch.equal(exported.time_shift.weight, live.weight.detach().float().cpu())
+    plain = tiny_config(latent_dataset, output, max_steps=2, checkpoint={"every_steps": 2})
+    assert trainer.config.fingerprint() != plain.fingerprint()
+    assert plain.fingerprint() == tiny_config(latent_dataset, output, max_steps=2, checkpoint={"every_steps": 2},
+                                              value_time_shift=False).fingerprint()
+    with pytest.raises(ConfigError, match="has a time-embedding head but value_time_shift=false"):
+        run_in_process(tiny_config(latent_dataset, tmp_path / "again", max_steps=1,
+                                   init_value_encoder=str(output / "value_encoder")))
+    with pytest.raises(ConfigError, match="value_time_shift is not supported on SDXL"):
+        check_training_model(tiny_config(latent_dataset, tmp_path / "x", model="toy-sdxl", value_time_shift=True))
+    from livo.training.config import load_training_config
+
+    with pytest.raises(ConfigError, match="cannot be combined with compile"):
+        load_training_config(overrides=["value_time_shift=true", "compile=true"],
+                             base={"model": "tiny", "dataset": latent_dataset, "output": str(tmp_path / "y")})
+
+
 @pytest.mark.slow
 def test_images_are_encoded_when_the_dataset_has_no_latents(tmp_path, image_dataset, single_rank_env):
     trainer = run_in_process(tiny_config(image_dataset, tmp_path / "run", max_steps=2, per_device_batch_size=2,
