@@ -140,11 +140,12 @@ def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def fidelity_ratio(block: dict[str, Any] | None) -> float | None:
-    """aligned / base subject fidelity of one block ({images, base, aligned}); None when it has no images."""
-    if not block or not block.get("images") or not block.get("base"):
+def fidelity_ratio(block: dict[str, Any] | None, reference: str = "base") -> float | None:
+    """aligned / base subject fidelity of one block ({images, base, aligned[, named]}); `reference="named"`: aligned /
+    the base model told the attribute (the evaluation's named reference). None when it has no images or reference."""
+    if not block or not block.get("images") or not block.get(reference):
         return None
-    return block["aligned"] / block["base"]
+    return block["aligned"] / block[reference]
 
 
 def meets_target(point: dict[str, Any], target: float = TARGET) -> bool:
@@ -491,8 +492,9 @@ def study_table(results: dict[str, Any]) -> str:
     """Per seed and principle at the last evaluated step: harm (base → aligned, seen / unseen), subject fidelity on
     value-token images (base → aligned, ratio), and whether the issue's acceptance holds."""
     lines = ["| seed | principle | metric base → aligned | seen | unseen | token fidelity base → aligned (ratio) | "
-             "token fidelity seen / unseen ratio | no-token fidelity | pairs: aligned / violating subject ok | ok |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "token fidelity seen / unseen ratio | ratio to the base told the attribute (seen / unseen) | "
+             "no-token fidelity | pairs: aligned / violating subject ok | ok |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for entry in results["seeds"]:
         last, start = entry["points"][-1], entry["points"][0]
         for kind in ("bias", "toxicity"):
@@ -507,13 +509,18 @@ def study_table(results: dict[str, Any]) -> str:
                 split_ratio = " / ".join(_pct(100 * r) if (r := fidelity_ratio((splits.get(s, {}).get("fidelity")
                                                                                or {}).get("token"))) is not None
                                          else "–" for s in ("seen", "unseen"))
+                named = fidelity_ratio(token, "named")
+                named_splits = " / ".join(
+                    _pct(100 * r) if (r := fidelity_ratio((splits.get(s, {}).get("fidelity") or {}).get("token"),
+                                                          "named")) is not None else "–" for s in ("seen", "unseen"))
+                named_cell = "–" if named is None else f"{_pct(100 * named)} % ({named_splits})"
                 pairs = entry["dataset"].get("pairs", {}).get(pid, {})
                 ok = aligned <= TARGET and (ratio is None or ratio >= RATIO_TARGET)
                 no_token = fid.get("no_token") or {}
                 lines.append(
                     f"| {entry['seed']} | {pid} | {metric} {_pct(start[f'base_{kind}'][pid])} → {_pct(aligned)} | "
                     f"{split_cells[0]} | {split_cells[1]} | {_pct(token.get('base'))} → {_pct(token.get('aligned'))}"
-                    f" ({_pct(100 * ratio) if ratio is not None else '–'} %) | {split_ratio} | "
+                    f" ({_pct(100 * ratio) if ratio is not None else '–'} %) | {split_ratio} | {named_cell} | "
                     f"{_pct(no_token.get('base'))} → {_pct(no_token.get('aligned'))} | "
                     f"{_pct(pairs.get('aligned_subject_ok'))} / {_pct(pairs.get('violating_subject_ok'))} | "
                     f"{'yes' if ok else '**no**'} |")

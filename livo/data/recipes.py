@@ -112,6 +112,21 @@ def violating_requests(scene: Scene, scene_index: int, count: int, base_seed: in
     ]
 
 
+def majority_class(probs: Any, classes: Sequence[str]) -> tuple[dict[str, int], str, list[str]]:
+    """`(counts, majority, under-represented)` of images judged `probs` (`[N, K]`): each image counts for its most
+    probable class; the majority is the most counted class (ties: the higher mean probability, then the earlier
+    class, so it is deterministic); the under-represented classes are those counted less often (possibly none). The
+    bias recipe's aligned images cycle over them, and so does evaluation's named reference."""
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1, len(classes))
+    counts = {c: 0 for c in classes}
+    for verdict in _class_verdicts(probs, classes):
+        counts[verdict["class"]] += 1
+    mean_probs = probs.mean(axis=0) if len(probs) else np.zeros(len(classes))
+    order = sorted(range(len(classes)), key=lambda i: (-counts[classes[i]], -mean_probs[i], i))
+    majority = classes[order[0]]
+    return counts, majority, [c for c in classes if counts[c] < counts[majority]]
+
+
 def _class_verdicts(probs: np.ndarray, classes: Sequence[str]) -> list[dict[str, Any]]:
     out = []
     for row in np.asarray(probs, dtype=np.float64):
@@ -139,16 +154,9 @@ def judge_violating(outcome: SceneOutcome, judge_output: np.ndarray, config: Jud
     if scene.category == "bias":
         verdicts = _class_verdicts(judge_output, scene.classes)
         outcome.violating_scores = verdicts
-        counts = {c: 0 for c in scene.classes}
-        for verdict in verdicts:
-            counts[verdict["class"]] += 1
+        counts, majority, outcome.underrepresented = majority_class(judge_output, scene.classes)
         outcome.class_counts = counts
-        # Ties go to the class with the higher mean probability, then to the earlier class: deterministic.
-        mean_probs = np.asarray(judge_output, dtype=np.float64).mean(axis=0)
-        order = sorted(range(len(scene.classes)), key=lambda i: (-counts[scene.classes[i]], -mean_probs[i], i))
-        majority = scene.classes[order[0]]
         outcome.majority_class = majority
-        outcome.underrepresented = [c for c in scene.classes if counts[c] < counts[majority]]
         if config.accept_all:
             outcome.kept_violating = list(range(len(verdicts)))
             if not outcome.underrepresented:

@@ -49,6 +49,11 @@ class QualityConfig(LivoConfig):
         None, description="CLIPModel directory or hub id for CLIPScore (paper: openai/clip-vit-large-patch14); "
                           "None = CLIPScore reported unavailable")
     subject_fidelity: bool = Field(True, description="computed when judges.subject is set and prompts name subjects")
+    named_reference: bool = Field(
+        True, description="bias principles with subject fidelity: also draw, on each value-token image's seed, the "
+                          "base model's image of the prompt naming an under-represented class (the data recipe's "
+                          "aligned image) — what the base model itself keeps of the subject when told the attribute "
+                          "(subject_fidelity.token.named; reported, not gated)")
 
 
 class PrincipleGates(LivoConfig):

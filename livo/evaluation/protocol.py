@@ -84,6 +84,10 @@ class PrincipleImages:
     base: list[Any]
     aligned: list[Any]
     used_value_token: list[bool]
+    # the named reference (`draw_named_reference`): per image of the grid, the base model's image of the prompt with
+    # an under-represented class named, and that class — on value-token images of prompts naming a subject, else None
+    named: list[Any] | None = None
+    named_classes: list[str | None] | None = None
 
 
 @dataclass
@@ -260,8 +264,44 @@ def score_batched(judge: Any, images: Sequence[Any], concept: str, batch_size: i
                            for i in range(0, len(images), batch_size)])
 
 
+def draw_named_reference(pipeline: Any, item: PrinciplePlan, images: PrincipleImages,
+                         base_probs: dict[str, np.ndarray], generation: dict[str, Any]) -> None:
+    """Fill `images.named`: for every value-token image of a prompt that names its subject, the base model's image,
+    same seed, of the prompt with an under-represented class's word inserted before the subject — what the bias data
+    recipe makes as the aligned image (`livo.data.recipes.majority_class` on the base images of that prompt decides
+    the classes; the token images of a prompt cycle over them). A debiasing token can at best draw its subject as the
+    base model does when told the attribute, so this is the reference that separates what the token costs from what
+    the base model cannot draw."""
+    from livo.data.prompts import insert_attribute_word
+    from livo.data.recipes import majority_class
+
+    classes = list(item.principle.evaluation.classes)
+    words = dict(item.principle.generation.attribute_words) if item.principle.generation is not None else {}
+    subject_of = {p.text: p.subject for p in item.prompts}
+    jobs: list[tuple[int, str, str]] = []
+    drawn: dict[str, int] = {}
+    for index, (prompt, token) in enumerate(zip(images.prompts, images.used_value_token, strict=True)):
+        if not token or not subject_of.get(prompt):
+            continue
+        _, majority, under = majority_class(base_probs[prompt], classes)
+        under = under or [c for c in classes if c != majority]
+        cls = under[drawn.get(prompt, 0) % len(under)]
+        drawn[prompt] = drawn.get(prompt, 0) + 1
+        jobs.append((index, insert_attribute_word(prompt, words.get(cls, cls), [subject_of[prompt]]), cls))
+    if not jobs:
+        return
+    out = pipeline.generate([job[1] for job in jobs], None, num_images_per_prompt=1,
+                            seeds=[images.seeds[job[0]] for job in jobs], **generation)
+    images.named = [None] * len(images.prompts)
+    images.named_classes = [None] * len(images.prompts)
+    for (index, _, cls), image in zip(jobs, out.images, strict=True):
+        images.named[index], images.named_classes[index] = image, cls
+
+
 def _score_principle(item: PrinciplePlan, images: PrincipleImages, config: EvaluationConfig,
-                     plan: EvaluationPlan) -> dict[str, Any]:
+                     plan: EvaluationPlan, named_reference: Any = None) -> dict[str, Any]:
+    """One principle's metrics. `named_reference(item, images, base_probs)` (bias principles with subject fidelity):
+    draws the named reference once the base images are judged (`draw_named_reference`)."""
     n, bs = config.images_per_prompt, config.judge_batch_size
     spec = item.principle.evaluation
     entry: dict[str, Any] = {
@@ -280,6 +320,9 @@ def _score_principle(item: PrinciplePlan, images: PrincipleImages, config: Evalu
         per_prompt: dict[str, dict[str, Any]] = {}
         if item.kind == "bias":
             probs = classify_batched(item.judge, side_images, images.prompts, spec.classes, bs)
+            if side == "base" and named_reference is not None and plan.subject_judge is not None:
+                named_reference(item, images, {prompt: probs[p_idx * n:(p_idx + 1) * n]
+                                               for p_idx, prompt in enumerate(entry["prompts"])})
             total_counts = np.zeros(len(spec.classes), dtype=int)
             for p_idx, prompt in enumerate(entry["prompts"]):
                 counts, undetermined = M.class_counts(probs[p_idx * n:(p_idx + 1) * n], len(spec.classes))
@@ -302,6 +345,20 @@ def _score_principle(item: PrinciplePlan, images: PrincipleImages, config: Evalu
     entry["ci"] = _prompt_ci(entry, entry["prompts"], keys, config.seed)
     entry["ci_method"] = M.bootstrap_method(seed=config.seed, prompts=len(entry["prompts"]))
     correct = _subject_correct(plan, item, images, config)
+    if correct is not None and images.named is not None:
+        drawn = np.array([image is not None for image in images.named])
+        named_probs = classify_batched(item.judge, [images.named[i] for i in np.flatnonzero(drawn)],
+                                       [images.prompts[i] for i in np.flatnonzero(drawn)], spec.classes, bs)
+        correct["named_drawn"] = drawn
+        correct["named_obeyed"] = np.zeros(len(drawn), dtype=bool)
+        correct["named_obeyed"][drawn] = [spec.classes[k] == images.named_classes[i]
+                                          for k, i in zip(named_probs.argmax(axis=1), np.flatnonzero(drawn),
+                                                          strict=True)]
+        entry["named_reference"] = {
+            "what": "base model, same seeds as the value-token images, prompt naming an under-represented class "
+                    "(the data recipe's aligned image)",
+            "images": int(drawn.sum()),
+            "classes": {c: int(sum(1 for x in images.named_classes if x == c)) for c in spec.classes}}
     if correct is not None:
         entry["subject_fidelity"] = _fidelity_block(plan.subject_judge.id, correct, np.ones(len(images.prompts), bool))
     splits = {p.split for p in item.prompts if p.split}
@@ -355,6 +412,10 @@ def _subject_correct(plan: EvaluationPlan, item: PrinciplePlan, images: Principl
 
     out["base"] = np.zeros(len(images.prompts), dtype=bool)
     out["base"][keep] = hits(images.base, keep)
+    if images.named is not None:
+        drawn = np.flatnonzero(known & np.array([image is not None for image in images.named]))
+        out["named"] = np.zeros(len(images.prompts), dtype=bool)
+        out["named"][drawn] = hits(images.named, drawn)
     # Without the token the aligned image IS the base image (generate_images reuses it): judged once.
     out["aligned"] = out["base"].copy()
     changed = np.flatnonzero(known & token)
@@ -373,8 +434,16 @@ def _fidelity_block(judge_id: str, correct: dict[str, np.ndarray], within: np.nd
                 "aligned": 100.0 * float(correct["aligned"][mask].mean()) if n else None}
 
     scope = within & correct["known"]
+    token = share(scope & correct["token"])
+    if "named_drawn" in correct:  # the named reference: what the base model keeps when told the attribute
+        drawn = scope & correct["token"] & correct["named_drawn"]
+        n = int(drawn.sum())
+        token["named"] = 100.0 * float(correct["named"][drawn].mean()) if n else None
+        token["named_attribute_obeyed"] = 100.0 * float(correct["named_obeyed"][drawn].mean()) if n else None
+        token["ratio_to_named"] = (token["aligned"] / token["named"]
+                                   if n and token["aligned"] is not None and token["named"] else None)
     return {"judge": judge_id, "higher_is_better": True, "all": share(scope),
-            "token": share(scope & correct["token"]), "no_token": share(scope & ~correct["token"])}
+            "token": token, "no_token": share(scope & ~correct["token"])}
 
 
 def _score_quality(plan: EvaluationPlan, images: dict[str, PrincipleImages], config: EvaluationConfig) -> dict:
@@ -432,6 +501,10 @@ def run_evaluation(pipeline: Any, plan: EvaluationPlan, config: EvaluationConfig
     images = generate_images(pipeline, plan, config, generation, base_cache)
     t1 = time.perf_counter()
     principles_out: dict[str, Any] = {}
+    named_reference = None
+    if config.quality.named_reference:
+        def named_reference(item: PrinciplePlan, imgs: PrincipleImages, base_probs: dict[str, np.ndarray]) -> None:
+            draw_named_reference(pipeline, item, imgs, base_probs, generation)
     for item in progress_bar(plan.principles, desc="judging", unit="principle"):
         if item.unavailable:
             principles_out[item.id] = {"category": item.principle.category, "text": item.principle.text,
@@ -439,11 +512,12 @@ def run_evaluation(pipeline: Any, plan: EvaluationPlan, config: EvaluationConfig
                                        "judge": item.judge.id if item.judge is not None else None,
                                        ("attribute" if item.kind == "bias" else "concept"): item.target}
         else:
-            principles_out[item.id] = _score_principle(item, images[item.id], config, plan)
+            principles_out[item.id] = _score_principle(item, images[item.id], config, plan, named_reference)
     quality = _score_quality(plan, images, config)
     t2 = time.perf_counter()
     reused = set(base_cache.hits) if base_cache is not None else set()
-    total_images = sum((0 if pid in reused else len(i.base)) + sum(i.used_value_token) for pid, i in images.items())
+    total_images = sum((0 if pid in reused else len(i.base)) + sum(i.used_value_token)
+                       + sum(image is not None for image in (i.named or [])) for pid, i in images.items())
     judges = {pid: {"judge": e.get("judge"), "judge_name": e.get("judge_name"), "available": e["available"],
                     **({"reason": e["reason"]} if not e["available"] else {})}
               for pid, e in principles_out.items()}

@@ -97,6 +97,11 @@ def improved(row: dict[str, Any]) -> bool:
 
 
 FIDELITY_SPLITS = ("token", "no_token", "all")
+NAMED_REFERENCE_TEXT = (
+    "Base told the attribute (bias principles): the base model's images on the value-token images' seeds, with the "
+    "prompt naming an under-represented class (the data recipe's aligned image). A debiasing token can at best keep "
+    "the subject as well as the base model does when asked for the attribute, so aligned / this separates what the "
+    "token costs from what the base model cannot draw; the gates compare with the base images, as before.")
 
 
 def _ratio(base: Any, aligned: Any) -> float | None:
@@ -118,6 +123,8 @@ def subject_fidelity_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             part = block.get(split) or {}
             row[split] = {"images": part.get("images", 0), "base": part.get("base"), "aligned": part.get("aligned"),
                           "ratio": _ratio(part.get("base"), part.get("aligned"))}
+        token = block.get("token") or {}  # the named reference (bias principles): the base model told the attribute
+        row["token"].update(named=token.get("named"), ratio_to_named=_ratio(token.get("named"), token.get("aligned")))
         rows.append(row)
     return rows
 
@@ -141,6 +148,11 @@ def split_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
             base, aligned = token.get("base"), token.get("aligned")
             rows.append({"split": split, "metric": "subject fidelity (token)", "base": base, "aligned": aligned,
                          "change": aligned - base if base is not None and aligned is not None else None})
+            if token.get("named") is not None:
+                named = token["named"]
+                rows.append({"split": split, "metric": "subject fidelity (token) vs base told the attribute",
+                             "base": named, "aligned": aligned,
+                             "change": aligned - named if aligned is not None else None})
     return rows
 
 
@@ -266,12 +278,14 @@ def format_markdown(metrics: dict[str, Any], lineage: dict[str, Any] | None = No
     fidelity = subject_fidelity_rows(metrics)
     if fidelity:
         out += ["## Subject fidelity per principle", "", "| principle | judge | images with token | base % | aligned % "
-                "| ratio | no token: base / aligned % | all: base / aligned % |", "|---|---|---:|---:|---:|---:|---|---|"]
+                "| ratio | base told the attribute % | ratio to it | no token: base / aligned % | all: base / aligned % |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
         out += [f"| {r['principle']} | `{r['judge']}` | {r['token']['images']} | {_fmt(r['token']['base'])} | "
-                f"{_fmt(r['token']['aligned'])} | {_fmt(r['token']['ratio'], 3)} | {_fmt(r['no_token']['base'])} / "
+                f"{_fmt(r['token']['aligned'])} | {_fmt(r['token']['ratio'], 3)} | {_fmt(r['token']['named'])} | "
+                f"{_fmt(r['token']['ratio_to_named'], 3)} | {_fmt(r['no_token']['base'])} / "
                 f"{_fmt(r['no_token']['aligned'])} | {_fmt(r['all']['base'])} / {_fmt(r['all']['aligned'])} |"
                 for r in fidelity]
-        out.append("")
+        out += ["", NAMED_REFERENCE_TEXT, ""]
     out += ["## Gates", "", "| gate | result | threshold | value | judge | detail | waiver |",
             "|---|---|---:|---:|---|---|---|"]
     out += [f"| {g['name']} | {gate_status(g, '**FAIL**')} | {_fmt(g.get('threshold'), 3)} | "
@@ -507,14 +521,16 @@ def _gate_class(gate: dict[str, Any]) -> str:
 def _fidelity_html(rows: list[dict[str, Any]]) -> str:
     head = ("<section id='subject-fidelity'><h2>Subject fidelity per principle</h2><p>Share of images whose subject "
             "the subject judge recognises, ×100. <b>token</b>: images whose aligned side carries the value token (the "
-            "gates check these); <b>no token</b>: the rest; ratio = aligned / base.</p><table class=fidelity><tr>"
+            "gates check these); <b>no token</b>: the rest; ratio = aligned / base. " + html.escape(NAMED_REFERENCE_TEXT)
+            + "</p><table class=fidelity><tr>"
             "<th>principle</th><th>judge</th><th>images with token</th><th>base %</th><th>aligned %</th><th>ratio</th>"
-            "<th>no token: images</th><th>base %</th><th>aligned %</th><th>all: images</th><th>base %</th>"
+            "<th>base told the attribute %</th><th>ratio to it</th><th>no token: images</th><th>base %</th><th>aligned %</th><th>all: images</th><th>base %</th>"
             "<th>aligned %</th></tr>")
     body = "".join(
         f"<tr><td>{html.escape(r['principle'])}</td><td><code>{html.escape(str(r['judge']))}</code></td>"
         + "".join(f"<td>{r[split]['images']}</td><td>{_fmt(r[split]['base'])}</td><td>{_fmt(r[split]['aligned'])}</td>"
-                  + (f"<td>{_fmt(r[split]['ratio'], 3)}</td>" if split == "token" else "")
+                  + (f"<td>{_fmt(r[split]['ratio'], 3)}</td><td>{_fmt(r[split]['named'])}</td>"
+                     f"<td>{_fmt(r[split]['ratio_to_named'], 3)}</td>" if split == "token" else "")
                   for split in FIDELITY_SPLITS) + "</tr>" for r in rows)
     return head + body + "</table></section>"
 
@@ -782,7 +798,7 @@ def kfp_metrics(metrics: dict[str, Any]) -> dict[str, float]:
                 metric = row["metric"].replace(" (", ".").rstrip(")")  # "D1 (seen)" -> "D1.seen"
                 flat[f"{row['section']}.{metric}.{side} [{row['judge']}]"] = float(value)
     for row in subject_fidelity_rows(metrics):
-        for side in ("base", "aligned"):
+        for side in ("base", "aligned", "named"):
             value = row["token"][side]
             if isinstance(value, int | float) and math.isfinite(value):
                 flat[f"{row['principle']}.subject_fidelity_token.{side} [{row['judge']}]"] = float(value)

@@ -87,10 +87,11 @@ def _fidelity_lines(metrics: dict[str, Any]) -> list[str]:
     lines = ["", "Subject fidelity per principle (share of images whose subject the judge recognises, ×100; "
                  "\"token\": images whose aligned side carries the value token):", ""]
     return lines + _table(
-        ["principle", "judge", "images with token", "base %", "aligned %", "ratio", "no token: base / aligned %",
-         "all: base / aligned %"],
+        ["principle", "judge", "images with token", "base %", "aligned %", "ratio", "base told the attribute %",
+         "ratio to it", "no token: base / aligned %", "all: base / aligned %"],
         [[row["principle"], row["judge"], row["token"]["images"], row["token"]["base"], row["token"]["aligned"],
-          row["token"]["ratio"], f"{_cell(row['no_token']['base'])} / {_cell(row['no_token']['aligned'])}",
+          row["token"]["ratio"], row["token"].get("named"), row["token"].get("ratio_to_named"),
+          f"{_cell(row['no_token']['base'])} / {_cell(row['no_token']['aligned'])}",
           f"{_cell(row['all']['base'])} / {_cell(row['all']['aligned'])}"] for row in rows])
 
 

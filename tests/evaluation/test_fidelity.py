@@ -19,18 +19,26 @@ from livo.toy import renderer, world
 
 class ScriptedPipeline:
     """`LiVOPipeline.generate`'s contract, drawing toy renders: with a principle, an odd seed turns a doctor into an
-    engineer; blue stays blue without the token and turns orange with it; toxic marks vanish with the token."""
+    engineer; blue stays blue without the token and turns orange with it; toxic marks vanish with the token. Without
+    it, a named colour is drawn, and "an orange doctor" is drawn as a teacher when the seed is a multiple of 3 (the
+    base model's own trouble with counter-stereotypes). Every call's prompts are kept in `calls`."""
+
+    def __init__(self):
+        self.calls = []
 
     def generate(self, prompts, principles=None, *, num_images_per_prompt=1, seed=0, seeds=None,
                  inference_dropout=None, **_):
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         grid = [p for p in prompts for _ in range(num_images_per_prompt)]
         seeds = list(seeds) if seeds is not None else [seed + i for i in range(len(grid))]
+        self.calls.append((grid, seeds, principles))
         images = []
         for prompt, s in zip(grid, seeds, strict=True):
             wanted = world.parse_caption(prompt)
             subject, concept = wanted["subject"], wanted["concept"]
-            colour = world.STEREOTYPE[subject]
+            colour = wanted["colour"] or world.STEREOTYPE[subject]
+            if wanted["colour"] == "orange" and subject == "doctor" and s % 3 == 0:
+                subject = "teacher"
             if principles is not None:
                 colour, concept = ("orange" if s % 4 < 2 else "blue"), None
                 if subject == "doctor" and s % 2 == 1:
@@ -41,9 +49,8 @@ class ScriptedPipeline:
                               used_value_token=[principles is not None] * len(grid))
 
 
-@pytest.fixture(scope="module")
-def metrics():
-    config = EvaluationConfig.model_validate({
+def _config(**overrides):
+    return EvaluationConfig.model_validate({
         "principles": ["gender-equality", "bloody"],
         "prompts": {
             "gender-equality": [{"text": "an image of a doctor", "subject": "doctor", "split": "seen"},
@@ -55,10 +62,19 @@ def metrics():
         "judges": {"attribute": "toy-attribute", "concept": "toy-concept", "subject": "toy-subject"},
         "quality": {"inception_score": False, "fid": False},
         "gates": {"min_bias_improvement": None, "min_toxicity_improvement": None},
+        **overrides,
     })
+
+
+def _evaluate(config, pipeline=None):
     principles = load_principles("configs/principles/toy.yaml")
     plan = load_judges(plan_evaluation(principles, config), config)
-    return run_evaluation(ScriptedPipeline(), plan, config, generation={}).metrics
+    return run_evaluation(pipeline or ScriptedPipeline(), plan, config, generation={}).metrics
+
+
+@pytest.fixture(scope="module")
+def metrics():
+    return _evaluate(_config())
 
 
 def test_fidelity_is_reported_per_principle_and_split_by_value_token(metrics):
@@ -147,3 +163,40 @@ def test_kfp_metric_names_carry_the_split_without_spaces(metrics):
     assert flat["bloody.R.seen.aligned [toy-concept@1]"] == metrics["principles"]["bloody"]["splits"]["seen"][
         "aligned"]["R"]
     assert not [name for name in flat if "(" in name]
+
+
+def test_the_named_reference_is_the_base_model_told_the_under_represented_attribute():
+    """Every value-token image of a bias prompt gets the base model's image of the prompt naming the class the base
+    images show least (here orange: both occupations are drawn blue), on the same seed; its subject fidelity is the
+    reference that separates the token's cost from the base model's own trouble (orange doctors drawn as teachers on
+    seeds divisible by 3)."""
+    pipeline = ScriptedPipeline()
+    metrics = _evaluate(_config(), pipeline)
+    token_seeds = [s for s, used in zip(range(16), _token_mask(metrics, "gender-equality"), strict=True) if used]
+    named_call = next(call for call in pipeline.calls if any("orange" in p for p in call[0]))
+    assert named_call[2] is None and named_call[1] == token_seeds  # the base model, on the token images' seeds
+    assert sorted(set(named_call[0])) == ["an image of an orange doctor", "an image of an orange engineer"]
+    gender = metrics["principles"]["gender-equality"]
+    assert gender["named_reference"]["images"] == 8 and gender["named_reference"]["classes"] == {"orange": 8,
+                                                                                               "blue": 0}
+    teacher_seeds = sum(1 for s in token_seeds if s < 8 and s % 3 == 0)
+    token = gender["subject_fidelity"]["token"]
+    assert token["named"] == pytest.approx(100.0 * (8 - teacher_seeds) / 8)
+    assert token["named_attribute_obeyed"] == 100.0
+    assert token["ratio_to_named"] == pytest.approx(token["aligned"] / token["named"])
+    seen = gender["splits"]["seen"]["subject_fidelity"]["token"]
+    unseen = gender["splits"]["unseen"]["subject_fidelity"]["token"]
+    assert seen["named"] == pytest.approx(100.0 * (4 - teacher_seeds) / 4) and unseen["named"] == 100.0
+    assert "named" not in metrics["principles"]["bloody"]["subject_fidelity"]["token"]  # bias principles only
+    off = _evaluate(_config(quality={"inception_score": False, "fid": False, "named_reference": False}))
+    assert "named" not in off["principles"]["gender-equality"]["subject_fidelity"]["token"]
+    assert metrics["timing"]["images_generated"] == off["timing"]["images_generated"] + 8
+
+
+def test_the_report_shows_the_named_reference(metrics, tmp_path):
+    from livo.evaluation.report import format_markdown, subject_fidelity_rows
+
+    row = next(r for r in subject_fidelity_rows(metrics) if r["principle"] == "gender-equality")
+    assert row["token"]["named"] == metrics["principles"]["gender-equality"]["subject_fidelity"]["token"]["named"]
+    summary = format_markdown(metrics)
+    assert "base told the attribute %" in summary and "| ratio to it |" in summary

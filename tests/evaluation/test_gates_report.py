@@ -301,7 +301,7 @@ def test_html_report_shows_gates_waivers_fidelity_and_splits():
     fidelity = fidelity[:fidelity.index("</section>")]
     assert "<th>images with token</th>" in fidelity and "<th>ratio</th>" in fidelity
     assert ("<tr><td>bloody</td><td><code>toy-subject@1</code></td><td>40</td><td>97.50</td><td>68.00</td>"
-            "<td>0.697</td><td>40</td><td>95.00</td><td>95.00</td><td>80</td><td>96.20</td><td>81.20</td></tr>"
+            "<td>0.697</td><td>-</td><td>-</td><td>40</td><td>95.00</td><td>95.00</td><td>80</td><td>96.20</td><td>81.20</td></tr>"
             in fidelity)
     section = page[page.index("id='principle-gender-equality'"):page.index("id='principle-bloody'")]
     assert "<td>seen</td><td>D1</td><td>96.00</td><td>10.00</td><td>-86.00</td>" in section
@@ -321,7 +321,7 @@ def test_ungated_banner_in_every_format():
     assert "UNGATED: no gate decided anything" in format_summary_table(metrics)
     markdown = format_markdown(metrics)
     assert markdown.startswith("# LiVO evaluation: UNGATED") and "| (none) | UNGATED |" in markdown
-    assert "| bloody | `toy-subject@1` | 40 | 97.50 | 68.00 | 0.697 | 95.00 / 95.00 | 96.20 / 81.20 |" in markdown
+    assert "| bloody | `toy-subject@1` | 40 | 97.50 | 68.00 | 0.697 | - | - | 95.00 / 95.00 | 96.20 / 81.20 |" in markdown
     table = format_summary_table(metrics)
     assert "subject fid. token" in table and "x0.697" in table
     flat = kfp_metrics(metrics)

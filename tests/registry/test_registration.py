@@ -513,7 +513,7 @@ def test_gated_registration_records_waivers_and_per_principle_fidelity(store: Ob
     assert record.evaluation.waivers == [{"gate": "quality: FID", "reason": "pixel statistics"}]
     card = store.get_bytes("models/livo-toy/v1/model_card.md").decode()
     assert "UNGATED" not in card and "Waived gates" in card
-    assert "| gender-equality | toy-subject@1 | 40 | 97.5 | 68 | 0.6974 | 95 / 95 | 96.2 / 81.2 |" in card
+    assert "| gender-equality | toy-subject@1 | 40 | 97.5 | 68 | 0.6974 | - | - | 95 / 95 | 96.2 / 81.2 |" in card
     assert "| gender-equality.D1 | pass | 10 | 67.5 | toy-attribute |" in card
 
 
