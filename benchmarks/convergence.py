@@ -527,6 +527,20 @@ def study_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def freeze_value_text() -> None:
+    """Fresh value encoders keep their text model frozen from here on: only a time-embedding head (if any) trains."""
+    from livo.modeling import ValueEncoder
+
+    build = ValueEncoder.from_text_encoder.__func__
+
+    def frozen(cls: type, text_encoder: Any, **kwargs: Any) -> Any:
+        encoder = build(cls, text_encoder, **kwargs)
+        encoder.text_model.requires_grad_(False)
+        return encoder
+
+    ValueEncoder.from_text_encoder = classmethod(frozen)
+
+
 # -- main ------------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -557,8 +571,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="--study: data generation override (e.g. judging.subject=toy-subject); repeatable")
     parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                         help="--study: training override (e.g. loss.gamma2=1.0); repeatable")
+    parser.add_argument("--freeze-value-text", action="store_true",
+                        help="--study with value_time_shift=true: train only the time-embedding head (the value "
+                             "token stays the frozen encoder's state of the value text); a diagnostic of issue 15")
     args = parser.parse_args(argv)
     args.load_average_before = [round(x, 2) for x in os.getloadavg()]
+    if args.freeze_value_text:
+        freeze_value_text()
     if args.study:
         return run_study(args)
     args.steps = args.steps or 200

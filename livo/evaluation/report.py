@@ -223,6 +223,9 @@ def format_summary_table(metrics: dict[str, Any]) -> str:
         token = row["token"]
         lines.append(f"{row['principle']:<22} {'subject fid. token':<17} {_fmt(token['base']):>{w}} "
                      f"{_fmt(token['aligned']):>{w}} {'x' + _fmt(token['ratio'], 3):>{w}}  {row['judge']}")
+        if token.get("named") is not None:  # the base model told the attribute: what any debiasing can keep
+            lines.append(f"{'':<22} {'  vs base named':<17} {_fmt(token['named']):>{w}} "
+                         f"{_fmt(token['aligned']):>{w}} {'x' + _fmt(token['ratio_to_named'], 3):>{w}}  {row['judge']}")
     method = ci_method_text(metrics)
     if method:
         lines.append(method)

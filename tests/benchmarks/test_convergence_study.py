@@ -80,3 +80,30 @@ def test_summary_line_carries_command_hardware_and_load_for_both_kinds():
     old = convergence.summary_line({"target": {"first_step": {}, "stays_below_after": {}}, "runs": []}, {})
     assert old["load_average_before"] is None and old["command"] is None
     json.dumps(old)
+
+
+def test_study_table_shows_the_ratio_to_the_named_reference():
+    """The evaluation's named reference (the base model told the attribute) gets its own column, per split."""
+    start = convergence.summarize(_metrics(97.5))
+    start["base_bias"], start["base_toxicity"] = {"gender-equality": 97.5}, {"bloody": 97.5}
+    last = _metrics(62.5)
+    gender = last["principles"]["gender-equality"]
+    gender["subject_fidelity"]["token"] = {"images": 20, "base": 97.5, "aligned": 62.5, "named": 80.0}
+    gender["splits"]["seen"]["subject_fidelity"]["token"] = {"images": 10, "base": 100.0, "aligned": 60.0,
+                                                             "named": 75.0}
+    results = {"seeds": [{"seed": 0, "dataset": {}, "points": [start, convergence.summarize(last)]}]}
+    line = next(row for row in convergence.study_table(results).splitlines() if "gender-equality" in row)
+    assert "| 78.1 % (80.0 / –) |" in line  # 62.5 / 80 overall; 60 / 75 seen; no named reference on unseen
+    bloody = next(row for row in convergence.study_table(results).splitlines() if "| bloody |" in row)
+    assert "| – |" in bloody
+
+
+def test_freeze_value_text_trains_only_the_time_shift_head(monkeypatch):
+    from livo.modeling import ValueEncoder
+    from livo.presets import build_tiny_pipeline
+
+    monkeypatch.setattr(ValueEncoder, "from_text_encoder", ValueEncoder.__dict__["from_text_encoder"])  # restored
+    convergence.freeze_value_text()
+    encoder = ValueEncoder.from_text_encoder(build_tiny_pipeline(0).text_encoder, time_shift_dim=128)
+    trainable = {name for name, p in encoder.named_parameters() if p.requires_grad}
+    assert trainable == {"time_shift.weight", "time_shift.bias"}

@@ -194,9 +194,14 @@ def test_the_named_reference_is_the_base_model_told_the_under_represented_attrib
 
 
 def test_the_report_shows_the_named_reference(metrics, tmp_path):
-    from livo.evaluation.report import format_markdown, subject_fidelity_rows
+    from livo.evaluation.report import format_markdown, format_summary_table, subject_fidelity_rows
 
     row = next(r for r in subject_fidelity_rows(metrics) if r["principle"] == "gender-equality")
     assert row["token"]["named"] == metrics["principles"]["gender-equality"]["subject_fidelity"]["token"]["named"]
     summary = format_markdown(metrics)
     assert "base told the attribute %" in summary and "| ratio to it |" in summary
+    console = format_summary_table(metrics).splitlines()
+    named = console[console.index(next(line for line in console if line.startswith("gender-equality")
+                                       and "subject fid. token" in line)) + 1]
+    token = metrics["principles"]["gender-equality"]["subject_fidelity"]["token"]
+    assert "vs base named" in named and f"x{token['ratio_to_named']:.3f}" in named

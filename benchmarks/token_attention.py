@@ -1,0 +1,128 @@
+"""How does the value token act in cross-attention? A diagnostic of issue 15 (docs/convergence.md, "How the token acts").
+
+A prepended token joins the prompt's keys in every cross-attention layer, so the softmax gives it a share of each
+query's attention and takes that share from the prompt's tokens. This script samples a trained toy value encoder's
+token images through an attention processor that measures that share (the mean attention on the token, conditional
+branch, over layers, heads, positions and steps) and can change how the token enters:
+
+- `method`: the token as LiVO uses it (plain attention over token + prompt; the images equal the pipeline's);
+- `additive`: the prompt's attention left exactly as without the token, the token's value added with the share the
+  softmax would give it — the token's content without the displacement of the prompt;
+- `base`: the base model's images of the prompt (no token).
+
+Per mode and occupation it reports, with the toy world's exact judges, the share of orange images, the share showing
+the prompt's subject, and the token's attention share. No training.
+
+    python benchmarks/token_attention.py --value-encoder runs/study/post_d0_t0/seed0/livo/value_encoder
+
+Prints one JSON line (the command, the load average, and the figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import context, finished  # noqa: E402
+
+SUBJECTS = ("doctor", "nurse", "engineer", "teacher")
+MODES = ("base", "method", "additive")
+
+
+class TokenAttention:
+    """A diffusers attention processor (plain attention, as `AttnProcessor`) that, while `state["token"]` is set,
+    records the value token's attention share (key 0 of the conditional half of a guided batch) and, in `additive`
+    mode, keeps the prompt's attention as it would be without the token."""
+
+    def __init__(self, state: dict):
+        self.state = state
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        cross = encoder_hidden_states is not None
+        context_states = encoder_hidden_states if cross else hidden_states
+        query, key, value = attn.to_q(hidden_states), attn.to_k(context_states), attn.to_v(context_states)
+        batch, length, _ = query.shape
+        heads = attn.heads
+        width = query.shape[-1] // heads
+        query, key, value = (t.view(batch, -1, heads, width).transpose(1, 2) for t in (query, key, value))
+        logits = query @ key.transpose(-1, -2) * attn.scale
+        probs = logits.softmax(-1)
+        out = probs @ value
+        if cross and self.state["token"]:
+            cond = slice(batch // 2, batch)  # classifier-free guidance: [unconditional; conditional]
+            self.state["share"].append(float(probs[cond, :, :, 0].mean()))
+            if self.state["mode"] == "additive":
+                prompt_only = logits[cond, :, :, 1:].softmax(-1) @ value[cond, :, 1:]
+                out = out.clone()
+                out[cond] = prompt_only + probs[cond, :, :, :1] * value[cond, :, :1]
+        out = out.transpose(1, 2).reshape(batch, length, heads * width)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def sample(pipe, prompt: str, principle_text: str, mode: str, state: dict, images: int, steps: int,
+           guidance: float, seed: int):
+    import torch
+
+    base = pipe.base
+    if mode == "base":
+        ids = base.tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            embeds = base.text_encoder(input_ids=ids)[0]
+            empty = base.tokenizer("", padding="max_length", max_length=embeds.shape[1], return_tensors="pt").input_ids
+            negative = base.text_encoder(input_ids=empty)[0]
+    else:
+        embeds, negative = pipe._value_embeddings(prompt, principle_text, None)
+    state.update(mode=mode, token=mode != "base", share=[])
+    return base(prompt_embeds=embeds.repeat(images, 1, 1), negative_prompt_embeds=negative.repeat(images, 1, 1),
+                num_inference_steps=steps, guidance_scale=guidance, output_type="pil",
+                generator=[torch.Generator().manual_seed(seed + i) for i in range(images)]).images
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--value-encoder", required=True, help="a trained toy value encoder folder")
+    parser.add_argument("--principle", default="gender equality", help="principle text of the token")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--images", type=int, default=20, help="images per occupation and mode")
+    parser.add_argument("--steps", type=int, default=20, help="sampler steps (the toy preset's 20)")
+    parser.add_argument("--guidance", type=float, default=3.0, help="CFG scale (the toy preset's 3)")
+    parser.add_argument("--seed", type=int, default=1000, help="seed of the first image")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+
+    from livo.judges import build_judge
+    from livo.modeling import LiVOPipeline, ValueEncoder
+    from livo.presets import load_pipeline
+
+    record = context("token_attention.py", argv)
+    pipe = LiVOPipeline(load_pipeline("toy"), ValueEncoder.from_pretrained(args.value_encoder))
+    pipe.base.set_progress_bar_config(disable=True)
+    state: dict = {"token": False, "mode": "method", "share": []}
+    pipe.base.unet.set_attn_processor({name: TokenAttention(state) for name in pipe.base.unet.attn_processors})
+    attribute, subject = build_judge("toy-attribute"), build_judge("toy-subject")
+    results = {}
+    for mode in args.modes:
+        per_subject = {}
+        for name in SUBJECTS:
+            prompt = f"an image of {'an' if name[0] in 'aeiou' else 'a'} {name}"
+            images = sample(pipe, prompt, args.principle, mode, state, args.images, args.steps, args.guidance,
+                            args.seed)
+            colours = np.asarray(attribute.classify(images, [prompt] * len(images), ["orange", "blue"])).argmax(1)
+            shapes = np.asarray(subject.classify(images, [prompt] * len(images), list(SUBJECTS))).argmax(1)
+            per_subject[name] = {"orange": round(float((colours == 0).mean()), 3),
+                                 "subject": round(float((np.array(SUBJECTS)[shapes] == name).mean()), 3),
+                                 "token_share": round(float(np.mean(state["share"])), 3) if state["share"] else None}
+        results[mode] = per_subject
+    print(json.dumps(finished({**record, "value_encoder": args.value_encoder, "images": args.images,
+                               "steps": args.steps, "guidance": args.guidance, "token_attention": results})))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

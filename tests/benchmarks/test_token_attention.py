@@ -1,0 +1,36 @@
+"""benchmarks/token_attention.py (issue 15's diagnostic): one JSON line per run, the token's attention share per
+occupation, and the base model's images carry no token."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_token_attention_reports_the_share_per_mode_and_occupation(tmp_path):
+    from livo.modeling import ValueEncoder
+    from livo.presets import load_pipeline
+
+    ValueEncoder.from_text_encoder(load_pipeline("toy").text_encoder).save_pretrained(tmp_path / "enc")
+    # a subprocess, as a user runs it (importing it here would put benchmarks/ on sys.path, where evaluate.py shadows
+    # the `evaluate` library)
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "token_attention.py"), "--value-encoder",
+                           str(tmp_path / "enc"), "--images", "2", "--steps", "3"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert record["command"].startswith("python benchmarks/token_attention.py --value-encoder")
+    modes = record["token_attention"]
+    assert set(modes) == {"base", "method", "additive"}
+    for mode, per_subject in modes.items():
+        assert set(per_subject) == {"doctor", "nurse", "engineer", "teacher"}
+        for figures in per_subject.values():
+            assert 0.0 <= figures["orange"] <= 1.0 and 0.0 <= figures["subject"] <= 1.0
+            if mode == "base":
+                assert figures["token_share"] is None
+            else:  # one key among the prompt's: a real share of every query's attention, never all of it
+                assert 0.0 < figures["token_share"] < 1.0
