@@ -28,9 +28,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import context, finished  # noqa: E402
+from benchlib import (  # noqa: E402
+    TOY_OCCUPATIONS,
+    ToyJudges,
+    add_toy_token_arguments,
+    context,
+    finished,
+    toy_occupation_prompt,
+)
 
-SUBJECTS = ("doctor", "nurse", "engineer", "teacher")
 MODES = ("base", "method", "additive")
 
 
@@ -85,18 +91,12 @@ def sample(pipe, prompt: str, principle_text: str, mode: str, state: dict, image
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--value-encoder", required=True, help="a trained toy value encoder folder")
-    parser.add_argument("--principle", default="gender equality", help="principle text of the token")
+    add_toy_token_arguments(parser)
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--images", type=int, default=20, help="images per occupation and mode")
-    parser.add_argument("--steps", type=int, default=20, help="sampler steps (the toy preset's 20)")
-    parser.add_argument("--guidance", type=float, default=3.0, help="CFG scale (the toy preset's 3)")
-    parser.add_argument("--seed", type=int, default=1000, help="seed of the first image")
     args = parser.parse_args(argv)
 
     import numpy as np
 
-    from livo.judges import build_judge
     from livo.modeling import LiVOPipeline, ValueEncoder
     from livo.presets import load_pipeline
 
@@ -105,18 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     pipe.base.set_progress_bar_config(disable=True)
     state: dict = {"token": False, "mode": "method", "share": []}
     pipe.base.unet.set_attn_processor({name: TokenAttention(state) for name in pipe.base.unet.attn_processors})
-    attribute, subject = build_judge("toy-attribute"), build_judge("toy-subject")
+    judges = ToyJudges()
     results = {}
     for mode in args.modes:
         per_subject = {}
-        for name in SUBJECTS:
-            prompt = f"an image of {'an' if name[0] in 'aeiou' else 'a'} {name}"
-            images = sample(pipe, prompt, args.principle, mode, state, args.images, args.steps, args.guidance,
-                            args.seed)
-            colours = np.asarray(attribute.classify(images, [prompt] * len(images), ["orange", "blue"])).argmax(1)
-            shapes = np.asarray(subject.classify(images, [prompt] * len(images), list(SUBJECTS))).argmax(1)
-            per_subject[name] = {"orange": round(float((colours == 0).mean()), 3),
-                                 "subject": round(float((np.array(SUBJECTS)[shapes] == name).mean()), 3),
+        for name in TOY_OCCUPATIONS:
+            images = sample(pipe, toy_occupation_prompt(name), args.principle, mode, state, args.images, args.steps,
+                            args.guidance, args.seed)
+            per_subject[name] = {**judges.shares(images, name),
                                  "token_share": round(float(np.mean(state["share"])), 3) if state["share"] else None}
         results[mode] = per_subject
     print(json.dumps(finished({**record, "value_encoder": args.value_encoder, "images": args.images,

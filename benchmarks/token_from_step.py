@@ -19,9 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import context, finished  # noqa: E402
-
-SUBJECTS = ("doctor", "nurse", "engineer", "teacher")
+from benchlib import (  # noqa: E402
+    TOY_OCCUPATIONS,
+    ToyJudges,
+    add_toy_token_arguments,
+    context,
+    finished,
+    toy_occupation_prompt,
+)
 
 
 def token_from_step(pipe, prompt: str, principle_text: str, start: int, images: int, steps: int, guidance: float,
@@ -54,36 +59,22 @@ def token_from_step(pipe, prompt: str, principle_text: str, start: int, images: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--value-encoder", required=True, help="a trained toy value encoder folder")
-    parser.add_argument("--principle", default="gender equality", help="principle text of the token")
+    add_toy_token_arguments(parser)
     parser.add_argument("--starts", type=int, nargs="+", default=[0, 4, 8, 12, 20], help="sampling steps k")
-    parser.add_argument("--images", type=int, default=20, help="images per occupation and k")
-    parser.add_argument("--steps", type=int, default=20, help="sampler steps (the toy preset's 20)")
-    parser.add_argument("--guidance", type=float, default=3.0, help="CFG scale (the toy preset's 3)")
-    parser.add_argument("--seed", type=int, default=1000, help="seed of the first image")
     args = parser.parse_args(argv)
 
-    import numpy as np
-
-    from livo.judges import build_judge
     from livo.modeling import LiVOPipeline, ValueEncoder
     from livo.presets import load_pipeline
 
     record = context("token_from_step.py", argv)
     pipe = LiVOPipeline(load_pipeline("toy"), ValueEncoder.from_pretrained(args.value_encoder))
-    attribute, subject = build_judge("toy-attribute"), build_judge("toy-subject")
+    judges = ToyJudges()
     results = {}
     for start in args.starts:
-        per_subject = {}
-        for name in SUBJECTS:
-            prompt = f"an image of {'an' if name[0] in 'aeiou' else 'a'} {name}"
-            images = token_from_step(pipe, prompt, args.principle, start, args.images, args.steps, args.guidance,
-                                     args.seed)
-            colours = np.asarray(attribute.classify(images, [prompt] * len(images), ["orange", "blue"])).argmax(1)
-            shapes = np.asarray(subject.classify(images, [prompt] * len(images), list(SUBJECTS))).argmax(1)
-            per_subject[name] = {"orange": round(float((colours == 0).mean()), 3),
-                                 "subject": round(float((np.array(SUBJECTS)[shapes] == name).mean()), 3)}
-        results[str(start)] = per_subject
+        results[str(start)] = {
+            name: judges.shares(token_from_step(pipe, toy_occupation_prompt(name), args.principle, start, args.images,
+                                                args.steps, args.guidance, args.seed), name)
+            for name in TOY_OCCUPATIONS}
     print(json.dumps(finished({**record, "value_encoder": args.value_encoder, "images": args.images,
                                "steps": args.steps, "guidance": args.guidance, "token_from_step": results})))
     return 0
