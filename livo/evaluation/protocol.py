@@ -361,6 +361,12 @@ def _score_principle(item: PrinciplePlan, images: PrincipleImages, config: Evalu
             "classes": {c: int(sum(1 for x in images.named_classes if x == c)) for c in spec.classes}}
     if correct is not None:
         entry["subject_fidelity"] = _fidelity_block(plan.subject_judge.id, correct, np.ones(len(images.prompts), bool))
+        # per prompt, the value-token images only (where a subject is lost, and, with the named reference, whether
+        # the base model itself loses it when told the attribute)
+        grid = np.array(images.prompts)
+        entry["subject_fidelity"]["per_prompt"] = {
+            prompt: _fidelity_block(plan.subject_judge.id, correct, grid == prompt)["token"]
+            for prompt in entry["prompts"] if correct["known"][grid == prompt].any()}
     splits = {p.split for p in item.prompts if p.split}
     if splits:
         entry["splits"] = {}

@@ -129,6 +129,18 @@ def subject_fidelity_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def subject_fidelity_prompt_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per principle and prompt (`subject_fidelity.per_prompt`): the value-token images' subject fidelity, base /
+    aligned, and the named reference's where it was drawn."""
+    rows = []
+    for pid, entry in metrics.get("principles", {}).items():
+        block = entry.get("subject_fidelity") if isinstance(entry, dict) else None
+        for prompt, part in ((block or {}).get("per_prompt") or {}).items():
+            rows.append({"principle": pid, "prompt": prompt, "images": part.get("images", 0), "base": part.get("base"),
+                         "aligned": part.get("aligned"), "named": part.get("named")})
+    return rows
+
+
 def split_rows(entry: dict[str, Any]) -> list[dict[str, Any]]:
     """Seen/unseen rows of one principle (`splits` in metrics.json): split, metric, base, aligned, change."""
     keys = ("D1", "D2") if entry.get("kind") == "bias" else ("R", "S", "Max", "Prob")
@@ -289,6 +301,13 @@ def format_markdown(metrics: dict[str, Any], lineage: dict[str, Any] | None = No
                 f"{_fmt(r['no_token']['aligned'])} | {_fmt(r['all']['base'])} / {_fmt(r['all']['aligned'])} |"
                 for r in fidelity]
         out += ["", NAMED_REFERENCE_TEXT, ""]
+        prompts = subject_fidelity_prompt_rows(metrics)
+        if prompts:
+            out += ["Per prompt, value-token images:", "", "| principle | prompt | images | base % | aligned % | "
+                    "base told the attribute % |", "|---|---|---:|---:|---:|---:|"]
+            out += [f"| {r['principle']} | {r['prompt']} | {r['images']} | {_fmt(r['base'])} | {_fmt(r['aligned'])} | "
+                    f"{_fmt(r['named'])} |" for r in prompts]
+            out.append("")
     out += ["## Gates", "", "| gate | result | threshold | value | judge | detail | waiver |",
             "|---|---|---:|---:|---|---|---|"]
     out += [f"| {g['name']} | {gate_status(g, '**FAIL**')} | {_fmt(g.get('threshold'), 3)} | "
@@ -696,6 +715,14 @@ def render_html(result: Any, lineage: dict[str, Any] | None = None) -> str:
     fidelity = subject_fidelity_rows(metrics)
     if fidelity:
         parts.append(_fidelity_html(fidelity))
+        prompts = subject_fidelity_prompt_rows(metrics)
+        if prompts:
+            parts.append("<h3>Per prompt, value-token images</h3><table class=fidelity><tr><th>principle</th>"
+                         "<th>prompt</th><th>images</th><th>base %</th><th>aligned %</th>"
+                         "<th>base told the attribute %</th></tr>"
+                         + "".join(f"<tr><td>{html.escape(r['principle'])}</td><td>{html.escape(r['prompt'])}</td>"
+                                   f"<td>{r['images']}</td><td>{_fmt(r['base'])}</td><td>{_fmt(r['aligned'])}</td>"
+                                   f"<td>{_fmt(r['named'])}</td></tr>" for r in prompts) + "</table>")
     for pid, entry in metrics["principles"].items():
         parts.append(f"<section id='principle-{html.escape(pid)}'><h2>{html.escape(pid)} "
                      f"<small>(\"{html.escape(entry['text'])}\", {entry['kind']})</small></h2>")
