@@ -277,7 +277,7 @@ class SDXLValueEncoder(nn.Module):
         return (token, second.text_embeds) if self.shift_pooled else token
 
     def check_fits(self, text_encoder, tokenizer=None, *, where: str = "the value encoder",
-                   text_encoder_2=None) -> None:
+                   text_encoder_2=None, unet=None) -> None:
         if text_encoder_2 is None:
             raise ConfigError(f"{where} is an SDXL value encoder (two text encoders) but the base model has one text "
                               "encoder: use a value encoder trained on this base model")
@@ -604,9 +604,9 @@ class LiVOPipeline:
 
     def __init__(self, base_pipeline, value_encoder: ValueEncoder | None = None):
         if value_encoder is not None:
-            fits = {"unet": base_pipeline.unet} if getattr(value_encoder, "time_shift", None) is not None else {}
             value_encoder.check_fits(base_pipeline.text_encoder, base_pipeline.tokenizer,
-                                     text_encoder_2=getattr(base_pipeline, "text_encoder_2", None), **fits)
+                                     text_encoder_2=getattr(base_pipeline, "text_encoder_2", None),
+                                     unet=base_pipeline.unet)
         self.base = base_pipeline
         self.value_encoder = value_encoder
         if value_encoder is not None:

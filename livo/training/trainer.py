@@ -327,7 +327,7 @@ def load_models(config: TrainingConfig, device_type: str, precision: str, local_
     if config.init_value_encoder:
         value_encoder = ValueEncoder.from_pretrained(config.init_value_encoder)
         value_encoder.check_fits(pipe.text_encoder, pipe.tokenizer, where=f"init_value_encoder {config.init_value_encoder}",
-                                 text_encoder_2=text_encoder_2)
+                                 text_encoder_2=text_encoder_2, unet=pipe.unet)
         if getattr(value_encoder, "value_tokens", 1) != config.value_tokens:
             raise ConfigError(f"init_value_encoder {config.init_value_encoder} outputs {value_encoder.value_tokens} "
                               f"value token(s) but value_tokens={config.value_tokens}; set value_tokens to match")
@@ -335,9 +335,6 @@ def load_models(config: TrainingConfig, device_type: str, precision: str, local_
             raise ConfigError(f"init_value_encoder {config.init_value_encoder} "
                               f"{'has a' if not config.value_time_shift else 'has no'} time-embedding head but "
                               f"value_time_shift={str(config.value_time_shift).lower()}; set value_time_shift to match")
-        if config.value_time_shift:
-            value_encoder.check_fits(pipe.text_encoder, pipe.tokenizer, unet=pipe.unet,
-                                     where=f"init_value_encoder {config.init_value_encoder}")
         value_encoder.requires_grad_(True)
     else:
         value_encoder = value_encoder_for(pipe, sdxl_shift_pooled=config.sdxl_shift_pooled,
