@@ -83,9 +83,16 @@ def build_mid_pipeline(seed: int = 0):
 PRESETS = ("tiny", "mid", "sd15-random", "toy-sdxl", "sdxl-random")
 
 
-def build_pipeline(preset: str):
+def build_pipeline(preset: str, device: str = "cpu"):
+    """The preset's pipeline and resolution. Random-weight presets are built on `device`: initialising SDXL's 3.4 B
+    parameters on the host and copying them over would cost a GPU lease more than the steps it times."""
+    import torch
+
     from livo.presets import build_sd15_random_pipeline, build_sdxl_random_pipeline, build_tiny_pipeline, load_pipeline
 
+    if preset in ("sd15-random", "sdxl-random") and device != "cpu":
+        with torch.device(device):
+            return build_pipeline(preset)
     if preset == "tiny":
         return build_tiny_pipeline(0), 32
     if preset == "mid":
@@ -130,7 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=None, help="pairs per step (default: 8 on cuda, 4 on cpu)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet (both variants)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the UNet (every variant); compile time is reported apart (warmup_ms)")
+    parser.add_argument("--compile-mode", default=None, choices=["default", "reduce-overhead", "max-autotune"],
+                        help="torch.compile mode (reduce-overhead replays CUDA graphs)")
+    parser.add_argument("--channels-last", action="store_true", help="UNet weights and activations in channels-last")
+    parser.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True): one kernel for the update")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="gradient checkpointing (UNet + value encoder) in our step too (default: off)")
     parser.add_argument("--reference-checkpointing", choices=["on", "off"], default="on",
@@ -158,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     dtype = getattr(torch, DTYPES[args.dtype])
     batch = args.batch or (8 if args.device == "cuda" else 4)
-    pipe, resolution = build_pipeline(args.preset)
+    pipe, resolution = build_pipeline(args.preset, args.device)
 
     sdxl = is_sdxl(pipe)
     if sdxl and args.only == "reference":
@@ -173,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         if dtype != torch.float32 and not (vae_fp32 and module is pipe.vae):
             module.to(dtype=dtype)
     pipe.unet.set_attn_processor(AttnProcessor2_0())
+    if args.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
 
     def checkpointing(enabled: bool) -> None:
         if enabled:
@@ -183,14 +197,14 @@ def main(argv: list[str] | None = None) -> int:
             pipe.unet.disable_gradient_checkpointing()
             for copy in encoder_copies:
                 copy.gradient_checkpointing_disable()
-    unet = torch.compile(pipe.unet) if args.compile else pipe.unet
+    unet = torch.compile(pipe.unet, mode=args.compile_mode) if args.compile or args.compile_mode else pipe.unet
     models = Models(unet=unet, vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
                     noise_scheduler=DDPMScheduler.from_config(pipe.scheduler.config), value_encoder=value_encoder,
                     device=device, weight_dtype=dtype, base_fingerprint="",
                     text_encoder_2=pipe.text_encoder_2 if sdxl else None,
                     tokenizer_2=pipe.tokenizer_2 if sdxl else None)
     optimizer = torch.optim.AdamW(value_encoder.parameters(), lr=1e-6, betas=(0.9, 0.999), weight_decay=1e-2,
-                                  eps=1e-8)
+                                  eps=1e-8, **({"fused": True} if args.fused_adamw else {}))
 
     # One batch for every variant: images in [-1, 1]; "shipped" gets their VAE posteriors and prompt embeddings
     # precomputed once, as `livo generate` stores them.
@@ -250,10 +264,14 @@ def main(argv: list[str] | None = None) -> int:
 
     variants = {name: step for name, step in (("shipped", shipped), ("pixels", pixels), ("reference", reference))
                 if (not args.only or name == args.only) and not (sdxl and name == "reference")}
-    for step in variants.values():
+    # Warm-up apart: with --compile the first step of each variant is where the UNet compiles (reported, not timed).
+    warmup_ms: dict[str, list[float]] = {name: [] for name in variants}
+    for name, step in variants.items():
         for _ in range(args.warmup):
+            start = time.perf_counter()
             step()
-    sync()
+            sync()
+            warmup_ms[name].append(round((time.perf_counter() - start) * 1000, 1))
     # Interleaved timing: a load spike on a shared machine hits both variants alike.
     times: dict[str, list[float]] = {name: [] for name in variants}
     peak_mem: dict[str, float] = {name: 0.0 for name in variants}
@@ -271,19 +289,24 @@ def main(argv: list[str] | None = None) -> int:
     for name, step in variants.items():
         # hardware FLOPs: what the step as run computes (recomputation included); model FLOPs: the same step without
         # gradient checkpointing, i.e. what the model needs. Attention is counted on every device (livo.flops).
+        # Counted on the eager UNet: a compiled one runs the same arithmetic but hides its kernels from the counter.
         counted = {}
+        models.unet = pipe.unet
         for recompute in (True, False):
             counter = flop_counter()
             with counter:
                 step(recompute=recompute)
             sync()
             counted[recompute] = counter.get_total_flops()
+        models.unet = unet
         flops, model_flops = counted[True], counted[False]
         step_s = statistics.median(times[name])
         results[name] = {
             "samples_per_s": round(batch / step_s, 3),
             "step_ms": round(step_s * 1000, 1),
             "step_ms_all": [round(t * 1000, 1) for t in times[name]],
+            "step_ms_min_max": [round(min(times[name]) * 1000, 1), round(max(times[name]) * 1000, 1)],
+            "warmup_ms": warmup_ms[name],
             "peak_memory_gib": round(peak_mem[name], 2) if args.device == "cuda" else None,
             "tflops_per_step": round(flops / 1e12, 4),
             "model_tflops_per_step": round(model_flops / 1e12, 4),
@@ -293,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     report = {
         "preset": args.preset, "device": args.device, "device_name": device_name, "dtype": args.dtype,
-        "batch": batch, "resolution": resolution, "compile": args.compile,
+        "batch": batch, "resolution": resolution, "compile": bool(args.compile or args.compile_mode),
+        "compile_mode": args.compile_mode, "channels_last": args.channels_last, "fused_adamw": args.fused_adamw,
         "gradient_checkpointing": args.gradient_checkpointing,
         "reference_checkpointing": args.reference_checkpointing == "on", "torch": torch.__version__,
         "threads": torch.get_num_threads() if args.device == "cpu" else None, "peak_tflops": peak,

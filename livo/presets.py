@@ -157,17 +157,20 @@ def _assemble(unet, vae, text_encoder, tokenizer, scheduler_name: str = "dpmsolv
 
 def make_scheduler(name: str, config: dict | None = None):
     """The sampler for generation. `dpmsolver++` is the paper's; DDIM never clips samples (the clipping inverted the
-    conditioning in our toy trial, see ENVIRONMENT.md)."""
+    conditioning in our toy trial, see ENVIRONMENT.md). Its tables are built on the CPU, also when the caller builds
+    the modules under a device context (`with torch.device("cuda")` / `"meta"`), as diffusers keeps them."""
+    import torch
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
     base = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                 prediction_type="epsilon", steps_offset=1)
     if config:
         base.update({k: v for k, v in config.items() if k in base})
-    if name == "dpmsolver++":
-        return DPMSolverMultistepScheduler(**base, algorithm_type="dpmsolver++", solver_order=2)
-    if name == "ddim":
-        return DDIMScheduler(**base, clip_sample=False, set_alpha_to_one=False)
+    with torch.device("cpu"):
+        if name == "dpmsolver++":
+            return DPMSolverMultistepScheduler(**base, algorithm_type="dpmsolver++", solver_order=2)
+        if name == "ddim":
+            return DDIMScheduler(**base, clip_sample=False, set_alpha_to_one=False)
     raise ConfigError(f"unknown scheduler {name!r}; use dpmsolver++ or ddim")
 
 
@@ -302,10 +305,13 @@ def load_pipeline(source: str, *, device: str | None = None, dtype: Any = None, 
         from livo.toy.base_model import load_toy_sdxl_pipeline
 
         pipe = load_toy_sdxl_pipeline()
-    elif source == "sd15-random":
-        pipe = build_sd15_random_pipeline(seed)
-    elif source == "sdxl-random":
-        pipe = build_sdxl_random_pipeline(seed)
+    elif source in ("sd15-random", "sdxl-random"):
+        # initialised where they will run: SDXL's 3.4 B random parameters take a minute to initialise on a host
+        import torch
+
+        build = build_sd15_random_pipeline if source == "sd15-random" else build_sdxl_random_pipeline
+        with torch.device(device or "cpu"):
+            pipe = build(seed)
     elif source in NAMED_MODELS:
         pipe = _from_pretrained(named_model_location(source))
     else:

@@ -121,3 +121,17 @@ def test_sdxl_random_has_sdxl_base_sizes():
     assert counts == {"unet": 2_567_463_684, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840,
                       "vae": 83_653_863}
     assert model_facts("sdxl-random") == ModelFacts("sdxl", 8)
+
+
+def test_random_presets_are_built_where_they_run():
+    """`load_pipeline("sd15-random", device=...)` initialises the weights on that device (a GPU lease should not pay
+    for a host-side initialisation and copy), while the sampler's tables stay on the CPU as diffusers keeps them.
+    The meta device stands in for the GPU here; the counts are SD v1.5's."""
+    from livo.presets import load_pipeline
+
+    pipe = load_pipeline("sd15-random", device="meta")
+    counts = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("unet", "text_encoder", "vae")}
+    assert counts == {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863}
+    assert {p.device.type for name in ("unet", "text_encoder", "vae") for p in getattr(pipe, name).parameters()} == {
+        "meta"}
+    assert pipe.scheduler.sigmas.device.type == "cpu"
