@@ -337,6 +337,12 @@ class GenerationSummary:
     generation_seconds: float = 0.0  # inside pipeline calls
     judge_seconds: float = 0.0  # inside judge calls (overlapped with generation, on a helper thread)
     write_seconds: float = 0.0  # building and writing shards and their commits
+    # Where the rest of the wall time goes (what a bare pipeline loop does not spend): waiting for the judges at the
+    # end of each phase (the aligned phase needs the violating phase's verdicts), the stored VAE posteriors and
+    # prompt embeddings, and waiting for the PNG encoder before the shard is written.
+    judge_wait_seconds: float = 0.0
+    precompute_seconds: float = 0.0
+    encode_wait_seconds: float = 0.0
     wall_seconds: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
     stats: dict[str, int] = field(default_factory=dict)
@@ -351,7 +357,9 @@ class GenerationSummary:
             "location": self.location, "shard_count": self.shard_count, "shards_generated": self.shards_generated,
             "shards_skipped": self.shards_skipped, "rows": self.rows, "images_generated": self.images_generated,
             "generation_seconds": round(self.generation_seconds, 3), "judge_seconds": round(self.judge_seconds, 3),
-            "write_seconds": round(self.write_seconds, 3), "wall_seconds": round(self.wall_seconds, 3),
+            "write_seconds": round(self.write_seconds, 3), "judge_wait_seconds": round(self.judge_wait_seconds, 3),
+            "precompute_seconds": round(self.precompute_seconds, 3),
+            "encode_wait_seconds": round(self.encode_wait_seconds, 3), "wall_seconds": round(self.wall_seconds, 3),
             "images_per_second": round(self.images_per_second, 3), "counts": self.counts, "stats": self.stats,
             "manifest_written": self.manifest is not None,
         }
@@ -477,6 +485,9 @@ def run_generation(plan: GenerationPlan, *, shard_indices: Sequence[int] | None 
     summary.images_generated = worker.images_generated
     summary.generation_seconds = worker.generation_seconds
     summary.judge_seconds = worker.judge_seconds
+    summary.judge_wait_seconds = worker.judge_wait_seconds
+    summary.precompute_seconds = worker.precompute_seconds
+    summary.encode_wait_seconds = worker.encode_wait_seconds
     if merge and _all_shards_committed(plan.location, plan.shard_count):
         summary.manifest = merge_generated_dataset(plan.location, plan.shard_count)
         summary.rows = summary.manifest["num_rows"]
@@ -554,6 +565,9 @@ class _ShardWorker:
         self.images_generated = 0
         self.generation_seconds = 0.0
         self.judge_seconds = 0.0
+        self.judge_wait_seconds = 0.0
+        self.precompute_seconds = 0.0
+        self.encode_wait_seconds = 0.0
         self.judge_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="livo-judge")
         self.encode_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="livo-png")
         # The total grows by each shard's upper bound (2 × candidates × scenes) when the shard starts, and shrinks by
@@ -621,10 +635,14 @@ class _ShardWorker:
                 encoded.append((aligned.png[index][pair.aligned.index],
                                 violating_phase.png[index][pair.violating.index]))
         stats["pairs"] = len(rows)
+        started = time.perf_counter()
         if rows and (config.precompute_latents or config.precompute_prompt_embeds):
             self._precompute(rows)
+        self.precompute_seconds += time.perf_counter() - started
+        started = time.perf_counter()
         for row, (aligned_png, violating_png) in zip(rows, encoded, strict=True):
             row["aligned_image"], row["violating_image"] = aligned_png.result(), violating_png.result()
+        self.encode_wait_seconds += time.perf_counter() - started
         return rows, dict(sorted(stats.items()))
 
     def generate_and_judge(self, requests: list[ImageRequest], outcomes: dict[int, SceneOutcome]) -> _Phase:
@@ -658,6 +676,10 @@ class _ShardWorker:
         self.images_generated += len(requests)
         parts: dict[int, list[Any]] = {}
         subject_parts: dict[int, list[bool]] = {}
+        started = time.perf_counter()
+        for _chunk, future in judge_futures:
+            future.result()
+        self.judge_wait_seconds += time.perf_counter() - started
         for chunk, future in judge_futures:
             for request, (row, subject_ok) in zip(chunk, future.result(), strict=True):
                 parts.setdefault(request.scene_index, []).append(row)

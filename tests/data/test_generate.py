@@ -52,6 +52,13 @@ def test_tiny_end_to_end_with_precomputed_arrays(tmp_path, tiny_pipe):
     assert config.precompute_latents and config.precompute_prompt_embeds
     summary = run_generation(prepare_generation(config, out=tmp_path / "ds"), pipe=tiny_pipe, progress=False)
     assert summary.shards_generated == [0, 1] and summary.images_generated == 12  # 3 scenes × (2 + 2)
+    # Where the wall time went, on the main thread: disjoint intervals, so they add up to at most the wall time (the
+    # judges' own seconds are the helper thread's and overlap generation). Storing the arrays takes measurable time.
+    main_thread = (summary.generation_seconds, summary.judge_wait_seconds, summary.precompute_seconds,
+                   summary.encode_wait_seconds, summary.write_seconds)
+    assert min(main_thread) >= 0 and summary.precompute_seconds > 0
+    assert sum(main_thread) <= summary.wall_seconds
+    assert {"judge_wait_seconds", "precompute_seconds", "encode_wait_seconds"} <= summary.as_dict().keys()
     ds = load_preference_dataset(tmp_path / "ds", cache_dir=tmp_path / "cache")
     assert len(ds) == 6 and ds.manifest["counts"]["by_principle"] == {"colour-equality": 6}
     assert set(ds.scenes) == {"colour-equality/career/a-photo-of-a-doctor", "colour-equality/career/a-photo-of-a-nurse",
