@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from livo.modeling import shifted_time_embedding
+from livo.modeling import additive_value_attention, shifted_time_embedding
 
 
 def livo_loss_terms(
@@ -137,11 +137,14 @@ def compute_denoising_errors(
     `added_cond_kwargs` (SDXL: the prompt's pooled `text_embeds` and the `time_ids`, `[B, ...]` each) go to every
     UNet pass unchanged: the value token is the only difference between θ and r — unless it holds
     `value_text_embeds`, which then replaces `text_embeds` in the value passes (θ) only, or (SD) `value_time_shift`
-    (`[B, T]`), which shifts the value passes' time embedding (`livo.modeling.shifted_time_embedding`).
+    (`[B, T]`), which shifts the value passes' time embedding (`livo.modeling.shifted_time_embedding`), or (SD)
+    `value_token_additive` (k), which makes the value passes' first k keys additive value tokens
+    (`livo.modeling.additive_value_attention`).
     """
     added = dict(added_cond_kwargs or {})
     value_pooled = added.pop("value_text_embeds", None)  # SDXL candidate (b): the value passes' own pooled output
     time_shift = added.pop("value_time_shift", None)  # SD with a time-embedding head: shifts the value passes only
+    additive = added.pop("value_token_additive", None)  # SD, token_attention="additive": the value passes only
     value_added = {**added, "text_embeds": value_pooled} if value_pooled is not None else added
     extra = {"added_cond_kwargs": {k: torch.cat([v, v]) for k, v in added.items()}} if added else {}
     value_extra = {"added_cond_kwargs": {k: torch.cat([v, v]) for k, v in value_added.items()}} if added else {}
@@ -155,7 +158,8 @@ def compute_denoising_errors(
     if fused:
         noisy = torch.cat([noisy_w, noisy_l])
         steps = torch.cat([timesteps, timesteps])
-        with shifted_time_embedding(unet, None if time_shift is None else torch.cat([time_shift, time_shift])):
+        with (shifted_time_embedding(unet, None if time_shift is None else torch.cat([time_shift, time_shift])),
+              additive_value_attention(unet, additive)):
             pred_value = unet(noisy, steps, encoder_hidden_states=torch.cat([cond_value, cond_value]),
                               **value_extra).sample
         with torch.no_grad():
@@ -174,7 +178,7 @@ def compute_denoising_errors(
     if cond_teacher is not None:
         raise ValueError("cond_teacher needs fused=True")
 
-    with shifted_time_embedding(unet, time_shift):
+    with shifted_time_embedding(unet, time_shift), additive_value_attention(unet, additive):
         theta_w = _per_sample_mse(unet(noisy_w, timesteps, encoder_hidden_states=cond_value, **value_single).sample,
                                   target_w)
         theta_l = _per_sample_mse(unet(noisy_l, timesteps, encoder_hidden_states=cond_value, **value_single).sample,

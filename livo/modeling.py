@@ -34,6 +34,7 @@ WEIGHTS_NAME = "model.safetensors"
 # the SD family, how many value tokens it outputs when more than the paper's one (absent: one token, the paper's layout)
 VALUE_ENCODER_FILE = SDXL_VALUE_ENCODER_FILE = "livo_value_encoder.json"
 TIME_SHIFT_FILE = "time_shift.safetensors"  # the SD-family time-embedding head (`time_shift_dim`), beside the encoder
+TOKEN_ATTENTION_MODES = ("prepend", "additive")  # how the value token enters cross-attention (`ValueEncoder`)
 
 
 def value_text(principle_text: str, prompt: str) -> str:
@@ -49,16 +50,27 @@ class ValueEncoder(nn.Module):
 
     `time_shift_dim` (issue 15's global channel, not the paper's): a linear head, zero at initialisation, maps the
     pooled output to a shift of the UNet's time embedding (`shifted_time_embedding`) — for SD v1.5 what SDXL's pooled
-    text embedding is to its UNet, a conditioning every ResNet block reads; `forward` then returns `(token, shift)`."""
+    text embedding is to its UNet, a conditioning every ResNet block reads; `forward` then returns `(token, shift)`.
+
+    `token_attention` (issue 15's experiment, not the paper's): how the token enters the UNet's cross-attention.
+    `prepend` (the paper) makes it one more key of the softmax, so its share is taken from the prompt's tokens;
+    `additive` keeps the prompt's attention whole and adds the token's value with the share the softmax gives it
+    (`additive_value_attention`). It is a property of the trained encoder: saved in its marker, and every sampler
+    of the encoder (`LiVOPipeline`) applies it."""
 
     family = "sd"
 
-    def __init__(self, text_model, *, value_tokens: int = 1, time_shift_dim: int | None = None):
+    def __init__(self, text_model, *, value_tokens: int = 1, time_shift_dim: int | None = None,
+                 token_attention: str = "prepend"):
         super().__init__()
         if value_tokens < 1:
             raise ConfigError(f"value_tokens must be at least 1, got {value_tokens}")
+        if token_attention not in TOKEN_ATTENTION_MODES:
+            raise ConfigError(f"token_attention must be one of {' | '.join(TOKEN_ATTENTION_MODES)}, got "
+                              f"{token_attention!r}")
         self.text_model = text_model
         self.value_tokens = int(value_tokens)
+        self.token_attention = token_attention
         self.time_shift = None
         if time_shift_dim:
             self.time_shift = nn.Linear(int(text_model.config.hidden_size), int(time_shift_dim))
@@ -71,13 +83,13 @@ class ValueEncoder(nn.Module):
         return None if self.time_shift is None else int(self.time_shift.out_features)
 
     @classmethod
-    def from_text_encoder(cls, text_encoder, *, value_tokens: int = 1,
-                          time_shift_dim: int | None = None) -> ValueEncoder:
+    def from_text_encoder(cls, text_encoder, *, value_tokens: int = 1, time_shift_dim: int | None = None,
+                          token_attention: str = "prepend") -> ValueEncoder:
         """A trainable deep copy of `text_encoder` (the paper initialises from the base encoder's weights)."""
         model = copy.deepcopy(text_encoder)
         model.requires_grad_(True)
         model.train()
-        encoder = cls(model, value_tokens=value_tokens, time_shift_dim=time_shift_dim)
+        encoder = cls(model, value_tokens=value_tokens, time_shift_dim=time_shift_dim, token_attention=token_attention)
         return encoder.to(device=model.device, dtype=model.dtype)
 
     @property
@@ -113,8 +125,8 @@ class ValueEncoder(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write `config.json` + `model.safetensors` (transformers' `save_pretrained` layout, safetensors only), and
-        `livo_value_encoder.json` when the encoder outputs more than one token or has a time-embedding head (saved
-        as `time_shift.safetensors`)."""
+        `livo_value_encoder.json` when the encoder outputs more than one token, has a time-embedding head (saved
+        as `time_shift.safetensors`) or adds its token to the attention (`token_attention`)."""
         import json
 
         from safetensors.torch import save_file
@@ -131,6 +143,8 @@ class ValueEncoder(nn.Module):
                       str(directory / TIME_SHIFT_FILE))
             marker["time_shift"] = {"file": TIME_SHIFT_FILE, "dim": self.time_shift_dim,
                                     "what": "linear head: pooled output -> shift of the UNet's time embedding"}
+        if self.token_attention != "prepend":
+            marker["token_attention"] = self.token_attention
         if len(marker) > 1:
             (directory / VALUE_ENCODER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
         return directory
@@ -155,13 +169,17 @@ class ValueEncoder(nn.Module):
         if not isinstance(value_tokens, int) or value_tokens < 1:
             raise ConfigError(f"{directory / VALUE_ENCODER_FILE}: value_tokens must be a positive integer, got "
                               f"{value_tokens!r}")
+        token_attention = marker.get("token_attention", "prepend")
+        if token_attention not in TOKEN_ATTENTION_MODES:
+            raise ConfigError(f"{directory / VALUE_ENCODER_FILE}: token_attention must be one of "
+                              f"{' | '.join(TOKEN_ATTENTION_MODES)}, got {token_attention!r}")
         check_safetensors_files(sorted(directory.glob("*.safetensors")))
         kwargs: dict[str, Any] = {"use_safetensors": True}
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
         try:
             encoder = cls(CLIPTextModel.from_pretrained(directory, **kwargs), value_tokens=value_tokens,
-                          time_shift_dim=_time_shift_dim(directory, marker))
+                          time_shift_dim=_time_shift_dim(directory, marker), token_attention=token_attention)
             if encoder.time_shift is not None:
                 _load_time_shift(encoder, directory)
         except SafetensorError as exc:  # passed the header check but its data is bad
@@ -230,6 +248,80 @@ def shifted_time_embedding(unet, shift: torch.Tensor | None, *, guided: bool = F
         yield
     finally:
         handle.remove()
+
+
+class _AdditiveValueTokenProcessor:
+    """Cross-attention in which the first `tokens` keys are value tokens that do not displace the prompt: for the rows
+    that carry them, `softmax(prompt keys) · V_prompt + share · V_token`, where `share` is what the plain softmax over
+    all keys would give the tokens. Rows without tokens, and self-attention, go to the layer's own processor."""
+
+    def __init__(self, inner, tokens: int, rows_of):
+        self.inner, self.tokens, self.rows_of = inner, tokens, rows_of
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        rows = self.rows_of(hidden_states.shape[0]) if encoder_hidden_states is not None else None
+        if rows is None:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+        if (attention_mask is not None or hidden_states.ndim != 3 or attn.norm_cross or attn.group_norm is not None
+                or attn.spatial_norm is not None or attn.residual_connection or attn.norm_q is not None):
+            raise RuntimeError("additive value-token attention supports the plain cross-attention of SD-family UNets "
+                               "only (no mask, no cross norm, no residual)")
+        if rows.start == 0:
+            return self._additive(attn, hidden_states, encoder_hidden_states)
+        # classifier-free guidance: the unconditional half carries no token. The layer's own processor runs on the
+        # whole batch, so that half is bit-identical to a plain call (kernels are not batch-size invariant).
+        out = self.inner(attn, hidden_states, encoder_hidden_states, None, temb, **kwargs).clone()
+        out[rows] = self._additive(attn, hidden_states[rows], encoder_hidden_states[rows])
+        return out
+
+    def _additive(self, attn, hidden_states, context):
+        batch, length, _ = hidden_states.shape
+        heads, n = attn.heads, self.tokens
+        query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
+        width = query.shape[-1] // heads
+        query, key, value = (t.view(batch, -1, heads, width).transpose(1, 2) for t in (query, key, value))
+        logits = (query @ key.transpose(-1, -2)).float() * attn.scale
+        share = logits.softmax(-1)[..., :n]
+        prompt = logits[..., n:].softmax(-1)
+        mixed = prompt.to(value.dtype) @ value[:, :, n:] + share.to(value.dtype) @ value[:, :, :n]
+        mixed = mixed.transpose(1, 2).reshape(batch, length, heads * width)
+        return attn.to_out[1](attn.to_out[0](mixed)) / attn.rescale_output_factor
+
+
+@contextmanager
+def additive_value_attention(unet, tokens: int | None, *, rows: int | None = None) -> Iterator[None]:
+    """Within the block, the UNet's cross-attention layers treat the first `tokens` keys as additive value tokens
+    (`ValueEncoder.token_attention == "additive"`): every row of a call when `rows` is None (training's value
+    passes), or, for a call of `rows` prompts, all of them, or only the conditional half of a classifier-free-guidance
+    batch of 2 × `rows` (generation). The layers' processors are restored on exit. `tokens` None: no-op."""
+    if not tokens:
+        yield
+        return
+
+    def rows_of(batch: int) -> slice:
+        if rows is None or batch == rows:
+            return slice(0, batch)
+        if batch == 2 * rows:
+            return slice(rows, batch)
+        raise RuntimeError(f"additive value tokens for {rows} prompts but the UNet was called with {batch} rows")
+
+    original = unet.attn_processors
+    unet.set_attn_processor({name: _AdditiveValueTokenProcessor(processor, tokens, rows_of)
+                             if name.endswith("attn2.processor") else processor
+                             for name, processor in original.items()})
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(original)
+
+
+def additive_tokens(value_encoder) -> int | None:
+    """The number of value tokens that `value_encoder` (or the DeepSpeed engine around it) adds to the attention, or
+    None when it prepends them."""
+    value_encoder = getattr(value_encoder, "module", value_encoder)
+    if getattr(value_encoder, "token_attention", "prepend") == "additive":
+        return int(value_encoder.value_tokens)
+    return None
 
 
 class SDXLValueEncoder(nn.Module):
@@ -386,18 +478,21 @@ def vae_needs_fp32(pipe) -> bool:
     return is_sdxl(pipe) and bool(getattr(pipe.vae.config, "force_upcast", False))
 
 
-def value_encoder_for(pipe, *, sdxl_shift_pooled: bool = True, value_tokens: int = 1, time_shift: bool = False):
+def value_encoder_for(pipe, *, sdxl_shift_pooled: bool = True, value_tokens: int = 1, time_shift: bool = False,
+                      token_attention: str = "prepend"):
     """A fresh value encoder for `pipe`'s family: a trainable copy of its text encoder(s); for SDXL, candidate (b)
     unless `sdxl_shift_pooled=False` (the training default, `TrainingConfig.sdxl_shift_pooled`); for SD, with a
-    time-embedding head as wide as the UNet's when `time_shift` (`TrainingConfig.value_time_shift`)."""
+    time-embedding head as wide as the UNet's when `time_shift` (`TrainingConfig.value_time_shift`) and the token's
+    way into the attention (`TrainingConfig.value_token_attention`)."""
     if is_sdxl(pipe):
-        if value_tokens != 1 or time_shift:
-            raise ConfigError("value_tokens above 1 and value_time_shift are not supported on SDXL-family base models "
-                              "(SDXL's value path shifts its pooled embedding instead)")
+        if value_tokens != 1 or time_shift or token_attention != "prepend":
+            raise ConfigError("value_tokens above 1, value_time_shift and value_token_attention are not supported on "
+                              "SDXL-family base models (SDXL's value path shifts its pooled embedding instead)")
         return SDXLValueEncoder.from_text_encoders(pipe.text_encoder, pipe.text_encoder_2,
                                                    shift_pooled=sdxl_shift_pooled)
     return ValueEncoder.from_text_encoder(pipe.text_encoder, value_tokens=value_tokens,
-                                         time_shift_dim=time_embedding_dim(pipe.unet) if time_shift else None)
+                                         time_shift_dim=time_embedding_dim(pipe.unet) if time_shift else None,
+                                         token_attention=token_attention)
 
 
 HUB_ALLOW_PATTERNS = ["config.json", "*.safetensors", f"{VALUE_ENCODER_DIR}/*"]
@@ -513,9 +608,9 @@ def training_conditioning(
     """`(cond_value [B, L+1, D], cond_plain [B, L, D], extra)` for one training batch.
 
     `cond_plain` comes from the frozen encoder (or precomputed `prompt_embeds` from the dataset) without autograd;
-    `cond_value` carries gradient into the value encoder only. `extra` is None, or, for a value encoder with a
-    time-embedding head, `{"value_time_shift": [B, T]}` (with gradient) for `compute_denoising_errors`'
-    `added_cond_kwargs`, which applies it to the value passes only.
+    `cond_value` carries gradient into the value encoder only. `extra` is None, or what `compute_denoising_errors`'
+    `added_cond_kwargs` applies to the value passes only: for a value encoder with a time-embedding head,
+    `"value_time_shift": [B, T]` (with gradient); for one whose token is additive, `"value_token_additive": k`.
     """
     device = next(value_encoder.parameters()).device
     if prompt_embeds is None:
@@ -523,9 +618,12 @@ def training_conditioning(
     cond_plain = prompt_embeds.to(device).detach()
     value_ids = tokenize_value_inputs(tokenizer, principle_texts, prompts).to(device)
     value_out = value_encoder(value_ids)
+    extra: dict[str, Any] = {}
     if isinstance(value_out, tuple):
-        return prepend_value_token(value_out[0], cond_plain), cond_plain, {"value_time_shift": value_out[1]}
-    return prepend_value_token(value_out, cond_plain), cond_plain, None
+        value_out, extra["value_time_shift"] = value_out
+    if additive_tokens(value_encoder):
+        extra["value_token_additive"] = additive_tokens(value_encoder)
+    return prepend_value_token(value_out, cond_plain), cond_plain, extra or None
 
 
 @torch.no_grad()
@@ -758,7 +856,8 @@ class LiVOPipeline:
                            "negative_pooled_prompt_embeds": torch.cat([e[3] for e in embeds])}
                           if len(embeds[0]) == 4 else {})
                 shift = torch.cat([e[2] for e in embeds]) if len(embeds[0]) == 3 else None
-                with shifted_time_embedding(self.base.unet, shift, guided=True):
+                with (shifted_time_embedding(self.base.unet, shift, guided=True),
+                      additive_value_attention(self.base.unet, additive_tokens(self.value_encoder), rows=len(chunk))):
                     out = self.base(
                         prompt_embeds=torch.cat([e[0] for e in embeds]),
                         negative_prompt_embeds=torch.cat([e[1] for e in embeds]),

@@ -461,3 +461,103 @@ def test_a_time_shift_head_saves_loads_and_refuses_another_unet(tiny_pipe, tmp_p
     save_file({"weight": torch.zeros(3, 3), "bias": torch.zeros(3)}, str(tmp_path / "bad" / TIME_SHIFT_FILE))
     with pytest.raises(ConfigError, match="expected tensors"):
         ValueEncoder.from_pretrained(tmp_path / "bad")
+
+
+# ----------------------------------------------------------------- the additive value token (issue 15)
+def _attention_layer(unet):
+    return next(module for name, module in unet.named_modules() if name.endswith("attn2"))
+
+
+def test_the_additive_token_keeps_the_prompts_attention_whole(tiny_pipe):
+    """One cross-attention layer, by hand: with the additive token, a row's output is the attention over the prompt's
+    keys alone plus the token's value at the share the plain softmax over all keys gives it; the prepended token's
+    output is the plain softmax over all keys (the paper). They differ exactly by the prompt's displaced share."""
+    from livo.modeling import additive_value_attention
+
+    unet = tiny_pipe.unet
+    layer = _attention_layer(unet)
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 16, layer.to_q.in_features, generator=gen)
+    context = torch.randn(2, 6, 32, generator=gen)  # key 0 is the value token
+
+    def heads(t):
+        return t.view(2, -1, layer.heads, t.shape[-1] // layer.heads).transpose(1, 2)
+
+    with torch.no_grad():
+        q, k, v = heads(layer.to_q(hidden)), heads(layer.to_k(context)), heads(layer.to_v(context))
+        logits = q @ k.transpose(-1, -2) * layer.scale
+        share = logits.softmax(-1)[..., :1]
+        by_hand = logits[..., 1:].softmax(-1) @ v[:, :, 1:] + share * v[:, :, :1]
+        by_hand = layer.to_out[0](by_hand.transpose(1, 2).reshape(2, 16, -1))
+        prepended = layer(hidden, encoder_hidden_states=context)
+        with additive_value_attention(unet, 1):
+            additive = layer(hidden, encoder_hidden_states=context)
+        with additive_value_attention(unet, 1, rows=1):  # a guided batch of one prompt: the second row only
+            guided = layer(hidden, encoder_hidden_states=context)
+    torch.testing.assert_close(additive, by_hand, atol=1e-5, rtol=1e-4)
+    assert (additive - prepended).abs().max() > 1e-3
+    assert torch.equal(guided[0], prepended[0])
+    torch.testing.assert_close(guided[1], by_hand[1], atol=1e-5, rtol=1e-4)
+    assert 0.01 < float(share.mean()) < 0.5  # a real share was redistributed, not a degenerate one
+    with pytest.raises(RuntimeError, match="additive value tokens for 3 prompts but the UNet was called with 2"):
+        with torch.no_grad(), additive_value_attention(unet, 1, rows=3):
+            layer(hidden, encoder_hidden_states=context)
+    assert not any("Additive" in type(p).__name__ for p in unet.attn_processors.values())  # restored
+
+
+def test_an_additive_encoder_saves_loads_and_generates_through_its_own_attention(tiny_pipe, tmp_path):
+    """`token_attention="additive"` travels in the encoder's marker (absent for the paper's encoder, so its files
+    and digest are unchanged), a bad value is refused, and `LiVOPipeline` samples it additively: its token images
+    differ from the same weights prepended, while images without a principle are the base model's in both."""
+    import json
+
+    prepend = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder)
+    additive = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder, token_attention="additive")
+    prepend.save_pretrained(tmp_path / "prepend")
+    additive.save_pretrained(tmp_path / "additive")
+    assert not (tmp_path / "prepend" / "livo_value_encoder.json").exists()
+    marker = json.loads((tmp_path / "additive" / "livo_value_encoder.json").read_text())
+    assert marker == {"family": "sd", "token_attention": "additive"}
+    assert ValueEncoder.from_pretrained(tmp_path / "additive").token_attention == "additive"
+    assert ValueEncoder.from_pretrained(tmp_path / "prepend").token_attention == "prepend"
+    (tmp_path / "additive" / "livo_value_encoder.json").write_text(json.dumps({"family": "sd",
+                                                                               "token_attention": "sideways"}))
+    with pytest.raises(ConfigError, match="token_attention must be one of prepend | additive, got 'sideways'"):
+        ValueEncoder.from_pretrained(tmp_path / "additive")
+    with pytest.raises(ConfigError, match="token_attention must be one of"):
+        ValueEncoder(prepend.text_model, token_attention="sideways")
+
+    kwargs = dict(num_images_per_prompt=2, seed=3, num_inference_steps=2, guidance_scale=3.0)
+    prompts = ["a photo of a doctor", "a photo of a nurse"]
+    principles = ["gender equality", None]
+    a = LiVOPipeline(tiny_pipe, prepend).generate(prompts, principles, **kwargs)
+    b = LiVOPipeline(tiny_pipe, additive).generate(prompts, principles, **kwargs)
+    pixels = [(np.asarray(x, dtype=np.int16), np.asarray(y, dtype=np.int16))
+              for x, y in zip(a.images, b.images, strict=True)]
+    assert a.used_value_token == b.used_value_token == [True, True, False, False]
+    assert all(np.abs(x - y).max() > 0 for x, y in pixels[:2])  # token images: another attention
+    assert all(np.array_equal(x, y) for x, y in pixels[2:])  # no principle: the base model's images in both
+    assert not any("Additive" in type(p).__name__ for p in tiny_pipe.unet.attn_processors.values())
+
+
+def test_the_additive_token_reaches_the_value_passes_only(tiny_pipe):
+    """`training_conditioning` marks an additive encoder's batches; `compute_denoising_errors` applies the additive
+    attention to the value passes (θ) only — the reference errors are the base model's either way — fused or not."""
+    additive = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder, token_attention="additive")
+    prepend = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder)
+    prompts = ["a photo of a doctor", "a photo of a nurse"]
+    cond_value, cond_plain, extra = training_conditioning(tiny_pipe.text_encoder, additive, tiny_pipe.tokenizer,
+                                                          prompts, ["gender equality"] * 2)
+    assert extra == {"value_token_additive": 1}
+    assert training_conditioning(tiny_pipe.text_encoder, prepend, tiny_pipe.tokenizer, prompts,
+                                 ["gender equality"] * 2)[2] is None
+    gen = torch.Generator().manual_seed(0)
+    latents_w, latents_l, noise = (torch.randn(2, 4, 16, 16, generator=gen) for _ in range(3))
+    args = (tiny_pipe.unet, DDPMScheduler(num_train_timesteps=1000), latents_w, latents_l, cond_value.detach(),
+            cond_plain, noise, torch.tensor([100, 600]))
+    for fused in (True, False):
+        plain = compute_denoising_errors(*args, fused=fused)
+        added = compute_denoising_errors(*args, fused=fused, added_cond_kwargs=extra)
+        torch.testing.assert_close(added.ref_w, plain.ref_w)
+        torch.testing.assert_close(added.ref_l, plain.ref_l)
+        assert (added.theta_w - plain.theta_w).abs().max() > 1e-6

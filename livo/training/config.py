@@ -111,6 +111,11 @@ class TrainingConfig(LivoConfig):
         False, description="SD-family base models: the value encoder also shifts the UNet's time embedding through a "
                            "zero-initialised linear head on its pooled output — a global conditioning channel like "
                            "SDXL's pooled embedding, not in the paper (docs/convergence.md, issue 15)")
+    value_token_attention: Literal["prepend", "additive"] = Field(
+        "prepend", description="SD-family base models: how the value token enters the UNet's cross-attention. prepend "
+                               "= the paper (one more key of the softmax, whose share is taken from the prompt's "
+                               "tokens); additive = the prompt's attention kept whole and the token's value added "
+                               "with the share the softmax gives it (docs/convergence.md, issue 15; not the paper)")
     random_flip: bool = Field(
         False, description="mirror each pair (aligned and violating image together) with probability 1/2, as "
                            "diffusers' --random_flip; LIVO_METHOD.md's recipe does not flip")
@@ -142,6 +147,11 @@ class TrainingConfig(LivoConfig):
         if self.value_time_shift and self.compile:
             raise ValueError("value_time_shift cannot be combined with compile: a compiled UNet ignores the "
                              "time-embedding shift; set compile=false")
+        # the additive token swaps the cross-attention processors around each value pass: a compiled UNet would
+        # recompile on every swap
+        if self.value_token_attention != "prepend" and self.compile:
+            raise ValueError(f"value_token_attention={self.value_token_attention} cannot be combined with compile: "
+                             "it swaps the UNet's attention processors at every step; set compile=false")
         return self
 
     @model_validator(mode="after")
@@ -185,6 +195,8 @@ class TrainingConfig(LivoConfig):
             relevant["value_tokens"] = self.value_tokens
         if self.value_time_shift:
             relevant["value_time_shift"] = True
+        if self.value_token_attention != "prepend":
+            relevant["value_token_attention"] = self.value_token_attention
         for knob in ("paired_violating_hinge", "token_anchor_weight"):  # the same for loss knobs added later
             if not getattr(self.loss, knob):
                 relevant["loss"].pop(knob)

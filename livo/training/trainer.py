@@ -164,6 +164,8 @@ def sd_only_settings(config: TrainingConfig) -> list[str]:
     names = ["value_tokens"] if config.value_tokens != 1 else []
     if config.value_time_shift:
         names.append("value_time_shift")
+    if config.value_token_attention != "prepend":
+        names.append("value_token_attention")
     if config.loss.kind == "livo":
         names += [f"loss.{name}" for name in ("distill_weight", "token_anchor_weight") if getattr(config.loss, name)]
     return names
@@ -335,10 +337,15 @@ def load_models(config: TrainingConfig, device_type: str, precision: str, local_
             raise ConfigError(f"init_value_encoder {config.init_value_encoder} "
                               f"{'has a' if not config.value_time_shift else 'has no'} time-embedding head but "
                               f"value_time_shift={str(config.value_time_shift).lower()}; set value_time_shift to match")
+        if getattr(value_encoder, "token_attention", "prepend") != config.value_token_attention:
+            raise ConfigError(f"init_value_encoder {config.init_value_encoder} was trained with token_attention="
+                              f"{getattr(value_encoder, 'token_attention', 'prepend')} but value_token_attention="
+                              f"{config.value_token_attention}; set value_token_attention to match")
         value_encoder.requires_grad_(True)
     else:
         value_encoder = value_encoder_for(pipe, sdxl_shift_pooled=config.sdxl_shift_pooled,
-                                          value_tokens=config.value_tokens, time_shift=config.value_time_shift)
+                                          value_tokens=config.value_tokens, time_shift=config.value_time_shift,
+                                          token_attention=config.value_token_attention)
     value_encoder.to(device=device, dtype=torch.float32).train()
     vae_fp32 = vae_needs_fp32(pipe)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, *([text_encoder_2] if text_encoder_2 is not None else [])):
@@ -901,7 +908,7 @@ class Trainer:
                                       shift_pooled=module.shift_pooled)
         else:
             export = ValueEncoder(type(module.text_model)(module.text_model.config), value_tokens=module.value_tokens,
-                                  time_shift_dim=module.time_shift_dim)
+                                  time_shift_dim=module.time_shift_dim, token_attention=module.token_attention)
         export.load_state_dict(state, strict=True)
         export.to(torch.float32)
         tmp = output.staging / f".{ckpt.VALUE_ENCODER_DIR}.tmp-{os.getpid()}"

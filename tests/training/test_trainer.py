@@ -114,6 +114,35 @@ def test_value_time_shift_trains_the_head_exports_it_and_refuses_what_cannot_tak
                              base={"model": "tiny", "dataset": latent_dataset, "output": str(tmp_path / "y")})
 
 
+def test_an_additive_value_token_trains_exports_and_refuses_what_cannot_take_it(tmp_path, latent_dataset,
+                                                                                  single_rank_env):
+    """`value_token_attention=additive` (issue 15): the DeepSpeed path trains it, the export says so in its marker,
+    the knob enters the fingerprint only when it is not the paper's, and SDXL, compile and a start encoder of the
+    other kind are refused."""
+    from livo.modeling import ValueEncoder
+    from livo.training.config import load_training_config
+    from livo.training.trainer import check_training_model
+
+    output = tmp_path / "run"
+    trainer = run_in_process(tiny_config(latent_dataset, output, max_steps=2, checkpoint={"every_steps": 2},
+                                         value_token_attention="additive"))
+    assert trainer.result.exit_code == 0 and 0 < trainer.result.metrics["loss"] < 10
+    assert ValueEncoder.from_pretrained(output / "value_encoder").token_attention == "additive"
+    plain = tiny_config(latent_dataset, output, max_steps=2, checkpoint={"every_steps": 2})
+    assert trainer.config.fingerprint() != plain.fingerprint()
+    assert plain.fingerprint() == tiny_config(latent_dataset, output, max_steps=2, checkpoint={"every_steps": 2},
+                                              value_token_attention="prepend").fingerprint()
+    with pytest.raises(ConfigError, match="trained with token_attention=additive but value_token_attention=prepend"):
+        run_in_process(tiny_config(latent_dataset, tmp_path / "again", max_steps=1,
+                                   init_value_encoder=str(output / "value_encoder")))
+    with pytest.raises(ConfigError, match="value_token_attention is not supported on SDXL"):
+        check_training_model(tiny_config(latent_dataset, tmp_path / "x", model="toy-sdxl",
+                                         value_token_attention="additive"))
+    with pytest.raises(ConfigError, match="cannot be combined with compile"):
+        load_training_config(overrides=["value_token_attention=additive", "compile=true"],
+                             base={"model": "tiny", "dataset": latent_dataset, "output": str(tmp_path / "y")})
+
+
 @pytest.mark.slow
 def test_images_are_encoded_when_the_dataset_has_no_latents(tmp_path, image_dataset, single_rank_env):
     trainer = run_in_process(tiny_config(image_dataset, tmp_path / "run", max_steps=2, per_device_batch_size=2,
