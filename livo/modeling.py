@@ -263,7 +263,8 @@ class _AdditiveValueTokenProcessor:
         if rows is None:
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
         if (attention_mask is not None or hidden_states.ndim != 3 or attn.norm_cross or attn.group_norm is not None
-                or attn.spatial_norm is not None or attn.residual_connection or attn.norm_q is not None):
+                or attn.spatial_norm is not None or attn.residual_connection
+                or getattr(attn, "norm_q", None) is not None):
             raise RuntimeError("additive value-token attention supports the plain cross-attention of SD-family UNets "
                                "only (no mask, no cross norm, no residual)")
         if rows.start == 0:
