@@ -234,13 +234,16 @@ def make_loader(batches: PairBatches, start_micro: int, end_micro: int, *, worke
 
 class BackgroundIterable:
     """Iterates `source` in a daemon thread, at most `depth` items ahead; the consumer gets the items in order and
-    any exception the source raised. Dropping (or closing) the iterator stops the thread."""
+    any exception the source raised. Closing the iterator stops the thread and waits for it (at most `join_timeout`
+    seconds): a daemon thread still inside a torch kernel when the interpreter exits aborts the process ("terminate
+    called without an active exception"), which turned a preempted run's exit 143 into a SIGABRT."""
 
     _DONE = object()
 
-    def __init__(self, source, depth: int = 2):
+    def __init__(self, source, depth: int = 2, join_timeout: float = 30.0):
         self.source = source
         self.depth = depth
+        self.join_timeout = join_timeout
 
     def __iter__(self):
         import queue
@@ -282,3 +285,5 @@ class BackgroundIterable:
                 yield item
         finally:
             stop.set()
+            if thread is not threading.current_thread():
+                thread.join(self.join_timeout)  # it finishes the item in hand, sees `stop`, and returns

@@ -716,6 +716,10 @@ class Trainer:
                     self._window_start = time.perf_counter()  # checkpoint time is not training throughput
         finally:
             progress.close()
+            # stop the batch builder before anything exits: a preempted run returns from inside the loop
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
         return self.finish(step)
 
     def _reset_window(self, size: int) -> None:

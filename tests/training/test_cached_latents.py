@@ -176,7 +176,22 @@ def test_background_iterable_keeps_order_raises_and_stops():
 
     iterator = iter(BackgroundIterable(endless(), depth=2))
     assert [next(iterator) for _ in range(3)] == [0, 1, 2]
-    iterator.close()  # what dropping the trainer's iterator does
+    iterator.close()  # what the trainer does when its loop ends, preempted or not
+    # closed means stopped, not "will stop": a daemon thread left inside a torch kernel at interpreter exit aborts
+    # the process (a preempted run exited -6 instead of 143)
+    assert not any(t.name == "livo-batches" and t.is_alive() for t in threading.enumerate())
+
+    def slow():
+        yield 0
+        time.sleep(0.3)  # the item in hand when the consumer closes: close waits for it
+        yield 1
+
+    iterator = iter(BackgroundIterable(slow(), depth=1))
+    assert next(iterator) == 0
+    started = time.perf_counter()
+    iterator.close()
+    assert not any(t.name == "livo-batches" and t.is_alive() for t in threading.enumerate())
+    assert time.perf_counter() - started < 5
     time.sleep(0.5)
     count = len(produced)
     time.sleep(0.3)
