@@ -49,6 +49,8 @@ class TokenAttention:
         self.state = state
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        from livo.modeling import additive_token_mix
+
         cross = encoder_hidden_states is not None
         context_states = encoder_hidden_states if cross else hidden_states
         query, key, value = attn.to_q(hidden_states), attn.to_k(context_states), attn.to_v(context_states)
@@ -62,10 +64,9 @@ class TokenAttention:
         if cross and self.state["token"]:
             cond = slice(batch // 2, batch)  # classifier-free guidance: [unconditional; conditional]
             self.state["share"].append(float(probs[cond, :, :, 0].mean()))
-            if self.state["mode"] == "additive":
-                prompt_only = logits[cond, :, :, 1:].softmax(-1) @ value[cond, :, 1:]
+            if self.state["mode"] == "additive":  # as `value_token_attention=additive` trains and samples it
                 out = out.clone()
-                out[cond] = prompt_only + probs[cond, :, :, :1] * value[cond, :, :1]
+                out[cond] = additive_token_mix(logits[cond], value[cond], 1)
         out = out.transpose(1, 2).reshape(batch, length, heads * width)
         return attn.to_out[1](attn.to_out[0](out))
 

@@ -84,25 +84,18 @@ PRESETS = ("tiny", "mid", "sd15-random", "toy-sdxl", "sdxl-random")
 
 
 def build_pipeline(preset: str, device: str = "cpu"):
-    """The preset's pipeline and resolution. Random-weight presets are built on `device`: initialising SDXL's 3.4 B
-    parameters on the host and copying them over would cost a GPU lease more than the steps it times."""
-    import torch
+    """The preset's pipeline and resolution. Random-weight presets come from `load_pipeline`, which initialises them
+    on `device`: initialising SDXL's 3.4 B parameters on the host would cost a GPU lease more than the steps it times."""
+    from livo.presets import build_tiny_pipeline, load_pipeline
 
-    from livo.presets import build_sd15_random_pipeline, build_sdxl_random_pipeline, build_tiny_pipeline, load_pipeline
-
-    if preset in ("sd15-random", "sdxl-random") and device != "cpu":
-        with torch.device(device):
-            return build_pipeline(preset)
     if preset == "tiny":
         return build_tiny_pipeline(0), 32
     if preset == "mid":
         return build_mid_pipeline(0), 128
-    if preset == "sd15-random":
-        return build_sd15_random_pipeline(0), 512
     if preset == "toy-sdxl":
         return load_pipeline("toy-sdxl"), 32
-    if preset == "sdxl-random":
-        return build_sdxl_random_pipeline(0), 1024
+    if preset in ("sd15-random", "sdxl-random"):
+        return load_pipeline(preset, device=device), 512 if preset == "sd15-random" else 1024
     raise SystemExit(f"unknown preset {preset!r}: {' | '.join(PRESETS)}")
 
 

@@ -277,16 +277,23 @@ class _AdditiveValueTokenProcessor:
 
     def _additive(self, attn, hidden_states, context):
         batch, length, _ = hidden_states.shape
-        heads, n = attn.heads, self.tokens
+        heads = attn.heads
         query, key, value = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
         width = query.shape[-1] // heads
         query, key, value = (t.view(batch, -1, heads, width).transpose(1, 2) for t in (query, key, value))
         logits = (query @ key.transpose(-1, -2)).float() * attn.scale
-        share = logits.softmax(-1)[..., :n]
-        prompt = logits[..., n:].softmax(-1)
-        mixed = prompt.to(value.dtype) @ value[:, :, n:] + share.to(value.dtype) @ value[:, :, :n]
+        mixed = additive_token_mix(logits, value, self.tokens)
         mixed = mixed.transpose(1, 2).reshape(batch, length, heads * width)
         return attn.to_out[1](attn.to_out[0](mixed)) / attn.rescale_output_factor
+
+
+def additive_token_mix(logits: torch.Tensor, value: torch.Tensor, tokens: int) -> torch.Tensor:
+    """The additive value token's attention output from attention `logits` (`[..., L_q, n + L]`, the first `tokens`
+    keys the value tokens) and `value` (`[..., n + L, d]`): `softmax(prompt logits) · V_prompt + share · V_token`, with
+    `share` what the plain softmax over all keys gives the tokens."""
+    share = logits.softmax(-1)[..., :tokens]
+    prompt = logits[..., tokens:].softmax(-1)
+    return prompt.to(value.dtype) @ value[..., tokens:, :] + share.to(value.dtype) @ value[..., :tokens, :]
 
 
 @contextmanager
