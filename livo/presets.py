@@ -313,9 +313,9 @@ def load_pipeline(source: str, *, device: str | None = None, dtype: Any = None, 
         with torch.device(device or "cpu"):
             pipe = build(seed)
     elif source in NAMED_MODELS:
-        pipe = _from_pretrained(named_model_location(source))
+        pipe = _from_pretrained(named_model_location(source), dtype)
     else:
-        pipe = _from_pretrained(source)
+        pipe = _from_pretrained(source, dtype)
     pipe.set_progress_bar_config(disable=True)
     if device is not None or dtype is not None:
         pipe = pipe.to(device=device, dtype=dtype)
@@ -333,7 +333,10 @@ def _pipeline_class(class_name: Any, where: str):
     return getattr(diffusers, class_name)
 
 
-def _from_pretrained(source: str):
+def _from_pretrained(source: str, dtype: Any = None):
+    """Load a folder, mirror or hub id in `dtype` (default float32, whatever dtype the weights are stored in: a folder
+    saved in fp16 — the usual way SD weights are shared — would otherwise load half-precision modules that the CPU
+    path then feeds float32 latents)."""
     local = Path(source)
     if source.startswith("s3://"):  # a mirror (`livo models mirror`): verified, cached by content
         from livo.models.mirror import fetch_model
@@ -352,7 +355,7 @@ def _from_pretrained(source: str):
 
         check_safetensors_files(sorted(local.glob("*/*.safetensors")))  # names a truncated file before loading
         try:
-            return pipeline_class.from_pretrained(local, **_load_kwargs(pipeline_class))
+            return pipeline_class.from_pretrained(local, **_load_kwargs(pipeline_class, dtype))
         except (OSError, SafetensorError) as exc:
             raise ConfigError(f"{local}: could not load the pipeline with safetensors weights ({exc})") from exc
     if "/" not in source or source.startswith((".", "/")):
@@ -364,7 +367,7 @@ def _from_pretrained(source: str):
 
     try:
         pipeline_class = _pipeline_class(DiffusionPipeline.load_config(source).get("_class_name"), source)
-        return pipeline_class.from_pretrained(source, **_load_kwargs(pipeline_class))
+        return pipeline_class.from_pretrained(source, **_load_kwargs(pipeline_class, dtype))
     except OSError as exc:
         raise LivoError(
             f"could not load {source!r} from the hub ({str(exc).splitlines()[0]}); without a reachable hub, point "
@@ -373,8 +376,10 @@ def _from_pretrained(source: str):
         ) from exc
 
 
-def _load_kwargs(pipeline_class) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"use_safetensors": True}
+def _load_kwargs(pipeline_class, dtype: Any = None) -> dict[str, Any]:
+    import torch
+
+    kwargs: dict[str, Any] = {"use_safetensors": True, "dtype": dtype or torch.float32}
     if pipeline_class.__name__ == "StableDiffusionPipeline":  # the toxicity judges measure harm: no NSFW blackout
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     return kwargs

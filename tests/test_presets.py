@@ -42,6 +42,20 @@ def test_tiny_pipeline_round_trips_through_save_pretrained(tmp_path):
     assert pipeline_fingerprint(loaded) == pipeline_fingerprint(pipe)
 
 
+def test_a_folder_stored_in_fp16_loads_in_float32_unless_a_dtype_is_asked(tmp_path):
+    """SD weights are usually shared in fp16; loaded as stored, the CPU path (float32 latents, no cast) failed with
+    'mat1 and mat2 must have the same dtype'. The folder loads in float32 and runs; a dtype asked for is honoured."""
+    pipe = build_tiny_pipeline()
+    pipe.to(dtype=torch.float16).save_pretrained(tmp_path / "model", safe_serialization=True)
+    loaded = load_pipeline(str(tmp_path / "model"))
+    for name in ("unet", "vae", "text_encoder"):
+        assert getattr(loaded, name).dtype == torch.float32, name
+    out = loaded(prompt=["a doctor"], generator=torch.Generator().manual_seed(0), num_inference_steps=2,
+                 output_type="pil")
+    assert out.images[0].size == (32, 32)
+    assert load_pipeline(str(tmp_path / "model"), dtype="float16").unet.dtype == torch.float16
+
+
 def test_load_pipeline_errors_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="model_index.json"):
         load_pipeline(str(tmp_path))

@@ -79,6 +79,11 @@ def measure_base_model(pipe, images_per_prompt: int = 50, steps: int = 20, guida
     bias = [r for r in rows if r["kind"] == "bias"]
     toxic = [r for r in rows if r["kind"] == "toxicity"]
     steer = [r for r in rows if r["kind"] == "steer"]
+    # The named reference of a debiasing token: told the counter-stereotypical colour, does the model still draw the
+    # subject? (docs/toy_world.md; a token cannot be asked to keep more of a subject than this.)
+    counter = {subject: [r for r in steer if world.parse_caption(r["prompt"])["subject"] == subject
+                         and r["colour"] in world.ATTRIBUTE_CLASSES_2 and r["colour"] != world.STEREOTYPE[subject]]
+               for subject in subjects}
     summary = {
         "bias_d1_mean": float(np.mean([r["d1"] for r in bias])),
         "bias_d1_min": float(np.min([r["d1"] for r in bias])),
@@ -92,6 +97,9 @@ def measure_base_model(pipe, images_per_prompt: int = 50, steps: int = 20, guida
         "steer_honoured_2class": float(np.mean([r["honoured"] for r in steer
                                                 if r["colour"] in world.ATTRIBUTE_CLASSES_2])),
         "steer_honoured_5class": float(np.mean([r["honoured"] for r in steer])),
+        "counter_stereotype": {subject: {"honoured": float(np.mean([r["honoured"] for r in rows_])),
+                                         "subject_recognised": float(np.mean([r["subject_recognised"] for r in rows_]))}
+                               for subject, rows_ in counter.items() if rows_},
     }
     return {"settings": {"images_per_prompt": images_per_prompt, "steps": steps, "guidance_scale": guidance,
                          "seed": seed, "templates": list(templates)},

@@ -41,7 +41,6 @@ logger = get_logger("livo.toy.train_base")
 
 MODULES = {"sd15": ("unet", "text_encoder"), "sdxl": ("unet", "text_encoder", "text_encoder_2")}
 EMPTY_CAPTION_SHARE = 0.1
-COLOUR_CAPTION_SHARE = 0.35  # captions that name the body colour (attribute-augmented)
 CONCEPT_SHARES = {"bloody": 0.15, "zombie": 0.15}  # the rest is clean
 
 
@@ -60,9 +59,15 @@ class ToyTrainingConfig(LivoConfig):
     pool_size: int = Field(12288, ge=64)  # captioned renders encoded once; latents are re-sampled from their posterior
     save_dtype: str = Field("float16", pattern="^(float16|float32)$")
     device: str = "cpu"  # the committed weights come from cpu; other devices are for experiments
+    # Captions that name the body colour (attribute-augmented), and the share of those naming orange or blue (the
+    # rest name one of the 5-class variant's other three): how well the model learns to draw a named colour on every
+    # subject — the counter-stereotypes a debiasing token asks for (docs/toy_world.md, "Training it").
+    colour_caption_share: float = Field(0.35, ge=0, le=1)
+    main_colour_share: float = Field(0.6, ge=0, le=1)
 
 
-def sample_training_example(rng: np.random.Generator) -> tuple[str, renderer.Scene]:
+def sample_training_example(rng: np.random.Generator, colour_caption_share: float = 0.35,
+                            main_colour_share: float = 0.6) -> tuple[str, renderer.Scene]:
     """One (caption, scene) pair of the skewed base-model training distribution."""
     subject = world.SUBJECTS[int(rng.integers(len(world.SUBJECTS)))]
     draw = rng.random()
@@ -72,9 +77,9 @@ def sample_training_example(rng: np.random.Generator) -> tuple[str, renderer.Sce
             concept = name
             break
         draw -= share
-    if rng.random() < COLOUR_CAPTION_SHARE:
-        # Attribute-augmented caption: 60% one of the two main classes, 40% one of the 5-class variant's others.
-        pool = world.ATTRIBUTE_CLASSES_2 if rng.random() < 0.6 else world.ATTRIBUTE_CLASSES_5[2:]
+    if rng.random() < colour_caption_share:
+        # Attribute-augmented caption: one of the two main classes, else one of the 5-class variant's others.
+        pool = world.ATTRIBUTE_CLASSES_2 if rng.random() < main_colour_share else world.ATTRIBUTE_CLASSES_5[2:]
         colour, named_colour = pool[int(rng.integers(len(pool)))], True
     else:
         stereotype = world.STEREOTYPE[subject]
@@ -141,7 +146,7 @@ def encode_pool(vae, config: ToyTrainingConfig, rng: np.random.Generator):
     captions, means, stds = [], [], []
     with torch.no_grad():
         for start in range(0, config.pool_size, 256):
-            examples = [sample_training_example(rng) for _ in range(min(256, config.pool_size - start))]
+            examples = [sample_training_example(rng, config.colour_caption_share, config.main_colour_share) for _ in range(min(256, config.pool_size - start))]
             images = _to_tensor([renderer.render(scene) for _, scene in examples]).to(config.device)
             posterior = vae.encode(images).latent_dist
             captions.extend(caption for caption, _ in examples)

@@ -28,6 +28,24 @@ def test_training_data_is_skewed_as_designed():
     assert 0.08 <= np.mean([c == "" for c, _ in examples]) <= 0.12
 
 
+def test_colour_caption_shares_set_how_often_a_colour_is_named():
+    """The recipe knobs of the base model's steerability: the share of captions naming a colour, and of those the
+    share naming orange or blue; the named colour is always drawn, unnamed captions keep the 90 % stereotype."""
+    def shares(rng, **knobs):
+        examples = [sample_training_example(rng, **knobs) for _ in range(8000)]
+        named = [(world.parse_caption(c)["colour"], s) for c, s in examples if c]
+        colours = [c for c, _ in named if c is not None]
+        assert all(c == s.colour for c, s in named if c is not None)
+        plain = [s for c, s in named if c is None]
+        assert 0.87 <= np.mean([s.colour == world.STEREOTYPE[s.subject] for s in plain]) <= 0.93
+        return len(colours) / len(named), np.mean([c in world.ATTRIBUTE_CLASSES_2 for c in colours])
+
+    default_named, default_main = shares(np.random.default_rng(0))
+    assert abs(default_named - 0.35) < 0.02 and abs(default_main - 0.6) < 0.03
+    named, main_share = shares(np.random.default_rng(0), colour_caption_share=0.5, main_colour_share=0.8)
+    assert abs(named - 0.5) < 0.02 and abs(main_share - 0.8) < 0.03
+
+
 def test_same_seed_reproduces_the_weights_and_the_output_loads(tmp_path):
     assert main(["--out", str(tmp_path / "a"), *TINY]) == 0
     assert main(["--out", str(tmp_path / "b"), *TINY]) == 0
