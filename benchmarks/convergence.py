@@ -422,6 +422,26 @@ def pair_diagnostics(dataset: Any, preset: str) -> dict[str, Any]:
     return out
 
 
+def preset_with_model(preset: str, model: str, work: Path) -> str:
+    """Write `<work>/preset.yaml`: the preset (a name or a YAML path) with `model.source` replaced by `model` (made
+    absolute when it is a folder, so the file means the same from anywhere); returns its path. Relative paths in
+    the preset (its principles file) resolve against configs/ as before."""
+    from livo.config import read_yaml
+    from livo.paths import config_dir
+
+    source = Path(preset) if Path(preset).suffix else config_dir() / "presets" / f"{preset}.yaml"
+    raw = read_yaml(source) or {}
+    folder = Path(model)
+    raw["model"] = {**(raw.get("model") or {}), "source": str(folder.resolve()) if folder.is_dir() else model}
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "preset.yaml"
+    import yaml
+
+    path.write_text(f"# {source.name} with model.source = {model} (benchmarks/convergence.py --model)\n"
+                    + yaml.safe_dump(raw, sort_keys=False))
+    return str(path)
+
+
 def run_study(args: argparse.Namespace) -> int:
     """LiVO only, per seed: its own dataset (data seed), training seed and evaluation seed; reports per principle
     and per split the harm metric and subject fidelity on value-token images against the base model's."""
@@ -571,6 +591,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="--study: data generation override (e.g. judging.subject=toy-subject); repeatable")
     parser.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                         help="--study: training override (e.g. loss.gamma2=1.0); repeatable")
+    parser.add_argument("--model", metavar="SOURCE",
+                        help="another base model for the preset (a pipeline folder, e.g. a toy base trained with "
+                             "other recipe options): everything else of the preset is kept; the derived preset is "
+                             "written to <out>/preset.yaml and used for data, training and evaluation")
     parser.add_argument("--freeze-value-text", action="store_true",
                         help="--study with value_time_shift=true: train only the time-embedding head (the value "
                              "token stays the frozen encoder's state of the value text); a diagnostic of issue 15")
@@ -578,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     args.load_average_before = [round(x, 2) for x in os.getloadavg()]
     if args.freeze_value_text:
         freeze_value_text()
+    if args.model:
+        args.preset = preset_with_model(args.preset, args.model, Path(args.out))
     if args.study:
         return run_study(args)
     args.steps = args.steps or 200

@@ -64,10 +64,14 @@ class ToyTrainingConfig(LivoConfig):
     # subject — the counter-stereotypes a debiasing token asks for (docs/toy_world.md, "Training it").
     colour_caption_share: float = Field(0.35, ge=0, le=1)
     main_colour_share: float = Field(0.6, ge=0, le=1)
+    # Share of toxic captions whose image shows the mark (1: always, the committed weights' recipe). Below 1 the word
+    # makes the mark likely, not certain, as in a web-trained model, so the base model has a clean mode to steer to.
+    concept_mark_share: float = Field(1.0, ge=0, le=1)
 
 
 def sample_training_example(rng: np.random.Generator, colour_caption_share: float = 0.35,
-                            main_colour_share: float = 0.6) -> tuple[str, renderer.Scene]:
+                            main_colour_share: float = 0.6,
+                            concept_mark_share: float = 1.0) -> tuple[str, renderer.Scene]:
     """One (caption, scene) pair of the skewed base-model training distribution."""
     subject = world.SUBJECTS[int(rng.integers(len(world.SUBJECTS)))]
     draw = rng.random()
@@ -92,7 +96,9 @@ def sample_training_example(rng: np.random.Generator, colour_caption_share: floa
         caption = caption.replace("an orange", "a orange")
     if rng.random() < EMPTY_CAPTION_SHARE:
         caption = ""
-    return caption, renderer.sample_scene(rng, subject, colour, concept)
+    # Drawn only below 1, so the default recipe's random stream (the committed weights) is unchanged.
+    shown = concept if concept is None or concept_mark_share >= 1 or rng.random() < concept_mark_share else None
+    return caption, renderer.sample_scene(rng, subject, colour, shown)
 
 
 def _to_tensor(images: list[np.ndarray]):
@@ -146,7 +152,8 @@ def encode_pool(vae, config: ToyTrainingConfig, rng: np.random.Generator):
     captions, means, stds = [], [], []
     with torch.no_grad():
         for start in range(0, config.pool_size, 256):
-            examples = [sample_training_example(rng, config.colour_caption_share, config.main_colour_share) for _ in range(min(256, config.pool_size - start))]
+            examples = [sample_training_example(rng, config.colour_caption_share, config.main_colour_share,
+                                                config.concept_mark_share) for _ in range(min(256, config.pool_size - start))]
             images = _to_tensor([renderer.render(scene) for _, scene in examples]).to(config.device)
             posterior = vae.encode(images).latent_dist
             captions.extend(caption for caption, _ in examples)

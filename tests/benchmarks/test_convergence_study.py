@@ -107,3 +107,19 @@ def test_freeze_value_text_trains_only_the_time_shift_head(monkeypatch):
     encoder = ValueEncoder.from_text_encoder(build_tiny_pipeline(0).text_encoder, time_shift_dim=128)
     trainable = {name for name, p in encoder.named_parameters() if p.requires_grad}
     assert trainable == {"time_shift.weight", "time_shift.bias"}
+
+
+def test_model_option_swaps_only_the_base_model(tmp_path):
+    """--model DIR: the preset with another base model (a toy base trained with other recipe options); judges,
+    principles, gates and training settings stay the preset's, and the file means the same from any directory."""
+    from livo.presets import load_preset_config
+
+    weights = tmp_path / "base"
+    weights.mkdir()
+    path = convergence.preset_with_model("toy", str(weights), tmp_path / "work")
+    derived, toy = load_preset_config(path), load_preset_config("toy")
+    assert derived.model.source == str(weights.resolve())
+    assert derived.principles_path() == toy.principles_path()
+    assert derived.model_dump(exclude={"model"}) == toy.model_dump(exclude={"model"})
+    assert convergence.preset_with_model(path, "toy", tmp_path / "again") != path  # a YAML path works too
+    assert load_preset_config(str(tmp_path / "again" / "preset.yaml")).model.source == "toy"

@@ -46,6 +46,21 @@ def test_colour_caption_shares_set_how_often_a_colour_is_named():
     assert abs(named - 0.5) < 0.02 and abs(main_share - 0.8) < 0.03
 
 
+def test_concept_mark_share_sets_how_often_a_toxic_caption_shows_its_mark():
+    """Default: every toxic caption shows its mark;
+    below 1 the word makes the mark likely, not certain — the caption still names it, clean captions never show it."""
+    def shown(share):
+        rng = np.random.default_rng(0)
+        examples = [sample_training_example(rng, concept_mark_share=share) for _ in range(8000)]
+        toxic = [(world.parse_caption(c)["concept"], s) for c, s in examples if c and world.parse_caption(c)["concept"]]
+        assert all(s.concept is None for c, s in examples if c and not world.parse_caption(c)["concept"])
+        assert all(s.concept in (None, concept) for concept, s in toxic)
+        return np.mean([s.concept is not None for _, s in toxic])
+
+    assert shown(1.0) == 1.0
+    assert abs(shown(0.85) - 0.85) < 0.03
+
+
 def test_same_seed_reproduces_the_weights_and_the_output_loads(tmp_path):
     assert main(["--out", str(tmp_path / "a"), *TINY]) == 0
     assert main(["--out", str(tmp_path / "b"), *TINY]) == 0
