@@ -426,18 +426,16 @@ def preset_with_model(preset: str, model: str, work: Path) -> str:
     """Write `<work>/preset.yaml`: the preset (a name or a YAML path) with `model.source` replaced by `model` (made
     absolute when it is a folder, so the file means the same from anywhere); returns its path. Relative paths in
     the preset (its principles file) resolve against configs/ as before."""
-    from livo.config import read_yaml
-    from livo.paths import config_dir
-
-    source = Path(preset) if Path(preset).suffix else config_dir() / "presets" / f"{preset}.yaml"
-    raw = read_yaml(source) or {}
-    folder = Path(model)
-    raw["model"] = {**(raw.get("model") or {}), "source": str(folder.resolve()) if folder.is_dir() else model}
-    work.mkdir(parents=True, exist_ok=True)
-    path = work / "preset.yaml"
     import yaml
 
-    path.write_text(f"# {source.name} with model.source = {model} (benchmarks/convergence.py --model)\n"
+    from livo.presets import load_preset_config
+
+    raw = load_preset_config(preset).model_dump(mode="json", exclude_none=True)
+    folder = Path(model)
+    raw["model"]["source"] = str(folder.resolve()) if folder.is_dir() else model
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "preset.yaml"
+    path.write_text(f"# {preset} with model.source = {model} (benchmarks/convergence.py --model)\n"
                     + yaml.safe_dump(raw, sort_keys=False))
     return str(path)
 

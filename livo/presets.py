@@ -476,6 +476,18 @@ def check_loaded_resolution(pipe, resolution: int | None, source: str, *, key: s
     check_resolution(resolution, vae_scale_factor(pipe.vae), source, key=key)
 
 
+def base_model_fingerprint(base, source: str, seed: int = 0) -> str:
+    """`pipeline_fingerprint` of the base model as training records it (the weights as `load_pipeline(source)` gives
+    them: float32). Generation and evaluation cast the pipeline (fp16 on GPU), and the fingerprint covers dtypes, so a
+    cast pipeline is fingerprinted from a second, uncast load of `source` (built with `seed`, for the random-weight
+    presets); otherwise a dataset generated on a GPU would name another base model than the one training loads."""
+    import torch
+
+    if all(getattr(base, c).dtype == torch.float32 for c in ("unet", "vae", "text_encoder")):
+        return pipeline_fingerprint(base)
+    return pipeline_fingerprint(load_pipeline(source, seed=seed))
+
+
 def pipeline_fingerprint(pipe) -> str:
     """`sha256:<hex>` over every weight of the UNet, VAE and text encoder (names, dtypes, shapes and values)."""
     import torch

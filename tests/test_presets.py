@@ -3,6 +3,7 @@ import torch
 
 from livo.errors import ConfigError
 from livo.presets import (
+    base_model_fingerprint,
     build_tiny_pipeline,
     build_tiny_tokenizer,
     load_pipeline,
@@ -53,7 +54,13 @@ def test_a_folder_stored_in_fp16_loads_in_float32_unless_a_dtype_is_asked(tmp_pa
     out = loaded(prompt=["a doctor"], generator=torch.Generator().manual_seed(0), num_inference_steps=2,
                  output_type="pil")
     assert out.images[0].size == (32, 32)
-    assert load_pipeline(str(tmp_path / "model"), dtype="float16").unet.dtype == torch.float16
+    half = load_pipeline(str(tmp_path / "model"), dtype="float16")
+    assert half.unet.dtype == torch.float16
+    # The dataset's generator hash and training's check name the same model whatever dtype generation ran in:
+    # a cast pipeline is fingerprinted as `load_pipeline(source)` gives it (float32).
+    assert pipeline_fingerprint(half) != pipeline_fingerprint(loaded)
+    assert base_model_fingerprint(half, str(tmp_path / "model")) == pipeline_fingerprint(loaded)
+    assert base_model_fingerprint(loaded, "not-loaded-again") == pipeline_fingerprint(loaded)
 
 
 def test_load_pipeline_errors_name_the_problem(tmp_path):

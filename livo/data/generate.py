@@ -433,9 +433,9 @@ def run_generation(plan: GenerationPlan, *, shard_indices: Sequence[int] | None 
     """Generate the shards `shard_indices` (default: all) that are not complete yet; merge when asked and possible.
 
     `pipe` lets a caller (benchmark, tests) pass an already loaded pipeline, and `model_hash` its
-    `pipeline_fingerprint` when already known; otherwise the plan's model is loaded and fingerprinted.
+    `base_model_fingerprint` when already known; otherwise the plan's model is loaded and fingerprinted.
     """
-    from livo.presets import pipeline_fingerprint
+    from livo.presets import base_model_fingerprint
 
     started = time.perf_counter()
     indices = list(range(plan.shard_count)) if shard_indices is None else list(shard_indices)
@@ -445,8 +445,8 @@ def run_generation(plan: GenerationPlan, *, shard_indices: Sequence[int] | None 
     device = resolve_device(plan.config.device) if pipe is None else str(pipe.device)
     if pipe is None:
         pipe = load_generation_pipeline(plan.settings, device, seed=plan.config.seed)
-    if model_hash is None:
-        model_hash = pipeline_fingerprint(pipe)
+    if model_hash is None:  # as training computes it: of the uncast weights, whatever dtype generation runs in
+        model_hash = base_model_fingerprint(pipe, plan.settings["model"], seed=plan.config.seed)
     dtype_name = str(pipe.unet.dtype).replace("torch.", "")
     key = generation_key(plan, model_hash, device, dtype_name)
     metadata = {

@@ -572,7 +572,7 @@ def evaluate_candidate(value_encoder: str, *, preset: str = "tiny", model: str |
     from livo.data.generate import load_generation_pipeline, resolve_device
     from livo.evaluation.config import load_evaluation_config
     from livo.modeling import LiVOPipeline, ValueEncoder, resolve_value_encoder_dir
-    from livo.presets import check_model_settings, load_preset_config
+    from livo.presets import base_model_fingerprint, check_model_settings, load_preset_config
     from livo.principles import load_principles
     from livo.registry.lineage import value_encoder_digest
 
@@ -635,19 +635,6 @@ def evaluate_candidate(value_encoder: str, *, preset: str = "tiny", model: str |
     return result
 
 
-def base_model_fingerprint(base: Any, source: str, seed: int = 0) -> str:
-    """`pipeline_fingerprint` of the base model as training records it (the weights as loaded, fp32).
-
-    The fingerprint covers dtypes and values, so a pipeline cast for generation (fp16 on GPU) is fingerprinted from a
-    second, uncast load of `source` (built with `seed`, for the random-weight presets) instead.
-    """
-    import torch
-
-    from livo.presets import load_pipeline, pipeline_fingerprint
-
-    if all(getattr(base, c).dtype == torch.float32 for c in ("unet", "vae", "text_encoder")):
-        return pipeline_fingerprint(base)
-    return pipeline_fingerprint(load_pipeline(source, seed=seed))
 
 
 def local_value_encoder(uri: str, workdir: str) -> str:

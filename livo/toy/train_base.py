@@ -152,8 +152,8 @@ def encode_pool(vae, config: ToyTrainingConfig, rng: np.random.Generator):
     captions, means, stds = [], [], []
     with torch.no_grad():
         for start in range(0, config.pool_size, 256):
-            examples = [sample_training_example(rng, config.colour_caption_share, config.main_colour_share,
-                                                config.concept_mark_share) for _ in range(min(256, config.pool_size - start))]
+            recipe = (config.colour_caption_share, config.main_colour_share, config.concept_mark_share)
+            examples = [sample_training_example(rng, *recipe) for _ in range(min(256, config.pool_size - start))]
             images = _to_tensor([renderer.render(scene) for _, scene in examples]).to(config.device)
             posterior = vae.encode(images).latent_dist
             captions.extend(caption for caption, _ in examples)

@@ -304,8 +304,7 @@ def test_random_weight_presets_are_built_from_the_run_seed():
     import torch
 
     from livo.data.generate import load_generation_pipeline
-    from livo.evaluation.protocol import base_model_fingerprint
-    from livo.presets import build_tiny_pipeline, pipeline_fingerprint
+    from livo.presets import base_model_fingerprint, build_tiny_pipeline, pipeline_fingerprint
 
     settings = {"model": "tiny", "dtype_name": None, "scheduler": "dpmsolver++"}
     seeded = load_generation_pipeline(settings, "cpu", seed=3)
