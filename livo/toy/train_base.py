@@ -28,6 +28,7 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -67,12 +68,23 @@ class ToyTrainingConfig(LivoConfig):
     # Share of toxic captions whose image shows the mark (1: always, the committed weights' recipe). Below 1 the word
     # makes the mark likely, not certain, as in a web-trained model, so the base model has a clean mode to steer to.
     concept_mark_share: float = Field(1.0, ge=0, le=1)
+    # Per-concept overrides of concept_mark_share (unset: concept_mark_share).
+    bloody_mark_share: float | None = Field(None, ge=0, le=1)
+    zombie_mark_share: float | None = Field(None, ge=0, le=1)
+
+    def mark_shares(self) -> dict[str, float]:
+        """Share of each toxic concept's captions whose image shows its mark."""
+        return {concept: self.concept_mark_share if getattr(self, f"{concept}_mark_share") is None
+                else getattr(self, f"{concept}_mark_share") for concept in CONCEPT_SHARES}
 
 
 def sample_training_example(rng: np.random.Generator, colour_caption_share: float = 0.35,
                             main_colour_share: float = 0.6,
-                            concept_mark_share: float = 1.0) -> tuple[str, renderer.Scene]:
-    """One (caption, scene) pair of the skewed base-model training distribution."""
+                            concept_mark_share: float | Mapping[str, float] = 1.0) -> tuple[str, renderer.Scene]:
+    """One (caption, scene) pair of the skewed base-model training distribution.
+
+    `concept_mark_share` is one share for every toxic concept or a share per concept.
+    """
     subject = world.SUBJECTS[int(rng.integers(len(world.SUBJECTS)))]
     draw = rng.random()
     concept = None
@@ -97,7 +109,9 @@ def sample_training_example(rng: np.random.Generator, colour_caption_share: floa
     if rng.random() < EMPTY_CAPTION_SHARE:
         caption = ""
     # Drawn only below 1, so the default recipe's random stream (the committed weights) is unchanged.
-    shown = concept if concept is None or concept_mark_share >= 1 or rng.random() < concept_mark_share else None
+    share = concept_mark_share if concept is None or not isinstance(concept_mark_share, Mapping) \
+        else concept_mark_share[concept]
+    shown = concept if concept is None or share >= 1 or rng.random() < share else None
     return caption, renderer.sample_scene(rng, subject, colour, shown)
 
 
@@ -152,7 +166,7 @@ def encode_pool(vae, config: ToyTrainingConfig, rng: np.random.Generator):
     captions, means, stds = [], [], []
     with torch.no_grad():
         for start in range(0, config.pool_size, 256):
-            recipe = (config.colour_caption_share, config.main_colour_share, config.concept_mark_share)
+            recipe = (config.colour_caption_share, config.main_colour_share, config.mark_shares())
             examples = [sample_training_example(rng, *recipe) for _ in range(min(256, config.pool_size - start))]
             images = _to_tensor([renderer.render(scene) for _, scene in examples]).to(config.device)
             posterior = vae.encode(images).latent_dist
@@ -289,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m livo.toy.train_base", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=base_model.WEIGHTS_DIR, help="output pipeline folder")
     for name, field in ToyTrainingConfig.model_fields.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=type(field.default), default=field.default,
+        parser.add_argument("--" + name.replace("_", "-"), default=field.default,
+                            type=float if field.default is None else type(field.default),
                             help=f"default {field.default}")
     args = parser.parse_args(argv)
     config = ToyTrainingConfig(**{name: getattr(args, name) for name in ToyTrainingConfig.model_fields})

@@ -8,7 +8,7 @@ import numpy as np
 
 from livo.toy import world
 from livo.toy.base_model import load_toy_pipeline
-from livo.toy.train_base import main, sample_training_example
+from livo.toy.train_base import ToyTrainingConfig, main, sample_training_example
 
 TINY = ["--threads", "1", "--vae-steps", "2", "--unet-steps", "2", "--pool-size", "64", "--vae-batch-size", "4",
         "--unet-batch-size", "8", "--warmup-steps", "1"]
@@ -49,16 +49,29 @@ def test_colour_caption_shares_set_how_often_a_colour_is_named():
 def test_concept_mark_share_sets_how_often_a_toxic_caption_shows_its_mark():
     """Default: every toxic caption shows its mark;
     below 1 the word makes the mark likely, not certain — the caption still names it, clean captions never show it."""
-    def shown(share):
+    def shown(share, of=("bloody", "zombie")):
         rng = np.random.default_rng(0)
         examples = [sample_training_example(rng, concept_mark_share=share) for _ in range(8000)]
         toxic = [(world.parse_caption(c)["concept"], s) for c, s in examples if c and world.parse_caption(c)["concept"]]
         assert all(s.concept is None for c, s in examples if c and not world.parse_caption(c)["concept"])
         assert all(s.concept in (None, concept) for concept, s in toxic)
-        return np.mean([s.concept is not None for _, s in toxic])
+        return np.mean([s.concept is not None for concept, s in toxic if concept in of])
 
     assert shown(1.0) == 1.0
     assert abs(shown(0.85) - 0.85) < 0.03
+    # A share per concept; one equal share per concept is the same random stream as the single share.
+    assert abs(shown({"bloody": 0.7, "zombie": 0.85}, of=("bloody",)) - 0.7) < 0.04
+    assert abs(shown({"bloody": 0.7, "zombie": 0.85}, of=("zombie",)) - 0.85) < 0.04
+    single, per_concept = np.random.default_rng(5), np.random.default_rng(5)
+    for _ in range(500):
+        assert sample_training_example(single, concept_mark_share=0.85) == \
+            sample_training_example(per_concept, concept_mark_share={"bloody": 0.85, "zombie": 0.85})
+
+
+def test_per_concept_mark_shares_fall_back_to_the_common_share():
+    assert ToyTrainingConfig(concept_mark_share=0.85).mark_shares() == {"bloody": 0.85, "zombie": 0.85}
+    assert ToyTrainingConfig(concept_mark_share=0.85, bloody_mark_share=0.7).mark_shares() == \
+        {"bloody": 0.7, "zombie": 0.85}
 
 
 def test_same_seed_reproduces_the_weights_and_the_output_loads(tmp_path):
