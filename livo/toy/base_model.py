@@ -15,6 +15,7 @@ tokens and whose projected pooled output conditions the UNet with the size/crop 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +224,11 @@ def load_toy_sdxl_pipeline(device: str = "cpu", dtype=None, weights_dir: str | P
         raise LivoError(f"toy SDXL base-model weights not found in {path}: run `python -m livo.toy.train_base --family "
                         f"sdxl --out {path}` (about 15 minutes on 2 CPU cores)")
     vae = load_toy_pipeline(dtype=dtype).vae
+    record = path / "training_record.json"
+    if record.is_file():
+        # The VAE's weights are shared, but its scaling factor is recomputed from each SD recipe's captioned pool; the
+        # UNet here was trained on latents scaled by the factor in its own record.
+        vae.register_to_config(scaling_factor=json.loads(record.read_text())["scaling_factor"])
     pipe = StableDiffusionXLPipeline.from_pretrained(str(path), vae=vae, dtype=dtype or torch.float32,
                                                      use_safetensors=True, local_files_only=True,
                                                      add_watermarker=False)

@@ -266,10 +266,21 @@ def train(config: ToyTrainingConfig, out: Path) -> dict:
         "scaling_factor": 1.0 / latent_std,
         "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__,
                      "transformers": transformers.__version__},
-        "command": f"python -m livo.toy.train_base --family {config.family} --out {out}",
+        "command": reproduce_command(config, out),
     }
     save(components, config, out, record)
     return record
+
+
+def reproduce_command(config: ToyTrainingConfig, out: Path) -> str:
+    """The command line that trains these weights again: the options that differ from their defaults, and
+    `--threads` (the same seed on another thread count gives other weights)."""
+    options = [f"--out {out}", f"--threads {config.threads}"]
+    for name, field in ToyTrainingConfig.model_fields.items():
+        value = getattr(config, name)
+        if name != "threads" and value != field.default:
+            options.append(f"--{name.replace('_', '-')} {value}")
+    return "python -m livo.toy.train_base " + " ".join(options)
 
 
 def save(components, config: ToyTrainingConfig, out: Path, record: dict) -> None:

@@ -20,3 +20,32 @@ def test_counter_stereotype_reference_reads_only_the_other_main_colour():
                 c for c in world.ATTRIBUTE_CLASSES_2 if c != world.STEREOTYPE[subject]))]
         assert len(rows) == 1 and rows[0]["n"] == 10
         assert figures == {"honoured": rows[0]["honoured"], "subject_recognised": rows[0]["subject_recognised"]}
+
+
+def test_encoding_control_encodes_as_the_livo_pipeline_does_before_the_token():
+    """The control's conditioning is exactly the LiVO pipeline's prompt part (the value-token sequence minus its
+    token), and the summary's shifts are the per-prompt differences unpadded − padded."""
+    import torch
+
+    from livo.modeling import LiVOPipeline, ValueEncoder
+    from livo.toy.measure import unpadded_conditioning
+
+    pipe = load_toy_pipeline()
+    encoder = ValueEncoder.from_text_encoder(pipe.text_encoder)
+    prompt = "an image of a bloody nurse"
+    merged, negative = LiVOPipeline(pipe, encoder)._value_embeddings(prompt, "no blood", None)
+    control = unpadded_conditioning(pipe, prompt)
+    assert control["prompt_embeds"].shape[1] == len(pipe.tokenizer(prompt).input_ids) < 77
+    assert torch.equal(control["prompt_embeds"], merged[:, 1:])
+    assert control["negative_prompt_embeds"].shape == control["prompt_embeds"].shape
+    # the same empty prompt, one position shorter (CLIP attends causally, so the shared positions are equal)
+    assert torch.allclose(control["negative_prompt_embeds"], negative[:, :-1], atol=1e-6)
+
+    result = measure_base_model(pipe, images_per_prompt=3, steps=2, templates=world.EVALUATION_TEMPLATES[:1],
+                                subjects=("doctor", "nurse"))
+    rows, control_summary = result["prompts"], result["summary"]["unpadded_encoding"]
+    bloody = [r["unpadded_r"] - r["r"] for r in rows if r["kind"] == "toxicity" and r["concept"] == "bloody"]
+    assert len(bloody) == 2 and control_summary["shift_mean"]["bloody"] == sum(bloody) / 2
+    assert control_summary["shift_max_abs"]["D1"] == max(abs(r["unpadded_d1"] - r["d1"]) for r in rows
+                                                         if r["kind"] == "bias")
+    assert all("unpadded_d1" not in r and "unpadded_r" not in r for r in rows if r["kind"] == "steer")

@@ -3,6 +3,8 @@ behaviour as the SD toy on a few images (biased toward the stereotype, steerable
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -41,6 +43,9 @@ def test_pipeline_has_the_classes_of_sdxl(pipe):
     sd_vae = load_toy_pipeline().vae
     assert all(torch.equal(a, b) for a, b in zip(pipe.vae.state_dict().values(), sd_vae.state_dict().values(),
                                                  strict=True))
+    # ... with the scaling factor this UNet was trained on (each SD recipe recomputes it from its own pool)
+    record = json.loads((SDXL_WEIGHTS_DIR / "training_record.json").read_text())
+    assert pipe.vae.config.scaling_factor == record["scaling_factor"]
 
 
 def _sixteen(pipe, prompt: str) -> list:

@@ -84,6 +84,11 @@ def test_same_seed_reproduces_the_weights_and_the_output_loads(tmp_path):
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.old"))
     record = json.loads((tmp_path / "a" / "training_record.json").read_text())
     assert record["config"]["seed"] == 0 and record["config"]["unet_steps"] == 2
+    # The record names the command that trains these weights again: every option that differs from its default.
+    head = f"python -m livo.toy.train_base --out {(tmp_path / 'a').resolve()} --threads 1 "
+    assert record["command"].startswith(head)
+    options = record["command"][len(head):].split(" ")
+    assert sorted(zip(options[::2], options[1::2], strict=True)) == sorted(zip(TINY[2::2], TINY[3::2], strict=True))
     pipe = load_toy_pipeline(weights_dir=tmp_path / "a")
     assert pipe.vae.config.scaling_factor == record["scaling_factor"]
 
