@@ -113,19 +113,22 @@ def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
     """The numbers the curves need from one metrics.json: D1 per bias principle, R per toxicity principle, and subject
     fidelity per principle (all images; value-token images; images without it) and per split (seen / unseen)."""
     out: dict[str, Any] = {"bias": {}, "toxicity": {}, "base_bias": {}, "base_toxicity": {}, "fidelity": {},
-                           "splits": {}}
+                           "splits": {}, "control": {}}
     for pid, entry in metrics["principles"].items():
         if not entry.get("available"):
             continue
         key, metric = ("bias", "D1") if entry["kind"] == "bias" else ("toxicity", "R")
         out[key][pid] = entry["aligned"][metric]
         out[f"base_{key}"][pid] = entry["base"][metric]
+        if "control" in entry:  # the encoding control: the base model, unpadded, on the token images' seeds
+            out["control"][pid] = entry["control"][metric]
         if entry.get("subject_fidelity"):
             out["fidelity"][pid] = {part: entry["subject_fidelity"][part] for part in ("all", "token", "no_token")}
             out["fidelity_judge"] = entry["subject_fidelity"]["judge"]
         for split, block in (entry.get("splits") or {}).items():
             out["splits"].setdefault(pid, {})[split] = {
                 "metric": metric, "base": block["base"][metric], "aligned": block["aligned"][metric],
+                "control": block["control"][metric] if "control" in block else None,
                 "fidelity": ({part: block["subject_fidelity"][part] for part in ("all", "token", "no_token")}
                              if block.get("subject_fidelity") else None)}
     # The LiVO-vs-DPO curves (docs/convergence.md, issue 9) plot one quality number: subject fidelity over every
@@ -535,8 +538,11 @@ def study_table(results: dict[str, Any]) -> str:
                 pairs = entry["dataset"].get("pairs", {}).get(pid, {})
                 ok = aligned <= TARGET and (ratio is None or ratio >= RATIO_TARGET)
                 no_token = fid.get("no_token") or {}
+                control = last.get("control", {}).get(pid)
+                control_cell = "" if control is None else f" (control {_pct(control)})"
                 lines.append(
-                    f"| {entry['seed']} | {pid} | {metric} {_pct(start[f'base_{kind}'][pid])} → {_pct(aligned)} | "
+                    f"| {entry['seed']} | {pid} | {metric} {_pct(start[f'base_{kind}'][pid])} → {_pct(aligned)}"
+                    f"{control_cell} | "
                     f"{split_cells[0]} | {split_cells[1]} | {_pct(token.get('base'))} → {_pct(token.get('aligned'))}"
                     f" ({_pct(100 * ratio) if ratio is not None else '–'} %) | {split_ratio} | {named_cell} | "
                     f"{_pct(no_token.get('base'))} → {_pct(no_token.get('aligned'))} | "

@@ -746,9 +746,7 @@ class LiVOPipeline:
         if is_sdxl(self.base):
             return self._sdxl_value_embeddings(prompt, principle_text, negative_prompt)
         tokenizer, text_encoder = self.base.tokenizer, self.base.text_encoder
-        ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length - self.value_encoder.value_tokens,
-                        return_tensors="pt").input_ids.to(self.device)
-        prompt_embeds = text_encoder(input_ids=ids)[0]
+        prompt_embeds = self._unpadded_prompt_embeds(prompt)
         value_ids = tokenize_value_inputs(tokenizer, [principle_text], [prompt]).to(self.device)
         value_out = self.value_encoder(value_ids)
         value_vec, shift = value_out if isinstance(value_out, tuple) else (value_out, None)
@@ -758,6 +756,30 @@ class LiVOPipeline:
         if shift is not None:  # the time-embedding head: applied to the conditional branch in `generate`
             return merged, text_encoder(input_ids=neg_ids)[0], shift
         return merged, text_encoder(input_ids=neg_ids)[0]
+
+    def _unpadded_prompt_embeds(self, prompt: str) -> torch.Tensor:
+        """The SD prompt part of the value-token sequence: unpadded, truncated to leave room for the value tokens."""
+        tokenizer = self.base.tokenizer
+        room = getattr(self.value_encoder, "value_tokens", 1)
+        ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length - room,
+                        return_tensors="pt").input_ids.to(self.device)
+        return self.base.text_encoder(input_ids=ids)[0]
+
+    @torch.no_grad()
+    def unpadded_embeddings(self, prompt: str, negative_prompt: str | None = None) -> tuple[torch.Tensor, ...]:
+        """The encoding control: `prompt` encoded as the value-token path encodes it, without the token —
+        `(prompt_embeds, negative_embeds)` (SDXL adds `(pooled, negative_pooled)`). The base model on these
+        separates what the shorter, unpadded sequence does from what the token does (docs/evaluation.md)."""
+        if is_sdxl(self.base):
+            tokens, pooled = self._sdxl_tokens(prompt, None)
+            negative, negative_pooled = self._sdxl_tokens(negative_prompt or "", tokens.shape[1])
+            if not negative_prompt and getattr(self.base.config, "force_zeros_for_empty_prompt", False):
+                negative, negative_pooled = torch.zeros_like(negative), torch.zeros_like(negative_pooled)
+            return tokens, negative, pooled, negative_pooled
+        prompt_embeds = self._unpadded_prompt_embeds(prompt)
+        neg_ids = self.base.tokenizer(negative_prompt or "", padding="max_length", max_length=prompt_embeds.shape[1],
+                                      truncation=True, return_tensors="pt").input_ids.to(self.device)
+        return prompt_embeds, self.base.text_encoder(input_ids=neg_ids)[0]
 
     def _sdxl_tokens(self, text: str, length: int | None):
         """`sdxl_encode` of `text`, unpadded (`length` None, at most 76 tokens) or padded to `length`."""
@@ -799,12 +821,15 @@ class LiVOPipeline:
         width: int | None = None,
         batch_size: int = 8,
         progress: bool = False,
+        unpadded: bool = False,
     ) -> LiVOGeneration:
         """Generate `num_images_per_prompt` images per prompt.
 
         `principles`: None, one principle (text or `Principle`) for every prompt, or one per prompt (None allowed).
         `inference_dropout`: share of images generated without the token; None = each `Principle`'s own
         `inference_dropout` (0 for plain texts). Image i of the flattened grid uses `seeds[i]`, else `seed + i`.
+        `unpadded`: images without the token use the encoding control (`unpadded_embeddings`) instead of the base
+        pipeline's padded encoding.
         """
         prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompt_list:
@@ -836,7 +861,7 @@ class LiVOPipeline:
         call_kwargs = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height,
                            width=width, output_type="pil")
         images: list[Any] = [None] * total
-        plain = [j for j in jobs if j[2] is None]
+        plain = [j for j in jobs if j[2] is None and not unpadded]
         for start in range(0, len(plain), batch_size):
             chunk = plain[start:start + batch_size]
             out = self.base(
@@ -851,12 +876,14 @@ class LiVOPipeline:
         # Images with the token: batch those whose merged sequences have the same length (no padding is added).
         cache: dict[tuple[str, str], tuple[torch.Tensor, ...]] = {}
         by_length: dict[int, list[tuple[int, str, str]]] = {}
-        for job in (j for j in jobs if j[2] is not None):
+        # The encoding control's images (`unpadded`) go the same way, keyed with no principle and with no value hooks.
+        for job in (j for j in jobs if j[2] is not None or unpadded):
             key = (job[1], job[2])
             if key not in cache:
-                cache[key] = self._value_embeddings(job[1], job[2], negative_prompt)
-            by_length.setdefault(cache[key][0].shape[1], []).append(job)
-        for group in by_length.values():
+                cache[key] = (self._value_embeddings(job[1], job[2], negative_prompt) if job[2] is not None
+                              else self.unpadded_embeddings(job[1], negative_prompt))
+            by_length.setdefault((cache[key][0].shape[1], job[2] is None), []).append(job)
+        for (_, control), group in by_length.items():
             for start in range(0, len(group), batch_size):
                 chunk = group[start:start + batch_size]
                 embeds = [cache[(j[1], j[2])] for j in chunk]
@@ -864,8 +891,9 @@ class LiVOPipeline:
                            "negative_pooled_prompt_embeds": torch.cat([e[3] for e in embeds])}
                           if len(embeds[0]) == 4 else {})
                 shift = torch.cat([e[2] for e in embeds]) if len(embeds[0]) == 3 else None
+                additive = None if control else additive_tokens(self.value_encoder)
                 with (shifted_time_embedding(self.base.unet, shift, guided=True),
-                      additive_value_attention(self.base.unet, additive_tokens(self.value_encoder), rows=len(chunk))):
+                      additive_value_attention(self.base.unet, additive, rows=len(chunk))):
                     out = self.base(
                         prompt_embeds=torch.cat([e[0] for e in embeds]),
                         negative_prompt_embeds=torch.cat([e[1] for e in embeds]),

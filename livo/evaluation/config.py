@@ -148,6 +148,11 @@ class EvaluationConfig(LivoConfig):
     judges: JudgeSelection = JudgeSelection()
     quality: QualityConfig = QualityConfig()
     gates: GateConfig = GateConfig()
+    encoding_control: bool = Field(
+        True, description="also draw, on each value-token image's seed, the base model's image of the prompt encoded "
+                          "as the token path encodes it (unpadded, LIVO_METHOD.md) without the token, and report the "
+                          "metrics on them as `control`: a base model that changes with the shorter sequence would "
+                          "otherwise credit the token with it (docs/evaluation.md)")
     report_images_per_principle: int = Field(8, ge=0, description="image pairs shown per principle in the report")
     cache_base_images: bool = Field(
         True, description="keep the base model's images on local disk by content hash and reuse them when nothing "

@@ -88,6 +88,9 @@ class PrincipleImages:
     # an under-represented class named, and that class — on value-token images of prompts naming a subject, else None
     named: list[Any] | None = None
     named_classes: list[str | None] | None = None
+    # the encoding control (`EvaluationConfig.encoding_control`): the base images with each value-token image replaced
+    # by the base model's image, same seed, of the prompt encoded as the token path encodes it, without the token
+    control: list[Any] | None = None
 
 
 @dataclass
@@ -245,8 +248,15 @@ def generate_images(pipeline: Any, plan: EvaluationPlan, config: EvaluationConfi
                                            inference_dropout=0.0, **generation)
             for i, image in zip(token_indices, with_token.images, strict=True):
                 aligned[i] = image
+        control = None
+        if token_indices and config.encoding_control:
+            control = list(base.images)
+            unpadded = pipeline.generate([base.prompts[i] for i in token_indices], None, num_images_per_prompt=1,
+                                         seeds=[base.seeds[i] for i in token_indices], unpadded=True, **generation)
+            for i, image in zip(token_indices, unpadded.images, strict=True):
+                control[i] = image
         out[item.id] = PrincipleImages(prompts=list(base.prompts), seeds=list(base.seeds), base=list(base.images),
-                                       aligned=aligned, used_value_token=mask)
+                                       aligned=aligned, used_value_token=mask, control=control)
     return out
 
 
@@ -315,7 +325,8 @@ def _score_principle(item: PrinciplePlan, images: PrincipleImages, config: Evalu
         entry.update(attribute=spec.attribute, classes=list(spec.classes))
     else:
         entry.update(concept=spec.concept, group_size=config.group_size, threshold=config.toxic_threshold)
-    for side in ("base", "aligned"):
+    sides = ("base", "aligned") + (("control",) if images.control is not None else ())
+    for side in sides:
         side_images = getattr(images, side)
         per_prompt: dict[str, dict[str, Any]] = {}
         if item.kind == "bias":
@@ -342,6 +353,11 @@ def _score_principle(item: PrinciplePlan, images: PrincipleImages, config: Evalu
         entry[side] = summary
     keys = BIAS_KEYS if item.kind == "bias" else TOXICITY_KEYS
     entry["improvement"] = {k: _round(entry["base"][k] - entry["aligned"][k]) for k in keys}
+    if "control" in entry:
+        # what the token did beyond the shorter encoding it rides on (base − control is what the encoding did)
+        entry["control"]["what"] = ("base model, same seeds as the value-token images, prompt encoded as the token "
+                                    "path encodes it (unpadded) without the token")
+        entry["improvement_over_control"] = {k: _round(entry["control"][k] - entry["aligned"][k]) for k in keys}
     entry["ci"] = _prompt_ci(entry, entry["prompts"], keys, config.seed)
     entry["ci_method"] = M.bootstrap_method(seed=config.seed, prompts=len(entry["prompts"]))
     correct = _subject_correct(plan, item, images, config)
@@ -373,9 +389,12 @@ def _score_principle(item: PrinciplePlan, images: PrincipleImages, config: Evalu
         for split in sorted(splits):
             texts = [p.text for p in item.prompts if p.split == split]
             block: dict[str, Any] = {"prompts": texts}
-            for side in ("base", "aligned"):
+            for side in sides:
                 block[side] = M.mean_of_dicts([{k: entry[side]["per_prompt"][t][k] for k in keys} for t in texts])
             block["improvement"] = {k: _round(block["base"][k] - block["aligned"][k]) for k in keys}
+            if "control" in block:
+                block["improvement_over_control"] = {k: _round(block["control"][k] - block["aligned"][k])
+                                                     for k in keys}
             block["ci"] = _prompt_ci(entry, texts, keys, config.seed)
             block["ci_method"] = M.bootstrap_method(seed=config.seed, prompts=len(texts))
             if correct is not None:
@@ -523,7 +542,8 @@ def run_evaluation(pipeline: Any, plan: EvaluationPlan, config: EvaluationConfig
     t2 = time.perf_counter()
     reused = set(base_cache.hits) if base_cache is not None else set()
     total_images = sum((0 if pid in reused else len(i.base)) + sum(i.used_value_token)
-                       + sum(image is not None for image in (i.named or [])) for pid, i in images.items())
+                       + sum(image is not None for image in (i.named or []))
+                       + (sum(i.used_value_token) if i.control is not None else 0) for pid, i in images.items())
     judges = {pid: {"judge": e.get("judge"), "judge_name": e.get("judge_name"), "available": e["available"],
                     **({"reason": e["reason"]} if not e["available"] else {})}
               for pid, e in principles_out.items()}

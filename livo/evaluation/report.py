@@ -38,6 +38,10 @@ def metric_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             base, aligned = entry["base"][key], entry["aligned"][key]
             rows.append({"section": pid, "metric": key, "base": base, "aligned": aligned, "change": aligned - base,
                          "judge": entry["judge"], "lower_is_better": True, **_row_ci(entry, key)})
+        if "control" in entry:  # the encoding control: what the unpadded encoding alone does to the headline metric
+            base, control = entry["base"][keys[0]], entry["control"][keys[0]]
+            rows.append({"section": pid, "metric": f"{keys[0]} (control)", "base": base, "aligned": control,
+                         "change": control - base, "judge": entry["judge"], "lower_is_better": True, "control": True})
         for split, block in (entry.get("splits") or {}).items():  # the headline metric on seen / unseen prompts
             base, aligned = block["base"][keys[0]], block["aligned"][keys[0]]
             rows.append({"section": pid, "metric": f"{keys[0]} ({split})", "base": base, "aligned": aligned,
@@ -287,8 +291,10 @@ def format_markdown(metrics: dict[str, Any], lineage: dict[str, Any] | None = No
         else:
             out.append(f"| {row['section']} | {row['metric']} | {_row_cell(row, 'base')} | "
                        f"{_row_cell(row, 'aligned')} | {_row_cell(row, 'change')} | `{row['judge']}` |")
-    out += ["", "Bias D1/D2 and toxicity R/S/Max/Prob are ×100, lower is better. FID is measured against the base "
-            "model's images of the same prompts and seeds." + (" " + ci_method_text(metrics)
+    out += ["", "Bias D1/D2 and toxicity R/S/Max/Prob are ×100, lower is better. A `(control)` row's second number "
+            "is the base model with the prompt encoded as the value-token path encodes it (unpadded), without the "
+            "token: what the encoding alone does. FID is measured against the base model's images of the same "
+            "prompts and seeds." + (" " + ci_method_text(metrics)
                                                                if ci_method_text(metrics) else ""), ""]
     fidelity = subject_fidelity_rows(metrics)
     if fidelity:
@@ -826,7 +832,8 @@ def kfp_metrics(metrics: dict[str, Any]) -> dict[str, float]:
             value = row[side]
             if value is not None and math.isfinite(value):
                 metric = row["metric"].replace(" (", ".").rstrip(")")  # "D1 (seen)" -> "D1.seen"
-                flat[f"{row['section']}.{metric}.{side} [{row['judge']}]"] = float(value)
+                label = "control" if row.get("control") and side == "aligned" else side  # "R.control.control"
+                flat[f"{row['section']}.{metric}.{label} [{row['judge']}]"] = float(value)
     for row in subject_fidelity_rows(metrics):
         for side in ("base", "aligned", "named"):
             value = row["token"][side]

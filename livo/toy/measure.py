@@ -39,31 +39,13 @@ def generate(pipe, prompt: str, count: int, seed: int, steps: int, guidance: flo
 
 
 def unpadded_conditioning(pipe, prompt: str) -> dict[str, Any]:
-    """The pipeline keyword arguments for `prompt` encoded as `LiVOPipeline` encodes it before it prepends the value
-    token (unpadded, at most 76 tokens), with the empty negative at the same length."""
-    import torch
+    """The pipeline keyword arguments for `prompt` under the encoding control (`LiVOPipeline.unpadded_embeddings`:
+    unpadded as the value-token path encodes it, the empty negative at the same length)."""
+    from livo.modeling import LiVOPipeline
 
-    from livo.modeling import is_sdxl, sdxl_encode
-
-    def tokens(text: str, length: int | None):
-        ids = []
-        for tokenizer in (pipe.tokenizer, pipe.tokenizer_2) if is_sdxl(pipe) else (pipe.tokenizer,):
-            padding = "max_length" if length else False
-            ids.append(tokenizer(text, padding=padding, truncation=True,
-                                 max_length=length or tokenizer.model_max_length - 1,
-                                 return_tensors="pt").input_ids.to(pipe.device))
-        return ids
-
-    with torch.no_grad():
-        prompt_ids = tokens(prompt, None)
-        negative_ids = tokens("", prompt_ids[0].shape[1])
-        if is_sdxl(pipe):
-            (embeds, pooled), (negative, negative_pooled) = (sdxl_encode(pipe.text_encoder, pipe.text_encoder_2, *ids)
-                                                              for ids in (prompt_ids, negative_ids))
-            return {"prompt_embeds": embeds, "negative_prompt_embeds": negative, "pooled_prompt_embeds": pooled,
-                    "negative_pooled_prompt_embeds": negative_pooled}
-        return {"prompt_embeds": pipe.text_encoder(prompt_ids[0])[0],
-                "negative_prompt_embeds": pipe.text_encoder(negative_ids[0])[0]}
+    embeds = LiVOPipeline(pipe).unpadded_embeddings(prompt)
+    keys = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+    return dict(zip(keys[:len(embeds)], embeds, strict=True))
 
 
 def generate_unpadded(pipe, prompt: str, count: int, seed: int, steps: int, guidance: float,

@@ -31,7 +31,8 @@ def _metrics(gender_token_aligned):
             "gender-equality": principle("bias", "D1", 97.5, 27.5, _fidelity(97.5, gender_token_aligned), {
                 "seen": {"base": {"D1": 95.0}, "aligned": {"D1": 5.0}, "subject_fidelity": _fidelity(100.0, 60.0)},
                 "unseen": {"base": {"D1": 100.0}, "aligned": {"D1": 50.0}, "subject_fidelity": _fidelity(95.0, 95.0)}}),
-            "bloody": principle("toxicity", "R", 97.5, 2.5, _fidelity(30.0, 80.0, 40), {}),
+            "bloody": {**principle("toxicity", "R", 97.5, 2.5, _fidelity(30.0, 80.0, 40), {}),
+                       "control": {"R": 45.0}},
         },
         "quality": {"FID": {"aligned": 1.5}}, "timing": {"generation_s": 1.0},
     }
@@ -42,10 +43,12 @@ def test_summarize_keeps_fidelity_per_principle_and_split():
     assert point["bias"] == {"gender-equality": 27.5} and point["toxicity"] == {"bloody": 2.5}
     assert point["fidelity"]["gender-equality"]["token"]["aligned"] == 62.5
     assert point["splits"]["gender-equality"]["unseen"] == {
-        "metric": "D1", "base": 100.0, "aligned": 50.0, "fidelity": {
+        "metric": "D1", "base": 100.0, "aligned": 50.0, "control": None, "fidelity": {
             "all": {"images": 20, "base": 95.0, "aligned": 95.0}, "token": {"images": 20, "base": 95.0,
                                                                              "aligned": 95.0},
             "no_token": {"images": 0, "base": None, "aligned": None}}}
+    # The encoding control, where the evaluation drew it: the base model unpadded on the token images' seeds.
+    assert point["control"] == {"bloody": 45.0}
     # The pooled number of the older LiVO-vs-DPO curves is the image-weighted mean of the principles' "all" blocks.
     assert point["subject_fidelity"] == pytest.approx((62.5 * 20 + 80.0 * 40) / 60)
     assert convergence.fidelity_ratio({"images": 20, "base": 97.5, "aligned": 62.5}) == pytest.approx(0.641, abs=1e-3)
@@ -63,6 +66,7 @@ def test_study_table_marks_a_principle_whose_token_damages_the_subject():
     bloody = next(line for line in lines if "| bloody |" in line)
     assert "97.5 → 62.5 (64.1 %)" in gender and "60.0 / 100.0" in gender and "97.7 / 95.3" in gender
     assert gender.endswith("**no** |") and bloody.endswith("yes |")  # D1 27.5 > 20 and ratio 0.64 < 0.9
+    assert "| R 97.5 → 2.5 (control 45.0) |" in bloody and "(control" not in gender
 
 
 def test_summary_line_carries_command_hardware_and_load_for_both_kinds():

@@ -54,11 +54,12 @@ def test_a_second_evaluation_reads_the_base_images_and_gives_the_same_metrics(ti
     assert first.metrics["base_image_cache"]["misses"] == ["gender-equality", "bloody"]
     assert first.metrics["base_image_cache"]["hits"] == []
     token_images = sum(sum(i.used_value_token) for i in first.images.values())
-    assert first.metrics["timing"]["images_generated"] == 16 + token_images  # 2 principles × 2 prompts × 4
+    # 2 principles × 2 prompts × 4 base images; each value-token image and its encoding control (not cached)
+    assert first.metrics["timing"]["images_generated"] == 16 + 2 * token_images
 
     second = evaluate(tiny_pipeline, tmp_path, monkeypatch)
     assert second.metrics["base_image_cache"]["hits"] == ["gender-equality", "bloody"]
-    assert second.metrics["timing"]["images_generated"] == token_images
+    assert second.metrics["timing"]["images_generated"] == 2 * token_images
     for principle in ("gender-equality", "bloody"):
         np.testing.assert_array_equal(pixels(second, principle), pixels(first, principle))
         assert second.images[principle].seeds == first.images[principle].seeds
