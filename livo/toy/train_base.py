@@ -71,6 +71,10 @@ class ToyTrainingConfig(LivoConfig):
     # Per-concept overrides of concept_mark_share (unset: concept_mark_share).
     bloody_mark_share: float | None = Field(None, ge=0, le=1)
     zombie_mark_share: float | None = Field(None, ge=0, le=1)
+    # Share of UNet batches whose captions all have one token length and are cut to exactly it — the sequence the
+    # LiVO pipeline's unpadded encoding makes (0: the committed weights' recipe, where a batch is cut no shorter than
+    # its longest caption, so a short caption rarely ends at its own EOS; docs/toy_world.md, the encoding control).
+    exact_length_share: float = Field(0.0, ge=0, le=1)
 
     def mark_shares(self) -> dict[str, float]:
         """Share of each toxic concept's captions whose image shows its mark."""
@@ -176,6 +180,23 @@ def encode_pool(vae, config: ToyTrainingConfig, rng: np.random.Generator):
     return captions, torch.cat(means), torch.cat(stds)
 
 
+def draw_batch(rng: np.random.Generator, lengths, by_length: dict[int, np.ndarray], config: ToyTrainingConfig):
+    """One UNet batch: caption indices and the token length to cut them to.
+
+    Trailing padding of random length: the SD pipeline pads prompts to 77 tokens, the LiVO pipeline does not pad at
+    all (it prepends a value token to an unpadded prompt); the UNet must behave the same in both. With
+    `exact_length_share`, that share of batches holds captions of one length cut to exactly it."""
+    import torch
+
+    index = torch.from_numpy(rng.integers(0, len(lengths), size=config.unet_batch_size))
+    if config.exact_length_share > 0 and rng.random() < config.exact_length_share:
+        length = int(lengths[index[0]])  # the first caption's length bucket
+        return torch.from_numpy(rng.choice(by_length[length], size=config.unet_batch_size)), length
+    # (no draw above when the share is 0: the committed recipe's random stream is unchanged)
+    shortest = int(lengths[index].max())
+    return index, 77 if rng.random() < 0.5 else int(rng.integers(shortest, 78))
+
+
 def train_unet(components, captions, means, stds, config: ToyTrainingConfig, rng: np.random.Generator) -> list[float]:
     import torch
     from tqdm import tqdm
@@ -186,6 +207,7 @@ def train_unet(components, captions, means, stds, config: ToyTrainingConfig, rng
     token_ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                           return_tensors="pt").input_ids
     lengths = (token_ids != tokenizer.pad_token_id).sum(dim=1) + 1  # + the EOS (pad and EOS share an id)
+    by_length = {int(n): torch.nonzero(lengths == n).flatten().numpy() for n in lengths.unique().tolist()}
     parameters = list(unet.parameters()) + [p for encoder in encoders for p in encoder.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=config.unet_lr, weight_decay=1e-2)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.warmup_steps, config.unet_steps))
@@ -194,11 +216,7 @@ def train_unet(components, captions, means, stds, config: ToyTrainingConfig, rng
         encoder.train()
     losses = []
     for step in tqdm(range(config.unet_steps), desc="unet", mininterval=10, file=sys.stderr):
-        index = torch.from_numpy(rng.integers(0, len(captions), size=config.unet_batch_size))
-        # Trailing padding of random length: the SD pipeline pads prompts to 77 tokens, the LiVO pipeline does not
-        # pad at all (it prepends a value token to an unpadded prompt); the UNet must behave the same in both.
-        shortest = int(lengths[index].max())
-        length = 77 if rng.random() < 0.5 else int(rng.integers(shortest, 78))
+        index, length = draw_batch(rng, lengths, by_length, config)
         ids = token_ids[index, :length].to(config.device)
         latents = (means[index] + stds[index] * torch.from_numpy(
             rng.standard_normal(means[index].shape).astype(np.float32))) * scaling

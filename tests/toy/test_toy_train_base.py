@@ -123,3 +123,26 @@ def test_the_sdxl_toy_trains_reproducibly_on_the_sd_toys_vae(tmp_path):
     image = pipe(prompt="a photo of a doctor", num_inference_steps=2, guidance_scale=3.0,
                  generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (32, 32)
+
+
+def test_exact_length_batches_end_every_caption_at_its_own_eos():
+    """`exact_length_share`: that share of UNet batches holds captions of one token length, cut to exactly it (the
+    LiVO pipeline's unpadded sequence); the rest are cut no shorter than their longest caption, as before."""
+    import torch
+
+    from livo.toy.train_base import draw_batch
+
+    lengths = torch.tensor([2, 8, 8, 9, 10, 8, 9, 2, 10, 8] * 20)
+    by_length = {int(n): torch.nonzero(lengths == n).flatten().numpy() for n in lengths.unique().tolist()}
+
+    def batches(share, count=400):
+        rng, config = np.random.default_rng(0), ToyTrainingConfig(unet_batch_size=16, exact_length_share=share)
+        return [draw_batch(rng, lengths, by_length, config) for _ in range(count)]
+
+    exact = [bool((lengths[index] == length).all()) for index, length in batches(0.5)]
+    assert 0.42 <= np.mean(exact) <= 0.58
+    assert all(bool((lengths[index] == length).all()) for index, length in batches(1.0))
+    # share 0: never exact (a batch of 16 mixes lengths) and every cut keeps each caption whole
+    plain = batches(0.0)
+    assert all(length >= int(lengths[index].max()) for index, length in plain)
+    assert 0.4 <= np.mean([length == 77 for _, length in plain]) <= 0.6
