@@ -63,6 +63,23 @@ def test_pipeline_adds_the_token_and_leaves_plain_images_bit_identical(sdxl):
     assert not np.array_equal(np.asarray(with_token.images[0]), np.asarray(plain.images[0]))  # the token is read
 
 
+def test_encoding_control_is_the_token_sequence_without_the_token(sdxl):
+    """SDXL's encoding control: the token path's unpadded tokens and the prompt's own pooled output (the token is the
+    only change candidate (a) makes), the negative at the same length; `generate(unpadded=True)` draws from them."""
+    pipe = LiVOPipeline(sdxl, value_encoder_for(sdxl, sdxl_shift_pooled=False))
+    prompt = "a photo of a bloody doctor"
+    tokens, negative, pooled, negative_pooled = pipe.unpadded_embeddings(prompt)
+    merged, value_negative, value_pooled, _ = pipe._sdxl_value_embeddings(prompt, "no blood", None)
+    assert torch.equal(tokens, merged[:, 1:]) and torch.equal(pooled, value_pooled)
+    assert negative.shape == tokens.shape and negative_pooled.shape == pooled.shape
+    assert tokens.shape[1] == len(sdxl.tokenizer(prompt).input_ids) < 77
+    control = pipe.generate([prompt], None, seeds=[5], unpadded=True, **STEPS).images[0]
+    direct = sdxl(prompt_embeds=tokens, negative_prompt_embeds=negative, pooled_prompt_embeds=pooled,
+                  negative_pooled_prompt_embeds=negative_pooled, generator=[torch.Generator().manual_seed(5)],
+                  num_inference_steps=4, guidance_scale=3.0, height=32, width=32).images[0]
+    assert np.array_equal(np.asarray(control), np.asarray(direct))
+
+
 def test_a_value_encoder_of_the_other_family_is_refused(sdxl):
     from livo.toy.base_model import load_toy_pipeline
 
