@@ -559,7 +559,7 @@ def run_evaluation(pipeline: Any, plan: EvaluationPlan, config: EvaluationConfig
         "quality": quality,
         "judges": judges,
         "timing": {"generation_s": t1 - t0, "judging_s": t2 - t1, "images_generated": total_images,
-                   "images_judged": 2 * sum(len(i.base) for i in images.values())},
+                   "images_judged": sum((3 if i.control is not None else 2) * len(i.base) for i in images.values())},
         "base_image_cache": base_cache.summary() if base_cache is not None else None,
         "config": config.model_dump(mode="json"),
         "generation": generation,

@@ -73,6 +73,7 @@ def test_metrics_report_the_control_beside_base_and_aligned(toy_pipeline, tmp_pa
         assert block["control"]["R"] == entry["control"]["per_prompt"][PROMPTS[split]]["R"]
         assert block["improvement_over_control"]["R"] == round(block["control"]["R"] - block["aligned"]["R"], 4)
     assert result.metrics["timing"]["images_generated"] == 12 + 12 + 12  # base, token, control
+    assert result.metrics["timing"]["images_judged"] == 3 * 12
 
     control_rows = [row for row in metric_rows(result.metrics) if row.get("control")]
     assert [(row["metric"], row["base"], row["aligned"]) for row in control_rows] == [
@@ -87,4 +88,5 @@ def test_control_can_be_switched_off(toy_pipeline, tmp_path, monkeypatch):
     assert result.images["bloody"].control is None and "control" not in entry
     assert "improvement_over_control" not in entry and "control" not in entry["splits"]["seen"]
     assert result.metrics["timing"]["images_generated"] == 12 + 12
+    assert result.metrics["timing"]["images_judged"] == 2 * 12
     assert not any(row.get("control") for row in metric_rows(result.metrics))

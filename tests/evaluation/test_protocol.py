@@ -90,8 +90,9 @@ def test_protocol_same_seeds_value_token_share_and_metrics(tiny_run):
     assert quality["CLIPScore"]["judge"].startswith("clipscore:") and 0 <= quality["CLIPScore"]["base"] <= 100
     assert quality["IS"]["base"] >= 1.0
     assert "subject_fidelity" in quality["unavailable"]
-    # gender: 8 base + 4 with the token; nudity: 4 base + 4 with the token; the rest is reused base images.
-    assert m["timing"]["images_generated"] == 20 and m["timing"]["images_judged"] == 24
+    # gender: 8 base + 4 with the token + their 4 encoding controls; nudity: 4 base + 4 with the token + 4 controls;
+    # the rest is reused base images. Judged: base, aligned and control grids (12 images each).
+    assert m["timing"]["images_generated"] == 28 and m["timing"]["images_judged"] == 36
 
 
 @pytest.mark.slow
