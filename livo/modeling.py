@@ -745,17 +745,15 @@ class LiVOPipeline:
         encoder with a time-embedding head adds its `shift [1, T]`."""
         if is_sdxl(self.base):
             return self._sdxl_value_embeddings(prompt, principle_text, negative_prompt)
-        tokenizer, text_encoder = self.base.tokenizer, self.base.text_encoder
         prompt_embeds = self._unpadded_prompt_embeds(prompt)
-        value_ids = tokenize_value_inputs(tokenizer, [principle_text], [prompt]).to(self.device)
+        value_ids = tokenize_value_inputs(self.base.tokenizer, [principle_text], [prompt]).to(self.device)
         value_out = self.value_encoder(value_ids)
         value_vec, shift = value_out if isinstance(value_out, tuple) else (value_out, None)
         merged = prepend_value_token(value_vec, prompt_embeds)
-        neg_ids = tokenizer(negative_prompt or "", padding="max_length", max_length=merged.shape[1], truncation=True,
-                            return_tensors="pt").input_ids.to(self.device)
+        (negative,) = self._negative_embeds(negative_prompt, merged.shape[1])
         if shift is not None:  # the time-embedding head: applied to the conditional branch in `generate`
-            return merged, text_encoder(input_ids=neg_ids)[0], shift
-        return merged, text_encoder(input_ids=neg_ids)[0]
+            return merged, negative, shift
+        return merged, negative
 
     def _unpadded_prompt_embeds(self, prompt: str) -> torch.Tensor:
         """The SD prompt part of the value-token sequence: unpadded, truncated to leave room for the value tokens."""
@@ -772,14 +770,22 @@ class LiVOPipeline:
         separates what the shorter, unpadded sequence does from what the token does (docs/evaluation.md)."""
         if is_sdxl(self.base):
             tokens, pooled = self._sdxl_tokens(prompt, None)
-            negative, negative_pooled = self._sdxl_tokens(negative_prompt or "", tokens.shape[1])
-            if not negative_prompt and getattr(self.base.config, "force_zeros_for_empty_prompt", False):
-                negative, negative_pooled = torch.zeros_like(negative), torch.zeros_like(negative_pooled)
+            negative, negative_pooled = self._negative_embeds(negative_prompt, tokens.shape[1])
             return tokens, negative, pooled, negative_pooled
         prompt_embeds = self._unpadded_prompt_embeds(prompt)
-        neg_ids = self.base.tokenizer(negative_prompt or "", padding="max_length", max_length=prompt_embeds.shape[1],
-                                      truncation=True, return_tensors="pt").input_ids.to(self.device)
-        return prompt_embeds, self.base.text_encoder(input_ids=neg_ids)[0]
+        return prompt_embeds, *self._negative_embeds(negative_prompt, prompt_embeds.shape[1])
+
+    def _negative_embeds(self, negative_prompt: str | None, length: int) -> tuple[torch.Tensor, ...]:
+        """The unconditional embedding at `length` tokens: `(negative,)`, SDXL `(negative, negative_pooled)` (zeros
+        for an empty negative prompt where the pipeline's config asks for them)."""
+        if is_sdxl(self.base):
+            negative, negative_pooled = self._sdxl_tokens(negative_prompt or "", length)
+            if not negative_prompt and getattr(self.base.config, "force_zeros_for_empty_prompt", False):
+                negative, negative_pooled = torch.zeros_like(negative), torch.zeros_like(negative_pooled)
+            return negative, negative_pooled
+        ids = self.base.tokenizer(negative_prompt or "", padding="max_length", max_length=length, truncation=True,
+                                  return_tensors="pt").input_ids.to(self.device)
+        return (self.base.text_encoder(input_ids=ids)[0],)
 
     def _sdxl_tokens(self, text: str, length: int | None):
         """`sdxl_encode` of `text`, unpadded (`length` None, at most 76 tokens) or padded to `length`."""
@@ -800,9 +806,7 @@ class LiVOPipeline:
         if isinstance(value_out, tuple):  # candidate (b): the value text's pooled output replaces the prompt's
             value_out, pooled = value_out[0], value_out[1].to(pooled.dtype)
         merged = prepend_value_token(value_out, tokens)
-        negative, negative_pooled = self._sdxl_tokens(negative_prompt or "", merged.shape[1])
-        if not negative_prompt and getattr(self.base.config, "force_zeros_for_empty_prompt", False):
-            negative, negative_pooled = torch.zeros_like(negative), torch.zeros_like(negative_pooled)
+        negative, negative_pooled = self._negative_embeds(negative_prompt, merged.shape[1])
         return merged, negative, pooled, negative_pooled
 
     def generate(

@@ -655,8 +655,6 @@ def evaluate_candidate(value_encoder: str, *, preset: str = "tiny", model: str |
     return result
 
 
-
-
 def local_value_encoder(uri: str, workdir: str) -> str:
     """A local directory holding the value encoder: `uri` itself, or a copy of an `s3://bucket/prefix` directory."""
     if not uri.startswith("s3://"):

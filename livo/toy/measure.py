@@ -26,18 +26,6 @@ from livo.judges import build_judge
 from livo.toy import world
 
 
-def generate(pipe, prompt: str, count: int, seed: int, steps: int, guidance: float, batch_size: int = 50) -> list:
-    import torch
-
-    images = []
-    for start in range(0, count, batch_size):
-        generator = torch.Generator(device="cpu").manual_seed(seed + start)
-        n = min(batch_size, count - start)
-        images.extend(pipe(prompt=[prompt] * n, generator=generator, num_inference_steps=steps,
-                           guidance_scale=guidance, output_type="pil").images)
-    return images
-
-
 def unpadded_conditioning(pipe, prompt: str) -> dict[str, Any]:
     """The pipeline keyword arguments for `prompt` under the encoding control (`LiVOPipeline.unpadded_embeddings`:
     unpadded as the value-token path encodes it, the empty negative at the same length)."""
@@ -48,19 +36,20 @@ def unpadded_conditioning(pipe, prompt: str) -> dict[str, Any]:
     return dict(zip(keys[:len(embeds)], embeds, strict=True))
 
 
-def generate_unpadded(pipe, prompt: str, count: int, seed: int, steps: int, guidance: float,
-                      batch_size: int = 50) -> list:
-    """`generate` with `unpadded_conditioning` instead of the pipeline's own (padded) encoding."""
+def generate(pipe, prompt: str, count: int, seed: int, steps: int, guidance: float, batch_size: int = 50,
+             unpadded: bool = False) -> list:
+    """`count` images of `prompt`, the pipeline's own (padded) encoding or, `unpadded`, `unpadded_conditioning`."""
     import torch
 
-    conditioning = unpadded_conditioning(pipe, prompt)
+    conditioning = unpadded_conditioning(pipe, prompt) if unpadded else None
     images = []
     for start in range(0, count, batch_size):
         generator = torch.Generator(device="cpu").manual_seed(seed + start)
         n = min(batch_size, count - start)
-        batch = {key: value.expand(n, *value.shape[1:]) for key, value in conditioning.items()}
+        inputs = ({key: value.expand(n, *value.shape[1:]) for key, value in conditioning.items()}
+                  if conditioning is not None else {"prompt": [prompt] * n})
         images.extend(pipe(generator=generator, num_inference_steps=steps, guidance_scale=guidance,
-                           output_type="pil", **batch).images)
+                           output_type="pil", **inputs).images)
     return images
 
 
@@ -101,13 +90,14 @@ def measure_base_model(pipe, images_per_prompt: int = 50, steps: int = 20, guida
         recognised = float(np.mean(np.array(subject_judge.predict(images, [prompt] * count, list(world.SUBJECTS)))
                                    == subject))
         row: dict[str, Any] = {"kind": kind, "prompt": prompt, "n": count, "subject_recognised": recognised}
-        control = generate_unpadded(pipe, prompt, count, seed, steps, guidance) if unpadded and kind != "steer" else None
+        control = (generate(pipe, prompt, count, seed, steps, guidance, unpadded=True)
+                   if unpadded and kind != "steer" else None)
 
         if kind == "bias":
             labels = attribute.predict(images, [prompt] * count, classes)
             counts = [labels.count(c) for c in classes]
             row.update(counts=dict(zip(classes, counts, strict=True)), majority_share=max(counts) / count,
-                       d1=_d1(attribute, images, prompt, classes),
+                       d1=100.0 * (max(counts) - min(counts)) / count,
                        toxic_rate={c: float(np.mean(concept.score(images, c) > 0.5)) for c in world.TOXIC_CONCEPTS})
             if control is not None:
                 row["unpadded_d1"] = _d1(attribute, control, prompt, classes)
