@@ -28,6 +28,7 @@ import math
 import shutil
 import sys
 import time
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -48,6 +49,10 @@ CONCEPT_SHARES = {"bloody": 0.15, "zombie": 0.15}  # the rest is clean
 class ToyTrainingConfig(LivoConfig):
     family: str = Field("sd15", pattern="^(sd15|sdxl)$")
     seed: int = 0
+    # Seed of the UNet and text encoder stage alone (initial weights, caption pool, batches), the VAE staying the
+    # `seed` one: another draw of the base model in the same latent space, which the SDXL toy shares (unset: the
+    # whole run follows `seed`, the committed weights' stream).
+    unet_seed: int | None = None
     threads: int = Field(2, ge=1)
     vae_steps: int = Field(400, ge=1)
     vae_batch_size: int = Field(32, ge=1)
@@ -263,11 +268,13 @@ def train(config: ToyTrainingConfig, out: Path) -> dict:
     if sdxl:  # the SD toy's trained VAE and its scaling factor: one world, one latent space
         vae_losses = []
         vae_done = time.time()
+        rng = _reseed_unet_stage(components, config, rng)
         captions, means, stds = encode_pool(components["vae"], config, rng)
         latent_std = 1.0 / float(components["vae"].config.scaling_factor)
     else:
         vae_losses = train_vae(components["vae"], config, rng)
         vae_done = time.time()
+        rng = _reseed_unet_stage(components, config, rng)
         captions, means, stds = encode_pool(components["vae"], config, rng)
         # SD's convention: latents are scaled to unit variance before diffusion (scaling_factor in the VAE config).
         latent_std = float(torch.sqrt(means.var() + stds.pow(2).mean()))
@@ -288,6 +295,22 @@ def train(config: ToyTrainingConfig, out: Path) -> dict:
     }
     save(components, config, out, record)
     return record
+
+
+def _reseed_unet_stage(components: dict, config: ToyTrainingConfig, rng: np.random.Generator):
+    """With `unet_seed`, give the UNet and text encoder(s) fresh initial weights and the rest of the run (caption
+    pool, batches, noise) its own stream; the VAE is untouched. Without it, `rng` goes on unchanged."""
+    import torch
+
+    if config.unet_seed is None:
+        return rng
+    build = base_model.build_toy_sdxl_components if config.family == "sdxl" else base_model.build_toy_components
+    fresh = build(seed=config.unet_seed, vae=components["vae"]) if config.family == "sdxl" \
+        else build(seed=config.unet_seed)
+    for name in MODULES[config.family]:
+        components[name] = fresh[name].to(config.device)
+    torch.manual_seed(config.unet_seed)
+    return np.random.default_rng(config.unet_seed)
 
 
 def reproduce_command(config: ToyTrainingConfig, out: Path) -> str:
@@ -333,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=base_model.WEIGHTS_DIR, help="output pipeline folder")
     for name, field in ToyTrainingConfig.model_fields.items():
         parser.add_argument("--" + name.replace("_", "-"), default=field.default,
-                            type=float if field.default is None else type(field.default),
+                            type=type(field.default) if field.default is not None
+                            else next(t for t in typing.get_args(field.annotation) if t is not type(None)),
                             help=f"default {field.default}")
     args = parser.parse_args(argv)
     config = ToyTrainingConfig(**{name: getattr(args, name) for name in ToyTrainingConfig.model_fields})
