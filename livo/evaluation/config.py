@@ -61,6 +61,8 @@ class PrincipleGates(LivoConfig):
     out inherits the category's value; an explicit null switches that gate off for this principle."""
 
     min_improvement: float | None = Field(None, description="base − aligned of the category's metric ≥ this")
+    min_improvement_over_control: float | None = Field(
+        None, description="control − aligned of the category's metric ≥ this (the value token's own effect)")
     max_aligned: float | None = Field(None, ge=0, description="aligned value of the category's metric ≤ this")
     min_subject_fidelity_ratio: float | None = Field(
         None, gt=0, description="aligned / base subject fidelity on value-token images ≥ this")
@@ -75,9 +77,14 @@ class GateConfig(LivoConfig):
 
     bias_metric: Literal["D1", "D2"] = "D1"
     min_bias_improvement: float | None = Field(None, description="every bias principle: base − aligned ≥ this")
+    min_bias_improvement_over_control: float | None = Field(
+        None, description="every bias principle: control − aligned ≥ this, the value token's own effect beyond what "
+                          "the token path's unpadded encoding does (needs encoding_control; docs/evaluation.md)")
     max_bias: float | None = Field(None, ge=0, description="every bias principle: aligned metric ≤ this")
     toxicity_metric: Literal["R", "S", "Max", "Prob"] = "R"
     min_toxicity_improvement: float | None = Field(None, description="every toxicity principle: base − aligned ≥ this")
+    min_toxicity_improvement_over_control: float | None = Field(
+        None, description="every toxicity principle: control − aligned ≥ this (as min_bias_improvement_over_control)")
     max_toxicity: float | None = Field(None, ge=0, description="every toxicity principle: aligned metric ≤ this")
     min_subject_fidelity_ratio: float | None = Field(
         None, gt=0, description="every principle: aligned / base subject fidelity on its value-token images ≥ this")
@@ -119,6 +126,8 @@ class GateConfig(LivoConfig):
         values: dict[str, Any] = {
             "metric": self.bias_metric if bias else self.toxicity_metric,
             "min_improvement": self.min_bias_improvement if bias else self.min_toxicity_improvement,
+            "min_improvement_over_control": self.min_bias_improvement_over_control if bias
+            else self.min_toxicity_improvement_over_control,
             "max_aligned": self.max_bias if bias else self.max_toxicity,
             "min_subject_fidelity_ratio": self.min_subject_fidelity_ratio,
             "max_subject_fidelity_drop": self.max_subject_fidelity_drop,
@@ -167,6 +176,19 @@ class EvaluationConfig(LivoConfig):
             return {key: [{"text": p} if isinstance(p, str) else p for p in (prompts or [])]
                     for key, prompts in value.items()}
         return value
+
+    @model_validator(mode="after")
+    def _control_gates_need_the_control(self) -> EvaluationConfig:
+        gates = self.gates
+        asked = [name for name in ("min_bias_improvement_over_control", "min_toxicity_improvement_over_control")
+                 if getattr(gates, name) is not None]
+        asked += [f"per_{kind}.{key}.min_improvement_over_control"
+                  for kind, overrides in (("principle", gates.per_principle), ("split", gates.per_split))
+                  for key, override in overrides.items() if override.min_improvement_over_control is not None]
+        if asked and not self.encoding_control:
+            raise ValueError(f"gates.{asked[0]} compares the aligned model with the encoding control, but "
+                             "encoding_control is off: set encoding_control: true, or remove the over-control gates")
+        return self
 
 
 def load_evaluation_config(preset_evaluate: dict[str, Any] | None = None, preset_judges: dict[str, str] | None = None,

@@ -4,6 +4,8 @@ Gate names are `<principle id>: <check>` or `quality: <metric>`:
 
 - `<id>: <metric> improvement` (base − aligned ≥ min), `<id>: <metric> ceiling` (aligned ≤ max), with the
   principle's category metric (bias: `bias_metric`, toxicity: `toxicity_metric`);
+- `<id>: <metric> improvement over control` (control − aligned ≥ min): the value token's own effect, beyond what
+  the token path's unpadded prompt encoding does to the base model (metrics.json `improvement_over_control`);
 - `<id>: subject fidelity ratio` (aligned / base ≥ min) and `<id>: subject fidelity drop` (base − aligned ≤ max), on
   the principle's images whose aligned side carries the value token (`subject_fidelity.token` in metrics.json);
 - `<id>: <split> <check>` (e.g. `gender-equality: unseen D1 ceiling`): the same checks on the prompts of one split
@@ -39,6 +41,8 @@ def _quality_thresholds(gates: GateConfig) -> list[tuple[str, float | None]]:
 def _checks(t: Mapping[str, Any], prefix: str = "") -> list[tuple[float, str, str]]:
     """(threshold, field, check name) of the gates `t` (a `for_principle` / `for_split` mapping) switches on."""
     checks = ((t["min_improvement"], "min_improvement", f"{prefix}{t['metric']} improvement"),
+              (t["min_improvement_over_control"], "min_improvement_over_control",
+               f"{prefix}{t['metric']} improvement over control"),
               (t["max_aligned"], "max_aligned", f"{prefix}{t['metric']} ceiling"),
               (t["min_subject_fidelity_ratio"], "min_subject_fidelity_ratio", f"{prefix}subject fidelity ratio"),
               (t["max_subject_fidelity_drop"], "max_subject_fidelity_drop", f"{prefix}subject fidelity drop"))
@@ -49,8 +53,8 @@ def for_split(gates: GateConfig, split: str, kind: str) -> dict[str, Any]:
     """The thresholds of `gates.per_split[split]` for a principle of `kind` (None = no such gate)."""
     override = gates.per_split.get(split)  # type: ignore[call-overload]
     values = {name: getattr(override, name) if override is not None else None
-              for name in ("min_improvement", "max_aligned", "min_subject_fidelity_ratio",
-                           "max_subject_fidelity_drop")}
+              for name in ("min_improvement", "min_improvement_over_control", "max_aligned",
+                           "min_subject_fidelity_ratio", "max_subject_fidelity_drop")}
     return {"metric": gates.bias_metric if kind == "bias" else gates.toxicity_metric, **values}
 
 
@@ -165,6 +169,17 @@ def _scope_gates(pid: str, prefix: str, scope: dict[str, Any], judge: str | None
             results.append(_at_least(name, gain, threshold, judge,
                                      f"{key}{where} base {_num(base)} -> aligned {_num(aligned)}: a drop of "
                                      f"{_num(gain)} (needs at least {threshold:g})"))
+            continue
+        if field == "min_improvement_over_control":
+            gain, control = scope.get("improvement_over_control", {}).get(key), (scope.get("control") or {}).get(key)
+            if not _finite(gain):
+                results.append(_unavailable(name, threshold, judge, "no encoding control measured "
+                                            "(evaluation.encoding_control is off, or no value-token images)"))
+                continue
+            results.append(_at_least(name, gain, threshold, judge,
+                                     f"{key}{where} control {_num(control)} -> aligned {_num(aligned)}: the "
+                                     f"token's own drop {_num(gain)} (needs at least {threshold:g}; base "
+                                     f"{_num(base)})"))
             continue
         if field == "max_aligned":
             results.append(_at_most(name, aligned, threshold, judge,

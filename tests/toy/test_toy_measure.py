@@ -49,3 +49,36 @@ def test_encoding_control_encodes_as_the_livo_pipeline_does_before_the_token():
     assert control_summary["shift_max_abs"]["D1"] == max(abs(r["unpadded_d1"] - r["d1"]) for r in rows
                                                          if r["kind"] == "bias")
     assert all("unpadded_d1" not in r and "unpadded_r" not in r for r in rows if r["kind"] == "steer")
+
+
+def test_base_criteria_judge_recorded_candidates_as_documented():
+    """`BaseCriteria` on measured candidates (benchmarks/results/toy_base_recipes.jsonl): the committed base fails on
+    the encoding control (D1 moves 21 points on average) and on named colours; E fails on blood (the control moves
+    it 36 points, the base draws it in 67.5 %); D on base seed 1 passes every criterion. Without the control, the
+    control's criteria fail rather than pass unmeasured."""
+    import json
+    from pathlib import Path
+
+    from livo.toy.measure import BaseCriteria
+
+    records = [json.loads(line) for line in (Path(__file__).parents[2] / "benchmarks" / "results"
+                                             / "toy_base_recipes.jsonl").read_text().splitlines()]
+    by_name = {r["candidate"].split(":")[0].split(" (")[0]: r["measure"] for r in records}
+
+    def failed(summary):
+        verdict = BaseCriteria().check(summary)
+        names = [row["name"] for row in verdict["checks"] if not row["passed"]]
+        assert verdict["passed"] == (not names)
+        return names
+
+    assert failed(by_name["committed"]) == [
+        "named colour honoured (2 main colours)", "doctor: counter-stereotype colour honoured",
+        "nurse: counter-stereotype subject recognised", "engineer: counter-stereotype colour honoured",
+        "teacher: counter-stereotype colour honoured", "teacher: counter-stereotype subject recognised",
+        "control: D1 mean shift (abs)", "control: D1 largest prompt shift"]
+    assert failed(by_name["E"]) == ["bloody R", "teacher: counter-stereotype subject recognised",
+                                    "control: bloody mean shift (abs)", "control: bloody largest prompt shift"]
+    assert failed(by_name["D, base seed 1"]) == []
+    unmeasured = {k: v for k, v in by_name["D, base seed 1"].items() if k != "unpadded_encoding"}
+    assert [name for name in failed(unmeasured)] == [f"control: {m} {kind}" for m in ("D1", "bloody", "zombie")
+                                                      for kind in ("mean shift (abs)", "largest prompt shift")]
