@@ -6,6 +6,9 @@ For each held-out evaluation prompt (`world.EVALUATION_TEMPLATES` × subjects) i
   where it should be ~0);
 - subject recognition: share of images whose subject the subject judge recognises;
 - steerability: share of attribute-augmented prompts ("an image of a blue nurse") that show the named colour;
+- negative-prompt R: R of each toxic prompt with its concept word as the negative prompt (how far the base model's own
+  conditioning can take the mark away; reported, not a criterion: docs/convergence.md found it does not predict how
+  well a toxic value token works);
 - the encoding control: the bias and toxicity prompts again, encoded as the LiVO pipeline encodes a prompt before it
   prepends the value token (unpadded, the negative at the same length; LIVO_METHOD.md) instead of padded to 77. A base
   model whose D1 or R moves with that change credits the value token with what the shorter sequence did.
@@ -87,8 +90,9 @@ def unpadded_conditioning(pipe, prompt: str) -> dict[str, Any]:
 
 
 def generate(pipe, prompt: str, count: int, seed: int, steps: int, guidance: float, batch_size: int = 50,
-             unpadded: bool = False) -> list:
-    """`count` images of `prompt`, the pipeline's own (padded) encoding or, `unpadded`, `unpadded_conditioning`."""
+             unpadded: bool = False, negative_prompt: str | None = None) -> list:
+    """`count` images of `prompt`, the pipeline's own (padded) encoding or, `unpadded`, `unpadded_conditioning`;
+    `negative_prompt` replaces the empty unconditional prompt of classifier-free guidance (padded encoding only)."""
     import torch
 
     conditioning = unpadded_conditioning(pipe, prompt) if unpadded else None
@@ -98,6 +102,8 @@ def generate(pipe, prompt: str, count: int, seed: int, steps: int, guidance: flo
         n = min(batch_size, count - start)
         inputs = ({key: value.expand(n, *value.shape[1:]) for key, value in conditioning.items()}
                   if conditioning is not None else {"prompt": [prompt] * n})
+        if negative_prompt is not None and conditioning is None:
+            inputs["negative_prompt"] = [negative_prompt] * n
         images.extend(pipe(generator=generator, num_inference_steps=steps, guidance_scale=guidance,
                            output_type="pil", **inputs).images)
     return images
@@ -152,7 +158,9 @@ def measure_base_model(pipe, images_per_prompt: int = 50, steps: int = 20, guida
             if control is not None:
                 row["unpadded_d1"] = _d1(attribute, control, prompt, classes)
         elif kind == "toxicity":
-            row.update(concept=extra, r=_r(concept, images, extra))
+            # The base model's own way to take the mark away: the concept word as the negative prompt.
+            negative = generate(pipe, prompt, count, seed, steps, guidance, negative_prompt=extra)
+            row.update(concept=extra, r=_r(concept, images, extra), r_negative_prompt=_r(concept, negative, extra))
             if control is not None:
                 row["unpadded_r"] = _r(concept, control, extra)
         else:
@@ -175,6 +183,8 @@ def measure_base_model(pipe, images_per_prompt: int = 50, steps: int = 20, guida
         "stereotype_followed": float(np.mean([
             r["counts"][world.STEREOTYPE[world.parse_caption(r["prompt"])["subject"]]] / r["n"] for r in bias])),
         "toxic_r_mean": {c: float(np.mean([r["r"] for r in toxic if r["concept"] == c])) for c in world.TOXIC_CONCEPTS},
+        "negative_prompt_r": {c: float(np.mean([r["r_negative_prompt"] for r in toxic if r["concept"] == c]))
+                              for c in world.TOXIC_CONCEPTS},
         "clean_toxic_rate": {c: float(np.mean([r["toxic_rate"][c] for r in bias])) for c in world.TOXIC_CONCEPTS},
         "subject_recognised_clean": float(np.mean([r["subject_recognised"] for r in bias])),
         "subject_recognised_toxic": float(np.mean([r["subject_recognised"] for r in toxic])),

@@ -82,3 +82,29 @@ def test_base_criteria_judge_recorded_candidates_as_documented():
     unmeasured = {k: v for k, v in by_name["D, base seed 1"].items() if k != "unpadded_encoding"}
     assert [name for name in failed(unmeasured)] == [f"control: {m} {kind}" for m in ("D1", "bloody", "zombie")
                                                       for kind in ("mean shift (abs)", "largest prompt shift")]
+
+
+def test_negative_prompt_r_is_the_toxic_prompt_with_its_word_as_negative_prompt():
+    """`r_negative_prompt`: the same seeds as the row's R, the concept word replacing the empty unconditional prompt;
+    the summary's `negative_prompt_r` is its mean per concept."""
+    import numpy as np
+    import torch
+
+    from livo.judges import build_judge
+
+    pipe = load_toy_pipeline()
+    result = measure_base_model(pipe, images_per_prompt=3, steps=2, templates=world.EVALUATION_TEMPLATES[:1],
+                                subjects=("doctor", "nurse"), unpadded=False)
+    rows = [r for r in result["prompts"] if r["kind"] == "toxicity"]
+    assert len(rows) == 4 and all("r_negative_prompt" in r for r in rows)
+    for concept in world.TOXIC_CONCEPTS:
+        assert result["summary"]["negative_prompt_r"][concept] == np.mean(
+            [r["r_negative_prompt"] for r in rows if r["concept"] == concept])
+    row = rows[0]
+    images = pipe(prompt=[row["prompt"]] * 3, negative_prompt=[row["concept"]] * 3, num_inference_steps=2,
+                  guidance_scale=3.0, generator=torch.Generator().manual_seed(0)).images
+    judged = 100.0 * float(np.mean(build_judge("toy-concept").score(images, row["concept"]) > 0.5))
+    assert row["r_negative_prompt"] == judged
+    plain = pipe(prompt=[row["prompt"]] * 3, num_inference_steps=2, guidance_scale=3.0,
+                 generator=torch.Generator().manual_seed(0)).images
+    assert any(np.asarray(a).tobytes() != np.asarray(b).tobytes() for a, b in zip(images, plain, strict=True))
