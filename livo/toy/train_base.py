@@ -304,9 +304,8 @@ def _reseed_unet_stage(components: dict, config: ToyTrainingConfig, rng: np.rand
 
     if config.unet_seed is None:
         return rng
-    build = base_model.build_toy_sdxl_components if config.family == "sdxl" else base_model.build_toy_components
-    fresh = build(seed=config.unet_seed, vae=components["vae"]) if config.family == "sdxl" \
-        else build(seed=config.unet_seed)
+    fresh = (base_model.build_toy_sdxl_components(seed=config.unet_seed, vae=components["vae"])
+             if config.family == "sdxl" else base_model.build_toy_components(seed=config.unet_seed))
     for name in MODULES[config.family]:
         components[name] = fresh[name].to(config.device)
     torch.manual_seed(config.unet_seed)

@@ -150,17 +150,25 @@ def test_exact_length_batches_end_every_caption_at_its_own_eos():
 
 def test_unet_seed_draws_another_base_model_on_the_same_vae(tmp_path):
     """`--unet-seed`: the VAE stays the `--seed` one (the latent space the SDXL toy shares) while the UNet and text
-    encoder are a different draw; unset, the run is the committed single-seed stream."""
+    encoder are a different draw, reproducible from the two seeds."""
     assert main(["--out", str(tmp_path / "a"), *TINY]) == 0
     assert main(["--out", str(tmp_path / "b"), *TINY, "--unet-seed", "3"]) == 0
     assert main(["--out", str(tmp_path / "c"), *TINY, "--unet-seed", "3"]) == 0
 
     def weights(name, module):
-        return (tmp_path / name / module / "diffusion_pytorch_model.safetensors").read_bytes() if module != \
-            "text_encoder" else (tmp_path / name / module / "model.safetensors").read_bytes()
+        (file,) = (tmp_path / name / module).glob("*.safetensors")
+        return file.read_bytes()
 
     assert weights("a", "vae") == weights("b", "vae")
     assert weights("a", "unet") != weights("b", "unet") and weights("a", "text_encoder") != weights("b", "text_encoder")
     assert weights("b", "unet") == weights("c", "unet")  # reproducible
     record = json.loads((tmp_path / "b" / "training_record.json").read_text())
     assert record["config"]["unet_seed"] == 3 and "--unet-seed 3" in record["command"]
+    # SDXL: the same option redraws its UNet and both text encoders (its VAE is the SD toy's, never retrained)
+    from livo.toy.base_model import load_toy_sdxl_pipeline
+
+    for name, extra in (("xa", []), ("xb", ["--unet-seed", "3"])):
+        assert main(["--family", "sdxl", "--out", str(tmp_path / name), *TINY, *extra]) == 0
+    for module in ("unet", "text_encoder", "text_encoder_2"):
+        assert weights("xa", module) != weights("xb", module), module
+    assert type(load_toy_sdxl_pipeline(weights_dir=tmp_path / "xb")).__name__ == "StableDiffusionXLPipeline"
