@@ -56,12 +56,17 @@ class ValueEncoder(nn.Module):
     `prepend` (the paper) makes it one more key of the softmax, so its share is taken from the prompt's tokens;
     `additive` keeps the prompt's attention whole and adds the token's value with the share the softmax gives it
     (`additive_value_attention`). It is a property of the trained encoder: saved in its marker, and every sampler
-    of the encoder (`LiVOPipeline`) applies it."""
+    of the encoder (`LiVOPipeline`) applies it.
+
+    `token_gain` (issue 15's experiment, not the paper's): one learned scalar g, 1 at initialisation, multiplies the
+    value token(s). The pooled output leaves the final layer norm at an almost fixed norm, so the paper's token can
+    turn but hardly grow; on some toy base models no token of that norm removes a mark that a longer one removes
+    (docs/convergence.md, "The one-token ceiling"). g is saved in the marker (`token_gain`)."""
 
     family = "sd"
 
     def __init__(self, text_model, *, value_tokens: int = 1, time_shift_dim: int | None = None,
-                 token_attention: str = "prepend"):
+                 token_attention: str = "prepend", token_gain: float | None = None):
         super().__init__()
         if value_tokens < 1:
             raise ConfigError(f"value_tokens must be at least 1, got {value_tokens}")
@@ -71,6 +76,11 @@ class ValueEncoder(nn.Module):
         self.text_model = text_model
         self.value_tokens = int(value_tokens)
         self.token_attention = token_attention
+        if token_gain is not None and not token_gain > 0:
+            raise ConfigError(f"token_gain must be positive, got {token_gain}")
+        # stored as log g: positive by construction, and a step of the optimiser changes g by a ratio
+        self.log_token_gain = (None if token_gain is None
+                               else nn.Parameter(torch.full((1,), math.log(token_gain), dtype=text_model.dtype)))
         self.time_shift = None
         if time_shift_dim:
             self.time_shift = nn.Linear(int(text_model.config.hidden_size), int(time_shift_dim))
@@ -82,14 +92,21 @@ class ValueEncoder(nn.Module):
     def time_shift_dim(self) -> int | None:
         return None if self.time_shift is None else int(self.time_shift.out_features)
 
+    @property
+    def token_gain(self) -> float | None:
+        """The learned gain g of the value token(s), or None (the paper's encoder: no gain)."""
+        return None if self.log_token_gain is None else float(self.log_token_gain.detach().exp())
+
     @classmethod
     def from_text_encoder(cls, text_encoder, *, value_tokens: int = 1, time_shift_dim: int | None = None,
-                          token_attention: str = "prepend") -> ValueEncoder:
-        """A trainable deep copy of `text_encoder` (the paper initialises from the base encoder's weights)."""
+                          token_attention: str = "prepend", token_gain: bool = False) -> ValueEncoder:
+        """A trainable deep copy of `text_encoder` (the paper initialises from the base encoder's weights); with
+        `token_gain`, a learned gain that starts at 1, so the fresh encoder is still the paper's."""
         model = copy.deepcopy(text_encoder)
         model.requires_grad_(True)
         model.train()
-        encoder = cls(model, value_tokens=value_tokens, time_shift_dim=time_shift_dim, token_attention=token_attention)
+        encoder = cls(model, value_tokens=value_tokens, time_shift_dim=time_shift_dim, token_attention=token_attention,
+                      token_gain=1.0 if token_gain else None)
         return encoder.to(device=model.device, dtype=model.dtype)
 
     @property
@@ -118,10 +135,11 @@ class ValueEncoder(nn.Module):
         """`[B, D]` pooled output: the final-layer-norm hidden state at the EOS position; `[B, k, D]` for k value
         tokens (`value_states`); with a time-embedding head, the pair `(token(s), shift [B, T])`."""
         states = value_states(self.text_model, input_ids, self.value_tokens)
+        tokens = states if self.log_token_gain is None else states * self.log_token_gain.exp().to(states.dtype)
         if self.time_shift is None:
-            return states
+            return tokens
         pooled = states if states.ndim == 2 else states[:, -1]
-        return states, self.time_shift(pooled)
+        return tokens, self.time_shift(pooled)
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write `config.json` + `model.safetensors` (transformers' `save_pretrained` layout, safetensors only), and
@@ -145,6 +163,8 @@ class ValueEncoder(nn.Module):
                                     "what": "linear head: pooled output -> shift of the UNet's time embedding"}
         if self.token_attention != "prepend":
             marker["token_attention"] = self.token_attention
+        if self.log_token_gain is not None:
+            marker["token_gain"] = self.token_gain
         if len(marker) > 1:
             (directory / VALUE_ENCODER_FILE).write_text(json.dumps(marker, indent=2) + "\n")
         return directory
@@ -173,13 +193,19 @@ class ValueEncoder(nn.Module):
         if token_attention not in TOKEN_ATTENTION_MODES:
             raise ConfigError(f"{directory / VALUE_ENCODER_FILE}: token_attention must be one of "
                               f"{' | '.join(TOKEN_ATTENTION_MODES)}, got {token_attention!r}")
+        token_gain = marker.get("token_gain")
+        if token_gain is not None and (isinstance(token_gain, bool) or not isinstance(token_gain, int | float)
+                                       or not math.isfinite(token_gain) or token_gain <= 0):
+            raise ConfigError(f"{directory / VALUE_ENCODER_FILE}: token_gain must be a positive number, got "
+                              f"{token_gain!r}")
         check_safetensors_files(sorted(directory.glob("*.safetensors")))
         kwargs: dict[str, Any] = {"use_safetensors": True}
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
         try:
             encoder = cls(CLIPTextModel.from_pretrained(directory, **kwargs), value_tokens=value_tokens,
-                          time_shift_dim=_time_shift_dim(directory, marker), token_attention=token_attention)
+                          time_shift_dim=_time_shift_dim(directory, marker), token_attention=token_attention,
+                          token_gain=token_gain)
             if encoder.time_shift is not None:
                 _load_time_shift(encoder, directory)
         except SafetensorError as exc:  # passed the header check but its data is bad
@@ -487,20 +513,22 @@ def vae_needs_fp32(pipe) -> bool:
 
 
 def value_encoder_for(pipe, *, sdxl_shift_pooled: bool = True, value_tokens: int = 1, time_shift: bool = False,
-                      token_attention: str = "prepend"):
+                      token_attention: str = "prepend", token_gain: bool = False):
     """A fresh value encoder for `pipe`'s family: a trainable copy of its text encoder(s); for SDXL, candidate (b)
     unless `sdxl_shift_pooled=False` (the training default, `TrainingConfig.sdxl_shift_pooled`); for SD, with a
     time-embedding head as wide as the UNet's when `time_shift` (`TrainingConfig.value_time_shift`) and the token's
-    way into the attention (`TrainingConfig.value_token_attention`)."""
+    way into the attention (`TrainingConfig.value_token_attention`), and a learned token gain when `token_gain`
+    (`TrainingConfig.value_token_gain`)."""
     if is_sdxl(pipe):
-        if value_tokens != 1 or time_shift or token_attention != "prepend":
-            raise ConfigError("value_tokens above 1, value_time_shift and value_token_attention are not supported on "
-                              "SDXL-family base models (SDXL's value path shifts its pooled embedding instead)")
+        if value_tokens != 1 or time_shift or token_attention != "prepend" or token_gain:
+            raise ConfigError("value_tokens above 1, value_time_shift, value_token_attention and value_token_gain are "
+                              "not supported on SDXL-family base models (SDXL's value path shifts its pooled "
+                              "embedding instead)")
         return SDXLValueEncoder.from_text_encoders(pipe.text_encoder, pipe.text_encoder_2,
                                                    shift_pooled=sdxl_shift_pooled)
     return ValueEncoder.from_text_encoder(pipe.text_encoder, value_tokens=value_tokens,
                                          time_shift_dim=time_embedding_dim(pipe.unet) if time_shift else None,
-                                         token_attention=token_attention)
+                                         token_attention=token_attention, token_gain=token_gain)
 
 
 HUB_ALLOW_PATTERNS = ["config.json", "*.safetensors", f"{VALUE_ENCODER_DIR}/*"]

@@ -12,6 +12,7 @@ from livo.modeling import (
     ValueEncoder,
     encode_prompts,
     prepend_value_token,
+    tokenize_value_inputs,
     training_conditioning,
     value_text,
     value_token_mask,
@@ -503,6 +504,35 @@ def test_the_additive_token_keeps_the_prompts_attention_whole(tiny_pipe):
         with torch.no_grad(), additive_value_attention(unet, 1, rows=3):
             layer(hidden, encoder_hidden_states=context)
     assert not any("Additive" in type(p).__name__ for p in unet.attn_processors.values())  # restored
+
+
+def test_a_token_gain_starts_at_one_scales_the_token_and_travels_in_the_marker(tiny_pipe, tmp_path):
+    """`token_gain`: a fresh encoder with a gain emits the paper's token exactly (g = 1); g multiplies the token and
+    nothing else (a time-embedding head still reads the unscaled pooled output); the marker carries g (absent for the
+    paper's encoder), and a gain that is not a positive number is refused."""
+    import json
+    import math
+
+    ids = tokenize_value_inputs(tiny_pipe.tokenizer, ["gender equality"], ["a photo of a doctor"])
+    paper = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder)
+    gained = ValueEncoder.from_text_encoder(tiny_pipe.text_encoder, token_gain=True, time_shift_dim=8)
+    assert paper.token_gain is None and gained.token_gain == 1.0
+    with torch.no_grad():
+        token, shift = gained(ids)
+        assert torch.equal(token, paper(ids))
+        gained.log_token_gain.fill_(math.log(2.5))
+        token2, shift2 = gained(ids)
+    assert torch.allclose(token2, 2.5 * token, rtol=1e-5) and torch.equal(shift2, shift)
+    gained.save_pretrained(tmp_path / "gained")
+    marker = json.loads((tmp_path / "gained" / "livo_value_encoder.json").read_text())
+    assert marker["token_gain"] == pytest.approx(2.5)
+    loaded = ValueEncoder.from_pretrained(tmp_path / "gained")
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids)[0], token2, atol=1e-6)
+    for bad in (0, -1.0, "2", True, float("inf")):
+        (tmp_path / "gained" / "livo_value_encoder.json").write_text(json.dumps({**marker, "token_gain": bad}))
+        with pytest.raises(ConfigError, match="token_gain must be a positive number"):
+            ValueEncoder.from_pretrained(tmp_path / "gained")
 
 
 def test_an_additive_encoder_saves_loads_and_generates_through_its_own_attention(tiny_pipe, tmp_path):

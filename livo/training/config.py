@@ -116,6 +116,14 @@ class TrainingConfig(LivoConfig):
                                "= the paper (one more key of the softmax, whose share is taken from the prompt's "
                                "tokens); additive = the prompt's attention kept whole and the token's value added "
                                "with the share the softmax gives it (docs/convergence.md, issue 15; not the paper)")
+    value_token_gain: bool = Field(
+        False, description="SD-family base models: a learned scalar gain on the value token, 1 at initialisation, so "
+                           "the token can grow beyond the norm the text encoder's final layer norm holds it at "
+                           "(docs/convergence.md, \"The one-token ceiling\"; issue 15, not the paper). Trained at "
+                           "value_token_gain_lr; saved in livo_value_encoder.json (token_gain)")
+    value_token_gain_lr: float = Field(
+        1e-2, gt=0, description="learning rate of value_token_gain's log-gain (AdamW, no weight decay): the encoder's "
+                                "rate would let g change by only ~lr per step")
     random_flip: bool = Field(
         False, description="mirror each pair (aligned and violating image together) with probability 1/2, as "
                            "diffusers' --random_flip; LIVO_METHOD.md's recipe does not flip")
@@ -197,6 +205,9 @@ class TrainingConfig(LivoConfig):
             relevant["value_time_shift"] = True
         if self.value_token_attention != "prepend":
             relevant["value_token_attention"] = self.value_token_attention
+        if self.value_token_gain:
+            relevant["value_token_gain"] = True
+            relevant["value_token_gain_lr"] = self.value_token_gain_lr
         for knob in ("paired_violating_hinge", "token_anchor_weight"):  # the same for loss knobs added later
             if not getattr(self.loss, knob):
                 relevant["loss"].pop(knob)

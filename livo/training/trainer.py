@@ -166,6 +166,8 @@ def sd_only_settings(config: TrainingConfig) -> list[str]:
         names.append("value_time_shift")
     if config.value_token_attention != "prepend":
         names.append("value_token_attention")
+    if config.value_token_gain:
+        names.append("value_token_gain")
     if config.loss.kind == "livo":
         names += [f"loss.{name}" for name in ("distill_weight", "token_anchor_weight") if getattr(config.loss, name)]
     return names
@@ -341,11 +343,16 @@ def load_models(config: TrainingConfig, device_type: str, precision: str, local_
             raise ConfigError(f"init_value_encoder {config.init_value_encoder} was trained with token_attention="
                               f"{getattr(value_encoder, 'token_attention', 'prepend')} but value_token_attention="
                               f"{config.value_token_attention}; set value_token_attention to match")
+        if (getattr(value_encoder, "token_gain", None) is not None) != config.value_token_gain:
+            raise ConfigError(f"init_value_encoder {config.init_value_encoder} "
+                              f"{'has a' if not config.value_token_gain else 'has no'} token gain but "
+                              f"value_token_gain={str(config.value_token_gain).lower()}; set value_token_gain to match")
         value_encoder.requires_grad_(True)
     else:
         value_encoder = value_encoder_for(pipe, sdxl_shift_pooled=config.sdxl_shift_pooled,
                                           value_tokens=config.value_tokens, time_shift=config.value_time_shift,
-                                          token_attention=config.value_token_attention)
+                                          token_attention=config.value_token_attention,
+                                          token_gain=config.value_token_gain)
     value_encoder.to(device=device, dtype=torch.float32).train()
     vae_fp32 = vae_needs_fp32(pipe)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder, *([text_encoder_2] if text_encoder_2 is not None else [])):
@@ -592,8 +599,12 @@ class Trainer:
         import torch
 
         opt = self.config.optimizer
-        params = [p for p in self.models.value_encoder.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
+        gain = getattr(self.models.value_encoder, "log_token_gain", None)
+        params = [p for p in self.models.value_encoder.parameters() if p.requires_grad and p is not gain]
+        groups = [{"params": params}]
+        if gain is not None:  # value_token_gain: its own rate, and no decay pulling the log-gain (g) towards 0 (1)
+            groups.append({"params": [gain], "lr": self.config.value_token_gain_lr, "weight_decay": 0.0})
+        optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay)
         warmup = opt.warmup_steps
 
         def schedule(optimizer):
@@ -737,6 +748,9 @@ class Trainer:
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         record = {"step": step, **{n: float(v) for n, v in zip(names, means, strict=True)},
                   "lr": float(self.engine.get_lr()[0]), "grad_norm": grad_norm, "samples_per_s": samples_per_s}
+        gain = getattr(self.engine.module, "token_gain", None)
+        if gain is not None:
+            record["token_gain"] = gain
         self._last_stats = record
         self._throughput.append(samples_per_s)
         if self.env.is_main:
@@ -912,7 +926,8 @@ class Trainer:
                                       shift_pooled=module.shift_pooled)
         else:
             export = ValueEncoder(type(module.text_model)(module.text_model.config), value_tokens=module.value_tokens,
-                                  time_shift_dim=module.time_shift_dim, token_attention=module.token_attention)
+                                  time_shift_dim=module.time_shift_dim, token_attention=module.token_attention,
+                                  token_gain=module.token_gain)
         export.load_state_dict(state, strict=True)
         export.to(torch.float32)
         tmp = output.staging / f".{ckpt.VALUE_ENCODER_DIR}.tmp-{os.getpid()}"

@@ -143,6 +143,44 @@ def test_an_additive_value_token_trains_exports_and_refuses_what_cannot_take_it(
                              base={"model": "tiny", "dataset": latent_dataset, "output": str(tmp_path / "y")})
 
 
+def test_a_token_gain_trains_at_its_own_rate_exports_and_refuses_what_cannot_take_it(tmp_path, latent_dataset,
+                                                                                     single_rank_env):
+    """`value_token_gain` (issue 15): the DeepSpeed path trains the gain in its own AdamW group (its rate, no decay),
+    so after 2 steps g has moved by about 2 steps of that rate while the encoder's weights moved at theirs; the export
+    carries g in its marker and reloads to the same token; the knob enters the fingerprint only when on; SDXL and a
+    start encoder of the other kind are refused."""
+    import math
+
+    import torch
+
+    from livo.modeling import ValueEncoder, tokenize_value_inputs
+    from livo.training.trainer import check_training_model
+
+    output = tmp_path / "run"
+    trainer = run_in_process(tiny_config(latent_dataset, output, max_steps=2, checkpoint={"every_steps": 2},
+                                         value_token_gain=True, value_token_gain_lr=0.05))
+    assert trainer.result.exit_code == 0 and 0 < trainer.result.metrics["loss"] < 10
+    groups = trainer.engine.optimizer.param_groups
+    assert [(g["lr"], g["weight_decay"]) for g in groups][-1] == (0.05, 0.0)
+    live = trainer.engine.module
+    moved = abs(math.log(live.token_gain))
+    assert 0.05 <= moved <= 0.1 + 1e-6  # Adam: about lr per step, 2 steps
+    exported = ValueEncoder.from_pretrained(output / "value_encoder")
+    assert exported.token_gain == pytest.approx(live.token_gain, rel=1e-6)
+    ids = tokenize_value_inputs(trainer.models.tokenizer, ["gender equality"], ["a photo of a doctor"])
+    with torch.no_grad():
+        assert torch.allclose(exported(ids), live(ids.to(trainer.models.device)).cpu().float(), atol=1e-5)
+    plain = tiny_config(latent_dataset, output, max_steps=2, checkpoint={"every_steps": 2})
+    assert trainer.config.fingerprint() != plain.fingerprint()
+    assert plain.fingerprint() == tiny_config(latent_dataset, output, max_steps=2, checkpoint={"every_steps": 2},
+                                              value_token_gain_lr=0.5).fingerprint()
+    with pytest.raises(ConfigError, match="has a token gain but value_token_gain=false"):
+        run_in_process(tiny_config(latent_dataset, tmp_path / "again", max_steps=1,
+                                   init_value_encoder=str(output / "value_encoder")))
+    with pytest.raises(ConfigError, match="value_token_gain is not supported on SDXL"):
+        check_training_model(tiny_config(latent_dataset, tmp_path / "x", model="toy-sdxl", value_token_gain=True))
+
+
 @pytest.mark.slow
 def test_images_are_encoded_when_the_dataset_has_no_latents(tmp_path, image_dataset, single_rank_env):
     trainer = run_in_process(tiny_config(image_dataset, tmp_path / "run", max_steps=2, per_device_batch_size=2,
