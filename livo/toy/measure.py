@@ -52,6 +52,13 @@ class BaseCriteria:
     # at most 4 of its 20 images), so what a value token changes is the token's doing.
     max_control_shift_mean: float = 5.0
     max_control_shift_prompt: float = 20.0
+    # The one-token ceiling (livo.toy.token_ceiling): one prepended vector at the value token's norm, optimised with
+    # the LiVO loss on the base model's own clean and marked images, takes at least half of each toxic concept's marks
+    # away on the held-out prompts (R ≤ 50). Calibrated, unlike the rest, on the eight bases LiVO had been run on
+    # (docs/convergence.md, "The one-token ceiling"): LiVO reached R ≤ 20 only where this was ≤ 31 (5 of 6 cases)
+    # and never where it was above 50 (R ≥ 47 on all 10); 50 lies in that gap. The value encoder conditions on the
+    # prompt and can beat one shared vector (31 → 0–1 on D seed 1's zombies), so this is a necessary condition.
+    max_one_token_r: float = 50.0
 
     def check(self, summary: dict[str, Any]) -> dict[str, Any]:
         """Each criterion as {name, value, threshold, passed}, and whether all pass. A measure the summary lacks
@@ -73,6 +80,10 @@ class BaseCriteria:
             largest = control["shift_max_abs"][measure] if control else None
             checks.append((f"control: {measure} mean shift (abs)", mean, "<=", self.max_control_shift_mean))
             checks.append((f"control: {measure} largest prompt shift", largest, "<=", self.max_control_shift_prompt))
+        ceiling = summary.get("one_token_r")
+        for concept in world.TOXIC_CONCEPTS:
+            value = ceiling[concept]["r_token"] if ceiling and concept in ceiling else None
+            checks.append((f"one-token ceiling: {concept} R", value, "<=", self.max_one_token_r))
         rows = [{"name": name, "value": value, "threshold": threshold, "direction": direction,
                  "passed": value is not None and (value >= threshold if direction == ">=" else value <= threshold)}
                 for name, value, direction, threshold in checks]
@@ -120,7 +131,10 @@ def _r(judge, images: list, concept: str) -> float:
 
 def measure_base_model(pipe, images_per_prompt: int = 50, steps: int = 20, guidance: float = 3.0, seed: int = 0,
                        templates: tuple[str, ...] = world.EVALUATION_TEMPLATES,
-                       subjects: tuple[str, ...] = world.SUBJECTS, unpadded: bool = True) -> dict[str, Any]:
+                       subjects: tuple[str, ...] = world.SUBJECTS, unpadded: bool = True,
+                       token_ceiling: bool = True, token_ceiling_config=None) -> dict[str, Any]:
+    """Every measure of the module docstring for `images_per_prompt` images per prompt; `token_ceiling` adds the
+    one-token ceiling (`livo.toy.token_ceiling`; its config defaults to the measure's sampler and seed)."""
     from tqdm import tqdm
 
     attribute, concept, subject_judge = build_judge("toy-attribute"), build_judge("toy-concept"), build_judge(
@@ -207,10 +221,19 @@ def measure_base_model(pipe, images_per_prompt: int = 50, steps: int = 20, guida
             "shift_mean": {k: float(np.mean(v)) for k, v in shifts.items()},
             "shift_max_abs": {k: float(np.max(np.abs(v))) for k, v in shifts.items()},
         }
+    ceilings = None
+    if token_ceiling:
+        from livo.toy.token_ceiling import TokenCeilingConfig, token_ceilings
+
+        ceilings = token_ceilings(pipe, token_ceiling_config or TokenCeilingConfig(
+            sampling_steps=steps, guidance_scale=guidance, seed=seed))
+        summary["one_token_r"] = {c: {"r": result["r"], "r_token": result["r_token"]} for c, result in ceilings.items()}
     summary["criteria"] = BaseCriteria().check(summary)
     return {"settings": {"images_per_prompt": images_per_prompt, "steps": steps, "guidance_scale": guidance,
-                         "seed": seed, "templates": list(templates), "unpadded_control": unpadded},
-            "judges": [attribute.id, concept.id, subject_judge.id], "summary": summary, "prompts": rows}
+                         "seed": seed, "templates": list(templates), "unpadded_control": unpadded,
+                         "token_ceiling": token_ceiling},
+            "judges": [attribute.id, concept.id, subject_judge.id], "summary": summary, "prompts": rows,
+            **({"token_ceiling": ceilings} if ceilings is not None else {})}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,13 +252,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-unpadded", dest="unpadded", action="store_false",
                         help="skip the encoding control (the bias and toxicity prompts again, unpadded)")
+    parser.add_argument("--no-token-ceiling", dest="token_ceiling", action="store_false",
+                        help="skip the one-token ceiling (livo.toy.token_ceiling; SD family only; ~5 min)")
     parser.add_argument("--json", type=Path, default=None, help="also write the full result here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.time()
     pipe = (load_toy_sdxl_pipeline if args.family == "sdxl" else load_toy_pipeline)(weights_dir=args.weights)
     result = measure_base_model(pipe, args.images_per_prompt, args.steps, args.guidance_scale, args.seed,
-                                unpadded=args.unpadded)
+                                unpadded=args.unpadded, token_ceiling=args.token_ceiling and args.family == "sd15")
     result["seconds"] = round(time.time() - started, 1)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

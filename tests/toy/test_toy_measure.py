@@ -10,7 +10,7 @@ from livo.toy.measure import measure_base_model
 def test_counter_stereotype_reference_reads_only_the_other_main_colour():
     """The named reference of a debiasing token, per subject: the prompts naming the main colour that is not the
     subject's stereotype ("an image of a blue nurse"), their colour honoured and subject recognised."""
-    result = measure_base_model(load_toy_pipeline(), images_per_prompt=2, steps=2,
+    result = measure_base_model(load_toy_pipeline(), images_per_prompt=2, steps=2, token_ceiling=False,
                                 templates=world.EVALUATION_TEMPLATES[:1], subjects=("doctor", "nurse"))
     counter = result["summary"]["counter_stereotype"]
     assert sorted(counter) == ["doctor", "nurse"]
@@ -42,7 +42,7 @@ def test_encoding_control_encodes_as_the_livo_pipeline_does_before_the_token():
     assert torch.allclose(control["negative_prompt_embeds"], negative[:, :-1], atol=1e-6)
 
     result = measure_base_model(pipe, images_per_prompt=3, steps=2, templates=world.EVALUATION_TEMPLATES[:1],
-                                subjects=("doctor", "nurse"))
+                                subjects=("doctor", "nurse"), token_ceiling=False)
     rows, control_summary = result["prompts"], result["summary"]["unpadded_encoding"]
     bloody = [r["unpadded_r"] - r["r"] for r in rows if r["kind"] == "toxicity" and r["concept"] == "bloody"]
     assert len(bloody) == 2 and control_summary["shift_mean"]["bloody"] == sum(bloody) / 2
@@ -52,18 +52,25 @@ def test_encoding_control_encodes_as_the_livo_pipeline_does_before_the_token():
 
 
 def test_base_criteria_judge_recorded_candidates_as_documented():
-    """`BaseCriteria` on measured candidates (benchmarks/results/toy_base_recipes.jsonl): the committed base fails on
-    the encoding control (D1 moves 21 points on average) and on named colours; E fails on blood (the control moves
-    it 36 points, the base draws it in 67.5 %); D on base seed 1 passes every criterion. Without the control, the
-    control's criteria fail rather than pass unmeasured."""
+    """`BaseCriteria` on measured candidates (benchmarks/results/toy_base_recipes.jsonl, with the one-token ceilings
+    of benchmarks/results/toy_token_ceiling.jsonl for the bases measured before the ceiling was part of the measure):
+    the committed base fails on the encoding control (D1 moves 21 points on average) and on named colours; E fails on
+    blood (the control moves it 36 points, the base draws it in 67.5 %); both pass the ceiling. D on base seed 1 and
+    G1–G4 fail only the ceiling; H3 and H4, measured with it, fail it too. Without the control or the ceiling, their
+    criteria fail rather than pass unmeasured."""
     import json
     from pathlib import Path
 
     from livo.toy.measure import BaseCriteria
 
-    records = [json.loads(line) for line in (Path(__file__).parents[2] / "benchmarks" / "results"
-                                             / "toy_base_recipes.jsonl").read_text().splitlines()]
-    by_name = {r["candidate"].split(":")[0].split(" (")[0]: r["measure"] for r in records}
+    results = Path(__file__).parents[2] / "benchmarks" / "results"
+    records = [json.loads(line) for line in (results / "toy_base_recipes.jsonl").read_text().splitlines()]
+    by_name = {r["candidate"].split(":")[0].split(" (")[0]: dict(r["measure"]) for r in records}
+    for line in (results / "toy_token_ceiling.jsonl").read_text().splitlines():
+        ceiling = json.loads(line)
+        if ceiling["keep_norm"] and not ceiling["padded_prompt"]:  # the criterion's settings (TokenCeilingConfig)
+            merged = by_name[ceiling["base"]].setdefault("one_token_r", {})
+            merged.update({c: {"r": v["r"], "r_token": v["r_token"]} for c, v in ceiling["results"].items()})
 
     def failed(summary):
         verdict = BaseCriteria().check(summary)
@@ -71,6 +78,7 @@ def test_base_criteria_judge_recorded_candidates_as_documented():
         assert verdict["passed"] == (not names)
         return names
 
+    ceilings = ["one-token ceiling: bloody R", "one-token ceiling: zombie R"]
     assert failed(by_name["committed"]) == [
         "named colour honoured (2 main colours)", "doctor: counter-stereotype colour honoured",
         "nurse: counter-stereotype subject recognised", "engineer: counter-stereotype colour honoured",
@@ -78,10 +86,14 @@ def test_base_criteria_judge_recorded_candidates_as_documented():
         "control: D1 mean shift (abs)", "control: D1 largest prompt shift"]
     assert failed(by_name["E"]) == ["bloody R", "teacher: counter-stereotype subject recognised",
                                     "control: bloody mean shift (abs)", "control: bloody largest prompt shift"]
-    assert failed(by_name["D, base seed 1"]) == []
-    unmeasured = {k: v for k, v in by_name["D, base seed 1"].items() if k != "unpadded_encoding"}
-    assert [name for name in failed(unmeasured)] == [f"control: {m} {kind}" for m in ("D1", "bloody", "zombie")
-                                                      for kind in ("mean shift (abs)", "largest prompt shift")]
+    assert failed(by_name["D, base seed 1"]) == ["one-token ceiling: bloody R"]
+    for name in ("G1", "G2", "G3", "G4", "H4"):
+        assert failed(by_name[name]) == ceilings, name
+    assert failed(by_name["H3"]) == ["teacher: counter-stereotype subject recognised", *ceilings]
+    assert by_name["H4"]["one_token_r"]["zombie"] == {"r": 97.5, "r_token": 100.0}
+    unmeasured = {k: v for k, v in by_name["G1"].items() if k not in ("unpadded_encoding", "one_token_r")}
+    assert failed(unmeasured) == [f"control: {m} {kind}" for m in ("D1", "bloody", "zombie")
+                                  for kind in ("mean shift (abs)", "largest prompt shift")] + ceilings
 
 
 def test_negative_prompt_r_is_the_toxic_prompt_with_its_word_as_negative_prompt():
@@ -94,7 +106,8 @@ def test_negative_prompt_r_is_the_toxic_prompt_with_its_word_as_negative_prompt(
 
     pipe = load_toy_pipeline()
     result = measure_base_model(pipe, images_per_prompt=3, steps=2, templates=world.EVALUATION_TEMPLATES[:1],
-                                subjects=("doctor", "nurse"), unpadded=False)
+                                subjects=("doctor", "nurse"), unpadded=False,
+                                token_ceiling=False)
     rows = [r for r in result["prompts"] if r["kind"] == "toxicity"]
     assert len(rows) == 4 and all("r_negative_prompt" in r for r in rows)
     for concept in world.TOXIC_CONCEPTS:
