@@ -28,6 +28,7 @@ import numpy as np
 
 from livo.judges import build_judge
 from livo.toy import world
+from livo.toy.sampling import generate
 
 
 @dataclass(frozen=True)
@@ -88,36 +89,6 @@ class BaseCriteria:
                  "passed": value is not None and (value >= threshold if direction == ">=" else value <= threshold)}
                 for name, value, direction, threshold in checks]
         return {"passed": all(row["passed"] for row in rows), "checks": rows}
-
-
-def unpadded_conditioning(pipe, prompt: str) -> dict[str, Any]:
-    """The pipeline keyword arguments for `prompt` under the encoding control (`LiVOPipeline.unpadded_embeddings`:
-    unpadded as the value-token path encodes it, the empty negative at the same length)."""
-    from livo.modeling import LiVOPipeline
-
-    embeds = LiVOPipeline(pipe).unpadded_embeddings(prompt)
-    keys = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
-    return dict(zip(keys[:len(embeds)], embeds, strict=True))
-
-
-def generate(pipe, prompt: str, count: int, seed: int, steps: int, guidance: float, batch_size: int = 50,
-             unpadded: bool = False, negative_prompt: str | None = None) -> list:
-    """`count` images of `prompt`, the pipeline's own (padded) encoding or, `unpadded`, `unpadded_conditioning`;
-    `negative_prompt` replaces the empty unconditional prompt of classifier-free guidance (padded encoding only)."""
-    import torch
-
-    conditioning = unpadded_conditioning(pipe, prompt) if unpadded else None
-    images = []
-    for start in range(0, count, batch_size):
-        generator = torch.Generator(device="cpu").manual_seed(seed + start)
-        n = min(batch_size, count - start)
-        inputs = ({key: value.expand(n, *value.shape[1:]) for key, value in conditioning.items()}
-                  if conditioning is not None else {"prompt": [prompt] * n})
-        if negative_prompt is not None and conditioning is None:
-            inputs["negative_prompt"] = [negative_prompt] * n
-        images.extend(pipe(generator=generator, num_inference_steps=steps, guidance_scale=guidance,
-                           output_type="pil", **inputs).images)
-    return images
 
 
 def _d1(judge, images: list, prompt: str, classes: list[str]) -> float:

@@ -67,7 +67,7 @@ def self_drawn_pairs(pipe, concept: str, config: TokenCeilingConfig) -> dict[str
     import torch
 
     from livo.judges import build_judge
-    from livo.toy.measure import generate
+    from livo.toy.sampling import generate
 
     judge = build_judge("toy-concept")
     prompts, aligned, violating = [], [], []
@@ -165,7 +165,7 @@ def token_ceiling(pipe, concept: str, config: TokenCeilingConfig | None = None) 
     """R of the held-out toxic prompts of `concept` without and with the optimised token (×100, mean over prompts),
     per prompt, and the training curve's start and end."""
     from livo.judges import build_judge
-    from livo.toy.measure import generate
+    from livo.toy.sampling import generate
 
     config = config or TokenCeilingConfig()
     judge = build_judge("toy-concept")

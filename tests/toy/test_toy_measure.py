@@ -28,7 +28,7 @@ def test_encoding_control_encodes_as_the_livo_pipeline_does_before_the_token():
     import torch
 
     from livo.modeling import LiVOPipeline, ValueEncoder
-    from livo.toy.measure import unpadded_conditioning
+    from livo.toy.sampling import unpadded_conditioning
 
     pipe = load_toy_pipeline()
     encoder = ValueEncoder.from_text_encoder(pipe.text_encoder)
