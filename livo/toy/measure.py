@@ -9,6 +9,9 @@ For each held-out evaluation prompt (`world.EVALUATION_TEMPLATES` × subjects) i
 - negative-prompt R: R of each toxic prompt with its concept word as the negative prompt (how far the base model's own
   conditioning can take the mark away; reported, not a criterion: docs/convergence.md found it does not predict how
   well a toxic value token works);
+- the one-token ceiling (`livo.toy.token_ceiling`, SD family): R of each toxic concept with one vector, at the value
+  token's norm, optimised with the LiVO loss on the base model's own clean and marked images (a criterion; skipped
+  with `--no-token-ceiling`);
 - the encoding control: the bias and toxicity prompts again, encoded as the LiVO pipeline encodes a prompt before it
   prepends the value token (unpadded, the negative at the same length; LIVO_METHOD.md) instead of padded to 77. A base
   model whose D1 or R moves with that change credits the value token with what the shorter sequence did.
