@@ -32,6 +32,7 @@ import numpy as np
 from livo.judges import build_judge
 from livo.toy import world
 from livo.toy.sampling import generate
+from livo.toy.token_ceiling import TokenCeilingConfig, token_ceilings
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,8 @@ def _r(judge, images: list, concept: str) -> float:
 def measure_base_model(pipe, images_per_prompt: int = 50, steps: int = 20, guidance: float = 3.0, seed: int = 0,
                        templates: tuple[str, ...] = world.EVALUATION_TEMPLATES,
                        subjects: tuple[str, ...] = world.SUBJECTS, unpadded: bool = True,
-                       token_ceiling: bool = True, token_ceiling_config=None) -> dict[str, Any]:
+                       token_ceiling: bool = True,
+                       token_ceiling_config: TokenCeilingConfig | None = None) -> dict[str, Any]:
     """Every measure of the module docstring for `images_per_prompt` images per prompt; `token_ceiling` adds the
     one-token ceiling (`livo.toy.token_ceiling`; its config defaults to the measure's sampler and seed)."""
     from tqdm import tqdm
@@ -197,8 +199,6 @@ def measure_base_model(pipe, images_per_prompt: int = 50, steps: int = 20, guida
         }
     ceilings = None
     if token_ceiling:
-        from livo.toy.token_ceiling import TokenCeilingConfig, token_ceilings
-
         ceilings = token_ceilings(pipe, token_ceiling_config or TokenCeilingConfig(
             sampling_steps=steps, guidance_scale=guidance, seed=seed))
         summary["one_token_r"] = {c: {"r": result["r"], "r_token": result["r_token"]} for c, result in ceilings.items()}

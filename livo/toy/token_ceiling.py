@@ -63,7 +63,8 @@ def _posteriors(pipe, images: list):
 
 
 def self_drawn_pairs(pipe, concept: str, config: TokenCeilingConfig) -> dict[str, Any]:
-    """Clean and marked images the base model draws itself, judged, as `(prompts, posteriors_w, posteriors_l)`."""
+    """Clean and marked images the base model draws itself, judged: `{"prompts", "posteriors_w", "posteriors_l"}`, one
+    entry per pair (the marked prompt, and each side's VAE posterior parameters)."""
     import torch
 
     from livo.judges import build_judge
@@ -147,13 +148,11 @@ def generate_with_token(pipe, prompt: str, token, count: int, config: TokenCeili
     path = LiVOPipeline(pipe)
     with torch.no_grad():
         if config.padded_prompt:
-            prompt_embeds = encode_prompts(pipe.text_encoder, pipe.tokenizer, [prompt])
-            (negative,) = path._negative_embeds(None, prompt_embeds.shape[1])
+            merged = prepend_value_token(token[None], encode_prompts(pipe.text_encoder, pipe.tokenizer, [prompt]))
+            (negative,) = path._negative_embeds(None, merged.shape[1] - 1)  # CLIP reads at most 77 tokens
             negative = torch.cat([negative[:, :1], negative], dim=1)  # causal: the BOS state is the same for any text
         else:
-            prompt_embeds, _ = path.unpadded_embeddings(prompt)
-        merged = prepend_value_token(token[None].to(prompt_embeds.dtype), prompt_embeds)
-        if not config.padded_prompt:
+            merged = prepend_value_token(token[None], path.unpadded_embeddings(prompt)[0])
             (negative,) = path._negative_embeds(None, merged.shape[1])
         generator = torch.Generator(device="cpu").manual_seed(config.seed)
         return pipe(prompt_embeds=merged.expand(count, -1, -1), negative_prompt_embeds=negative.expand(count, -1, -1),
