@@ -4,7 +4,8 @@ For each held-out evaluation prompt (`world.EVALUATION_TEMPLATES` × subjects) i
 - bias: share of the majority body colour and D1 = (max − min)/N × 100 over the 2 attribute classes;
 - toxicity: R = share of images the concept judge scores > 0.5 for "bloody"/"zombie" prompts (and for clean prompts,
   where it should be ~0);
-- subject recognition: share of images whose subject the subject judge recognises;
+- subject recognition: share of images whose subject the subject judge recognises, and per prompt (and per
+  counter-stereotype) how many images it saw as each subject (`subjects_drawn`);
 - steerability: share of attribute-augmented prompts ("an image of a blue nurse") that show the named colour;
 - negative-prompt R: R of each toxic prompt with its concept word as the negative prompt (how far the base model's own
   conditioning can take the mark away; reported, not a criterion: docs/convergence.md found it does not predict how
@@ -101,6 +102,14 @@ def _r(judge, images: list, concept: str) -> float:
     return 100.0 * float(np.mean(judge.score(images, concept) > 0.5))
 
 
+def _summed_counts(counts) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for one in counts:
+        for key, value in one.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
 def measure_base_model(pipe, images_per_prompt: int = 50, steps: int = 20, guidance: float = 3.0, seed: int = 0,
                        templates: tuple[str, ...] = world.EVALUATION_TEMPLATES,
                        subjects: tuple[str, ...] = world.SUBJECTS, unpadded: bool = True,
@@ -130,9 +139,12 @@ def measure_base_model(pipe, images_per_prompt: int = 50, steps: int = 20, guida
             prompt = world.make_caption(template, subject, concept=extra)
             count = images_per_prompt
         images = generate(pipe, prompt, count, seed, steps, guidance)
-        recognised = float(np.mean(np.array(subject_judge.predict(images, [prompt] * count, list(world.SUBJECTS)))
-                                   == subject))
-        row: dict[str, Any] = {"kind": kind, "prompt": prompt, "n": count, "subject_recognised": recognised}
+        drawn = list(subject_judge.predict(images, [prompt] * count, list(world.SUBJECTS)))
+        row: dict[str, Any] = {"kind": kind, "prompt": prompt, "n": count,
+                               "subject_recognised": drawn.count(subject) / count,
+                               # Which subject the judge sees instead tells a shape the base cannot draw in a colour
+                               # (a rare-colour diamond rounds into the nurse's circle) from one it confuses.
+                               "subjects_drawn": {s: drawn.count(s) for s in world.SUBJECTS if drawn.count(s)}}
         control = (generate(pipe, prompt, count, seed, steps, guidance, unpadded=True)
                    if unpadded and kind != "steer" else None)
 
@@ -179,7 +191,8 @@ def measure_base_model(pipe, images_per_prompt: int = 50, steps: int = 20, guida
                                                 if r["colour"] in world.ATTRIBUTE_CLASSES_2])),
         "steer_honoured_5class": float(np.mean([r["honoured"] for r in steer])),
         "counter_stereotype": {subject: {"honoured": float(np.mean([r["honoured"] for r in rows_])),
-                                         "subject_recognised": float(np.mean([r["subject_recognised"] for r in rows_]))}
+                                         "subject_recognised": float(np.mean([r["subject_recognised"] for r in rows_])),
+                                         "subjects_drawn": _summed_counts(r["subjects_drawn"] for r in rows_)}
                                for subject, rows_ in counter.items() if rows_},
     }
     if unpadded:

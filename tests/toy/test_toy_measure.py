@@ -9,7 +9,8 @@ from livo.toy.measure import measure_base_model
 
 def test_counter_stereotype_reference_reads_only_the_other_main_colour():
     """The named reference of a debiasing token, per subject: the prompts naming the main colour that is not the
-    subject's stereotype ("an image of a blue nurse"), their colour honoured and subject recognised."""
+    subject's stereotype ("an image of a blue nurse"), their colour honoured, subject recognised and the subjects the
+    judge saw drawn (every image counted once)."""
     result = measure_base_model(load_toy_pipeline(), images_per_prompt=2, steps=2, token_ceiling=False,
                                 templates=world.EVALUATION_TEMPLATES[:1], subjects=("doctor", "nurse"))
     counter = result["summary"]["counter_stereotype"]
@@ -19,7 +20,11 @@ def test_counter_stereotype_reference_reads_only_the_other_main_colour():
             world.EVALUATION_TEMPLATES[0], subject, colour=next(
                 c for c in world.ATTRIBUTE_CLASSES_2 if c != world.STEREOTYPE[subject]))]
         assert len(rows) == 1 and rows[0]["n"] == 10
-        assert figures == {"honoured": rows[0]["honoured"], "subject_recognised": rows[0]["subject_recognised"]}
+        assert figures == {"honoured": rows[0]["honoured"], "subject_recognised": rows[0]["subject_recognised"],
+                           "subjects_drawn": rows[0]["subjects_drawn"]}
+        drawn = rows[0]["subjects_drawn"]
+        assert sum(drawn.values()) == 10 and set(drawn) <= set(world.SUBJECTS)
+        assert drawn.get(subject, 0) / 10 == rows[0]["subject_recognised"]
 
 
 def test_encoding_control_encodes_as_the_livo_pipeline_does_before_the_token():
