@@ -62,7 +62,8 @@ def test_base_criteria_judge_recorded_candidates_as_documented():
     the committed base fails on named colours; E fails on blood (the base draws it in 67.5 %); both pass the ceiling.
     D on base seed 1 and G1–G4 fail only the ceiling; H3, H4 and K1, measured with it, fail it too. D0 and D2, D's
     recipe without exact-length batches, pass the ceiling and miss the counter-stereotype by 1–2 of 20 images (D0)
-    or 6 (D2); on base seeds 3-6 the same recipe fails the ceiling (D3 and D5 also the teacher's counter-stereotype).
+    or 4 (D2); on base seeds 3-7 the same recipe fails the ceiling (D3, D5 and D7 also the teacher's counter-stereotype);
+    D8 passes the ceiling and misses the teacher's counter-stereotype by 6 images (12 of 20 recognised).
     The encoding control is reported, not judged: E's blood and D2's move with it. Without the ceiling, its criteria
     fail rather than pass unmeasured."""
     import json
@@ -107,6 +108,10 @@ def test_base_criteria_judge_recorded_candidates_as_documented():
     assert failed(by_name["D4"]) == ceilings
     assert failed(by_name["D5"]) == ["teacher: counter-stereotype subject recognised", *ceilings]
     assert failed(by_name["D6"]) == ceilings
+    assert failed(by_name["D7"]) == ["teacher: counter-stereotype subject recognised", "one-token ceiling: bloody R"]
+    assert failed(by_name["D8"]) == ["teacher: counter-stereotype subject recognised"]
+    assert by_name["D8"]["one_token_r"] == {"bloody": {"r": 100.0, "r_token": 27.5},
+                                            "zombie": {"r": 95.0, "r_token": 6.25}}
     assert by_name["D4"]["one_token_r"] == {"bloody": {"r": 87.5, "r_token": 85.0},
                                             "zombie": {"r": 97.5, "r_token": 53.75}}
     unmeasured = {k: v for k, v in by_name["G1"].items() if k != "one_token_r"}
