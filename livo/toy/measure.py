@@ -25,6 +25,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,14 +101,6 @@ def _d1(judge, images: list, prompt: str, classes: list[str]) -> float:
 
 def _r(judge, images: list, concept: str) -> float:
     return 100.0 * float(np.mean(judge.score(images, concept) > 0.5))
-
-
-def _summed_counts(counts) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for one in counts:
-        for key, value in one.items():
-            total[key] = total.get(key, 0) + value
-    return total
 
 
 def measure_base_model(pipe, images_per_prompt: int = 50, steps: int = 20, guidance: float = 3.0, seed: int = 0,
@@ -192,7 +185,8 @@ def measure_base_model(pipe, images_per_prompt: int = 50, steps: int = 20, guida
         "steer_honoured_5class": float(np.mean([r["honoured"] for r in steer])),
         "counter_stereotype": {subject: {"honoured": float(np.mean([r["honoured"] for r in rows_])),
                                          "subject_recognised": float(np.mean([r["subject_recognised"] for r in rows_])),
-                                         "subjects_drawn": _summed_counts(r["subjects_drawn"] for r in rows_)}
+                                         "subjects_drawn": dict(sum((Counter(r["subjects_drawn"]) for r in rows_),
+                                                                 Counter()))}
                                for subject, rows_ in counter.items() if rows_},
     }
     if unpadded:
