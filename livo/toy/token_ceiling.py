@@ -15,6 +15,11 @@ and without it.
 On the eight toy bases LiVO had been run on, LiVO reached R ≤ 20 only where this ceiling was low and never where it
 was above 50 (docs/convergence.md, "The one-token ceiling"), so it is a base-model criterion (`BaseCriteria`): a base
 on which no single token can remove a mark cannot show whether LiVO removes it.
+
+The gender probe (`gender_transfer`, `--gender`) asks the same of the bias principle, per stereotyped colour: one
+vector trained on the preference data's subject of that stereotype, sampled on it (`seen`) and on the subjects LiVO
+never trains on (`unseen`). It is reported, not a criterion, until LiVO runs on bases that have it measured calibrate
+a threshold (docs/toy_world.md, "Choosing a base model").
 """
 
 from __future__ import annotations
@@ -92,8 +97,9 @@ def self_drawn_pairs(pipe, concept: str, config: TokenCeilingConfig) -> dict[str
     return {"prompts": prompts, "posteriors_w": torch.cat(aligned), "posteriors_l": torch.cat(violating)}
 
 
-def optimise_token(pipe, concept: str, pairs: dict[str, Any], config: TokenCeilingConfig) -> tuple[Any, list]:
-    """One free vector optimised with the LiVO loss (the paper's β, α, γ) on `pairs`; `(vector [D], loss curve)`."""
+def optimise_token(pipe, principle: str, pairs: dict[str, Any], config: TokenCeilingConfig) -> tuple[Any, list]:
+    """One free vector optimised with the LiVO loss (the paper's β, α, γ) on `pairs`, started at the frozen encoder's
+    state of `principle` before the first prompt; `(vector [D], loss curve)`."""
     import torch
     from diffusers import DDPMScheduler
     from tqdm import tqdm
@@ -104,7 +110,6 @@ def optimise_token(pipe, concept: str, pairs: dict[str, Any], config: TokenCeili
 
     generator = torch.Generator().manual_seed(config.seed)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    principle = f"{concept} considered inappropriate"
     prompts = pairs["prompts"]
     with torch.no_grad():
         plain = encode_prompts(pipe.text_encoder, pipe.tokenizer, prompts)
@@ -119,7 +124,7 @@ def optimise_token(pipe, concept: str, pairs: dict[str, Any], config: TokenCeili
     unet = pipe.unet
     unet.requires_grad_(False)
     curve = []
-    for _ in tqdm(range(config.steps), desc=f"one token: {concept}", mininterval=10, file=sys.stderr):
+    for _ in tqdm(range(config.steps), desc=f"one token: {principle}", mininterval=10, file=sys.stderr):
         index = torch.randint(0, len(prompts), (config.batch_size,), generator=generator)
         latents_w = sample_latents(pipe.vae, pairs["posteriors_w"][index], generator)
         latents_l = sample_latents(pipe.vae, pairs["posteriors_l"][index], generator)
@@ -169,7 +174,7 @@ def token_ceiling(pipe, concept: str, config: TokenCeilingConfig | None = None) 
     config = config or TokenCeilingConfig()
     judge = build_judge("toy-concept")
     pairs = self_drawn_pairs(pipe, concept, config)
-    token, curve = optimise_token(pipe, concept, pairs, config)
+    token, curve = optimise_token(pipe, f"{concept} considered inappropriate", pairs, config)
     rows = []
     for template in world.EVALUATION_TEMPLATES:
         for subject in world.SUBJECTS:
@@ -179,12 +184,15 @@ def token_ceiling(pipe, concept: str, config: TokenCeilingConfig | None = None) 
             with_token = generate_with_token(pipe, prompt, token, count, config)
             rows.append({"prompt": prompt, "r": 100.0 * float(np.mean(judge.score(base, concept) > 0.5)),
                          "r_token": 100.0 * float(np.mean(judge.score(with_token, concept) > 0.5))})
-    head, tail = curve[: max(1, len(curve) // 10)], curve[-max(1, len(curve) // 10):]
     return {"concept": concept, "pairs": len(pairs["prompts"]),
             "r": float(np.mean([row["r"] for row in rows])),
             "r_token": float(np.mean([row["r_token"] for row in rows])),
-            "loss_first_tenth": float(np.mean(head)), "loss_last_tenth": float(np.mean(tail)),
-            "token_norm": float(token.norm()), "prompts": rows, "settings": asdict(config)}
+            **_curve_ends(curve), "token_norm": float(token.norm()), "prompts": rows, "settings": asdict(config)}
+
+
+def _curve_ends(curve: list[float]) -> dict[str, float]:
+    head, tail = curve[: max(1, len(curve) // 10)], curve[-max(1, len(curve) // 10):]
+    return {"loss_first_tenth": float(np.mean(head)), "loss_last_tenth": float(np.mean(tail))}
 
 
 def token_ceilings(pipe, config: TokenCeilingConfig | None = None) -> dict[str, dict[str, Any]]:
@@ -194,6 +202,100 @@ def token_ceilings(pipe, config: TokenCeilingConfig | None = None) -> dict[str, 
         print(f"one-token ceiling: {concept}", file=sys.stderr, flush=True)
         results[concept] = token_ceiling(pipe, concept, config)
     return results
+
+
+def gender_pairs(pipe, stereotype: str, config: TokenCeilingConfig) -> dict[str, Any]:
+    """Pairs the base model draws itself for the preference-data subjects whose stereotype is `stereotype`, as LiVO's
+    bias data pairs them (configs/principles/toy.yaml, gender-equality): violating = images of the plain prompt judged
+    in the stereotyped colour; aligned = images of the prompt with the other main colour named, judged in that colour
+    and as the subject. The plain prompt is the pair's prompt. Same layout as `self_drawn_pairs`."""
+    import torch
+
+    from livo.judges import build_judge
+    from livo.toy.sampling import generate
+
+    attribute, subject_judge = build_judge("toy-attribute"), build_judge("toy-subject")
+    classes = list(world.ATTRIBUTE_CLASSES_2)
+    counter = next(c for c in classes if c != stereotype)
+    prompts, aligned, violating = [], [], []
+    for t, template in enumerate(world.GENERATION_TEMPLATES):
+        for s, subject in enumerate(config.subjects):
+            if world.STEREOTYPE[subject] != stereotype:
+                continue
+            plain = world.make_caption(template, subject)
+            named = world.make_caption(template, subject, colour=counter)
+            seed = config.seed + 1000 * (1 + t) + 100 * s
+            count = config.images_per_prompt
+            drawn = generate(pipe, plain, count, seed, config.sampling_steps, config.guidance_scale)
+            asked = generate(pipe, named, count, seed + 50, config.sampling_steps, config.guidance_scale)
+            drawn = [image for image, label in zip(drawn, attribute.predict(drawn, [plain] * count, classes),
+                                                   strict=True) if label == stereotype]
+            colours = attribute.predict(asked, [named] * count, classes)
+            subjects = subject_judge.predict(asked, [named] * count, list(world.SUBJECTS))
+            asked = [image for image, colour, drawn_subject in zip(asked, colours, subjects, strict=True)
+                     if colour == counter and drawn_subject == subject]
+            kept = min(len(drawn), len(asked))
+            if kept:
+                aligned.append(_posteriors(pipe, asked[:kept]))
+                violating.append(_posteriors(pipe, drawn[:kept]))
+                prompts += [plain] * kept
+    if not prompts:
+        raise ValueError(f"the base model drew no judged pair for the {stereotype} stereotype of {config.subjects}: "
+                         "nothing to optimise on")
+    return {"prompts": prompts, "posteriors_w": torch.cat(aligned), "posteriors_l": torch.cat(violating)}
+
+
+def gender_transfer(pipe, config: TokenCeilingConfig | None = None, inference_dropout: float = 0.5) -> dict[str, Any]:
+    """The gender probe: per stereotyped colour, one vector optimised with the LiVO loss on `gender_pairs` of the
+    preference-data subjects of that stereotype (the doctor for blue, the nurse for orange), then sampled on the
+    held-out evaluation templates for every subject of that stereotype — the trained one (`seen`) and the ones LiVO
+    never sees in training (`unseen`: the engineer, the teacher). Per prompt: the share of the other main colour
+    without and with the vector, the subject recognised with it, and the D1 expected when the pipeline applies the
+    vector to `1 - inference_dropout` of the images (the gender principle's inference dropout, 0.5).
+
+    Unlike a toxic mark, the flip a debiasing token needs depends on the subject (orange for the doctor, blue for the
+    nurse), so one vector shared by every subject would measure something the value encoder (which reads the prompt)
+    never has to do; one vector per stereotype asks whether what turns the doctor orange turns the engineer orange in
+    this base model, which is what a token trained on doctors and nurses must do for the unseen subjects."""
+    from livo.judges import build_judge
+    from livo.toy.sampling import generate
+
+    config = config or TokenCeilingConfig()
+    attribute, subject_judge = build_judge("toy-attribute"), build_judge("toy-subject")
+    classes = list(world.ATTRIBUTE_CLASSES_2)
+    rows, vectors = [], {}
+    for stereotype in classes:
+        trained = [s for s in config.subjects if world.STEREOTYPE[s] == stereotype]
+        if not trained:
+            continue
+        counter = next(c for c in classes if c != stereotype)
+        pairs = gender_pairs(pipe, stereotype, config)
+        token, curve = optimise_token(pipe, "gender equality", pairs, config)
+        vectors[stereotype] = {"trained_on": trained, "pairs": len(pairs["prompts"]), **_curve_ends(curve),
+                               "token_norm": float(token.norm())}
+        for template in world.EVALUATION_TEMPLATES:
+            for subject in (s for s in world.SUBJECTS if world.STEREOTYPE[s] == stereotype):
+                prompt = world.make_caption(template, subject)
+                count = config.eval_images_per_prompt
+                base = generate(pipe, prompt, count, config.seed, config.sampling_steps, config.guidance_scale)
+                with_token = generate_with_token(pipe, prompt, token, count, config)
+                counter_base = float(np.mean(np.array(attribute.predict(base, [prompt] * count, classes)) == counter))
+                counter_token = float(np.mean(
+                    np.array(attribute.predict(with_token, [prompt] * count, classes)) == counter))
+                recognised = float(np.mean(
+                    np.array(subject_judge.predict(with_token, [prompt] * count, list(world.SUBJECTS))) == subject))
+                mixed = inference_dropout * counter_base + (1.0 - inference_dropout) * counter_token
+                rows.append({"prompt": prompt, "subject": subject, "seen": subject in trained,
+                             "counter_share": counter_base, "counter_share_token": counter_token,
+                             "subject_recognised_token": recognised, "d1": 100.0 * abs(2.0 * mixed - 1.0)})
+
+    def split(seen: bool) -> dict[str, float]:
+        chosen = [row for row in rows if row["seen"] == seen]
+        keys = ("counter_share", "counter_share_token", "subject_recognised_token", "d1")
+        return {key: float(np.mean([row[key] for row in chosen])) for key in keys} if chosen else {}
+
+    return {"seen": split(True), "unseen": split(False), "vectors": vectors, "inference_dropout": inference_dropout,
+            "prompts": rows, "settings": asdict(config)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--free-norm", dest="keep_norm", action="store_false",
                         help="let the vector's norm grow too (default: its direction only, as the value encoder's "
                              "layer-normed output; TokenCeilingConfig.keep_norm)")
+    parser.add_argument("--gender", action="store_true",
+                        help="run the gender probe (gender_transfer) instead of the toxic concepts")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="also write the full result here")
     args = parser.parse_args(argv)
@@ -226,6 +330,17 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_toy_pipeline(weights_dir=args.weights)
     config = TokenCeilingConfig(steps=args.steps, seed=args.seed, keep_norm=args.keep_norm,
                                 padded_prompt=args.padded_prompt)
+    if args.gender:
+        result = gender_transfer(pipe, config)
+        if args.json:
+            args.json.write_text(json.dumps({"gender": result, "seconds": round(time.time() - started, 1)}, indent=2)
+                                 + "\n")
+        for split in ("seen", "unseen"):
+            row = result[split]
+            print(f"gender, {split} subjects: other colour {row['counter_share']:.2f} -> {row['counter_share_token']:.2f}"
+                  f" with one vector per stereotype, D1 {row['d1']:.1f} at inference dropout "
+                  f"{result['inference_dropout']}, subject {row['subject_recognised_token']:.2f}")
+        return 0
     results = {concept: token_ceiling(pipe, concept, config) for concept in args.concept or world.TOXIC_CONCEPTS}
     if args.json:
         args.json.write_text(json.dumps({"results": results, "seconds": round(time.time() - started, 1)}, indent=2)

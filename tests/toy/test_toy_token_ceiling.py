@@ -10,6 +10,8 @@ from livo.toy import world
 from livo.toy.base_model import load_toy_pipeline
 from livo.toy.token_ceiling import (
     TokenCeilingConfig,
+    gender_pairs,
+    gender_transfer,
     generate_with_token,
     optimise_token,
     self_drawn_pairs,
@@ -48,7 +50,7 @@ def test_the_token_lowers_the_livo_loss_and_nothing_of_the_base_model_changes(pi
     from its start (the frozen encoder's state of the principle text) and the loss fell."""
     before = {name: {k: v.clone() for k, v in getattr(pipe, name).state_dict().items()}
               for name in ("unet", "vae", "text_encoder")}
-    token, curve = optimise_token(pipe, "bloody", bloody_pairs, SMALL)
+    token, curve = optimise_token(pipe, "bloody considered inappropriate", bloody_pairs, SMALL)
     for name, state in before.items():
         after = getattr(pipe, name).state_dict()
         assert all(torch.equal(state[k], after[k]) for k in state), name
@@ -125,6 +127,44 @@ def test_the_base_measure_reports_the_ceiling_and_judges_it(pipe):
         row = rows[f"one-token ceiling: {concept} R"]
         assert row["value"] == ceiling[concept]["r_token"] and row["passed"] == (row["value"] <= 50.0)
     assert BaseCriteria().max_one_token_r == 50.0
+    # the gender probe is reported beside it, and judged by no criterion until a threshold is calibrated
+    assert result["summary"]["gender_transfer"] == {split: result["gender_transfer"][split]
+                                                    for split in ("seen", "unseen")}
+    assert not any("gender" in name for name in rows)
+
+
+def test_gender_pairs_are_the_stereotype_against_the_named_other_colour_of_the_same_subject(pipe):
+    """Blue-stereotyped pairs come from the doctor only (the nurse is orange-stereotyped): each pair's prompt is the
+    plain generation prompt, its violating image a blue doctor the base drew unasked and its aligned image an orange
+    doctor drawn when asked, so the two sides differ in colour: blue's hue sits in the latents' first channels."""
+    pairs = gender_pairs(pipe, "blue", SMALL)
+    prompts = pairs["prompts"]
+    assert set(prompts) <= {world.make_caption(t, "doctor") for t in world.GENERATION_TEMPLATES}
+    assert all(prompts.count(p) <= SMALL.images_per_prompt for p in set(prompts))
+    assert pairs["posteriors_w"].shape == pairs["posteriors_l"].shape == (len(prompts), 8, 8, 8)
+    decoded = {side: pipe.vae.decode(pairs[side][:, :4]).sample for side in ("posteriors_w", "posteriors_l")}
+    # pixels in [-1, 1]: orange is red-heavy, blue is blue-heavy, averaged over the image and the pairs
+    red_minus_blue = {side: float((x[:, 0] - x[:, 2]).mean()) for side, x in decoded.items()}
+    assert red_minus_blue["posteriors_w"] > red_minus_blue["posteriors_l"] + 0.02
+
+
+def test_gender_probe_reports_seen_and_unseen_subjects_of_each_stereotype(pipe):
+    """One vector per stereotype, trained on the preference data's subject of it; every evaluation prompt of every
+    subject is sampled, the doctor and nurse as seen and the engineer and teacher as unseen; D1 is the one expected
+    when half of the images carry the vector (the gender principle's inference dropout)."""
+    result = gender_transfer(pipe, SMALL)
+    assert {k: v["trained_on"] for k, v in result["vectors"].items()} == {"orange": ["nurse"], "blue": ["doctor"]}
+    assert all(v["pairs"] > 0 for v in result["vectors"].values())
+    prompts = sorted(row["prompt"] for row in result["prompts"])
+    assert prompts == sorted(world.make_caption(t, s) for t in world.EVALUATION_TEMPLATES for s in world.SUBJECTS)
+    assert {row["subject"] for row in result["prompts"] if row["seen"]} == {"doctor", "nurse"}
+    for row in result["prompts"]:
+        mixed = 0.5 * row["counter_share"] + 0.5 * row["counter_share_token"]
+        assert row["d1"] == pytest.approx(100.0 * abs(2.0 * mixed - 1.0))
+        assert row["counter_share"] in (0.0, 0.5, 1.0)  # 2 images per prompt
+    unseen = [row for row in result["prompts"] if not row["seen"]]
+    assert result["unseen"]["d1"] == pytest.approx(np.mean([row["d1"] for row in unseen]))
+    assert result["inference_dropout"] == 0.5
 
 
 @pytest.mark.slow
