@@ -31,8 +31,9 @@ system-deps:
 	  else echo "chromium or chromedriver missing (apt-get install chromium chromium-driver): the report rendering" \
 	    "and serving page tests will be skipped"; fi; }
 
+# --durations: CI's log lists the 30 slowest tests, so what makes CI long is seen on every run.
 test: $(STAMP) system-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
