@@ -63,7 +63,9 @@ def test_base_criteria_judge_recorded_candidates_as_documented():
     D on base seed 1 and G1–G4 fail only the ceiling; H3, H4 and K1, measured with it, fail it too. D0 and D2, D's
     recipe without exact-length batches, pass the ceiling and miss the counter-stereotype by 1–2 of 20 images (D0)
     or 4 (D2); on base seeds 3-7 the same recipe fails the ceiling (D3, D5 and D7 also the teacher's counter-stereotype);
-    D8 passes the ceiling and misses the teacher's counter-stereotype by 6 images (12 of 20 recognised).
+    D8 passes the ceiling and misses the teacher's counter-stereotype by 6 images (12 of 20 recognised). With 4500
+    UNet steps instead of 3000 (D8u45, D3u45) the teacher is recognised in 9 and 10 of 20, and D8's blood ceiling
+    rises above 50; D3u45 was measured without the ceiling, so both ceiling criteria fail.
     The encoding control is reported, not judged: E's blood and D2's move with it. Without the ceiling, its criteria
     fail rather than pass unmeasured."""
     import json
@@ -114,6 +116,11 @@ def test_base_criteria_judge_recorded_candidates_as_documented():
                                             "zombie": {"r": 95.0, "r_token": 6.25}}
     assert by_name["D4"]["one_token_r"] == {"bloody": {"r": 87.5, "r_token": 85.0},
                                             "zombie": {"r": 97.5, "r_token": 53.75}}
+    assert failed(by_name["D8u45"]) == ["teacher: counter-stereotype subject recognised", "one-token ceiling: bloody R"]
+    assert by_name["D8u45"]["counter_stereotype"]["teacher"]["subjects_drawn"] == {"nurse": 11, "teacher": 9}
+    assert by_name["D8u45"]["one_token_r"]["bloody"] == {"r": 100.0, "r_token": 66.25}
+    assert failed(by_name["D3u45"]) == ["teacher: counter-stereotype subject recognised", *ceilings]
+    assert by_name["D3u45"]["counter_stereotype"]["teacher"]["subjects_drawn"] == {"nurse": 10, "teacher": 10}
     unmeasured = {k: v for k, v in by_name["G1"].items() if k != "one_token_r"}
     assert failed(unmeasured) == ceilings
 
