@@ -12,9 +12,8 @@ For each held-out evaluation prompt (`world.EVALUATION_TEMPLATES` × subjects) i
   well a toxic value token works);
 - the one-token ceiling (`livo.toy.token_ceiling`, SD family): R of each toxic concept with one vector, at the value
   token's norm, optimised with the LiVO loss on the base model's own clean and marked images (a criterion; skipped
-  with `--no-token-ceiling`), and beside it the gender probe (`token_ceiling.gender_transfer`: whether one vector per
-  stereotype trained on the doctor / the nurse flips the colour of the unseen engineer / teacher; reported, not a
-  criterion until calibrated);
+  with `--no-token-ceiling`; the gender probe, `python -m livo.toy.token_ceiling --gender`, is not part of it: it did
+  not tell apart bases on which LiVO's gender token does and does not carry to unseen subjects, docs/toy_world.md);
 - the encoding control: the bias and toxicity prompts again, encoded as the LiVO pipeline encodes a prompt before it
   prepends the value token (unpadded, the negative at the same length; LIVO_METHOD.md) instead of padded to 77. A base
   model whose D1 or R moves with that change credits the value token with what the shorter sequence did (reported,
@@ -37,7 +36,7 @@ import numpy as np
 from livo.judges import build_judge
 from livo.toy import world
 from livo.toy.sampling import generate
-from livo.toy.token_ceiling import TokenCeilingConfig, gender_transfer, token_ceilings
+from livo.toy.token_ceiling import TokenCeilingConfig, token_ceilings
 
 
 @dataclass(frozen=True)
@@ -203,22 +202,17 @@ def measure_base_model(pipe, images_per_prompt: int = 50, steps: int = 20, guida
             "shift_mean": {k: float(np.mean(v)) for k, v in shifts.items()},
             "shift_max_abs": {k: float(np.max(np.abs(v))) for k, v in shifts.items()},
         }
-    ceilings = gender = None
+    ceilings = None
     if token_ceiling:
-        probe_config = token_ceiling_config or TokenCeilingConfig(sampling_steps=steps, guidance_scale=guidance,
-                                                                  seed=seed)
-        ceilings = token_ceilings(pipe, probe_config)
+        ceilings = token_ceilings(pipe, token_ceiling_config or TokenCeilingConfig(
+            sampling_steps=steps, guidance_scale=guidance, seed=seed))
         summary["one_token_r"] = {c: {"r": result["r"], "r_token": result["r_token"]} for c, result in ceilings.items()}
-        # Reported, not a criterion: no LiVO run has yet been made on a base with it measured (docs/toy_world.md).
-        gender = gender_transfer(pipe, probe_config)
-        summary["gender_transfer"] = {split: gender[split] for split in ("seen", "unseen")}
     summary["criteria"] = BaseCriteria().check(summary)
     return {"settings": {"images_per_prompt": images_per_prompt, "steps": steps, "guidance_scale": guidance,
                          "seed": seed, "templates": list(templates), "unpadded_control": unpadded,
                          "token_ceiling": token_ceiling},
             "judges": [attribute.id, concept.id, subject_judge.id], "summary": summary, "prompts": rows,
-            **({"token_ceiling": ceilings} if ceilings is not None else {}),
-            **({"gender_transfer": gender} if gender is not None else {})}
+            **({"token_ceiling": ceilings} if ceilings is not None else {})}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-unpadded", dest="unpadded", action="store_false",
                         help="skip the encoding control (the bias and toxicity prompts again, unpadded)")
     parser.add_argument("--no-token-ceiling", dest="token_ceiling", action="store_false",
-                        help="skip the one-token ceiling and the gender probe (livo.toy.token_ceiling; SD family only; "
-                             "~8 min)")
+                        help="skip the one-token ceiling (livo.toy.token_ceiling; SD family only; ~5 min)")
     parser.add_argument("--json", type=Path, default=None, help="also write the full result here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

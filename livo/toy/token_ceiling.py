@@ -18,8 +18,10 @@ on which no single token can remove a mark cannot show whether LiVO removes it.
 
 The gender probe (`gender_transfer`, `--gender`) asks the same of the bias principle, per stereotyped colour: one
 vector trained on the preference data's subject of that stereotype, sampled on it (`seen`) and on the subjects LiVO
-never trains on (`unseen`). It is reported, not a criterion, until LiVO runs on bases that have it measured calibrate
-a threshold (docs/toy_world.md, "Choosing a base model").
+never trains on (`unseen`). A diagnostic, not a criterion: on three bases it flipped the unseen subjects' colour only
+by drawing the trained subject instead (unseen subject recognised 0.00–0.12), on the base where LiVO's gender token
+carries to unseen subjects as on the one where it does not (docs/toy_world.md, "Choosing a base model";
+benchmarks/results/toy_gender_probe.jsonl).
 """
 
 from __future__ import annotations

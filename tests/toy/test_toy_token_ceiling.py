@@ -127,10 +127,6 @@ def test_the_base_measure_reports_the_ceiling_and_judges_it(pipe):
         row = rows[f"one-token ceiling: {concept} R"]
         assert row["value"] == ceiling[concept]["r_token"] and row["passed"] == (row["value"] <= 50.0)
     assert BaseCriteria().max_one_token_r == 50.0
-    # the gender probe is reported beside it, and judged by no criterion until a threshold is calibrated
-    assert result["summary"]["gender_transfer"] == {split: result["gender_transfer"][split]
-                                                    for split in ("seen", "unseen")}
-    assert not any("gender" in name for name in rows)
 
 
 def test_gender_pairs_are_the_stereotype_against_the_named_other_colour_of_the_same_subject(pipe):
