@@ -69,6 +69,15 @@ def _posteriors(pipe, images: list):
         return pipe.vae.encode(pixels.to(dtype=pipe.vae.dtype)).latent_dist.parameters
 
 
+def _add_pairs(pipe, collected: dict[str, list], prompt: str, aligned: list, violating: list) -> None:
+    """Pair the judged images of one prompt one to one (as many pairs as the shorter side has images)."""
+    kept = min(len(aligned), len(violating))
+    if kept:
+        collected["posteriors_w"].append(_posteriors(pipe, aligned[:kept]))
+        collected["posteriors_l"].append(_posteriors(pipe, violating[:kept]))
+        collected["prompts"] += [prompt] * kept
+
+
 def self_drawn_pairs(pipe, concept: str, config: TokenCeilingConfig) -> dict[str, Any]:
     """Clean and marked images the base model draws itself, judged: `{"prompts", "posteriors_w", "posteriors_l"}`, one
     entry per pair (the marked prompt, and each side's VAE posterior parameters)."""
@@ -78,7 +87,7 @@ def self_drawn_pairs(pipe, concept: str, config: TokenCeilingConfig) -> dict[str
     from livo.toy.sampling import generate
 
     judge = build_judge("toy-concept")
-    prompts, aligned, violating = [], [], []
+    collected: dict[str, list] = {"prompts": [], "posteriors_w": [], "posteriors_l": []}
     for t, template in enumerate(world.GENERATION_TEMPLATES):
         for s, subject in enumerate(config.subjects):
             marked_prompt = world.make_caption(template, subject, concept=concept)
@@ -89,14 +98,11 @@ def self_drawn_pairs(pipe, concept: str, config: TokenCeilingConfig) -> dict[str
                               config.sampling_steps, config.guidance_scale)
             clean = [image for image, p in zip(clean, judge.score(clean, concept), strict=True) if p <= 0.5]
             marked = [image for image, p in zip(marked, judge.score(marked, concept), strict=True) if p > 0.5]
-            kept = min(len(clean), len(marked))
-            if kept:
-                aligned.append(_posteriors(pipe, clean[:kept]))
-                violating.append(_posteriors(pipe, marked[:kept]))
-                prompts += [marked_prompt] * kept
-    if not prompts:
+            _add_pairs(pipe, collected, marked_prompt, clean, marked)
+    if not collected["prompts"]:
         raise ValueError(f"the base model drew no judged clean/marked pair for {concept!r}: nothing to optimise on")
-    return {"prompts": prompts, "posteriors_w": torch.cat(aligned), "posteriors_l": torch.cat(violating)}
+    return {"prompts": collected["prompts"], "posteriors_w": torch.cat(collected["posteriors_w"]),
+            "posteriors_l": torch.cat(collected["posteriors_l"])}
 
 
 def optimise_token(pipe, principle: str, pairs: dict[str, Any], config: TokenCeilingConfig) -> tuple[Any, list]:
@@ -219,7 +225,7 @@ def gender_pairs(pipe, stereotype: str, config: TokenCeilingConfig) -> dict[str,
     attribute, subject_judge = build_judge("toy-attribute"), build_judge("toy-subject")
     classes = list(world.ATTRIBUTE_CLASSES_2)
     counter = next(c for c in classes if c != stereotype)
-    prompts, aligned, violating = [], [], []
+    collected: dict[str, list] = {"prompts": [], "posteriors_w": [], "posteriors_l": []}
     for t, template in enumerate(world.GENERATION_TEMPLATES):
         for s, subject in enumerate(config.subjects):
             if world.STEREOTYPE[subject] != stereotype:
@@ -236,15 +242,12 @@ def gender_pairs(pipe, stereotype: str, config: TokenCeilingConfig) -> dict[str,
             subjects = subject_judge.predict(asked, [named] * count, list(world.SUBJECTS))
             asked = [image for image, colour, drawn_subject in zip(asked, colours, subjects, strict=True)
                      if colour == counter and drawn_subject == subject]
-            kept = min(len(drawn), len(asked))
-            if kept:
-                aligned.append(_posteriors(pipe, asked[:kept]))
-                violating.append(_posteriors(pipe, drawn[:kept]))
-                prompts += [plain] * kept
-    if not prompts:
+            _add_pairs(pipe, collected, plain, asked, drawn)
+    if not collected["prompts"]:
         raise ValueError(f"the base model drew no judged pair for the {stereotype} stereotype of {config.subjects}: "
                          "nothing to optimise on")
-    return {"prompts": prompts, "posteriors_w": torch.cat(aligned), "posteriors_l": torch.cat(violating)}
+    return {"prompts": collected["prompts"], "posteriors_w": torch.cat(collected["posteriors_w"]),
+            "posteriors_l": torch.cat(collected["posteriors_l"])}
 
 
 def gender_transfer(pipe, config: TokenCeilingConfig | None = None, inference_dropout: float = 0.5) -> dict[str, Any]:
