@@ -78,10 +78,16 @@ def _add_pairs(pipe, collected: dict[str, list], prompt: str, aligned: list, vio
         collected["prompts"] += [prompt] * kept
 
 
+def _stacked(collected: dict[str, list]) -> dict[str, Any]:
+    import torch
+
+    return {"prompts": collected["prompts"], "posteriors_w": torch.cat(collected["posteriors_w"]),
+            "posteriors_l": torch.cat(collected["posteriors_l"])}
+
+
 def self_drawn_pairs(pipe, concept: str, config: TokenCeilingConfig) -> dict[str, Any]:
     """Clean and marked images the base model draws itself, judged: `{"prompts", "posteriors_w", "posteriors_l"}`, one
     entry per pair (the marked prompt, and each side's VAE posterior parameters)."""
-    import torch
 
     from livo.judges import build_judge
     from livo.toy.sampling import generate
@@ -101,8 +107,7 @@ def self_drawn_pairs(pipe, concept: str, config: TokenCeilingConfig) -> dict[str
             _add_pairs(pipe, collected, marked_prompt, clean, marked)
     if not collected["prompts"]:
         raise ValueError(f"the base model drew no judged clean/marked pair for {concept!r}: nothing to optimise on")
-    return {"prompts": collected["prompts"], "posteriors_w": torch.cat(collected["posteriors_w"]),
-            "posteriors_l": torch.cat(collected["posteriors_l"])}
+    return _stacked(collected)
 
 
 def optimise_token(pipe, principle: str, pairs: dict[str, Any], config: TokenCeilingConfig) -> tuple[Any, list]:
@@ -217,7 +222,6 @@ def gender_pairs(pipe, stereotype: str, config: TokenCeilingConfig) -> dict[str,
     bias data pairs them (configs/principles/toy.yaml, gender-equality): violating = images of the plain prompt judged
     in the stereotyped colour; aligned = images of the prompt with the other main colour named, judged in that colour
     and as the subject. The plain prompt is the pair's prompt. Same layout as `self_drawn_pairs`."""
-    import torch
 
     from livo.judges import build_judge
     from livo.toy.sampling import generate
@@ -246,8 +250,7 @@ def gender_pairs(pipe, stereotype: str, config: TokenCeilingConfig) -> dict[str,
     if not collected["prompts"]:
         raise ValueError(f"the base model drew no judged pair for the {stereotype} stereotype of {config.subjects}: "
                          "nothing to optimise on")
-    return {"prompts": collected["prompts"], "posteriors_w": torch.cat(collected["posteriors_w"]),
-            "posteriors_l": torch.cat(collected["posteriors_l"])}
+    return _stacked(collected)
 
 
 def gender_transfer(pipe, config: TokenCeilingConfig | None = None, inference_dropout: float = 0.5) -> dict[str, Any]:

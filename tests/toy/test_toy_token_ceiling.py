@@ -132,7 +132,8 @@ def test_the_base_measure_reports_the_ceiling_and_judges_it(pipe):
 def test_gender_pairs_are_the_stereotype_against_the_named_other_colour_of_the_same_subject(pipe):
     """Blue-stereotyped pairs come from the doctor only (the nurse is orange-stereotyped): each pair's prompt is the
     plain generation prompt, its violating image a blue doctor the base drew unasked and its aligned image an orange
-    doctor drawn when asked, so the two sides differ in colour: blue's hue sits in the latents' first channels."""
+    doctor drawn when asked, so the two sides differ in colour: decoded, the aligned side is redder than the violating
+    side."""
     pairs = gender_pairs(pipe, "blue", SMALL)
     prompts = pairs["prompts"]
     assert set(prompts) <= {world.make_caption(t, "doctor") for t in world.GENERATION_TEMPLATES}
