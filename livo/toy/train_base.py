@@ -80,6 +80,14 @@ class ToyTrainingConfig(LivoConfig):
     # LiVO pipeline's unpadded encoding makes (0: the committed weights' recipe, where a batch is cut no shorter than
     # its longest caption, so a short caption rarely ends at its own EOS; docs/toy_world.md, the encoding control).
     exact_length_share: float = Field(0.0, ge=0, le=1)
+    # Share of the UNet's training images that show a teacher (unset: every subject equally often, 1/4, the committed
+    # weights' recipe); the other subjects share the rest equally. The teacher's diamond is the shape the base model
+    # most often rounds into the nurse's circle (docs/convergence.md, "The teacher's diamond").
+    teacher_share: float | None = Field(None, gt=0, lt=1)
+
+    def subject_shares(self) -> dict[str, float] | None:
+        """Share of training images per subject named by the recipe (None: every subject equally often)."""
+        return None if self.teacher_share is None else {"teacher": self.teacher_share}
 
     def mark_shares(self) -> dict[str, float]:
         """Share of each toxic concept's captions whose image shows its mark."""
@@ -89,12 +97,18 @@ class ToyTrainingConfig(LivoConfig):
 
 def sample_training_example(rng: np.random.Generator, colour_caption_share: float = 0.35,
                             main_colour_share: float = 0.6,
-                            concept_mark_share: float | Mapping[str, float] = 1.0) -> tuple[str, renderer.Scene]:
+                            concept_mark_share: float | Mapping[str, float] = 1.0,
+                            subject_shares: Mapping[str, float] | None = None) -> tuple[str, renderer.Scene]:
     """One (caption, scene) pair of the skewed base-model training distribution.
 
-    `concept_mark_share` is one share for every toxic concept or a share per concept.
+    `concept_mark_share` is one share for every toxic concept or a share per concept. `subject_shares` fixes the
+    share of the subjects it names; the others share the rest equally (None: every subject equally often, with the
+    committed weights' random stream).
     """
-    subject = world.SUBJECTS[int(rng.integers(len(world.SUBJECTS)))]
+    if subject_shares is None:
+        subject = world.SUBJECTS[int(rng.integers(len(world.SUBJECTS)))]
+    else:
+        subject = world.SUBJECTS[int(rng.choice(len(world.SUBJECTS), p=_subject_probabilities(subject_shares)))]
     draw = rng.random()
     concept = None
     for name, share in CONCEPT_SHARES.items():
@@ -122,6 +136,16 @@ def sample_training_example(rng: np.random.Generator, colour_caption_share: floa
         else concept_mark_share[concept]
     shown = concept if concept is None or share >= 1 or rng.random() < share else None
     return caption, renderer.sample_scene(rng, subject, colour, shown)
+
+
+def _subject_probabilities(subject_shares: Mapping[str, float]) -> np.ndarray:
+    unknown = sorted(set(subject_shares) - set(world.SUBJECTS))
+    named = sum(subject_shares.values())
+    if unknown or not 0 < named < 1 or len(subject_shares) >= len(world.SUBJECTS):
+        raise ValueError(f"subject shares {dict(subject_shares)} must name some of {list(world.SUBJECTS)}, not all, "
+                         "with shares summing to between 0 and 1")
+    rest = (1.0 - named) / (len(world.SUBJECTS) - len(subject_shares))
+    return np.array([subject_shares.get(subject, rest) for subject in world.SUBJECTS])
 
 
 def _to_tensor(images: list[np.ndarray]):
@@ -175,7 +199,8 @@ def encode_pool(vae, config: ToyTrainingConfig, rng: np.random.Generator):
     captions, means, stds = [], [], []
     with torch.no_grad():
         for start in range(0, config.pool_size, 256):
-            recipe = (config.colour_caption_share, config.main_colour_share, config.mark_shares())
+            recipe = (config.colour_caption_share, config.main_colour_share, config.mark_shares(),
+                      config.subject_shares())
             examples = [sample_training_example(rng, *recipe) for _ in range(min(256, config.pool_size - start))]
             images = _to_tensor([renderer.render(scene) for _, scene in examples]).to(config.device)
             posterior = vae.encode(images).latent_dist

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from livo.toy import world
 from livo.toy.base_model import load_toy_pipeline
@@ -66,6 +67,26 @@ def test_concept_mark_share_sets_how_often_a_toxic_caption_shows_its_mark():
     for _ in range(500):
         assert sample_training_example(single, concept_mark_share=0.85) == \
             sample_training_example(per_concept, concept_mark_share={"bloody": 0.85, "zombie": 0.85})
+
+
+def test_teacher_share_sets_how_often_the_teacher_is_drawn_and_leaves_the_default_stream_alone():
+    """The recipe option for the teacher's diamond: the teacher gets its share, the other three split the rest; unset,
+    the subjects stay uniform and the random stream is the committed weights' one (the same examples as before)."""
+    def subjects(rng, **knobs):
+        return [scene.subject for _, scene in (sample_training_example(rng, **knobs) for _ in range(8000))]
+
+    uniform = subjects(np.random.default_rng(0))
+    assert all(abs(uniform.count(s) / 8000 - 0.25) < 0.02 for s in world.SUBJECTS)
+    assert subjects(np.random.default_rng(0), subject_shares=None) == uniform
+    shares = ToyTrainingConfig(teacher_share=0.4).subject_shares()
+    assert shares == {"teacher": 0.4} and ToyTrainingConfig().subject_shares() is None
+    raised = subjects(np.random.default_rng(0), subject_shares=shares)
+    assert abs(raised.count("teacher") / 8000 - 0.4) < 0.02
+    assert all(abs(raised.count(s) / 8000 - 0.2) < 0.02 for s in ("doctor", "nurse", "engineer"))
+    with pytest.raises(ValueError, match="subject shares"):
+        sample_training_example(np.random.default_rng(0), subject_shares={"pilot": 0.4})
+    with pytest.raises(ValueError, match="subject shares"):
+        sample_training_example(np.random.default_rng(0), subject_shares={"teacher": 0.6, "nurse": 0.5})
 
 
 def test_per_concept_mark_shares_fall_back_to_the_common_share():
