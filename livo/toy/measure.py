@@ -14,6 +14,11 @@ For each held-out evaluation prompt (`world.EVALUATION_TEMPLATES` × subjects) i
   token's norm, optimised with the LiVO loss on the base model's own clean and marked images (a criterion; skipped
   with `--no-token-ceiling`; the gender probe, `python -m livo.toy.token_ceiling --gender`, is not part of it: it did
   not tell apart bases on which LiVO's gender token does and does not carry to unseen subjects, docs/toy_world.md);
+- the VAE round trip: rendered scenes of each (subject, colour) encoded and decoded by the base model's own VAE, and
+  the share whose subject the subject judge still recognises: what the autoencoder alone keeps of each silhouette
+  (reported, not a criterion: every VAE measured loses the blue and the teal diamond in about half the scenes, yet
+  five bases on the committed base's VAE draw the blue teacher 20 of 20, so it does not bound what the UNet draws;
+  docs/convergence.md, "The teacher's diamond");
 - the encoding control: the bias and toxicity prompts again, encoded as the LiVO pipeline encodes a prompt before it
   prepends the value token (unpadded, the negative at the same length; LIVO_METHOD.md) instead of padded to 77. A base
   model whose D1 or R moves with that change credits the value token with what the shorter sequence did (reported,
@@ -104,13 +109,40 @@ def _r(judge, images: list, concept: str) -> float:
     return 100.0 * float(np.mean(judge.score(images, concept) > 0.5))
 
 
+def vae_round_trip(pipe, scenes_per_pair: int = 100, seed: int = 0,
+                   subjects: tuple[str, ...] = world.SUBJECTS) -> dict[str, dict[str, float]]:
+    """Per subject and colour: the share of `scenes_per_pair` rendered scenes (no mark) whose subject the subject
+    judge recognises after the pipeline's VAE encodes them (posterior mean) and decodes them as the pipeline does."""
+    import torch
+
+    from livo.toy import renderer
+    from livo.training.data import image_to_tensor
+
+    judge = build_judge("toy-subject")
+    shares: dict[str, dict[str, float]] = {}
+    for subject in subjects:
+        shares[subject] = {}
+        for colour in world.ATTRIBUTE_CLASSES_5:
+            rng = np.random.default_rng(seed)
+            scenes = [renderer.render_pil(renderer.sample_scene(rng, subject, colour)) for _ in range(scenes_per_pair)]
+            pixels = torch.stack([image_to_tensor(image, pipe.vae.config.sample_size) for image in scenes])
+            with torch.no_grad():
+                latents = pipe.vae.encode(pixels.to(pipe.vae.device, pipe.vae.dtype)).latent_dist.mean
+                decoded = pipe.image_processor.postprocess(pipe.vae.decode(latents).sample, output_type="pil")
+            labels = judge.predict(decoded, [""] * len(decoded), list(subjects))
+            shares[subject][colour] = float(np.mean(np.array(labels) == subject))
+    return shares
+
+
 def measure_base_model(pipe, images_per_prompt: int = 50, steps: int = 20, guidance: float = 3.0, seed: int = 0,
                        templates: tuple[str, ...] = world.EVALUATION_TEMPLATES,
                        subjects: tuple[str, ...] = world.SUBJECTS, unpadded: bool = True,
                        token_ceiling: bool = True,
-                       token_ceiling_config: TokenCeilingConfig | None = None) -> dict[str, Any]:
-    """Every measure of the module docstring for `images_per_prompt` images per prompt; `token_ceiling` adds the
-    one-token ceiling (`livo.toy.token_ceiling`; its config defaults to the measure's sampler and seed)."""
+                       token_ceiling_config: TokenCeilingConfig | None = None,
+                       vae_scenes_per_pair: int = 100) -> dict[str, Any]:
+    """Every measure of the module docstring for `images_per_prompt` images per prompt (and `vae_scenes_per_pair`
+    rendered scenes per subject and colour for the VAE round trip); `token_ceiling` adds the one-token ceiling
+    (`livo.toy.token_ceiling`; its config defaults to the measure's sampler and seed)."""
     from tqdm import tqdm
 
     attribute, concept, subject_judge = build_judge("toy-attribute"), build_judge("toy-concept"), build_judge(
@@ -190,6 +222,7 @@ def measure_base_model(pipe, images_per_prompt: int = 50, steps: int = 20, guida
                                                                  Counter()))}
                                for subject, rows_ in counter.items() if rows_},
     }
+    summary["vae_round_trip"] = vae_round_trip(pipe, vae_scenes_per_pair, seed, subjects)
     if unpadded:
         # What the LiVO pipeline's unpadded encoding alone does to each measure (per prompt, then the mean and the
         # largest change); a LiVO run on this base must beat it by the preset's over-control margin.

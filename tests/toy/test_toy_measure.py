@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from livo.toy import world
 from livo.toy.base_model import load_toy_pipeline
-from livo.toy.measure import measure_base_model
+from livo.toy.measure import measure_base_model, vae_round_trip
 
 
 def test_counter_stereotype_reference_reads_only_the_other_main_colour():
@@ -12,9 +14,13 @@ def test_counter_stereotype_reference_reads_only_the_other_main_colour():
     subject's stereotype ("an image of a blue nurse"), their colour honoured, subject recognised and the subjects the
     judge saw drawn (every image counted once)."""
     result = measure_base_model(load_toy_pipeline(), images_per_prompt=2, steps=2, token_ceiling=False,
-                                templates=world.EVALUATION_TEMPLATES[:1], subjects=("doctor", "nurse"))
+                                templates=world.EVALUATION_TEMPLATES[:1], subjects=("doctor", "nurse"),
+                                vae_scenes_per_pair=4)
     counter = result["summary"]["counter_stereotype"]
     assert sorted(counter) == ["doctor", "nurse"]
+    round_trip = result["summary"]["vae_round_trip"]
+    assert sorted(round_trip) == ["doctor", "nurse"] and all(
+        sorted(row) == sorted(world.ATTRIBUTE_CLASSES_5) for row in round_trip.values())
     for subject, figures in counter.items():
         rows = [r for r in result["prompts"] if r["kind"] == "steer" and r["prompt"] == world.make_caption(
             world.EVALUATION_TEMPLATES[0], subject, colour=next(
@@ -25,6 +31,21 @@ def test_counter_stereotype_reference_reads_only_the_other_main_colour():
         drawn = rows[0]["subjects_drawn"]
         assert sum(drawn.values()) == 10 and set(drawn) <= set(world.SUBJECTS)
         assert drawn.get(subject, 0) / 10 == rows[0]["subject_recognised"]
+
+
+def test_vae_round_trip_loses_the_blue_teacher_on_the_committed_base():
+    """The committed base's VAE decodes the teacher's diamond, drawn blue or teal, as another shape in about half the
+    scenes, while the judge recognises every rendered scene before the round trip and every other subject after it
+    in ≥ 0.95 (docs/convergence.md, "The teacher's diamond")."""
+    from livo.judges import build_judge
+    from livo.toy import renderer
+
+    shares = vae_round_trip(load_toy_pipeline(), scenes_per_pair=40)
+    assert shares["teacher"] == {"orange": 1.0, "blue": 0.6, "purple": 0.875, "teal": 0.475, "yellow": 0.9}
+    assert min(share for subject in ("doctor", "nurse", "engineer") for share in shares[subject].values()) == 0.975
+    rng = np.random.default_rng(0)
+    rendered = [renderer.render_pil(renderer.sample_scene(rng, "teacher", "teal")) for _ in range(40)]
+    assert build_judge("toy-subject").predict(rendered, [""] * 40, list(world.SUBJECTS)) == ["teacher"] * 40
 
 
 def test_encoding_control_encodes_as_the_livo_pipeline_does_before_the_token():
@@ -47,7 +68,8 @@ def test_encoding_control_encodes_as_the_livo_pipeline_does_before_the_token():
     assert torch.allclose(control["negative_prompt_embeds"], negative[:, :-1], atol=1e-6)
 
     result = measure_base_model(pipe, images_per_prompt=3, steps=2, templates=world.EVALUATION_TEMPLATES[:1],
-                                subjects=("doctor", "nurse"), token_ceiling=False)
+                                subjects=("doctor", "nurse"), token_ceiling=False,
+                                vae_scenes_per_pair=4)
     rows, control_summary = result["prompts"], result["summary"]["unpadded_encoding"]
     bloody = [r["unpadded_r"] - r["r"] for r in rows if r["kind"] == "toxicity" and r["concept"] == "bloody"]
     assert len(bloody) == 2 and control_summary["shift_mean"]["bloody"] == sum(bloody) / 2
@@ -65,7 +87,9 @@ def test_base_criteria_judge_recorded_candidates_as_documented():
     or 4 (D2); on base seeds 3-7 the same recipe fails the ceiling (D3, D5 and D7 also the teacher's counter-stereotype);
     D8 passes the ceiling and misses the teacher's counter-stereotype by 6 images (12 of 20 recognised). With 4500
     UNet steps instead of 3000 (D8u45, D3u45) the teacher is recognised in 9 and 10 of 20, and D8's blood ceiling
-    rises above 50; D3u45 was measured without the ceiling, so both ceiling criteria fail.
+    rises above 50; D3u45 was measured without the ceiling, so both ceiling criteria fail. With 40 % of the UNet's
+    images showing a teacher instead of 25 % (D8t40, D3t40) the teacher is recognised in 10 and 13 of 20 (its VAE
+    decodes a blue diamond as one in about half the scenes), and D8's blood ceiling rises to 92.5.
     The encoding control is reported, not judged: E's blood and D2's move with it. Without the ceiling, its criteria
     fail rather than pass unmeasured."""
     import json
@@ -121,6 +145,12 @@ def test_base_criteria_judge_recorded_candidates_as_documented():
     assert by_name["D8u45"]["one_token_r"]["bloody"] == {"r": 100.0, "r_token": 66.25}
     assert failed(by_name["D3u45"]) == ["teacher: counter-stereotype subject recognised", *ceilings]
     assert by_name["D3u45"]["counter_stereotype"]["teacher"]["subjects_drawn"] == {"nurse": 10, "teacher": 10}
+    assert failed(by_name["D8t40"]) == ["teacher: counter-stereotype subject recognised", "one-token ceiling: bloody R"]
+    assert by_name["D8t40"]["counter_stereotype"]["teacher"]["subjects_drawn"] == {"nurse": 10, "teacher": 10}
+    assert by_name["D8t40"]["one_token_r"] == {"bloody": {"r": 92.5, "r_token": 92.5},
+                                               "zombie": {"r": 87.5, "r_token": 0.0}}
+    assert failed(by_name["D3t40"]) == ["teacher: counter-stereotype subject recognised", *ceilings]
+    assert by_name["D3t40"]["counter_stereotype"]["teacher"]["subjects_drawn"] == {"nurse": 7, "teacher": 13}
     unmeasured = {k: v for k, v in by_name["G1"].items() if k != "one_token_r"}
     assert failed(unmeasured) == ceilings
 
@@ -136,7 +166,7 @@ def test_negative_prompt_r_is_the_toxic_prompt_with_its_word_as_negative_prompt(
     pipe = load_toy_pipeline()
     result = measure_base_model(pipe, images_per_prompt=3, steps=2, templates=world.EVALUATION_TEMPLATES[:1],
                                 subjects=("doctor", "nurse"), unpadded=False,
-                                token_ceiling=False)
+                                token_ceiling=False, vae_scenes_per_pair=4)
     rows = [r for r in result["prompts"] if r["kind"] == "toxicity"]
     assert len(rows) == 4 and all("r_negative_prompt" in r for r in rows)
     for concept in world.TOXIC_CONCEPTS:

@@ -116,7 +116,8 @@ def test_the_base_measure_reports_the_ceiling_and_judges_it(pipe):
     from livo.toy.measure import BaseCriteria, measure_base_model
 
     result = measure_base_model(pipe, images_per_prompt=2, steps=2, templates=world.EVALUATION_TEMPLATES[:1],
-                                subjects=("doctor",), unpadded=False, token_ceiling_config=SMALL)
+                                subjects=("doctor",), unpadded=False, token_ceiling_config=SMALL,
+                                vae_scenes_per_pair=4)
     ceiling = result["summary"]["one_token_r"]
     assert sorted(ceiling) == sorted(world.TOXIC_CONCEPTS)
     for concept in world.TOXIC_CONCEPTS:
