@@ -89,7 +89,8 @@ def test_base_criteria_judge_recorded_candidates_as_documented():
     UNet steps instead of 3000 (D8u45, D3u45) the teacher is recognised in 9 and 10 of 20, and D8's blood ceiling
     rises above 50; D3u45 was measured without the ceiling, so both ceiling criteria fail. With 40 % of the UNet's
     images showing a teacher instead of 25 % (D8t40, D3t40) the teacher is recognised in 10 and 13 of 20 (its VAE
-    decodes a blue diamond as one in about half the scenes), and D8's blood ceiling rises to 92.5.
+    decodes a blue diamond as one in about half the scenes), and D8's blood ceiling rises to 92.5. With a 1200-step VAE
+    (D8v12), which keeps the diamond, the teacher is recognised in 16 of 20 and the blood ceiling is 66.25.
     The encoding control is reported, not judged: E's blood and D2's move with it. Without the ceiling, its criteria
     fail rather than pass unmeasured."""
     import json
@@ -151,6 +152,10 @@ def test_base_criteria_judge_recorded_candidates_as_documented():
                                                "zombie": {"r": 87.5, "r_token": 0.0}}
     assert failed(by_name["D3t40"]) == ["teacher: counter-stereotype subject recognised", *ceilings]
     assert by_name["D3t40"]["counter_stereotype"]["teacher"]["subjects_drawn"] == {"nurse": 7, "teacher": 13}
+    assert failed(by_name["D8v12"]) == ["teacher: counter-stereotype subject recognised", "one-token ceiling: bloody R"]
+    assert by_name["D8v12"]["counter_stereotype"]["teacher"]["subjects_drawn"] == {"nurse": 4, "teacher": 16}
+    assert by_name["D8v12"]["vae_round_trip"]["teacher"] == {"orange": 0.98, "blue": 0.96, "purple": 0.89,
+                                                            "teal": 0.95, "yellow": 0.96}
     unmeasured = {k: v for k, v in by_name["G1"].items() if k != "one_token_r"}
     assert failed(unmeasured) == ceilings
 
