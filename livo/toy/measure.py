@@ -112,7 +112,8 @@ def _r(judge, images: list, concept: str) -> float:
 def vae_round_trip(pipe, scenes_per_pair: int = 100, seed: int = 0,
                    subjects: tuple[str, ...] = world.SUBJECTS) -> dict[str, dict[str, float]]:
     """Per subject and colour: the share of `scenes_per_pair` rendered scenes (no mark) whose subject the subject
-    judge recognises after the pipeline's VAE encodes them (posterior mean) and decodes them as the pipeline does."""
+    judge recognises, among all the world's subjects as the measure's `subjects_drawn` does, after the pipeline's VAE
+    encodes them (posterior mean) and decodes them as the pipeline does."""
     import torch
 
     from livo.toy import renderer
@@ -129,7 +130,7 @@ def vae_round_trip(pipe, scenes_per_pair: int = 100, seed: int = 0,
             with torch.no_grad():
                 latents = pipe.vae.encode(pixels.to(pipe.vae.device, pipe.vae.dtype)).latent_dist.mean
                 decoded = pipe.image_processor.postprocess(pipe.vae.decode(latents).sample, output_type="pil")
-            labels = judge.predict(decoded, [""] * len(decoded), list(subjects))
+            labels = judge.predict(decoded, [""] * len(decoded), list(world.SUBJECTS))
             shares[subject][colour] = float(np.mean(np.array(labels) == subject))
     return shares
 
