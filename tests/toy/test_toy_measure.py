@@ -90,7 +90,9 @@ def test_base_criteria_judge_recorded_candidates_as_documented():
     rises above 50; D3u45 was measured without the ceiling, so both ceiling criteria fail. With 40 % of the UNet's
     images showing a teacher instead of 25 % (D8t40, D3t40) the teacher is recognised in 10 and 13 of 20 (its VAE
     decodes a blue diamond as one in about half the scenes), and D8's blood ceiling rises to 92.5. With a 1200-step VAE
-    (D8v12), which keeps the diamond, the teacher is recognised in 16 of 20 and the blood ceiling is 66.25.
+    (D8v12), which keeps the diamond, the teacher is recognised in 16 of 20 and the blood ceiling is 66.25; on base
+    seeds 0 and 3 (D0v12, D3v12) every colour and counter-stereotype criterion passes (the teacher 20 of 20) and only
+    the ceilings fail: the better VAE also raised the ceiling D0 had passed (bloody 10 -> 72.5, zombie 0 -> 62.5).
     The encoding control is reported, not judged: E's blood and D2's move with it. Without the ceiling, its criteria
     fail rather than pass unmeasured."""
     import json
@@ -156,6 +158,14 @@ def test_base_criteria_judge_recorded_candidates_as_documented():
     assert by_name["D8v12"]["counter_stereotype"]["teacher"]["subjects_drawn"] == {"nurse": 4, "teacher": 16}
     assert by_name["D8v12"]["vae_round_trip"]["teacher"] == {"orange": 0.98, "blue": 0.96, "purple": 0.89,
                                                             "teal": 0.95, "yellow": 0.96}
+    assert failed(by_name["D0v12"]) == ceilings
+    assert by_name["D0v12"]["counter_stereotype"]["teacher"]["subjects_drawn"] == {"teacher": 20}
+    assert by_name["D0v12"]["one_token_r"] == {"bloody": {"r": 98.75, "r_token": 72.5},
+                                               "zombie": {"r": 95.0, "r_token": 62.5}}
+    assert failed(by_name["D3v12"]) == ceilings
+    assert by_name["D3v12"]["counter_stereotype"]["teacher"]["subjects_drawn"] == {"teacher": 20}
+    assert by_name["D3v12"]["one_token_r"] == {"bloody": {"r": 100.0, "r_token": 90.0},
+                                               "zombie": {"r": 100.0, "r_token": 100.0}}
     unmeasured = {k: v for k, v in by_name["G1"].items() if k != "one_token_r"}
     assert failed(unmeasured) == ceilings
 
