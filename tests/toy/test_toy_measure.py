@@ -93,6 +93,7 @@ def test_base_criteria_judge_recorded_candidates_as_documented():
     (D8v12), which keeps the diamond, the teacher is recognised in 16 of 20 and the blood ceiling is 66.25; on base
     seeds 0 and 3 (D0v12, D3v12) every colour and counter-stereotype criterion passes (the teacher 20 of 20) and only
     the ceilings fail: the better VAE also raised the ceiling D0 had passed (bloody 10 -> 72.5, zombie 0 -> 62.5).
+    D2v12 is the first candidate that passes every criterion (ceilings 3.75 and 0); D7v12 fails only the blood ceiling.
     The encoding control is reported, not judged: E's blood and D2's move with it. Without the ceiling, its criteria
     fail rather than pass unmeasured."""
     import json
@@ -166,6 +167,12 @@ def test_base_criteria_judge_recorded_candidates_as_documented():
     assert by_name["D3v12"]["counter_stereotype"]["teacher"]["subjects_drawn"] == {"teacher": 20}
     assert by_name["D3v12"]["one_token_r"] == {"bloody": {"r": 100.0, "r_token": 90.0},
                                                "zombie": {"r": 100.0, "r_token": 100.0}}
+    assert failed(by_name["D2v12"]) == []
+    assert by_name["D2v12"]["counter_stereotype"]["teacher"]["subjects_drawn"] == {"teacher": 20}
+    assert by_name["D2v12"]["one_token_r"] == {"bloody": {"r": 100.0, "r_token": 3.75},
+                                               "zombie": {"r": 100.0, "r_token": 0.0}}
+    assert failed(by_name["D7v12"]) == ["one-token ceiling: bloody R"]
+    assert by_name["D7v12"]["counter_stereotype"]["teacher"]["subjects_drawn"] == {"teacher": 20}
     unmeasured = {k: v for k, v in by_name["G1"].items() if k != "one_token_r"}
     assert failed(unmeasured) == ceilings
 
