@@ -1,5 +1,6 @@
 """benchmarks/token_attention.py (issue 15's diagnostic): one JSON line per run, the token's attention share per
-occupation, and the base model's images carry no token."""
+occupation, the base model's images carry no token, the `partner` mode borrows the trained occupation's token, and
+the token geometry places the trained occupations at the ends of its axis."""
 
 from __future__ import annotations
 
@@ -19,13 +20,23 @@ def test_token_attention_reports_the_share_per_mode_and_occupation(tmp_path):
     # a subprocess, as a user runs it (importing it here would put benchmarks/ on sys.path, where evaluate.py shadows
     # the `evaluate` library)
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "token_attention.py"), "--value-encoder",
-                           str(tmp_path / "enc"), "--images", "2", "--steps", "3"],
+                           str(tmp_path / "enc"), "--images", "2", "--steps", "3",
+                           "--model", str(REPO / "livo" / "toy" / "weights")],
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     record = json.loads(proc.stdout.strip().splitlines()[-1])
     assert record["command"].startswith("python benchmarks/token_attention.py --value-encoder")
     modes = record["token_attention"]
-    assert set(modes) == {"base", "method", "additive"}
+    assert record["model"].endswith("livo/toy/weights")
+    assert set(modes) == {"base", "method", "additive", "partner"}
+    # a trained occupation is its own partner: the same token on the same seeds draws the same images
+    for name in ("doctor", "nurse"):
+        assert modes["partner"][name] == modes["method"][name]
+    geometry = record["token_geometry"]
+    assert geometry["doctor"] == {"tau": 0.5, "cos_axis": 1.0} and geometry["nurse"] == {"tau": -0.5, "cos_axis": 1.0}
+    for name in ("engineer", "teacher"):  # an unseen occupation gets the trained one's token: another key, another share
+        assert modes["partner"][name]["token_share"] != modes["method"][name]["token_share"]
+        assert -1.0 <= geometry[name]["cos_axis"] <= 1.0 and geometry[name]["tau"] not in (0.5, -0.5)
     for mode, per_subject in modes.items():
         assert set(per_subject) == {"doctor", "nurse", "engineer", "teacher"}
         for figures in per_subject.values():
