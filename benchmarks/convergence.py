@@ -34,6 +34,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -551,18 +552,29 @@ def study_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def freeze_value_text() -> None:
-    """Fresh value encoders keep their text model frozen from here on: only a time-embedding head (if any) trains."""
+def freeze_in_fresh_value_encoders(part: Callable[[Any], Any]) -> None:
+    """Fresh value encoders keep `part(encoder)` frozen from here on (a diagnostic: the trainer builds them)."""
     from livo.modeling import ValueEncoder
 
     build = ValueEncoder.from_text_encoder.__func__
 
     def frozen(cls: type, text_encoder: Any, **kwargs: Any) -> Any:
         encoder = build(cls, text_encoder, **kwargs)
-        encoder.text_model.requires_grad_(False)
+        part(encoder).requires_grad_(False)
         return encoder
 
     ValueEncoder.from_text_encoder = classmethod(frozen)
+
+
+def freeze_value_text() -> None:
+    """Only a time-embedding head (if any) trains: the value token stays the frozen encoder's state."""
+    freeze_in_fresh_value_encoders(lambda encoder: encoder.text_model)
+
+
+def freeze_value_embeddings() -> None:
+    """The value encoder's word embeddings stay the base's: a word's row gets a gradient only where the preference
+    data uses the word, so what training writes there reaches no prompt without it (the unseen occupations)."""
+    freeze_in_fresh_value_encoders(lambda encoder: encoder.text_model.get_input_embeddings())
 
 
 # -- main ------------------------------------------------------------------------------------------------------------
@@ -602,10 +614,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--freeze-value-text", action="store_true",
                         help="--study with value_time_shift=true: train only the time-embedding head (the value "
                              "token stays the frozen encoder's state of the value text); a diagnostic of issue 15")
+    parser.add_argument("--freeze-value-embeddings", action="store_true",
+                        help="--study: keep the value encoder's word embeddings at the base's (train its layers "
+                             "only); a diagnostic of issue 15 (unseen occupations)")
     args = parser.parse_args(argv)
     args.load_average_before = [round(x, 2) for x in os.getloadavg()]
     if args.freeze_value_text:
         freeze_value_text()
+    if args.freeze_value_embeddings:
+        freeze_value_embeddings()
     if args.model:
         args.preset = preset_with_model(args.preset, args.model, Path(args.out))
     if args.study:

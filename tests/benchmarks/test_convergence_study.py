@@ -113,6 +113,30 @@ def test_freeze_value_text_trains_only_the_time_shift_head(monkeypatch):
     assert trainable == {"time_shift.weight", "time_shift.bias"}
 
 
+def test_freeze_value_embeddings_keeps_the_word_rows_and_trains_the_layers(monkeypatch):
+    """--freeze-value-embeddings: an optimiser step on the value token moves the encoder's layers and leaves every
+    word embedding exactly the base's (the rows of the words the preference data uses included)."""
+    import torch
+
+    from livo.modeling import ValueEncoder
+    from livo.presets import build_tiny_pipeline
+
+    monkeypatch.setattr(ValueEncoder, "from_text_encoder", ValueEncoder.__dict__["from_text_encoder"])  # restored
+    convergence.freeze_value_embeddings()
+    text_encoder = build_tiny_pipeline(0).text_encoder
+    encoder = ValueEncoder.from_text_encoder(text_encoder)
+    frozen = {name for name, p in encoder.named_parameters() if not p.requires_grad}
+    assert frozen == {"text_model.embeddings.token_embedding.weight"}
+    before = {name: p.detach().clone() for name, p in encoder.named_parameters()}
+    optimiser = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=1e-2)
+    encoder(torch.tensor([[0, 5, 9, 12, 1]])).square().sum().backward()
+    optimiser.step()
+    changed = {name for name, p in encoder.named_parameters() if not torch.equal(p, before[name])}
+    assert "text_model.embeddings.token_embedding.weight" not in changed
+    assert "text_model.encoder.layers.0.self_attn.q_proj.weight" in changed
+    assert torch.equal(encoder.text_model.get_input_embeddings().weight, text_encoder.get_input_embeddings().weight)
+
+
 def test_model_option_swaps_only_the_base_model(tmp_path):
     """--model DIR: the preset with another base model (a toy base trained with other recipe options); judges,
     principles, gates and training settings stay the preset's, and the file means the same from any directory."""
