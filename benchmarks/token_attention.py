@@ -94,10 +94,10 @@ def sample(pipe, prompt: str, principle_text: str, mode: str, state: dict, image
             empty = base.tokenizer("", padding="max_length", max_length=embeds.shape[1], return_tensors="pt").input_ids
             negative = base.text_encoder(input_ids=empty)[0]
     else:
-        embeds, negative = pipe._value_embeddings(prompt, principle_text, None)[:2]
+        embeds, negative = pipe._value_embeddings(prompt, principle_text, None)
         if mode == "partner":
             tokens = pipe.value_encoder.value_tokens
-            partner, _ = pipe._value_embeddings(partner_prompt, principle_text, None)[:2]
+            partner, _ = pipe._value_embeddings(partner_prompt, principle_text, None)
             embeds = torch.cat([partner[:, :tokens], embeds[:, tokens:]], dim=1)
     state.update(mode=mode, token=mode != "base", share=[])
     return base(prompt_embeds=embeds.repeat(images, 1, 1), negative_prompt_embeds=negative.repeat(images, 1, 1),
@@ -147,8 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     from livo.toy.base_model import load_toy_pipeline
 
     record = context("token_attention.py", argv)
+    encoder = ValueEncoder.from_pretrained(args.value_encoder)
+    if encoder.time_shift_dim:  # its shift acts outside the attention this script samples through
+        print(f"token_attention.py: {args.value_encoder} has a time-embedding head (value_time_shift), which this "
+              "diagnostic does not apply: use an encoder trained without it", file=sys.stderr)
+        return 2
     base = load_toy_pipeline(weights_dir=args.model) if args.model else load_pipeline("toy")
-    pipe = LiVOPipeline(base, ValueEncoder.from_pretrained(args.value_encoder))
+    pipe = LiVOPipeline(base, encoder)
     pipe.base.set_progress_bar_config(disable=True)
     state: dict = {"token": False, "mode": "method", "share": []}
     pipe.base.unet.set_attn_processor({name: TokenAttention(state) for name in pipe.base.unet.attn_processors})

@@ -45,3 +45,18 @@ def test_token_attention_reports_the_share_per_mode_and_occupation(tmp_path):
                 assert figures["token_share"] is None
             else:  # one key among the prompt's: a real share of every query's attention, never all of it
                 assert 0.0 < figures["token_share"] < 1.0
+
+
+def test_token_attention_refuses_an_encoder_with_a_time_embedding_head(tmp_path):
+    """Its shift acts outside the attention the script samples through: exit 2, one line, before any image."""
+    from livo.modeling import ValueEncoder, time_embedding_dim
+    from livo.presets import load_pipeline
+
+    pipe = load_pipeline("toy")
+    encoder = ValueEncoder.from_text_encoder(pipe.text_encoder, time_shift_dim=time_embedding_dim(pipe.unet))
+    encoder.save_pretrained(tmp_path / "enc")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "token_attention.py"), "--value-encoder",
+                           str(tmp_path / "enc")], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 2
+    assert "time-embedding head" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
