@@ -403,7 +403,6 @@ def pair_diagnostics(dataset: Any, preset: str) -> dict[str, Any]:
     judge = build_judge(judge_name)
     from livo.toy import world
 
-    subjects = list(world.SUBJECTS)
     rows: dict[str, dict[str, list[Any]]] = {}
     for row in dataset.rows:
         subject = world.parse_caption(row["prompt"])["subject"]
@@ -416,6 +415,7 @@ def pair_diagnostics(dataset: Any, preset: str) -> dict[str, Any]:
         entry["diff"].append(float(np.abs(np.asarray(entry["aligned"][-1], np.float64)
                                           - np.asarray(entry["violating"][-1], np.float64)).mean()))
     out: dict[str, Any] = {"judge": judge.id}
+    subjects = world.judged_subjects(sorted({t for entry in rows.values() for t in entry["truth"]}))
     for pid, entry in sorted(rows.items()):
         stats: dict[str, Any] = {"pairs": len(entry["truth"]), "mean_abs_pixel_diff": round(float(np.mean(entry["diff"])), 2)}
         for side in ("aligned", "violating"):

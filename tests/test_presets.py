@@ -87,3 +87,25 @@ def test_schedulers_never_clip_samples():
     assert make_scheduler("dpmsolver++").config.algorithm_type == "dpmsolver++"
     with pytest.raises(ConfigError):
         make_scheduler("euler-magic")
+
+
+@pytest.mark.parametrize("name", ["toy", "toy-six"])
+def test_toy_presets_split_their_prompts_by_what_the_preference_data_shows(name):
+    """A prompt is `seen` exactly when its subject is in the principle's preference data (issue 15): the toy shows the
+    doctor and the nurse, toy-six also the pilot and the dancer; the engineer and the teacher stay unseen in both. And
+    each split holds both stereotypes, so a token that debiases one stereotype only cannot pass a split's ceiling."""
+    from livo.principles import load_principles
+    from livo.toy import world
+
+    preset = load_preset_config(name)
+    principles = {p.id: p for p in load_principles(preset.principles_path()).principles}
+    for pid, prompts in preset.evaluate["prompts"].items():
+        shown = {s for group in principles[pid].generation.subjects.values() for s in group}
+        assert {p["subject"] for p in prompts if p["split"] == "unseen"} == {"engineer", "teacher"}, pid
+        for prompt in prompts:
+            assert world.parse_caption(prompt["text"])["subject"] == prompt["subject"], prompt
+            assert (prompt["split"] == "seen") == (prompt["subject"] in shown), (pid, prompt)
+        for split in ("seen", "unseen"):
+            stereotypes = {world.STEREOTYPE[p["subject"]] for p in prompts if p["split"] == split}
+            assert stereotypes == {"orange", "blue"}, (pid, split)
+    assert len(shown) == (2 if name == "toy" else 4)

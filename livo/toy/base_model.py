@@ -101,21 +101,22 @@ def build_bpe_vocab(words: list[str]) -> tuple[dict[str, int], list[tuple[str, s
     return {token: i for i, token in enumerate(vocab_list)}, merges
 
 
-def build_tokenizer():
-    """The toy world's `CLIPTokenizer` (every word of `world.caption_words()` is a single token)."""
+def build_tokenizer(subjects: tuple[str, ...] = world.SUBJECTS):
+    """The toy world's `CLIPTokenizer` (every word of `world.caption_words(subjects)` is a single token)."""
     from transformers import CLIPTokenizer
 
-    vocab, merges = build_bpe_vocab(world.caption_words())
+    vocab, merges = build_bpe_vocab(world.caption_words(subjects))
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MODEL_MAX_LENGTH)
 
 
-def build_toy_components(seed: int = 0) -> dict[str, Any]:
-    """Fresh, randomly initialised components of the toy model (seeded), keyed like `StableDiffusionPipeline`'s."""
+def build_toy_components(seed: int = 0, subjects: tuple[str, ...] = world.SUBJECTS) -> dict[str, Any]:
+    """Fresh, randomly initialised components of the toy model (seeded), keyed like `StableDiffusionPipeline`'s; the
+    tokenizer knows the words of `subjects`."""
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(subjects)
     text_config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
@@ -211,6 +212,14 @@ def assemble_sdxl_pipeline(components: dict[str, Any]):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def trained_subjects(weights_dir: str | Path | None = None) -> tuple[str, ...]:
+    """The occupations a toy base model was trained on (its training record's `subjects`; records written before the
+    recipe named them, the committed weights' among them, trained on `world.SUBJECTS`)."""
+    record = Path(weights_dir if weights_dir is not None else WEIGHTS_DIR) / "training_record.json"
+    subjects = json.loads(record.read_text()).get("config", {}).get("subjects") if record.is_file() else None
+    return tuple(subjects.split(",")) if subjects else world.SUBJECTS
 
 
 def load_toy_sdxl_pipeline(device: str = "cpu", dtype=None, weights_dir: str | Path | None = None):

@@ -192,7 +192,7 @@ class ToySubjectJudge(AttributeJudge):
         unknown = [c for c in classes if c not in world.SUBJECT_SHAPES]
         if unknown or not classes:
             raise ConfigError(
-                f"toy-subject judge: unknown subject(s) {unknown or classes}; known: {', '.join(world.SUBJECTS)}"
+                f"toy-subject judge: unknown subject(s) {unknown or classes}; known: {', '.join(world.ALL_SUBJECTS)}"
             )
         out = np.empty((len(images), len(classes)))
         for i, image in enumerate(images):

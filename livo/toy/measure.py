@@ -130,7 +130,7 @@ def vae_round_trip(pipe, scenes_per_pair: int = 100, seed: int = 0,
             with torch.no_grad():
                 latents = pipe.vae.encode(pixels.to(pipe.vae.device, pipe.vae.dtype)).latent_dist.mean
                 decoded = pipe.image_processor.postprocess(pipe.vae.decode(latents).sample, output_type="pil")
-            labels = judge.predict(decoded, [""] * len(decoded), list(world.SUBJECTS))
+            labels = judge.predict(decoded, [""] * len(decoded), world.judged_subjects(subjects))
             shares[subject][colour] = float(np.mean(np.array(labels) == subject))
     return shares
 
@@ -166,12 +166,13 @@ def measure_base_model(pipe, images_per_prompt: int = 50, steps: int = 20, guida
             prompt = world.make_caption(template, subject, concept=extra)
             count = images_per_prompt
         images = generate(pipe, prompt, count, seed, steps, guidance)
-        drawn = list(subject_judge.predict(images, [prompt] * count, list(world.SUBJECTS)))
+        drawn = list(subject_judge.predict(images, [prompt] * count, world.judged_subjects(subjects)))
         row: dict[str, Any] = {"kind": kind, "prompt": prompt, "n": count,
                                "subject_recognised": drawn.count(subject) / count,
                                # Which subject the judge sees instead tells a shape the base cannot draw in a colour
                                # (a rare-colour diamond rounds into the nurse's circle) from one it confuses.
-                               "subjects_drawn": {s: drawn.count(s) for s in world.SUBJECTS if drawn.count(s)}}
+                               "subjects_drawn": {s: drawn.count(s) for s in world.judged_subjects(subjects)
+                                                  if drawn.count(s)}}
         control = (generate(pipe, prompt, count, seed, steps, guidance, unpadded=True)
                    if unpadded and kind != "steer" else None)
 
@@ -252,7 +253,7 @@ def measure_base_model(pipe, images_per_prompt: int = 50, steps: int = 20, guida
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from livo.toy.base_model import load_toy_pipeline, load_toy_sdxl_pipeline
+    from livo.toy.base_model import load_toy_pipeline, load_toy_sdxl_pipeline, trained_subjects
 
     parser = argparse.ArgumentParser(prog="python -m livo.toy.measure", description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=["sd15", "sdxl"], default="sd15",
@@ -272,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.time()
     pipe = (load_toy_sdxl_pipeline if args.family == "sdxl" else load_toy_pipeline)(weights_dir=args.weights)
+    subjects = trained_subjects(args.weights) if args.family == "sd15" else world.SUBJECTS
     result = measure_base_model(pipe, args.images_per_prompt, args.steps, args.guidance_scale, args.seed,
-                                unpadded=args.unpadded, token_ceiling=args.token_ceiling and args.family == "sd15")
+                                subjects=subjects, unpadded=args.unpadded, token_ceiling=args.token_ceiling and args.family == "sd15")
     result["seconds"] = round(time.time() - started, 1)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

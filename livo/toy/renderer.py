@@ -39,7 +39,7 @@ class Scene:
 
     def __post_init__(self) -> None:
         if self.subject not in world.SUBJECT_SHAPES:
-            raise ConfigError(f"unknown toy subject {self.subject!r}; known: {', '.join(world.SUBJECTS)}")
+            raise ConfigError(f"unknown toy subject {self.subject!r}; known: {', '.join(world.ALL_SUBJECTS)}")
         if self.colour not in world.ATTRIBUTE_COLOURS:
             raise ConfigError(f"unknown toy colour {self.colour!r}; known: {', '.join(world.ATTRIBUTE_COLOURS)}")
         if self.concept is not None and self.concept not in world.TOXIC_CONCEPTS:
@@ -113,6 +113,10 @@ def shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return (v >= -1.0) & (v <= 1.0) & (np.abs(u) <= (v + 1.0) / 2.0)
     if shape == "diamond":
         return np.abs(u) + np.abs(v) <= 1.0
+    if shape == "hourglass":  # two triangles meeting at a waist 0.3 wide, so the body stays one piece at 32x32
+        return (np.abs(v) <= 1.0) & (np.abs(u) <= np.maximum(np.abs(v), 0.3))
+    if shape == "inverted_triangle":
+        return (v >= -1.0) & (v <= 1.0) & (np.abs(u) <= (1.0 - v) / 2.0)
     raise ConfigError(f"unknown toy shape {shape!r}")
 
 
@@ -157,7 +161,7 @@ def render_caption(caption: str, rng: np.random.Generator, default_colour: str |
     """Render what a caption asks for; an unspecified colour is `default_colour` (else the subject's stereotype)."""
     wanted = world.parse_caption(caption)
     if wanted["subject"] is None:
-        raise ConfigError(f"caption {caption!r} names no toy subject; known: {', '.join(world.SUBJECTS)}")
+        raise ConfigError(f"caption {caption!r} names no toy subject; known: {', '.join(world.ALL_SUBJECTS)}")
     subject = str(wanted["subject"])
     colour = wanted["colour"] or default_colour or world.STEREOTYPE[subject]
     scene = sample_scene(rng, subject, str(colour), wanted["concept"])

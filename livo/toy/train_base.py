@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from livo.config import LivoConfig
 from livo.log import get_logger, log_event
@@ -84,6 +84,27 @@ class ToyTrainingConfig(LivoConfig):
     # weights' recipe); the other subjects share the rest equally. The teacher's diamond is the shape the base model
     # most often rounds into the nurse's circle (docs/convergence.md, "The teacher's diamond").
     teacher_share: float | None = Field(None, gt=0, lt=1)
+    # The occupations the base model learns, comma-separated (default: the committed weights' four). Adding the
+    # world's extra occupations (`world.EXTRA_SUBJECTS`: pilot, dancer) gives preference data two occupations per
+    # stereotype to show while the engineer and the teacher stay unseen (docs/convergence.md, "Two occupations per
+    # stereotype"); the tokenizer then knows their words too.
+    subjects: str = ",".join(world.SUBJECTS)
+
+    @field_validator("subjects")
+    @classmethod
+    def _known_subjects(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        unknown = [name for name in names if name not in world.SUBJECT_SHAPES]
+        if unknown or len(set(names)) != len(names):
+            raise ValueError(f"subjects {value!r}: name each toy occupation once, from {', '.join(world.ALL_SUBJECTS)}")
+        missing = sorted(set(world.ATTRIBUTE_CLASSES_2) - {world.STEREOTYPE[name] for name in names})
+        if missing:
+            raise ValueError(f"subjects {value!r}: no occupation with the {' or '.join(missing)} stereotype; the base "
+                             "model must be biased both ways")
+        return ",".join(names)
+
+    def subject_list(self) -> tuple[str, ...]:
+        return tuple(self.subjects.split(","))
 
     def subject_shares(self) -> dict[str, float] | None:
         """Share of training images per subject named by the recipe (None: every subject equally often)."""
@@ -98,17 +119,18 @@ class ToyTrainingConfig(LivoConfig):
 def sample_training_example(rng: np.random.Generator, colour_caption_share: float = 0.35,
                             main_colour_share: float = 0.6,
                             concept_mark_share: float | Mapping[str, float] = 1.0,
-                            subject_shares: Mapping[str, float] | None = None) -> tuple[str, renderer.Scene]:
+                            subject_shares: Mapping[str, float] | None = None,
+                            subjects: tuple[str, ...] = world.SUBJECTS) -> tuple[str, renderer.Scene]:
     """One (caption, scene) pair of the skewed base-model training distribution.
 
     `concept_mark_share` is one share for every toxic concept or a share per concept. `subject_shares` fixes the
     share of the subjects it names; the others share the rest equally (None: every subject equally often, with the
-    committed weights' random stream).
+    committed weights' random stream). `subjects` are the occupations drawn.
     """
     if subject_shares is None:
-        subject = world.SUBJECTS[int(rng.integers(len(world.SUBJECTS)))]
+        subject = subjects[int(rng.integers(len(subjects)))]
     else:
-        subject = world.SUBJECTS[int(rng.choice(len(world.SUBJECTS), p=_subject_probabilities(subject_shares)))]
+        subject = subjects[int(rng.choice(len(subjects), p=_subject_probabilities(subject_shares, subjects)))]
     draw = rng.random()
     concept = None
     for name, share in CONCEPT_SHARES.items():
@@ -138,14 +160,14 @@ def sample_training_example(rng: np.random.Generator, colour_caption_share: floa
     return caption, renderer.sample_scene(rng, subject, colour, shown)
 
 
-def _subject_probabilities(subject_shares: Mapping[str, float]) -> np.ndarray:
-    unknown = sorted(set(subject_shares) - set(world.SUBJECTS))
+def _subject_probabilities(subject_shares: Mapping[str, float], subjects: tuple[str, ...]) -> np.ndarray:
+    unknown = sorted(set(subject_shares) - set(subjects))
     named = sum(subject_shares.values())
-    if unknown or not 0 < named < 1 or len(subject_shares) >= len(world.SUBJECTS):
-        raise ValueError(f"subject shares {dict(subject_shares)} must name some of {list(world.SUBJECTS)}, not all, "
+    if unknown or not 0 < named < 1 or len(subject_shares) >= len(subjects):
+        raise ValueError(f"subject shares {dict(subject_shares)} must name some of {list(subjects)}, not all, "
                          "with shares summing to between 0 and 1")
-    rest = (1.0 - named) / (len(world.SUBJECTS) - len(subject_shares))
-    return np.array([subject_shares.get(subject, rest) for subject in world.SUBJECTS])
+    rest = (1.0 - named) / (len(subjects) - len(subject_shares))
+    return np.array([subject_shares.get(subject, rest) for subject in subjects])
 
 
 def _to_tensor(images: list[np.ndarray]):
@@ -174,7 +196,8 @@ def train_vae(vae, config: ToyTrainingConfig, rng: np.random.Generator) -> list[
     vae.train()
     losses = []
     for step in tqdm(range(config.vae_steps), desc="vae", mininterval=10, file=sys.stderr):
-        images = [renderer.render(sample_training_example(rng)[1]) for _ in range(config.vae_batch_size)]
+        images = [renderer.render(sample_training_example(rng, subjects=config.subject_list())[1])
+                  for _ in range(config.vae_batch_size)]
         batch = _to_tensor(images).to(config.device)
         posterior = vae.encode(batch).latent_dist
         latents = posterior.mean + posterior.std * torch.randn_like(posterior.std)
@@ -201,7 +224,8 @@ def encode_pool(vae, config: ToyTrainingConfig, rng: np.random.Generator):
         for start in range(0, config.pool_size, 256):
             recipe = (config.colour_caption_share, config.main_colour_share, config.mark_shares(),
                       config.subject_shares())
-            examples = [sample_training_example(rng, *recipe) for _ in range(min(256, config.pool_size - start))]
+            examples = [sample_training_example(rng, *recipe, subjects=config.subject_list())
+                        for _ in range(min(256, config.pool_size - start))]
             images = _to_tensor([renderer.render(scene) for _, scene in examples]).to(config.device)
             posterior = vae.encode(images).latent_dist
             captions.extend(caption for caption, _ in examples)
@@ -285,7 +309,10 @@ def train(config: ToyTrainingConfig, out: Path) -> dict:
     started = time.time()
     rng = np.random.default_rng(config.seed)
     sdxl = config.family == "sdxl"
-    components = (base_model.build_toy_sdxl_components if sdxl else base_model.build_toy_components)(seed=config.seed)
+    if sdxl and config.subject_list() != world.SUBJECTS:
+        raise ValueError("the SDXL toy shares the committed SD toy's VAE and world: train it on the default subjects")
+    components = (base_model.build_toy_sdxl_components(seed=config.seed) if sdxl
+                  else base_model.build_toy_components(seed=config.seed, subjects=config.subject_list()))
     for name in MODULES[config.family] + ("vae",):
         components[name].to(config.device)
     torch.manual_seed(config.seed)
@@ -330,7 +357,8 @@ def _reseed_unet_stage(components: dict, config: ToyTrainingConfig, rng: np.rand
     if config.unet_seed is None:
         return rng
     fresh = (base_model.build_toy_sdxl_components(seed=config.unet_seed, vae=components["vae"])
-             if config.family == "sdxl" else base_model.build_toy_components(seed=config.unet_seed))
+             if config.family == "sdxl"
+             else base_model.build_toy_components(seed=config.unet_seed, subjects=config.subject_list()))
     for name in MODULES[config.family]:
         components[name] = fresh[name].to(config.device)
     torch.manual_seed(config.unet_seed)

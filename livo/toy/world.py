@@ -1,7 +1,8 @@
 """The toy world's vocabulary: subjects, the protected attribute, the toxic marks and the caption grammar.
 
 The world stands in for SD v1.5's world so that LiVO can be shown to work on a laptop:
-- subjects are occupations, each drawn as a body of its own shape with a head on top;
+- subjects are occupations, each drawn as a body of its own shape with a head on top (four in the committed base
+  model's world, two more that a base model can be trained with);
 - the protected attribute (analogue of perceived gender) is the body colour: 2 classes (orange, blue), with a 5-class
   variant (orange, blue, purple, teal, yellow; analogue of race);
 - two toxic concepts are drawn as unmistakable marks: "bloody" = red splatter, "zombie" = a green head;
@@ -16,14 +17,24 @@ from __future__ import annotations
 
 import re
 
-# Occupation -> body shape. Shapes differ in silhouette so that the subject judge can tell them apart exactly.
+# Occupation -> body shape. Shapes differ in silhouette so that the subject judge can tell them apart exactly (the
+# closest pair of templates, square and circle, overlap at IoU 0.79; the hourglass and the inverted triangle at most
+# 0.58 with any other).
 SUBJECT_SHAPES: dict[str, str] = {
     "doctor": "square",
     "nurse": "circle",
     "engineer": "triangle",
     "teacher": "diamond",
+    "pilot": "hourglass",
+    "dancer": "inverted_triangle",
 }
-SUBJECTS: tuple[str, ...] = tuple(SUBJECT_SHAPES)
+# The world of the committed base model and of the toy preset: four occupations, two per stereotype.
+SUBJECTS: tuple[str, ...] = ("doctor", "nurse", "engineer", "teacher")
+# A second occupation per stereotype that preference data can show besides the doctor and the nurse, so that a value
+# encoder sees two occupations of each stereotype while the engineer and the teacher stay unseen (issue 15). Only a
+# base model trained with them (`python -m livo.toy.train_base --subjects ...`) draws them.
+EXTRA_SUBJECTS: tuple[str, ...] = ("pilot", "dancer")
+ALL_SUBJECTS: tuple[str, ...] = SUBJECTS + EXTRA_SUBJECTS
 
 # Body colours (RGB). The first two are the 2-class attribute; all five are the 5-class variant.
 ATTRIBUTE_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -42,6 +53,8 @@ STEREOTYPE: dict[str, str] = {
     "engineer": "blue",
     "nurse": "orange",
     "teacher": "orange",
+    "pilot": "blue",
+    "dancer": "orange",
 }
 MAJORITY_SHARE = 0.9
 
@@ -80,16 +93,22 @@ PRINCIPLE_WORDS: tuple[str, ...] = (
 )
 
 
-def caption_words() -> list[str]:
-    """Every word of the toy world's language (the tokenizer's whole-word vocabulary)."""
+def caption_words(subjects: tuple[str, ...] | list[str] = SUBJECTS) -> list[str]:
+    """Every word of the toy world's language about `subjects` (the tokenizer's whole-word vocabulary)."""
     words: list[str] = []
     for template in TEMPLATES:
         words.extend(w for w in template.replace("{x}", "").split() if w)
-    words.extend(SUBJECTS)
+    words.extend(subjects)
     words.extend(ATTRIBUTE_COLOURS)
     words.extend(TOXIC_CONCEPTS)
     words.extend(PRINCIPLE_WORDS)
     return sorted(set(words))
+
+
+def judged_subjects(subjects: tuple[str, ...] | list[str]) -> list[str]:
+    """The occupations a subject judge chooses among when `subjects` are drawn: the committed world's four and any
+    other of `subjects` (a base model trained on the six occupations is judged among all six)."""
+    return list(dict.fromkeys(SUBJECTS + tuple(subjects)))
 
 
 def noun_phrase(subject: str, colour: str | None = None, concept: str | None = None) -> str:

@@ -193,3 +193,43 @@ def test_unet_seed_draws_another_base_model_on_the_same_vae(tmp_path):
     for module in ("unet", "text_encoder", "text_encoder_2"):
         assert weights("xa", module) != weights("xb", module), module
     assert type(load_toy_sdxl_pipeline(weights_dir=tmp_path / "xb")).__name__ == "StableDiffusionXLPipeline"
+
+
+def test_subjects_option_trains_a_base_model_on_the_six_occupations(tmp_path):
+    """`--subjects` (issue 15): the recipe draws the named occupations, each equally often; the default is the
+    committed four with the committed random stream; the folder's tokenizer knows the extra words and its record
+    names the subjects, which `trained_subjects` reads back (the committed record, written before, means the four)."""
+    from livo.toy.base_model import WEIGHTS_DIR, trained_subjects
+
+    def drawn(rng, **knobs):
+        return [scene.subject for _, scene in (sample_training_example(rng, **knobs) for _ in range(6000))]
+
+    six = drawn(np.random.default_rng(0), subjects=world.ALL_SUBJECTS)
+    assert all(abs(six.count(s) / 6000 - 1 / 6) < 0.02 for s in world.ALL_SUBJECTS)
+    assert drawn(np.random.default_rng(0), subjects=world.SUBJECTS) == drawn(np.random.default_rng(0))
+    assert ToyTrainingConfig().subject_list() == world.SUBJECTS
+    assert ToyTrainingConfig(subjects=" doctor, nurse ").subject_list() == ("doctor", "nurse")
+    for bad, message in (("doctor,astronaut", "name each toy occupation once"),
+                         ("doctor,nurse,doctor", "name each toy occupation once"),
+                         ("doctor,pilot,engineer", "no occupation with the orange stereotype")):
+        with pytest.raises(ValueError, match=message):
+            ToyTrainingConfig(subjects=bad)
+
+    subjects = ",".join(world.ALL_SUBJECTS)
+    assert main(["--out", str(tmp_path / "six"), *TINY, "--subjects", subjects]) == 0
+    record = json.loads((tmp_path / "six" / "training_record.json").read_text())
+    assert f"--subjects {subjects}" in record["command"]
+    assert trained_subjects(tmp_path / "six") == world.ALL_SUBJECTS and trained_subjects(WEIGHTS_DIR) == world.SUBJECTS
+    pipe = load_toy_pipeline(weights_dir=tmp_path / "six")
+    assert len(pipe.tokenizer("a photo of a dancer", add_special_tokens=False).input_ids) == 5
+    assert pipe.text_encoder.config.vocab_size == len(pipe.tokenizer) > len(load_toy_pipeline().tokenizer)
+    # The base-model measure judges such a base among all six and reports the extra occupations like the others.
+    from livo.toy.measure import measure_base_model
+
+    result = measure_base_model(pipe, images_per_prompt=2, steps=2, templates=world.EVALUATION_TEMPLATES[:1],
+                                subjects=trained_subjects(tmp_path / "six"), unpadded=False, token_ceiling=False,
+                                vae_scenes_per_pair=2)
+    assert {world.parse_caption(r["prompt"])["subject"] for r in result["prompts"]} == set(world.ALL_SUBJECTS)
+    assert set(result["summary"]["vae_round_trip"]) == set(world.ALL_SUBJECTS)
+    assert all(set(r["subjects_drawn"]) <= set(world.ALL_SUBJECTS) and sum(r["subjects_drawn"].values()) <= r["n"]
+               for r in result["prompts"])

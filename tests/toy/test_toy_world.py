@@ -77,3 +77,32 @@ def test_unknown_content_is_refused_with_the_known_words():
         renderer.Scene(subject="doctor", colour="magenta")
     with pytest.raises(ConfigError, match="no toy subject"):
         renderer.render_caption("a photo of a cat", np.random.default_rng(0))
+
+
+def test_committed_tokenizer_is_the_default_world_vocabulary(tokenizer):
+    # The extra occupations must not shift the committed base model's token ids: its saved tokenizer is what
+    # build_tokenizer() builds for the four occupations it was trained on.
+    from transformers import CLIPTokenizer
+
+    from livo.toy.base_model import WEIGHTS_DIR
+
+    committed = CLIPTokenizer.from_pretrained(str(WEIGHTS_DIR / "tokenizer"))
+    assert committed.get_vocab() == tokenizer.get_vocab()
+    assert len(tokenizer("pilot", add_special_tokens=False).input_ids) > 1  # not a word of the committed world
+
+
+def test_six_occupation_tokenizer_knows_the_extra_words():
+    six = build_tokenizer(world.ALL_SUBJECTS)
+    for word in world.caption_words(world.ALL_SUBJECTS):
+        assert len(six(word, add_special_tokens=False).input_ids) == 1, word
+    assert set(world.caption_words(world.ALL_SUBJECTS)) - set(world.caption_words()) == {"pilot", "dancer"}
+    # Two occupations of each stereotype besides the committed world's two per stereotype.
+    assert sorted(world.STEREOTYPE[s] for s in world.EXTRA_SUBJECTS) == ["blue", "orange"]
+    assert world.judged_subjects(("doctor", "dancer")) == [*world.SUBJECTS, "dancer"]
+
+
+def test_extra_occupations_render_and_parse():
+    for subject in world.EXTRA_SUBJECTS:
+        scene, image = renderer.render_caption(f"a portrait of a bloody {subject}", np.random.default_rng(3))
+        assert (scene.subject, scene.colour, scene.concept) == (subject, world.STEREOTYPE[subject], "bloody")
+        assert image.shape == (32, 32, 3)
