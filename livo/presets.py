@@ -358,11 +358,7 @@ def _from_pretrained(source: str, dtype: Any = None):
             return pipeline_class.from_pretrained(local, **_load_kwargs(pipeline_class, dtype))
         except (OSError, SafetensorError) as exc:
             raise ConfigError(f"{local}: could not load the pipeline with safetensors weights ({exc})") from exc
-    if "/" not in source or source.startswith((".", "/")):
-        raise ConfigError(
-            f"model source {source!r} is neither a preset ({', '.join(BUILT_IN_MODELS)}, {', '.join(NAMED_MODELS)}), "
-            "a folder, an s3:// URI nor a hub id"
-        )
+    _check_hub_id(source)
     from diffusers import DiffusionPipeline
 
     try:
@@ -405,6 +401,15 @@ KNOWN_HUB_MODELS = {SD15_HUB_ID: ModelFacts("sd", 8), SD21_HUB_ID: ModelFacts("s
                     SDXL_HUB_ID: ModelFacts("sdxl", 8)}
 
 
+def _check_hub_id(source: str) -> None:
+    """Refuse a source that is not a folder here and cannot be a hub id ("owner/name"): a missing folder, a typo."""
+    if "/" not in source or source.startswith((".", "/", "~")):
+        raise ConfigError(
+            f"model source {source!r} is neither a preset ({', '.join(BUILT_IN_MODELS)}, {', '.join(NAMED_MODELS)}), "
+            "a folder, an s3:// URI nor a hub id" + (" (no such folder)" if source.startswith((".", "/", "~")) else "")
+        )
+
+
 def model_facts(source: str) -> ModelFacts:
     """The family and VAE factor of `source`, read from its configs (a folder's or a mirror's model_index.json and
     vae/config.json), never from its weights."""
@@ -424,6 +429,7 @@ def model_facts(source: str) -> ModelFacts:
             path = Path(source) / rel
             return path.read_bytes() if path.is_file() else None
     else:
+        _check_hub_id(source)  # a path to a missing folder is refused here, at the door, not when a task loads it
         return KNOWN_HUB_MODELS.get(source, ModelFacts())
     index = read("model_index.json")
     if index is None:
