@@ -403,10 +403,11 @@ KNOWN_HUB_MODELS = {SD15_HUB_ID: ModelFacts("sd", 8), SD21_HUB_ID: ModelFacts("s
 
 def _check_hub_id(source: str) -> None:
     """Refuse a source that is not a folder here and cannot be a hub id ("owner/name"): a missing folder, a typo."""
-    if "/" not in source or source.startswith((".", "/", "~")):
+    path_like = source.startswith((".", "/", "~"))
+    if "/" not in source or path_like:
         raise ConfigError(
             f"model source {source!r} is neither a preset ({', '.join(BUILT_IN_MODELS)}, {', '.join(NAMED_MODELS)}), "
-            "a folder, an s3:// URI nor a hub id" + (" (no such folder)" if source.startswith((".", "/", "~")) else "")
+            "a folder, an s3:// URI nor a hub id" + (" (no such folder)" if path_like else "")
         )
 
 

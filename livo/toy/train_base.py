@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from livo.config import LivoConfig
 from livo.log import get_logger, log_event
@@ -102,6 +102,12 @@ class ToyTrainingConfig(LivoConfig):
             raise ValueError(f"subjects {value!r}: no occupation with the {' or '.join(missing)} stereotype; the base "
                              "model must be biased both ways")
         return ",".join(names)
+
+    @model_validator(mode="after")
+    def _sdxl_keeps_the_committed_world(self) -> ToyTrainingConfig:
+        if self.family == "sdxl" and self.subject_list() != world.SUBJECTS:
+            raise ValueError("the SDXL toy shares the committed SD toy's VAE and world: train it on the default subjects")
+        return self
 
     def subject_list(self) -> tuple[str, ...]:
         return tuple(self.subjects.split(","))
@@ -309,8 +315,6 @@ def train(config: ToyTrainingConfig, out: Path) -> dict:
     started = time.time()
     rng = np.random.default_rng(config.seed)
     sdxl = config.family == "sdxl"
-    if sdxl and config.subject_list() != world.SUBJECTS:
-        raise ValueError("the SDXL toy shares the committed SD toy's VAE and world: train it on the default subjects")
     components = (base_model.build_toy_sdxl_components(seed=config.seed) if sdxl
                   else base_model.build_toy_components(seed=config.seed, subjects=config.subject_list()))
     for name in MODULES[config.family] + ("vae",):

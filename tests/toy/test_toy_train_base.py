@@ -214,6 +214,8 @@ def test_subjects_option_trains_a_base_model_on_the_six_occupations(tmp_path):
                          ("doctor,pilot,engineer", "no occupation with the orange stereotype")):
         with pytest.raises(ValueError, match=message):
             ToyTrainingConfig(subjects=bad)
+    with pytest.raises(ValueError, match="SDXL toy shares"):
+        ToyTrainingConfig(family="sdxl", subjects=",".join(world.ALL_SUBJECTS))
 
     subjects = ",".join(world.ALL_SUBJECTS)
     assert main(["--out", str(tmp_path / "six"), *TINY, "--subjects", subjects]) == 0
