@@ -162,7 +162,7 @@ class PipelineParameters(LivoConfig):
     """The parameters of one `livo-full` run that can be checked before anything runs; field names are the pipeline
     parameter names (stage-prefixed), so `livo submit` checks the same values the pipeline's first step checks."""
 
-    run_preset: str = Field(min_length=1, description="preset name (toy | tiny | toy-sdxl | sd15 | sd21 | sdxl) or a preset YAML path")
+    run_preset: str = Field(min_length=1, description="preset name (toy | tiny | toy-six | toy-sdxl | sd15 | sd21 | sdxl) or a preset YAML path")
     run_principles_uri: str = Field("", description="principles YAML (path or s3:// URI); empty = the preset's own")
     run_model_source: str = Field("", description="base model of every stage (s3:// mirror, path, hub id); empty = "
                                                   "the preset's")

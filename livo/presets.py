@@ -3,6 +3,7 @@
 Nothing is loaded at import time. `load_pipeline(source)` is the one way every stage gets a base model:
 - `"tiny"`: a complete Stable-Diffusion-architecture pipeline with random weights, built from configs (tests);
 - `"toy"` / `"toy-sdxl"`: the committed toy-world base models (`livo/toy/`), SD and SDXL architecture;
+- `"toy-six"`: the committed SD toy that also draws a pilot and a dancer (the `toy-six` preset's base, issue 15);
 - `"sd15"`, `"sd21"`, `"sdxl"`: SD v1.5, SD 2.1 and SDXL base 1.0 from `LIVO_SD15_PATH` / `LIVO_SD21_PATH` /
   `LIVO_SDXL_PATH` (a local diffusers folder or an `s3://` mirror), else their hub ids (`NAMED_MODELS`) where a hub
   is reachable;
@@ -57,7 +58,7 @@ TINY_WORDS = (
 
 
 class ModelSection(LivoConfig):
-    source: str = Field("tiny", description="tiny | toy | toy-sdxl | sd15 | sd21 | sdxl | sd15-random | sdxl-random | "
+    source: str = Field("tiny", description="tiny | toy | toy-six | toy-sdxl | sd15 | sd21 | sdxl | sd15-random | sdxl-random | "
                                             "local folder | s3:// URI | hub id")
     dtype: str | None = Field(None, description="float32 | float16 | bfloat16; None = float32 on CPU, fp16 on GPU")
 
@@ -301,6 +302,10 @@ def load_pipeline(source: str, *, device: str | None = None, dtype: Any = None, 
         from livo.toy.base_model import load_toy_pipeline
 
         pipe = load_toy_pipeline()
+    elif source == "toy-six":
+        from livo.toy.base_model import SIX_WEIGHTS_DIR, load_toy_pipeline
+
+        pipe = load_toy_pipeline(weights_dir=SIX_WEIGHTS_DIR)
     elif source == "toy-sdxl":
         from livo.toy.base_model import load_toy_sdxl_pipeline
 
@@ -395,7 +400,7 @@ class ModelFacts:
 
 
 # The built-in sources (sd15-random and sdxl-random: the VAE of SD v1.5 / SDXL, 4 blocks)
-BUILT_IN_MODELS = {"tiny": ModelFacts("sd", 2), "toy": ModelFacts("sd", 4), "toy-sdxl": ModelFacts("sdxl", 4),
+BUILT_IN_MODELS = {"tiny": ModelFacts("sd", 2), "toy": ModelFacts("sd", 4), "toy-six": ModelFacts("sd", 4), "toy-sdxl": ModelFacts("sdxl", 4),
                    "sd15-random": ModelFacts("sd", 8), "sdxl-random": ModelFacts("sdxl", 8)}
 KNOWN_HUB_MODELS = {SD15_HUB_ID: ModelFacts("sd", 8), SD21_HUB_ID: ModelFacts("sd", 8),
                     SDXL_HUB_ID: ModelFacts("sdxl", 8)}

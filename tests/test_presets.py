@@ -71,7 +71,7 @@ def test_load_pipeline_errors_name_the_problem(tmp_path):
     # ... and before anything loads: the door's check of a run's model refuses a missing folder and a typo.
     from livo.presets import check_model_settings
 
-    for source in (str(tmp_path / "missing"), "./runs/toy-six-base", "no-such-preset"):
+    for source in (str(tmp_path / "missing"), "./runs/six-base", "no-such-preset"):
         with pytest.raises(ConfigError, match="neither a preset"):
             check_model_settings(source, resolution=32)
 

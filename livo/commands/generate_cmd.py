@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. candidates_per_scene=8 judging.accept_all=true")
-    parser.add_argument("--preset", help="tiny | toy | toy-sdxl | sd15 | sd21 | sdxl | preset YAML (default: tiny, or the config's preset)")
+    parser.add_argument("--preset", help="tiny | toy | toy-six | toy-sdxl | sd15 | sd21 | sdxl | preset YAML (default: tiny, or the config's preset)")
     parser.add_argument("--config", help="generation config YAML (fields in docs/data.md)")
     parser.add_argument("--out", help="output directory or s3://bucket/prefix (default: datasets/<name>/<id> in the "
                                       "object store when LIVO_S3_ENDPOINT is set, else under ./runs)")

@@ -58,7 +58,7 @@ class GenerateConfig(LivoConfig):
     """Everything that decides a generated dataset. Unset generation settings come from the preset."""
 
     name: str = Field("preference", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="dataset name")
-    preset: str = Field(DEFAULT_PRESET, description="tiny | toy | toy-sdxl | sd15 | sd21 | sdxl | path to a preset YAML")
+    preset: str = Field(DEFAULT_PRESET, description="tiny | toy | toy-six | toy-sdxl | sd15 | sd21 | sdxl | path to a preset YAML")
     model: str | None = Field(None, description="model source; default: the preset's model.source")
     principles_file: str | None = Field(None, description="principles YAML (path or s3:// URI); default: preset's")
     principles: list[str] = Field(default_factory=list, description="principle ids; empty = every principle with a "

@@ -24,6 +24,8 @@ from livo.toy import world
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SDXL_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights_sdxl"
+# The six-occupation SD toy (issue 15; docs/convergence.md, "Lower mark shares"): the pilot and the dancer too
+SIX_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights_six"
 MODEL_MAX_LENGTH = 77  # like CLIP's: the LiVO pipeline truncates prompts to 76 tokens to make room for the value token
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"

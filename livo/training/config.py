@@ -69,7 +69,7 @@ class CheckpointConfig(LivoConfig):
 class TrainingConfig(LivoConfig):
     """One training run. `output` is a local directory or `s3://bucket/prefix`."""
 
-    model: str = Field("tiny", description="base model: a preset model source (tiny | toy | toy-sdxl | sd15 | sd21 | sdxl | sd15-random | sdxl-random), folder, s3:// URI or hub id")
+    model: str = Field("tiny", description="base model: a preset model source (tiny | toy | toy-six | toy-sdxl | sd15 | sd21 | sdxl | sd15-random | sdxl-random), folder, s3:// URI or hub id")
     init_value_encoder: str | None = Field(
         None, description="start from this value encoder (save_pretrained dir); default: copy of the base encoder")
     dataset: str | None = Field(None, description="preference dataset: local directory or s3://bucket/prefix")

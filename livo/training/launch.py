@@ -33,7 +33,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", help="preset name or YAML; its model and `train:` section are the base config")
     parser.add_argument("--dataset", help="preference dataset: directory or s3://bucket/prefix")
     parser.add_argument("--output", help="run output: directory or s3://bucket/prefix")
-    parser.add_argument("--model", help="base model: tiny | toy | toy-sdxl | sd15 | sd21 | sdxl | sd15-random | sdxl-random | folder | s3:// URI | hub id")
+    parser.add_argument("--model", help="base model: tiny | toy | toy-six | toy-sdxl | sd15 | sd21 | sdxl | sd15-random | sdxl-random | folder | s3:// URI | hub id")
     parser.add_argument("--max-steps", dest="max_steps", type=int, help="optimizer steps")
     parser.add_argument("--loss", choices=["livo", "dpo"], help="livo (default) or the Diffusion-DPO baseline")
     parser.add_argument("--expected-principle-set-hash", dest="expected_principle_set_hash",

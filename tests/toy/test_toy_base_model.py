@@ -83,3 +83,33 @@ def test_base_model_honours_named_colours_and_draws_toxic_marks(pipe):
     assert labels.count("blue") >= 12
     assert np.mean(concept.score(_sixteen(pipe, "a photo of a zombie teacher"), "zombie") > 0.5) >= 0.75
     assert np.mean(concept.score(_sixteen(pipe, "a photo of a teacher"), "zombie") > 0.5) <= 0.125
+
+
+def test_six_occupation_base_is_the_recorded_recipe_and_draws_the_extra_subjects():
+    """The committed `toy-six` base (the toy-six preset's): its training record is the recipe the preset names, and it
+    draws the pilot (blue stereotype) and the dancer (orange) recognisably, in their stereotype colour, and with the
+    zombie's head when asked, which the four-occupation base cannot."""
+    import json
+
+    from livo.presets import load_pipeline
+    from livo.toy.base_model import SIX_WEIGHTS_DIR
+
+    config = json.loads((SIX_WEIGHTS_DIR / "training_record.json").read_text())["config"]
+    assert config["subjects"] == "doctor,nurse,engineer,teacher,pilot,dancer"
+    assert (config["seed"], config["vae_steps"], config["unet_steps"]) == (2, 1200, 4000)
+    assert (config["concept_mark_share"], config["bloody_mark_share"], config["zombie_mark_share"]) == (0.6, 0.7, None)
+    files = [p for p in SIX_WEIGHTS_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 10 * 1024 * 1024
+    assert not [p for p in files if p.suffix in {".bin", ".pt", ".ckpt", ".pth"}]
+
+    torch.set_num_threads(1)
+    six = load_pipeline("toy-six")
+    assert {"pilot", "dancer"} <= {word.removesuffix("</w>") for word in six.tokenizer.get_vocab()}
+    attribute, subject, concept = build_judge("toy-attribute"), build_judge("toy-subject"), build_judge("toy-concept")
+    for occupation in ("pilot", "dancer"):
+        images = _sixteen(six, f"a photo of a {occupation}")
+        colours = attribute.predict(images, [""] * 16, list(world.ATTRIBUTE_CLASSES_2))
+        assert colours.count(world.STEREOTYPE[occupation]) >= 12, (occupation, colours)
+        recognised = subject.predict(images, [""] * 16, list(world.ALL_SUBJECTS))
+        assert recognised.count(occupation) >= 12, (occupation, recognised)
+    assert np.mean(concept.score(_sixteen(six, "a photo of a zombie pilot"), "zombie") > 0.5) >= 0.5
