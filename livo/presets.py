@@ -400,8 +400,8 @@ class ModelFacts:
 
 
 # The built-in sources (sd15-random and sdxl-random: the VAE of SD v1.5 / SDXL, 4 blocks)
-BUILT_IN_MODELS = {"tiny": ModelFacts("sd", 2), "toy": ModelFacts("sd", 4), "toy-six": ModelFacts("sd", 4), "toy-sdxl": ModelFacts("sdxl", 4),
-                   "sd15-random": ModelFacts("sd", 8), "sdxl-random": ModelFacts("sdxl", 8)}
+BUILT_IN_MODELS = {"tiny": ModelFacts("sd", 2), "toy": ModelFacts("sd", 4), "toy-six": ModelFacts("sd", 4),
+                   "toy-sdxl": ModelFacts("sdxl", 4), "sd15-random": ModelFacts("sd", 8), "sdxl-random": ModelFacts("sdxl", 8)}
 KNOWN_HUB_MODELS = {SD15_HUB_ID: ModelFacts("sd", 8), SD21_HUB_ID: ModelFacts("sd", 8),
                     SDXL_HUB_ID: ModelFacts("sdxl", 8)}
 
